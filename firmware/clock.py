@@ -1,0 +1,32 @@
+"""The one clock the firmware reads: ticks for intervals, UTC seconds for records.
+
+On a board it wraps `time`; the simulator passes a virtual clock with the same methods, so
+hours of charging run in seconds.
+
+    clock = Clock()
+    t0 = clock.ticks_ms(); ...; elapsed = clock.ticks_diff(clock.ticks_ms(), t0)
+"""
+import time
+
+# Seconds between 1970-01-01 and the port's epoch (2000-01-01 on bare-metal ports).
+_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+# Before this the wall clock is unset (an ESP32 boots at its epoch, not at the real date).
+VALID_AFTER = 1767225600  # 2026-01-01T00:00:00Z
+
+
+class Clock:
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_add(self, t, delta):
+        return time.ticks_add(t, delta)
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def sleep_ms(self, ms):
+        time.sleep_ms(ms)
+
+    def time(self):
+        """Unix seconds (UTC); compare with VALID_AFTER to know whether it was ever set."""
+        return time.time() + _EPOCH_OFFSET

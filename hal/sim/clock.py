@@ -1,0 +1,42 @@
+"""Virtual time for the simulator: `sleep_ms` moves the world forward instead of waiting.
+
+Ticks wrap like an ESP32's (period 2**30 ms), so wrap handling is exercised in every long run.
+
+    clock = VirtualClock(start_utc=1772437800, on_advance=world.run_until)
+    clock.sleep_ms(100)   # the world plays 100 ms of physics and scenario, at once
+"""
+from micropython import const
+
+_MASK = const(0x3FFFFFFF)
+_HALF = const(0x20000000)
+
+
+class VirtualClock:
+    def __init__(self, start_utc=0, on_advance=None, ticks0=0):
+        self.ms = 0  # virtual milliseconds since start
+        self.start_utc = start_utc
+        self._ticks0 = ticks0
+        self.on_advance = on_advance
+
+    def ticks_ms(self):
+        return (self._ticks0 + self.ms) & _MASK
+
+    def ticks_add(self, t, delta):
+        return (t + delta) & _MASK
+
+    def ticks_diff(self, a, b):
+        return ((a - b + _HALF) & _MASK) - _HALF
+
+    def sleep_ms(self, ms):
+        if ms > 0:
+            self.advance(ms)
+
+    def advance(self, ms):
+        """Move virtual time forward by ms; the world may step `self.ms` through the interval."""
+        target = self.ms + ms
+        if self.on_advance is not None:
+            self.on_advance(target)
+        self.ms = target
+
+    def time(self):
+        return self.start_utc + self.ms // 1000

@@ -1,0 +1,158 @@
+"""Simulated `machine`: pins and SPI buses routed by chip-select.
+
+The board builder uses this module in place of `machine` when a board config says
+"platform": "sim". Simulated chips attach to its buses and answer byte for byte; the
+simulated world drives its input pins and watches its outputs.
+
+    bus = machine.bus(1); bus.attach(SimATM90E32(line), cs=5)
+    spi = machine.SPI(1, polarity=1, phase=1); cs = machine.Pin(5, machine.Pin.OUT, value=1)
+"""
+
+
+class _Net:
+    """One pin number: its level, who drives it from outside, who listens to its edges."""
+
+    def __init__(self):
+        self.level = 1
+        self.source = None
+        self.listeners = []
+
+    def read(self):
+        if self.source is not None:
+            return 1 if self.source() else 0
+        return self.level
+
+    def drive(self, v):
+        v = 1 if v else 0
+        if v != self.level:
+            self.level = v
+            for f in self.listeners:
+                f(v)
+
+
+_nets = {}
+_buses = {}
+
+
+def net(pin_id):
+    """The net behind a pin number, created on first use (the world and the firmware share it)."""
+    n = _nets.get(pin_id)
+    if n is None:
+        n = _nets[pin_id] = _Net()
+    return n
+
+
+def bus(bus_id):
+    """The simulated SPI bus with this id, where chips are attached."""
+    b = _buses.get(bus_id)
+    if b is None:
+        b = _buses[bus_id] = _Bus()
+    return b
+
+
+def reset():
+    """Forget every pin and bus: a new simulated board."""
+    _nets.clear()
+    _buses.clear()
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 1
+    PULL_DOWN = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        self.id = id
+        self._net = net(id)
+        self._mode = mode
+        if pull == Pin.PULL_DOWN and self._net.source is None:
+            self._net.level = 0
+        if value is not None:
+            self._net.drive(value)
+
+    def init(self, mode=-1, pull=-1, value=None):
+        self.__init__(self.id, mode, pull, value)
+
+    def value(self, v=None):
+        if v is None:
+            return self._net.read()
+        self._net.drive(v)
+        return None
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self._net.drive(1)
+
+    def off(self):
+        self._net.drive(0)
+
+
+class _Bus:
+    """Wires shared by several chips; the one whose chip-select is low hears the bytes."""
+
+    def __init__(self):
+        self.devices = []
+
+    def attach(self, device, cs):
+        """Connect a simulated chip whose chip-select is pin `cs` (active low)."""
+        n = net(cs)
+        self.devices.append((n, device))
+
+        def edge(level):
+            if level:
+                device.deselect()
+            else:
+                device.select()
+
+        n.listeners.append(edge)
+
+    def exchange(self, mode, wbuf, rbuf, n, fill):
+        sel = None
+        count = 0
+        for cs, dev in self.devices:
+            if cs.level == 0:
+                sel = dev
+                count += 1
+        for i in range(n):
+            w = wbuf[i] if wbuf is not None else fill
+            if count != 1 or mode not in sel.spi_modes:
+                r = 0xFF  # floating or contended MISO, or a chip that cannot decode this clock
+            else:
+                r = sel.byte(w)
+            if rbuf is not None:
+                rbuf[i] = r
+
+
+class SPI:
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id, baudrate=1000000, *, polarity=0, phase=0, bits=8, firstbit=0,
+                 sck=None, mosi=None, miso=None):
+        self._bus = bus(id)
+        self.init(baudrate, polarity=polarity, phase=phase)
+
+    def init(self, baudrate=1000000, *, polarity=0, phase=0, **kw):
+        self.baudrate = baudrate
+        self._mode = (polarity << 1) | phase
+
+    def deinit(self):
+        pass
+
+    def write(self, buf):
+        self._bus.exchange(self._mode, buf, None, len(buf), 0)
+
+    def read(self, nbytes, write=0):
+        buf = bytearray(nbytes)
+        self._bus.exchange(self._mode, None, buf, nbytes, write)
+        return buf
+
+    def readinto(self, buf, write=0):
+        self._bus.exchange(self._mode, None, buf, len(buf), write)
+
+    def write_readinto(self, wbuf, rbuf):
+        self._bus.exchange(self._mode, wbuf, rbuf, len(wbuf), 0)
