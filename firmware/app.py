@@ -1,0 +1,90 @@
+"""Boots the charger: settings, hardware (real or simulated), sync, then the controller loop.
+
+    micropython main.py --board board_configs/sim.json --config run/config.json \\
+        --scenario run/scenario.json          # on a PC; a board runs main.py with no arguments
+"""
+import sys
+
+from firmware.config import load
+from firmware.controller import Controller
+from firmware.log import Log
+from firmware.outbox import Outbox
+from firmware.settings import Settings
+from firmware.state import State, ensure_dir
+from firmware.sync import Sync
+from hal.board import Board
+
+DEFAULTS = {"board": "board.json", "config": "config.json", "scenario": None, "data": None}
+
+
+def parse_args(argv):
+    """--name value pairs over DEFAULTS (MicroPython has no argparse)."""
+    args = dict(DEFAULTS)
+    i = 0
+    while i < len(argv):
+        name = argv[i][2:] if argv[i].startswith("--") else None
+        if name not in args or i + 1 >= len(argv):
+            raise ValueError("usage: main.py [--board F] [--config F] [--scenario F] [--data DIR] (at %r)" % argv[i])
+        args[name] = argv[i + 1]
+        i += 2
+    return args
+
+
+def _platform(board_cfg, args):
+    """(machine module, clock, stop condition): the real board, or the simulated world."""
+    if board_cfg.get("platform") == "sim":
+        from hal.sim import machine
+        from hal.sim.world import World
+
+        if not args["scenario"]:
+            raise ValueError("the sim board needs --scenario (see tools/sim.py)")
+        world = World(board_cfg, load(args["scenario"]))
+        return machine, world.clock, world.finished
+    import machine
+
+    from firmware.clock import Clock
+
+    return machine, Clock(), lambda: False
+
+
+def main(argv):
+    args = parse_args(argv)
+    board_cfg = load(args["board"])
+    device_cfg = load(args["config"])
+    machine, clock, stop = _platform(board_cfg, args)
+    log = Log(clock)
+    try:
+        settings = Settings(board_cfg, device_cfg)
+        board = Board(board_cfg, machine, clock.sleep_ms)
+    except ValueError as e:
+        log.event("config_error", error=str(e))
+        raise
+    data = args["data"] or settings.data_dir
+    ensure_dir(data)
+    outbox = Outbox(settings.outbox_size)
+    link = None
+    if settings.mqtt_host:
+        from firmware.mqtt import Link
+
+        link = Link(settings.device_id, settings.mqtt_host, settings.mqtt_port, clock,
+                    settings.mqtt_keepalive_s, settings.mqtt_timeout_ms)
+    sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
+    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"))
+    if link is not None:
+        link.idle = ctl.idle
+    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"))
+    try:
+        ctl.run(stop)
+    finally:
+        board.contactor.open()  # whatever ended the loop, the contactor opens
+    sync.flush()
+    log.event("halt", delivered=sync.published, queued=len(outbox))
+
+
+def run():
+    """Entry point for main.py: bad settings end the boot with the reason, charger off."""
+    try:
+        main(sys.argv[1:])
+    except ValueError as e:
+        print("charger not started: %s" % e)
+        sys.exit(3)

@@ -1,0 +1,27 @@
+"""The event log: one line per notable event, printed for the technician and kept in RAM.
+
+Lines are `@ {json}` so the simulator and tools can parse them; fields never hold a raw
+card UID (only pseudonyms).
+
+    log = Log(clock); log.event("tap", token="3f2a...", result="accepted")
+"""
+import json
+
+from firmware.timefmt import iso
+
+
+class Log:
+    def __init__(self, clock, keep=32, out=print):
+        self._clock = clock
+        self._out = out
+        self._keep = keep
+        self.recent = []  # the last `keep` lines, newest last
+
+    def event(self, ev, **fields):
+        fields["ev"] = ev
+        fields["ts"] = iso(self._clock.time())
+        line = "@ " + json.dumps(fields)
+        self.recent.append(line)
+        if len(self.recent) > self._keep:
+            self.recent.pop(0)
+        self._out(line)

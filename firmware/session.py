@@ -1,0 +1,45 @@
+"""A charging session and the records it sends upstream (MQTT contract v1, docs/mqtt.md).
+
+Energy is the difference of two readings of the lifetime billing register (whole Wh), so
+anyone can recompute it, and the cost from it, from the record alone.
+
+    s = Session(tx_id=7, token="3f2a…", auth="local_list", started_at=t, meter_start_wh=1200)
+    rec = s.started(); ...; rec = s.ended(t2, 4850, "Local", tariff.price(3650))
+"""
+
+
+class Session:
+    def __init__(self, tx_id, token, auth, started_at, meter_start_wh, tariff_id):
+        self.tx_id = tx_id
+        self.token = token
+        self.auth = auth
+        self.started_at = started_at
+        self.meter_start_wh = meter_start_wh
+        self.tariff_id = tariff_id
+        self.seq = 0
+
+    def _event(self, event, ts):
+        rec = {"msg_id": "%d-%d" % (self.tx_id, self.seq), "tx_id": self.tx_id, "seq": self.seq,
+               "event": event, "ts": ts, "token": self.token}
+        self.seq += 1
+        return rec
+
+    def started(self):
+        rec = self._event("started", self.started_at)
+        rec["meter_start_wh"] = self.meter_start_wh
+        rec["auth"] = self.auth
+        rec["tariff_id"] = self.tariff_id
+        return rec
+
+    def ended(self, ended_at, meter_stop_wh, stop_reason, cost):
+        rec = self._event("ended", ended_at)
+        rec["started_at"] = self.started_at
+        rec["ended_at"] = ended_at
+        rec["meter_start_wh"] = self.meter_start_wh
+        rec["meter_stop_wh"] = meter_stop_wh
+        rec["energy_wh"] = meter_stop_wh - self.meter_start_wh
+        rec["stop_reason"] = stop_reason
+        rec["auth"] = self.auth
+        rec["tariff_id"] = self.tariff_id
+        rec["cost"] = cost
+        return rec

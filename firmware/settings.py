@@ -1,0 +1,44 @@
+"""The charger's settings: board config (hardware) plus device config (identity, keys, tariff).
+
+Everything is checked at boot; a missing or out-of-range value stops the boot with a
+ValueError naming its key, so the charger never runs on guesses.
+
+    s = Settings(load("board.json"), load("config.json"))
+"""
+from firmware.config import setting
+from firmware.pseudonym import parse_key
+from firmware.tariff import Tariff
+
+
+class Settings:
+    def __init__(self, board, device):
+        self.board = board
+        self.device_id = setting(device, "device_id", str)
+        if not self.device_id or "/" in self.device_id or "+" in self.device_id or "#" in self.device_id:
+            raise ValueError("config: device_id must be non-empty without '/', '+' or '#'")
+        self.site_key = parse_key(setting(device, "site_key", str))
+        allow = setting(device, "allow", list, [])
+        for i, token in enumerate(allow):
+            if not isinstance(token, str) or len(token) != 32:
+                raise ValueError("config: allow[%d] must be a 32-hex-digit pseudonym" % i)
+        self.allow = set(t.lower() for t in allow)
+        self.tariff = Tariff(setting(device, "tariff", dict))
+        self.mqtt_host = setting(device, "mqtt.host", str, "")
+        self.mqtt_port = setting(device, "mqtt.port", int, 1883, lo=1, hi=65535)
+        self.mqtt_keepalive_s = setting(device, "mqtt.keepalive_s", int, 60, lo=10, hi=3600)
+        self.mqtt_timeout_ms = setting(board, "network.timeout_ms", int, 2000, lo=50, hi=30000)
+        self.outbox_size = setting(device, "outbox_size", int, 64, lo=4, hi=1024)
+        self.auth_timeout_s = setting(device, "auth_timeout_s", int, 60, lo=5, hi=600)
+        self.data_dir = setting(device, "data_dir", str, "data")
+
+        self.phases = setting(board, "meter.phases", int, choices=(1, 3))
+        self.max_current_a = setting(board, "limits.max_current_a", int, lo=6, hi=80)
+        self.nominal_v = setting(board, "limits.nominal_v", int, 230, lo=100, hi=277)
+        rate = setting(board, "sampling.rate_hz", int, 10, lo=1, hi=50)
+        self.sample_ms = 1000 // rate
+        self.ring_samples = setting(board, "sampling.ring_samples", int, 256, lo=16, hi=4096)
+        self.reader_poll_ms = setting(board, "reader.poll_ms", int, 200, lo=50, hi=2000)
+
+    @property
+    def max_power_w(self):
+        return self.max_current_a * self.nominal_v * self.phases

@@ -1,0 +1,62 @@
+"""Malformed scenarios are refused with an error naming the event and field, exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scenario import ROOT, ScenarioError, normalise
+
+KEY = bytes(range(32))
+
+
+def _base(**over):
+    sc = {"board": "sim", "start": "2026-03-02T07:55:00Z", "cards": {"alice": "04A1B2C3D4E5F6"},
+          "allow": ["alice"], "events": [{"t": 10, "plug": True}, {"t": 15, "tap": "alice"}], "end": 100}
+    sc.update(over)
+    return sc
+
+
+def test_a_good_scenario_normalises_times_cards_and_allowlist():
+    world, device, board, names = normalise(_base(), KEY, "127.0.0.1:1883")
+    assert world["events"] == [{"t": 10000, "plug": True}, {"t": 15000, "tap": ["04A1B2C3D4E5F6"]}]
+    assert world["start_utc"] == 1772438100 and world["end_ms"] == 100000
+    assert len(device["allow"]) == 1 and "04A1B2C3D4E5F6" not in json.dumps(device).upper()
+    assert device["mqtt"] == {"host": "127.0.0.1", "port": 1883}
+    assert names[device["allow"][0]] == "alice"
+
+
+@pytest.mark.parametrize("events, words", [
+    ([{"t": 5, "tap": "carol"}], ["events[0]", "tap", "carol"]),
+    ([{"t": 5, "plug": "yes"}], ["events[0]", "plug", "true or false"]),
+    ([{"t": 500, "plug": True}], ["events[0].t", "end"]),
+    ([{"t": 5, "ev_current_a": -3}], ["events[0]", "ev_current_a"]),
+    ([{"t": 5, "fly": True}], ["events[0]", "unknown event", "fly"]),
+    ([{"t": 5, "plug": True, "tap": "alice"}], ["events[0]", "exactly one"]),
+    ([{"plug": True}], ["events[0].t"]),
+])
+def test_bad_events_name_the_event_and_field(events, words):
+    with pytest.raises(ScenarioError) as e:
+        normalise(_base(events=events), KEY)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_top_level_fields():
+    for sc, word in [(_base(cards={"x": "123"}), "cards.x"), (_base(end=-1), "end"),
+                     (_base(start="yesterday"), "start"), (_base(board="nope"), "board"),
+                     (_base(price_per_kwh=0.3), "price_per_kwh"), (_base(colour=1), "colour")]:
+        with pytest.raises(ScenarioError) as e:
+            normalise(sc, KEY)
+        assert word in str(e.value)
+
+
+def test_runner_exits_2_with_the_message(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_base(events=[{"t": 3, "tap": "carol"}])))
+    r = subprocess.run([sys.executable, "tools/sim.py", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "events[0]" in r.stderr and "carol" in r.stderr
+    r = subprocess.run([sys.executable, "tools/sim.py", str(tmp_path / "missing.json")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.json" in r.stderr

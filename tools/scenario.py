@@ -1,0 +1,155 @@
+"""Scenario files for the simulator: validation with errors that name the event and field.
+
+A scenario is the simulator's public input (README, "Scenario contract"). `normalise()` checks
+it and returns what the MicroPython side needs: the world's timeline (times in ms, card
+aliases resolved to UID hex) and the device config (allowlist as pseudonyms, tariff, broker).
+
+    world, device = normalise(json.load(open("demo/two_drivers.json")), site_key, broker)
+
+Adding an event kind: one entry in EVENTS here, one `_on_<kind>` method in hal/sim/world.py.
+"""
+import datetime
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from firmware import fixed  # noqa: E402  (after the path set-up above)
+from firmware.pseudonym import pseudonym  # noqa: E402
+from firmware.tariff import Tariff, flat  # noqa: E402
+
+MAX_END_S = 30 * 24 * 3600
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def _uid_hex(text, where):
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9A-Fa-f]+", text) or len(text) not in (8, 14, 20):
+        raise ScenarioError("%s: a card UID is 4, 7 or 10 bytes of hex (got %r)" % (where, text))
+    return text.upper()
+
+
+def _card(ref, ctx, where):
+    if isinstance(ref, str) and ref in ctx["cards"]:
+        return ctx["cards"][ref]
+    if isinstance(ref, str) and re.fullmatch(r"[0-9A-Fa-f]+", ref) and len(ref) in (8, 14, 20):
+        return ref.upper()
+    raise ScenarioError("%s: %r is neither a card alias from \"cards\" nor a UID in hex" % (where, ref))
+
+
+def _bool(value, ctx, where):
+    if not isinstance(value, bool):
+        raise ScenarioError("%s must be true or false (got %r)" % (where, value))
+    return value
+
+
+def _tap(value, ctx, where):
+    refs = value if isinstance(value, list) else [value]
+    if not refs or len(refs) > 2:
+        raise ScenarioError("%s: one card, or a list of two cards held together" % where)
+    return [_card(r, ctx, where) for r in refs]
+
+
+def _number(lo, hi):
+    def check(value, ctx, where):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ScenarioError("%s must be a number within %s..%s (got %r)" % (where, lo, hi, value))
+        return value
+    return check
+
+
+def _choice(*allowed):
+    def check(value, ctx, where):
+        if value not in allowed:
+            raise ScenarioError("%s must be one of %s (got %r)" % (where, ", ".join(map(repr, allowed)), value))
+        return value
+    return check
+
+
+# event kind -> (validator, what it means)
+EVENTS = {
+    "plug": (_bool, "EV cable plugged in (true) or out (false)"),
+    "tap": (_tap, "card alias or UID held to the reader for ~1 s; a list of two = both at once"),
+    "ev_current_a": (_number(0, 80), "current the EV wants to draw per phase, A"),
+    "ev_phases": (_choice(1, 3), "phases the EV draws on"),
+}
+
+
+def _parse_start(value):
+    if not isinstance(value, str):
+        raise ScenarioError("start: an ISO 8601 UTC time like \"2026-03-02T07:55:00Z\" (got %r)" % (value,))
+    try:
+        dt = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ScenarioError("start: %r is not an ISO 8601 time" % value)
+    if dt.tzinfo is None:
+        raise ScenarioError("start: %r needs a zone, e.g. a trailing Z" % value)
+    return int(dt.timestamp())
+
+
+def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs")):
+    """(world scenario, device config) from a parsed scenario; ScenarioError on bad input."""
+    if not isinstance(sc, dict):
+        raise ScenarioError("a scenario is a JSON object")
+    known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
+             "vat_percent", "events", "end", "comment"}
+    for key in sc:
+        if key not in known:
+            raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
+    board = sc.get("board", "sim")
+    board_path = os.path.join(board_dir, "%s.json" % board)
+    if not isinstance(board, str) or not os.path.exists(board_path):
+        raise ScenarioError("board: no board config %r in %s" % (board, board_dir))
+    cards = sc.get("cards", {})
+    if not isinstance(cards, dict):
+        raise ScenarioError("cards: an object of alias -> UID hex")
+    ctx = {"cards": {a: _uid_hex(u, "cards.%s" % a) for a, u in cards.items()}}
+    allow = sc.get("allow", [])
+    if not isinstance(allow, list):
+        raise ScenarioError("allow: a list of card aliases or UIDs")
+    tokens = [pseudonym(site_key, bytes.fromhex(_card(a, ctx, "allow[%d]" % i))) for i, a in enumerate(allow)]
+    price = sc.get("price_per_kwh", "0.30")
+    try:
+        fixed.parse(price, 6, "price_per_kwh")
+        tariff = flat(price, sc.get("currency", "EUR"), sc.get("vat_percent", "0"))
+        Tariff(tariff)
+    except ValueError as e:
+        raise ScenarioError(str(e))
+    end = sc.get("end")
+    if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 < end <= MAX_END_S:
+        raise ScenarioError("end: virtual seconds, a number within 1..%d (got %r)" % (MAX_END_S, end))
+    events = sc.get("events")
+    if not isinstance(events, list):
+        raise ScenarioError("events: a list of {\"t\": seconds, \"<kind>\": value}")
+    out = []
+    for n, ev in enumerate(events):
+        where = "events[%d]" % n
+        if not isinstance(ev, dict):
+            raise ScenarioError("%s: an object like {\"t\": 10, \"plug\": true}" % where)
+        t = ev.get("t")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= end:
+            raise ScenarioError("%s.t: virtual seconds within 0..end (%s) (got %r)" % (where, end, t))
+        kinds = [k for k in ev if k != "t"]
+        if len(kinds) != 1:
+            raise ScenarioError("%s: exactly one event kind besides \"t\" (got %s)" % (where, kinds or "none"))
+        kind = kinds[0]
+        if kind not in EVENTS:
+            raise ScenarioError("%s: unknown event %r (known: %s)" % (where, kind, ", ".join(sorted(EVENTS))))
+        value = EVENTS[kind][0](ev[kind], ctx, "%s (t=%s).%s" % (where, t, kind))
+        out.append({"t": int(round(t * 1000)), kind: value})
+    world = {"start_utc": _parse_start(sc.get("start", "2026-01-01T00:00:00Z")), "end_ms": int(end * 1000),
+             "events": out}
+    device = {"device_id": sc.get("device_id", "cp-sim-0001"), "site_key": site_key.hex(),
+              "allow": tokens, "tariff": tariff}
+    if not isinstance(device["device_id"], str) or not device["device_id"]:
+        raise ScenarioError("device_id: a non-empty string")
+    if broker:
+        host, _, port = broker.rpartition(":")
+        device["mqtt"] = {"host": host, "port": int(port)}
+    return world, device, board_path, {pseudonym(site_key, bytes.fromhex(u)): a for a, u in ctx["cards"].items()}

@@ -1,0 +1,164 @@
+"""Run the charger firmware on the MicroPython unix port over simulated silicon, from a scenario.
+
+The firmware (main.py, board_configs/<board>.json) runs unchanged inside `micropython`; the
+scenario's world (grid, EV, cards) plays in virtual time, so an hour of charging takes
+seconds. One line is printed per notable event.
+
+    python3 tools/sim.py demo/two_drivers.json --broker 127.0.0.1:1883
+    python3 tools/sim.py my.json --keep out/run1 --raw        # keep files, show firmware lines
+
+Exit status: the firmware's (0 at the scenario's end), 2 for a malformed scenario.
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scenario import ROOT, ScenarioError, normalise  # noqa: E402
+
+
+def micropython_path():
+    """The venv's micropython if there is one, else the one on PATH."""
+    venv = os.path.join(ROOT, ".venv", "bin", "micropython")
+    return venv if os.path.exists(venv) else (shutil.which("micropython") or "micropython")
+
+
+def micropython_env():
+    """Environment for the unix port: the project and lib/ importable, as on a board."""
+    env = dict(os.environ)
+    env["MICROPYPATH"] = ".frozen:%s:%s" % (ROOT, os.path.join(ROOT, "lib"))
+    return env
+
+
+def _money(cost):
+    digits = 0 if cost["currency"] in ("JPY", "KRW") else 2
+    def fmt(n):
+        return ("%d" % n) if digits == 0 else "%d.%02d" % divmod(n, 100)
+    return "%s %s (incl. VAT %s)" % (cost["currency"], fmt(cost["total_excl_vat_minor"]),
+                                    fmt(cost["total_incl_vat_minor"]))
+
+
+class Printer:
+    """Turns the firmware's `@ {json}` event lines into one readable line each."""
+
+    def __init__(self, start_utc, names, out=print):
+        self.start = start_utc
+        self.names = names
+        self.out = out
+
+    def who(self, token):
+        return self.names.get(token, "unknown card %s…" % token[:8]) if token else "?"
+
+    def line(self, ev):
+        kind = ev.get("ev")
+        text = self.describe(kind, ev)
+        if text is None:
+            return
+        ts = datetime.datetime.fromisoformat(ev["ts"].replace("Z", "+00:00")).timestamp()
+        t = int(ts) - self.start
+        self.out("[+%02d:%02d:%02d] %-13s %s" % (t // 3600, t // 60 % 60, t % 60, kind, text))
+
+    def describe(self, kind, ev):
+        if kind == "tap":
+            res = ev.get("result")
+            if res == "refused":
+                return "%s refused (%s)" % (self.who(ev.get("token")), ev.get("status") or ev.get("reason"))
+            if res == "accepted":
+                return "%s accepted (%s)" % (self.who(ev["token"]), ev.get("auth", "").replace("_", " "))
+            return "%s %s" % (self.who(ev.get("token")), res)
+        if kind == "session_start":
+            return "#%d started for %s (meter %d Wh)" % (ev["tx_id"], self.who(ev["token"]), ev["meter_wh"])
+        if kind == "session_end":
+            return "#%d ended for %s: %.3f kWh, %s, reason %s" % (
+                ev["tx_id"], self.who(ev["token"]), ev["energy_wh"] / 1000, _money(ev["cost"]), ev["reason"])
+        if kind == "contactor":
+            return "closed" if ev["closed"] else "open"
+        if kind == "status":
+            return ev["connector"]
+        if kind == "mqtt":
+            return "%s%s (%d queued)" % (ev["state"], (": " + ev["error"]) if "error" in ev else "", ev["queued"])
+        if kind in ("fault", "config_error"):
+            return "%s %s" % (ev.get("code", ""), ev.get("error", ""))
+        if kind == "boot":
+            return "%s on board %s" % (ev["device_id"], ev["board"])
+        if kind == "halt":
+            return "scenario over: %d messages delivered, %d still queued" % (ev["delivered"], ev["queued"])
+        if kind == "auth_expired":
+            return "%s: no EV plugged in time" % self.who(ev["token"])
+        return json.dumps(ev)
+
+
+def prepare(scenario_path, run_dir, site_key, broker):
+    """Validate the scenario and write what the firmware reads into run_dir."""
+    try:
+        with open(scenario_path) as f:
+            sc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ScenarioError("%s: %s" % (scenario_path, e))
+    world, device, board_path, names = normalise(sc, site_key, broker)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "scenario.json"), "w") as f:
+        json.dump(world, f)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(device, f)
+    return world, board_path, names
+
+
+def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print):
+    """Run one scenario to its end; returns the firmware's exit status (2: bad scenario)."""
+    site_key = site_key or os.urandom(32)
+    tmp = None
+    if run_dir is None:
+        tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
+    try:
+        try:
+            world, board_path, names = prepare(scenario_path, run_dir, site_key, broker)
+        except ScenarioError as e:
+            print("scenario error: %s" % e, file=sys.stderr)
+            return 2
+        cmd = [micropython_path()]
+        if heapsize:
+            cmd += ["-X", "heapsize=%s" % heapsize]
+        cmd += [os.path.join(ROOT, "main.py"), "--board", board_path,
+                "--config", os.path.join(run_dir, "config.json"),
+                "--scenario", os.path.join(run_dir, "scenario.json"),
+                "--data", os.path.join(run_dir, "data")]
+        printer = Printer(world["start_utc"], names, out)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=micropython_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if raw:
+                out(line)
+            elif line.startswith("@ "):
+                printer.line(json.loads(line[2:]))
+            else:
+                out(line)  # tracebacks and anything unexpected are shown as they are
+        return proc.wait()
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="example: python3 tools/sim.py demo/two_drivers.json --broker 127.0.0.1:1883",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", help="scenario JSON file (see README: Scenario contract)")
+    ap.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker; without it the charger runs offline")
+    ap.add_argument("--site-key", metavar="HEX", help="site key for pseudonyms (default: random per run)")
+    ap.add_argument("--keep", metavar="DIR", help="write the run's config, scenario and data here and keep them")
+    ap.add_argument("--raw", action="store_true", help="print the firmware's own lines instead of summaries")
+    ap.add_argument("--heapsize", metavar="SIZE", help="MicroPython heap, e.g. 64K as on a small board")
+    args = ap.parse_args()
+    key = bytes.fromhex(args.site_key) if args.site_key else None
+    sys.exit(run(args.scenario, args.broker, key, args.keep, args.raw, args.heapsize))
+
+
+if __name__ == "__main__":
+    main()
