@@ -11,7 +11,7 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup test test-unit test-mp test-host compile demo mpy deploy clean
+.PHONY: help setup .mosquitto test test-unit test-mp test-host demo mpy deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'

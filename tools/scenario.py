@@ -78,6 +78,7 @@ EVENTS = {
     "tap": (_tap, "card alias or UID held to the reader for ~1 s; a list of two = both at once"),
     "ev_current_a": (_number(0, 80), "current the EV wants to draw per phase, A"),
     "ev_phases": (_choice(1, 3), "phases the EV draws on"),
+    "broker": (_choice("up", "down", "silent"), "the broker: reachable, refusing, or accepting TCP and never answering"),
 }
 
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proxy import Proxy  # noqa: E402
 from scenario import ROOT, ScenarioError, normalise  # noqa: E402
 
 
@@ -60,7 +61,9 @@ class Printer:
         if text is None:
             return
         ts = datetime.datetime.fromisoformat(ev["ts"].replace("Z", "+00:00")).timestamp()
-        t = int(ts) - self.start
+        self.at(int(ts) - self.start, kind, text)
+
+    def at(self, t, kind, text):
         self.out("[+%02d:%02d:%02d] %-13s %s" % (t // 3600, t // 60 % 60, t % 60, kind, text))
 
     def describe(self, kind, ev):
@@ -116,6 +119,11 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
     if run_dir is None:
         tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
     try:
+        proxy = None
+        if broker:  # the firmware talks to the broker through a proxy the scenario can switch
+            host, _, port = broker.rpartition(":")
+            proxy = Proxy(int(port), host).__enter__()
+            broker = "127.0.0.1:%d" % proxy.port
         try:
             world, board_path, names = prepare(scenario_path, run_dir, site_key, broker)
         except ScenarioError as e:
@@ -129,11 +137,15 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=micropython_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=micropython_env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             line = line.rstrip("\n")
-            if raw:
+            if line.startswith("% "):
+                _world_request(json.loads(line[2:]), proxy, printer)
+                proc.stdin.write("ok\n")
+                proc.stdin.flush()
+            elif raw:
                 out(line)
             elif line.startswith("@ "):
                 printer.line(json.loads(line[2:]))
@@ -141,8 +153,18 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
                 out(line)  # tracebacks and anything unexpected are shown as they are
         return proc.wait()
     finally:
+        if proxy:
+            proxy.__exit__()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _world_request(req, proxy, printer):
+    """Carry out what the simulated world asks of the outside (the broker's availability)."""
+    if "broker" in req:
+        if proxy is not None:
+            proxy.set_mode(req["broker"])
+        printer.at(req["t_ms"] // 1000, "broker", req["broker"] + ("" if proxy else " (no broker configured)"))
 
 
 def main():

@@ -7,6 +7,9 @@ exactly what the EV drew. The firmware only sees pins and SPI answers.
     world = World(board_cfg, scenario)        # scenario as normalised by tools/sim.py
     clock = world.clock; ...; world.finished()
 """
+import json
+import sys
+
 from hal.sim import machine
 from hal.sim.atm90e32 import SimATM90E32
 from hal.sim.clock import VirtualClock
@@ -118,3 +121,14 @@ class World:
 
     def _on_ev_phases(self, n):
         self.ev_phases = n
+
+    def _on_broker(self, mode):
+        self._ask_runner({"broker": mode})
+
+    def _ask_runner(self, request):
+        """Things outside the process (the broker) are the runner's: ask, and wait until done."""
+        request["t_ms"] = self.clock.ms
+        print("% " + json.dumps(request))
+        reply = sys.stdin.readline().strip()
+        if reply != "ok":
+            raise OSError("simulator runner did not confirm %r (got %r)" % (request, reply))

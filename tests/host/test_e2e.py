@@ -96,3 +96,33 @@ def test_only_the_status_is_retained_for_late_subscribers(demo_run):
     _, _, watch = demo_run
     assert [(t, json.loads(p), r) for t, p, r in watch.late] == [
         ("cp/v1/cp-demo-0001/status", {"state": "offline"}, True)]
+
+
+@pytest.fixture(scope="module")
+def outage_run():
+    with Broker() as broker:
+        watch = Watch(broker.port)
+        lines = []
+        rc = sim.run(os.path.join(ROOT, "tests", "data", "scenarios", "outage.json"),
+                     broker="127.0.0.1:%d" % broker.port, site_key=KEY, out=lines.append)
+        watch.close()
+        yield rc, lines, watch
+
+
+def test_charging_goes_on_without_a_broker_and_records_arrive_later(outage_run):
+    rc, lines, watch = outage_run
+    assert rc == 0, "\n".join(lines[-30:])
+    recs = watch.records("session")
+    assert [(r["tx_id"], r["event"]) for r in recs] == [(1, "started"), (1, "ended")]
+    assert abs(recs[1]["energy_wh"] - 230 * 16 * 600 / 3600) <= 0.01 * 230 * 16 * 600 / 3600
+    # nothing reached the broker between the outage and the broker's return at t=900 s
+    up = [i for i, line in enumerate(lines) if "broker" in line and line.rstrip().endswith(" up")][0]
+    connected = [i for i, line in enumerate(lines) if "mqtt" in line and "connected" in line]
+    assert any(i > up for i in connected) and sum(1 for i in connected if i < up) == 1
+
+
+def test_a_silent_broker_costs_a_bounded_timeout_per_attempt(outage_run):
+    _, lines, _ = outage_run
+    silent = [line for line in lines if "ETIMEDOUT" in line]
+    assert silent, "the silent broker should have made connection attempts time out"
+    assert any("session_end" in line for line in lines)
