@@ -20,7 +20,7 @@ setup: $(VENV)/.installed lib/.lock.sha256 .mosquitto  ## venv with pinned host 
 
 $(VENV)/.installed: requirements-host.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r requirements-host.txt
+	$(VENV)/bin/pip install --quiet --quiet -r requirements-host.txt
 	touch $@
 
 lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
