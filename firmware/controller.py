@@ -40,7 +40,10 @@ class Controller:
         self._energy = Every(clock, self.metering.energy_interval_ms)
         self._poll = Every(clock, settings.reader_poll_ms)
         self._control = Every(clock, _CONTROL_MS)
+        self._meter_values = Every(clock, settings.meter_values_s * 1000)
+        self._aligned_slot = None   # the clock-aligned interval last reported
         self._tasks = (self._sample, self._energy, self._poll, self._control)
+        self._integral0 = 0
         self.session = None
         self.authorized = None      # token waiting for the EV to be plugged
         self._auth_at = 0
@@ -70,6 +73,7 @@ class Controller:
         if self._control.due(now):
             self._follow_plug()
             self._update_status()
+            self._report_meter(now)
         self.feedback.tick()
         self.sync.tick()
 
@@ -162,6 +166,8 @@ class Controller:
                                self.s.tariff.id)
         self.authorized = None
         self._finishing = False
+        self._integral0 = self.metering.start_session()
+        self._aligned_slot = self.clock.time() // self.s.meter_aligned_s if self.s.meter_aligned_s else None
         self.contactor.close()
         self.outbox.put("session", json.dumps(self.session.started()))
         self.log.event("session_start", tx_id=tx, token=self.session.token, meter_wh=m.wh)
@@ -173,9 +179,15 @@ class Controller:
         self.log.event("contactor", closed=False)
         if self.meter_error is None:
             self.metering.read_energy()  # what the chip counted up to the opening
-        stop_wh = self.metering.forward.wh
-        cost = self.s.tariff.price(stop_wh - s.meter_start_wh)
-        rec = s.ended(iso(self.clock.time()), stop_wh, reason, cost)
+        m = self.metering
+        m.end_session()
+        stop_wh = m.forward.wh
+        energy = stop_wh - s.meter_start_wh
+        integral = m.integral_wh - self._integral0
+        tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
+        cost = self.s.tariff.price(energy)
+        rec = s.ended(iso(self.clock.time()), stop_wh, reason, cost, profile=m.profile.record(),
+                      integral_wh=integral, energy_mismatch=abs(energy - integral) > tolerance)
         self.outbox.put("session", json.dumps(rec))
         self.session = None
         self._finishing = self.board.plugged()
@@ -185,12 +197,34 @@ class Controller:
         self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=rec["energy_wh"],
                        reason=reason, cost=cost)
 
+    def _report_meter(self, now):
+        """Meter values upstream while a session runs: periodic, and at clock-aligned instants."""
+        s = self.session
+        periodic = self._meter_values.due(now)
+        if s is None:
+            return
+        aligned = False
+        if self._aligned_slot is not None:
+            slot = self.clock.time() // self.s.meter_aligned_s
+            aligned = slot != self._aligned_slot
+            self._aligned_slot = slot
+        if not (periodic or aligned):
+            return
+        m = self.metering
+        r = m.ring
+        b = 3 * r.index(0)
+        self.sync.publish_now("meter", json.dumps({
+            "ts": iso(self.clock.time()), "tx_id": s.tx_id, "register_wh": m.forward.wh,
+            "energy_wh": m.forward.wh - s.meter_start_wh, "v_cv": list(r.u[b:b + 3]),
+            "i_ma": list(r.i[b:b + 3]), "p_w": m.p_w, "offered_a": self.s.max_current_a,
+            "aligned": aligned}))
+
     # -- status -----------------------------------------------------------------------------
     def _update_status(self):
         if self.meter_error is not None:
             status, pattern = "Faulted", "fault"
         elif self.session is not None:
-            if self.metering.power_w() > _CHARGING_W:
+            if self.metering.p_w > _CHARGING_W:
                 status, pattern = "Charging", "charging"
             else:
                 status, pattern = "SuspendedEV", "charging"

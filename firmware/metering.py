@@ -1,14 +1,22 @@
 """Sampling and billing energy from the ATM90E32: samples into the ring, energy into counters.
 
 Billing energy comes only from the chip's clear-on-read energy registers, read often enough
-that none can wrap, and every read is added: no count is ever dropped.
+that none can wrap, and every read is added: no count is ever dropped. Each sample also
+integrates ∫P·dt (a cross-check of billing energy), feeds the session's power profile and
+runs the per-sample threshold checks, all without allocating.
 
-    m = Metering(meter, clock, phases=1, ring_samples=256)
+    m = Metering(meter, clock, phases=1, ring_samples=256, max_power_w=7360)
     m.sample()          # 10 Hz, allocation-free
     m.read_energy()     # at least every m.energy_interval_ms
 """
+from micropython import const
+
 from firmware.energy import EnergyCounter, max_read_interval_ms
+from firmware.profile import Profile
 from firmware.ring import SampleRing
+
+_WMS_PER_WH = const(3600000)   # W·ms in one Wh
+_MAX_GAP_MS = const(2000)      # a longer gap between samples is not integrated (loop stalled)
 
 
 class Metering:
@@ -20,30 +28,91 @@ class Metering:
         self.forward = EnergyCounter()
         self.reverse = EnergyCounter()
         self.energy_interval_ms = max_read_interval_ms(max_power_w)
+        self.profile = Profile(clock)
+        self.in_session = False
+        # ∫P·dt: whole Wh plus W·ms remainder (kept below 2**30 on the ESP32)
+        self.integral_wh = 0
+        self._wms = 0
+        self._t_prev = clock.ticks_ms()
+        # latest sample, for the controller's decisions
+        self.p_w = 0
+        self.i_max_ma = 0
+        self.u_min_cv = 0
+        self.u_max_cv = 0
+        self.status0 = 0
+        self.status1 = 0
+        # per-sample checks: consecutive samples beyond each limit
+        self.limit_ma = 0x3FFFFFFF
+        self.u_low_cv = 0
+        self.u_high_cv = 0x3FFFFFFF
+        self.over_current = 0
+        self.under_voltage = 0
+        self.over_voltage = 0
 
     def sample(self):
-        """Read U, I, P and status into the next ring row (no allocation)."""
+        """Read U, I, P and status into the next ring row and check limits (no allocation)."""
         m = self.meter
         r = self.ring
+        c = self.clock
         i = r.advance()
-        r.t[i] = self.clock.ticks_ms()
+        t = c.ticks_ms()
+        r.t[i] = t
         b = 3 * i
+        p_tot = 0
+        i_max = 0
+        u_min = 0xFFFF
+        u_max = 0
         for ph in range(self.phases):
-            r.u[b + ph] = m.urms(ph)
-            r.i[b + ph] = m.irms(ph)
-            r.p[b + ph] = m.pmean(ph)
-        r.status[2 * i] = m.status0()
-        r.status[2 * i + 1] = m.status1()
+            u = m.urms(ph)
+            a = m.irms(ph)
+            p = m.pmean(ph)
+            r.u[b + ph] = u
+            r.i[b + ph] = a
+            r.p[b + ph] = p
+            p_tot += p
+            if a > i_max:
+                i_max = a
+            if u < u_min:
+                u_min = u
+            if u > u_max:
+                u_max = u
+        s0 = m.status0()
+        s1 = m.status1()
+        r.status[2 * i] = s0
+        r.status[2 * i + 1] = s1
+        self.p_w = p_tot
+        self.i_max_ma = i_max
+        self.u_min_cv = u_min
+        self.u_max_cv = u_max
+        self.status0 = s0
+        self.status1 = s1
+
+        dt = c.ticks_diff(t, self._t_prev)
+        self._t_prev = t
+        if 0 < dt <= _MAX_GAP_MS and p_tot > 0:
+            w = self._wms + p_tot * dt
+            if w >= _WMS_PER_WH:
+                n = w // _WMS_PER_WH
+                self.integral_wh += n
+                w -= n * _WMS_PER_WH
+            self._wms = w
+
+        self.over_current = self.over_current + 1 if i_max > self.limit_ma else 0
+        self.under_voltage = self.under_voltage + 1 if u_min < self.u_low_cv else 0
+        self.over_voltage = self.over_voltage + 1 if u_max > self.u_high_cv else 0
+        if self.in_session:
+            self.profile.add(p_tot, i_max)
 
     def read_energy(self):
         """Move what the chip counted since the last read into the counters."""
         self.forward.add(self.meter.forward_counts())
         self.reverse.add(self.meter.reverse_counts())
 
-    def power_w(self):
-        """Total active power of the newest sample."""
-        r = self.ring
-        if not r.count:
-            return 0
-        b = 3 * r.index(0)
-        return r.p[b] + r.p[b + 1] + r.p[b + 2]
+    def start_session(self):
+        """Reset the profile and return the integral mark the session's cross-check starts from."""
+        self.profile.reset()
+        self.in_session = True
+        return self.integral_wh
+
+    def end_session(self):
+        self.in_session = False

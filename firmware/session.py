@@ -31,7 +31,7 @@ class Session:
         rec["tariff_id"] = self.tariff_id
         return rec
 
-    def ended(self, ended_at, meter_stop_wh, stop_reason, cost):
+    def ended(self, ended_at, meter_stop_wh, stop_reason, cost, **extra):
         rec = self._event("ended", ended_at)
         rec["started_at"] = self.started_at
         rec["ended_at"] = ended_at
@@ -42,4 +42,5 @@ class Session:
         rec["auth"] = self.auth
         rec["tariff_id"] = self.tariff_id
         rec["cost"] = cost
+        rec.update(extra)
         return rec

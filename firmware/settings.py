@@ -38,6 +38,10 @@ class Settings:
         self.sample_ms = 1000 // rate
         self.ring_samples = setting(board, "sampling.ring_samples", int, 256, lo=16, hi=4096)
         self.reader_poll_ms = setting(board, "reader.poll_ms", int, 200, lo=50, hi=2000)
+        self.crosscheck_pct = setting(board, "metering.crosscheck_pct", int, 3, lo=1, hi=50)
+        self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)
+        self.meter_values_s = setting(device, "meter_values_s", int, 60, lo=10, hi=3600)
+        self.meter_aligned_s = setting(device, "meter_aligned_s", int, 900, lo=0, hi=86400)
 
     @property
     def max_power_w(self):

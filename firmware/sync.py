@@ -60,6 +60,15 @@ class Sync:
         except OSError as e:
             self._lost(e)
 
+    def publish_now(self, suffix, payload):
+        """Best effort, not queued (meter values): sent if connected, else dropped."""
+        if self.link is None or not self.link.connected:
+            return
+        try:
+            self.link.publish(self.prefix + suffix, payload, False, 0)
+        except OSError as e:
+            self._lost(e)
+
     def _connect(self):
         try:
             self.link.connect(self.prefix + "status", json.dumps({"state": "offline"}), self._on_message)

@@ -62,3 +62,32 @@ def test_a_meter_that_stops_answering_opens_the_contactor_and_ends_the_session()
     ended = h.sessions()[-1]
     assert ended["stop_reason"] == "Other" and ended["energy_wh"] > 0
     assert h.ctl.connector == "Faulted"
+
+
+def test_ended_record_carries_profile_and_energy_cross_check():
+    h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"},
+                                   {"t": 3000, "ev_current_a": 16}, {"t": 603000, "ev_current_a": 8},
+                                   {"t": 1203000, "tap": "alice"}], 1300000)
+    h.run()
+    ended = h.sessions()[-1]
+    prof = ended["profile"]
+    assert prof["bucket_s"] == 60 and len(prof["mean_w"]) == 21
+    assert abs(prof["mean_w"][5] - 230 * 16) <= 40 and abs(prof["mean_w"][15] - 230 * 8) <= 40
+    assert prof["peak_w"] >= 230 * 16 - 40 and max(prof["max_ma"]) >= 15900
+    assert abs(ended["integral_wh"] - ended["energy_wh"]) <= 0.01 * ended["energy_wh"]
+    assert ended["energy_mismatch"] is False
+
+
+def test_meter_values_are_published_while_charging():
+    h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"},
+                                   {"t": 3000, "ev_current_a": 16}, {"t": 1800000, "tap": "alice"}], 1900000,
+                device={"meter_values_s": 300})
+    h.run()
+    values = [__import__("json").loads(p) for t, p, _, q in h.link.published if t.endswith("/meter")]
+    # every 5 min from boot (07:55) while the session runs, the aligned ones at :00/:15/:30/:45
+    assert [v["ts"][11:16] for v in values][:5] == ["08:00", "08:05", "08:10", "08:15", "08:20"]
+    assert [v["ts"][11:] for v in values if v["aligned"]] == ["08:00:00Z", "08:15:00Z"]
+    assert all(v["tx_id"] == 1 for v in values)
+    assert abs(values[-1]["p_w"] - 230 * 16) <= 40 and values[-1]["i_ma"][0] > 15900
+    assert values[1]["energy_wh"] < values[3]["energy_wh"] == values[3]["register_wh"]
+    assert all(q == 0 for t, p, _, q in h.link.published if t.endswith("/meter"))
