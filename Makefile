@@ -11,7 +11,7 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto test test-unit test-mp test-host demo mpy deploy clean
+.PHONY: help setup .mosquitto test test-unit test-mp test-host demo bench mpy deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,9 @@ test-host: setup  ## end-to-end and tooling tests (real MicroPython, real mosqui
 
 demo: setup  ## simulated charger + local broker: two drivers, one refused card
 	$(PY) tools/demo.py
+
+bench: setup  ## speed and memory figures on the MicroPython unix port, written into README.md
+	$(PY) tools/bench.py
 
 mpy: setup  ## compile the firmware for the ESP32 into build/
 	rm -rf build && mkdir -p build

@@ -3,6 +3,7 @@
     micropython main.py --board board_configs/sim.json --config run/config.json \\
         --scenario run/scenario.json          # on a PC; a board runs main.py with no arguments
 """
+import gc
 import sys
 
 from firmware.config import load
@@ -72,13 +73,16 @@ def main(argv):
     ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"))
     if link is not None:
         link.idle = ctl.idle
-    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"))
+    gc.collect()
+    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"),
+              heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
     try:
         ctl.run(stop)
     finally:
         board.contactor.open()  # whatever ended the loop, the contactor opens
     sync.flush()
-    log.event("halt", delivered=sync.published, queued=len(outbox))
+    log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
+              max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total)
 
 
 def run():

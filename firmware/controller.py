@@ -7,6 +7,7 @@ the broker. Nothing in it waits on the network.
     ctl = Controller(settings, board, clock, log, sync, outbox, state)
     ctl.run(stop=lambda: False)
 """
+import gc
 import json
 
 from firmware.cardreader import COLLISION, CardReader
@@ -18,6 +19,11 @@ from firmware.session import Session
 from firmware.timefmt import iso
 
 _CONTROL_MS = 100
+_HOUSEKEEPING_MS = 1000
+try:
+    _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
+except AttributeError:
+    _mem_alloc = None          # CPython (tests on a PC): its collector needs no help
 _CHARGING_W = 100  # above this the EV is drawing power: Charging, else SuspendedEV
 
 
@@ -42,6 +48,8 @@ class Controller:
         self._control = Every(clock, _CONTROL_MS)
         self._meter_values = Every(clock, settings.meter_values_s * 1000)
         self._aligned_slot = None   # the clock-aligned interval last reported
+        self._housekeeping = Every(clock, _HOUSEKEEPING_MS)
+        self.heap_peak = 0          # most live heap seen after a collection, bytes
         self._tasks = (self._sample, self._energy, self._poll, self._control)
         self._integral0 = 0
         self.session = None
@@ -74,6 +82,9 @@ class Controller:
             self._follow_plug()
             self._update_status()
             self._report_meter(now)
+        if _mem_alloc is not None and self._housekeeping.due(now):
+            gc.collect()  # once a second at a quiet point: short pauses, no fragmentation build-up
+            self.heap_peak = max(self.heap_peak, _mem_alloc())
         self.feedback.tick()
         self.sync.tick()
 

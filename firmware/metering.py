@@ -34,6 +34,7 @@ class Metering:
         self.integral_wh = 0
         self._wms = 0
         self._t_prev = clock.ticks_ms()
+        self.max_gap_ms = 0   # longest time between two samples since boot
         # latest sample, for the controller's decisions
         self.p_w = 0
         self.i_max_ma = 0
@@ -89,6 +90,8 @@ class Metering:
 
         dt = c.ticks_diff(t, self._t_prev)
         self._t_prev = t
+        if dt > self.max_gap_ms and r.total > 1:
+            self.max_gap_ms = dt
         if 0 < dt <= _MAX_GAP_MS and p_tot > 0:
             w = self._wms + p_tot * dt
             if w >= _WMS_PER_WH:

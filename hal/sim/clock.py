@@ -1,6 +1,8 @@
 """Virtual time for the simulator: `sleep_ms` moves the world forward instead of waiting.
 
 Ticks wrap like an ESP32's (period 2**30 ms), so wrap handling is exercised in every long run.
+With `realtime=True` (benchmarks) virtual time follows the wall clock instead, so real stalls
+show up in the firmware's timestamps.
 
     clock = VirtualClock(start_utc=1772437800, on_advance=world.run_until)
     clock.sleep_ms(100)   # the world plays 100 ms of physics and scenario, at once
@@ -12,13 +14,27 @@ _HALF = const(0x20000000)
 
 
 class VirtualClock:
-    def __init__(self, start_utc=0, on_advance=None, ticks0=0):
+    def __init__(self, start_utc=0, on_advance=None, ticks0=0, realtime=False):
         self.ms = 0  # virtual milliseconds since start
         self.start_utc = start_utc
         self._ticks0 = ticks0
         self.on_advance = on_advance
+        self._real0 = None
+        if realtime:
+            import time
+
+            self._time = time
+            self._real0 = time.ticks_ms()
+
+    def _catch_up(self):
+        """Realtime mode: bring virtual time up to the wall clock."""
+        real = self._time.ticks_diff(self._time.ticks_ms(), self._real0)
+        if real > self.ms:
+            self.advance(real - self.ms)
 
     def ticks_ms(self):
+        if self._real0 is not None:
+            self._catch_up()
         return (self._ticks0 + self.ms) & _MASK
 
     def ticks_add(self, t, delta):
@@ -28,7 +44,10 @@ class VirtualClock:
         return ((a - b + _HALF) & _MASK) - _HALF
 
     def sleep_ms(self, ms):
-        if ms > 0:
+        if self._real0 is not None:
+            self._time.sleep_ms(ms)
+            self._catch_up()
+        elif ms > 0:
             self.advance(ms)
 
     def advance(self, ms):

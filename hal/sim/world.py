@@ -31,7 +31,7 @@ class World:
     def __init__(self, board, scenario):
         machine.reset()
         sim = board.get("sim", {})
-        self.clock = VirtualClock(scenario["start_utc"], self.run_until)
+        self.clock = VirtualClock(scenario["start_utc"], self.run_until, realtime=scenario.get("realtime", False))
         phases = board["meter"]["phases"]
         v = float(sim.get("grid_v", 230))
         self.line = Line([v if ph < phases else 0.0 for ph in range(3)], float(sim.get("grid_hz", 50)))

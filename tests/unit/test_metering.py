@@ -6,30 +6,11 @@ import sys
 
 import micropython
 
-from firmware.metering import Metering
 from firmware.profile import Profile
-from hal.atm90e32 import ATM90E32
-from hal.sim import machine
-from hal.sim.atm90e32 import SimATM90E32
 from hal.sim.clock import VirtualClock
-from hal.sim.world import Line
+from hal.sim.rig import meter_rig as _rig
 
-CFG = {"phases": 3, "line_hz": 50, "pga": 1, "ugain": [32768] * 3, "igain": [32768] * 3}
 MICROPYTHON = sys.implementation.name == "micropython"
-
-
-def _rig(phases=3):
-    machine.reset()
-    line = Line([230.0, 230.0, 230.0], 50.0)
-    chip = SimATM90E32(line)
-    clock = VirtualClock(on_advance=lambda target: chip.integrate(target - clock.ms))
-    machine.bus(2).attach(chip, cs=5)
-    meter = ATM90E32(machine.SPI(2, polarity=1, phase=1), machine.Pin(5, machine.Pin.OUT, value=1),
-                     sleep_ms=clock.sleep_ms)
-    cfg = dict(CFG)
-    cfg["phases"] = phases
-    meter.init(cfg)
-    return Metering(meter, clock, phases, 64, 22000), line, chip, clock
 
 
 def _run(m, clock, seconds, energy_every_ms=1000):
