@@ -1,11 +1,13 @@
-"""Simulated `machine`: pins and SPI buses routed by chip-select.
+"""Simulated `machine`: pins, SPI buses routed by chip-select, PWM outputs and ADC inputs.
 
 The board builder uses this module in place of `machine` when a board config says
 "platform": "sim". Simulated chips attach to its buses and answer byte for byte; the
-simulated world drives its input pins and watches its outputs.
+simulated world drives its input pins and watches its outputs, finds the PWM the firmware
+built on a pin (`pwm_on`) and supplies what an ADC pin reads (`adc_source`).
 
     bus = machine.bus(1); bus.attach(SimATM90E32(line), cs=5)
     spi = machine.SPI(1, polarity=1, phase=1); cs = machine.Pin(5, machine.Pin.OUT, value=1)
+    machine.adc_source(36, cp.read_u16); machine.pwm_on(25).duty_u16()
 """
 
 
@@ -32,6 +34,8 @@ class _Net:
 
 _nets = {}
 _buses = {}
+_pwms = {}          # pin number -> the active PWM on it
+_adc_sources = {}   # pin number -> function returning the 16-bit code the ADC reads
 
 
 def net(pin_id):
@@ -50,10 +54,30 @@ def bus(bus_id):
     return b
 
 
+def pwm_on(pin_id):
+    """The active (not deinit'ed) PWM on this pin number, or None."""
+    return _pwms.get(pin_id)
+
+
+def adc_source(pin_id, fn):
+    """Make an ADC on this pin number read fn() (a 0..65535 code); None disconnects it."""
+    if fn is None:
+        _adc_sources.pop(pin_id, None)
+    else:
+        _adc_sources[pin_id] = fn
+
+
 def reset():
-    """Forget every pin and bus: a new simulated board."""
+    """Forget every pin, bus, PWM and ADC source: a new simulated board."""
     _nets.clear()
     _buses.clear()
+    _pwms.clear()
+    _adc_sources.clear()
+
+
+def _pin_id(dest):
+    """A Pin object or a pin number, as the ports' PWM and ADC constructors accept."""
+    return dest.id if isinstance(dest, Pin) else dest
 
 
 class Pin:
@@ -156,3 +180,75 @@ class SPI:
 
     def write_readinto(self, wbuf, rbuf):
         self._bus.exchange(self._mode, wbuf, rbuf, len(wbuf), 0)
+
+
+class PWM:
+    """A PWM output like the ESP32 port's: `duty_u16` 0..65535, where 65535 is constantly high."""
+
+    def __init__(self, dest, *, freq=None, duty_u16=None, invert=False):
+        self.id = _pin_id(dest)
+        self._freq = 5000 if freq is None else freq
+        self._duty = 32768 if duty_u16 is None else duty_u16
+        self._invert = invert
+        _pwms[self.id] = self
+
+    def init(self, *, freq=None, duty_u16=None, invert=None):
+        if freq is not None:
+            self._freq = freq
+        if duty_u16 is not None:
+            self._duty = duty_u16
+        if invert is not None:
+            self._invert = invert
+        _pwms[self.id] = self
+
+    def deinit(self):
+        if _pwms.get(self.id) is self:
+            del _pwms[self.id]
+
+    def freq(self, value=None):
+        if value is None:
+            return self._freq
+        self._freq = value
+        return None
+
+    def duty_u16(self, value=None):
+        if value is None:
+            return self._duty
+        if not 0 <= value <= 65535:
+            raise ValueError("duty_u16 must be 0..65535")
+        self._duty = value
+        return None
+
+    def high(self, phase_u16):
+        """The pin level at this point of the period (0..65535): what the world's circuit sees."""
+        d = self._duty
+        level = d == 65535 or phase_u16 < d
+        return level != self._invert
+
+
+class ADC:
+    """An ADC input like the ESP32 port's; what it reads comes from `adc_source(pin, fn)`."""
+
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+
+    def __init__(self, dest, *, atten=None):
+        self.id = _pin_id(dest)
+        self._atten = ADC.ATTN_0DB if atten is None else atten
+
+    def init(self, *, atten=None):
+        if atten is not None:
+            self._atten = atten
+
+    def atten(self, value=None):
+        if value is None:
+            return self._atten
+        self._atten = value
+        return None
+
+    def read_u16(self):
+        """The source's code, or 0 for a pin nothing is connected to."""
+        fn = _adc_sources.get(self.id)
+        return 0 if fn is None else fn()
