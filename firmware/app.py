@@ -1,11 +1,12 @@
 """Boots the charger: settings, hardware (real or simulated), sync, then the controller loop.
 
     micropython main.py --board board_configs/sim.json --config run/config.json \\
-        --scenario run/scenario.json          # on a PC; a board runs main.py with no arguments
+        --secrets run/secrets.json --scenario run/scenario.json   # on a PC; a board: no arguments
 """
 import gc
 import sys
 
+from firmware.auth import from_config as auth_from_config
 from firmware.config import load
 from firmware.controller import Controller
 from firmware.log import Log
@@ -15,7 +16,8 @@ from firmware.state import State, ensure_dir
 from firmware.sync import Sync
 from hal.board import Board
 
-DEFAULTS = {"board": "board.json", "config": "config.json", "scenario": None, "data": None}
+DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
+            "data": None}
 
 
 def parse_args(argv):
@@ -25,7 +27,8 @@ def parse_args(argv):
     while i < len(argv):
         name = argv[i][2:] if argv[i].startswith("--") else None
         if name not in args or i + 1 >= len(argv):
-            raise ValueError("usage: main.py [--board F] [--config F] [--scenario F] [--data DIR] (at %r)" % argv[i])
+            raise ValueError("usage: main.py [--board F] [--config F] [--secrets F] [--scenario F] [--data DIR]"
+                             " (at %r)" % argv[i])
         args[name] = argv[i + 1]
         i += 2
     return args
@@ -52,25 +55,40 @@ def main(argv):
     args = parse_args(argv)
     board_cfg = load(args["board"])
     device_cfg = load(args["config"])
+    secrets = load(args["secrets"])
     machine, clock, stop = _platform(board_cfg, args)
     log = Log(clock)
     try:
-        settings = Settings(board_cfg, device_cfg)
+        settings = Settings(board_cfg, device_cfg, secrets)
         board = Board(board_cfg, machine, clock.sleep_ms)
     except ValueError as e:
         log.event("config_error", error=str(e))
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
+    auth = auth_from_config(device_cfg, clock, settings.keys, data)
+    for what in ("local_list", "cache"):
+        err = getattr(auth, what).load_error
+        if err:
+            log.event("storage", file=what, error=err)
+    provisioned = settings.local_list
+    if provisioned and provisioned.get("version", 0) > auth.local_list.version:
+        update = dict(provisioned)
+        update["type"] = "full"
+        try:
+            auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
+        except ValueError as e:
+            raise ValueError("config: local_list.%s" % e)
     outbox = Outbox(settings.outbox_size)
     link = None
     if settings.mqtt_host:
         from firmware.mqtt import Link
 
         link = Link(settings.device_id, settings.mqtt_host, settings.mqtt_port, clock,
-                    settings.mqtt_keepalive_s, settings.mqtt_timeout_ms)
+                    settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
+                    settings.mqtt_password)
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"))
+    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth)
     if link is not None:
         link.idle = ctl.idle
     gc.collect()

@@ -570,7 +570,9 @@ class Authorizer:
         p = self._pending.pop(corr, None)
         if p is None:
             raise ValueError("id: no authorization request %r is waiting" % (corr,))
-        return self._decide(p[0], False, "timeout", p[2])
+        d = self._decide(p[0], False, "timeout", p[2])
+        d.corr = corr  # the request it answers
+        return d
 
     def timeouts(self):
         """Decisions for every request older than timeout_ms; call from the loop."""

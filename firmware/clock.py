@@ -27,6 +27,9 @@ class Clock:
     def sleep_ms(self, ms):
         time.sleep_ms(ms)
 
+    def waiting_outside(self, flag):
+        """The firmware waits for an answer from outside; real time needs no help (see VirtualClock)."""
+
     def time(self):
         """Unix seconds (UTC); compare with VALID_AFTER to know whether it was ever set."""
         return time.time() + _EPOCH_OFFSET

@@ -1,34 +1,42 @@
 """The charge-point controller: the one cooperative loop and the only place that decides.
 
-Each iteration samples the meter, reads the energy registers when due, polls the card
-reader, follows the plug, starts and stops sessions, drives the LED and lets the sync talk to
-the broker. Nothing in it waits on the network.
+Each iteration samples the meter, follows the EV (control pilot, plug contact or current),
+polls the card reader, handles the backend's commands and answers, starts and stops
+sessions, sets the offered current, drives the LED and lets the sync talk to the broker.
+Nothing in it waits on the network.
 
-    ctl = Controller(settings, board, clock, log, sync, outbox, state)
+    ctl = Controller(settings, board, clock, log, sync, outbox, state, auth)
     ctl.run(stop=lambda: False)
 """
 import gc
 import json
 
+from firmware.auth import may_stop
 from firmware.cardreader import COLLISION, CardReader
+from firmware.commands import Commands
+from firmware.evsense import CurrentSense, PilotSense, PinSense
 from firmware.feedback import Feedback
+from firmware.limits import KINDS
 from firmware.metering import Metering
-from firmware.pseudonym import pseudonym
 from firmware.schedule import Every
 from firmware.session import Session
 from firmware.timefmt import iso
 
 _CONTROL_MS = 100
 _HOUSEKEEPING_MS = 1000
+_TEXT_MAX = 200
 try:
     _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
 except AttributeError:
     _mem_alloc = None          # CPython (tests on a PC): its collector needs no help
-_CHARGING_W = 100  # above this the EV is drawing power: Charging, else SuspendedEV
+
+_PATTERNS = {"Available": "ready", "Preparing": "waiting", "Charging": "charging",
+             "SuspendedEV": "charging", "SuspendedEVSE": "waiting", "Finishing": "finished",
+             "Faulted": "fault", "Unavailable": "fault"}
 
 
 class Controller:
-    def __init__(self, settings, board, clock, log, sync, outbox, state):
+    def __init__(self, settings, board, clock, log, sync, outbox, state, auth):
         self.s = settings
         self.board = board
         self.clock = clock
@@ -36,32 +44,52 @@ class Controller:
         self.sync = sync
         self.outbox = outbox
         self.state = state
-        self.reader = CardReader(board.rfid, clock)
+        self.auth = auth
+        self.limits = settings.limits
         self.contactor = board.contactor
-        self.feedback = Feedback(board.led, clock)
+        self.reader = CardReader(board.rfid, clock)
+        self.feedback = Feedback(board.led, clock, board.buzzer)
+        self.commands = Commands(self, sync, log)
         self.metering = Metering(board.meter, clock, settings.phases, settings.ring_samples,
                                  settings.max_power_w)
         self.metering.forward.restore(state.values["meter_wh"], state.values["meter_rem"])
+        if board.ev_sense == "pilot":
+            self.ev = PilotSense(board.pilot, clock, settings.pilot_debounce_ms)
+        elif board.ev_sense == "pin":
+            self.ev = PinSense(board.plug, board.plug_active, self.metering)
+        else:
+            self.ev = CurrentSense(self.metering)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
         self._poll = Every(clock, settings.reader_poll_ms)
+        self._pilot = Every(clock, settings.pilot_poll_ms) if self.ev.has_pilot else None
         self._control = Every(clock, _CONTROL_MS)
-        self._meter_values = Every(clock, settings.meter_values_s * 1000)
-        self._aligned_slot = None   # the clock-aligned interval last reported
         self._housekeeping = Every(clock, _HOUSEKEEPING_MS)
-        self.heap_peak = 0          # most live heap seen after a collection, bytes
-        self._tasks = (self._sample, self._energy, self._poll, self._control)
+        self._meter_values = Every(clock, settings.meter_values_s * 1000)
+        self._tasks = [t for t in (self._sample, self._energy, self._poll, self._pilot, self._control)
+                       if t is not None]
+        self._aligned_slot = None   # the clock-aligned interval last reported
         self._integral0 = 0
+        self.heap_peak = 0          # most live heap seen after a collection, bytes
         self.session = None
-        self.authorized = None      # token waiting for the EV to be plugged
+        self._session_utc = 0
+        self.last_tx = None         # (tx_id, token) of the last session, for feedback after it
+        self.authorized = None      # accepted Decision waiting for the EV
         self._auth_at = 0
+        self.pending = None         # Decision waiting for the backend's answer
+        self._stopping = None       # (reason, deadline): the EV was asked to stop before opening
         self._finishing = False     # a session ended and the EV is still plugged
+        self._button_was = False
+        self.temp_c = None
         self.meter_error = None
+        self.reader_reported = False
+        self._drawing_at = clock.ticks_ms()
+        self.connector = None       # OCPP connector status
+        self.error_code = None      # OCPP error code with it, None for NoError
         try:
             board.meter.init(settings.board["meter"])
         except OSError as e:
             self._meter_failed(e)
-        self.connector = None
         self._update_status()
 
     # -- the loop -------------------------------------------------------------------------
@@ -79,18 +107,23 @@ class Controller:
         if self._poll.due(now):
             self._read_card()
         if self._control.due(now):
-            self._follow_plug()
+            self.commands.handle_inbox()
+            self._auth_timeouts()
+            self._follow_ev()
+            self._apply_offer()
+            self._check_button()
             self._update_status()
             self._report_meter(now)
-        if _mem_alloc is not None and self._housekeeping.due(now):
-            gc.collect()  # once a second at a quiet point: short pauses, no fragmentation build-up
-            self.heap_peak = max(self.heap_peak, _mem_alloc())
+        if self._housekeeping.due(now):
+            self._housekeep()
         self.feedback.tick()
         self.sync.tick()
 
     def idle(self):
-        """Meter work that must never wait: also run by the MQTT link while it waits."""
+        """What must never wait (the EV, the meter): also run by the MQTT link while it waits."""
         now = self.clock.ticks_ms()
+        if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
+            self._ev_changed()
         try:
             if self._sample.due(now):
                 self.metering.sample()
@@ -99,13 +132,60 @@ class Controller:
         except OSError as e:
             self._meter_failed(e)
 
-    # -- meter ------------------------------------------------------------------------------
+    def _housekeep(self):
+        if self.meter_error is None:
+            try:
+                self.board.meter.check()   # MeterEn still set: the chip did not brown out
+                self.temp_c = self.board.meter.temp()
+            except OSError as e:
+                self._meter_failed(e)
+        if self.reader.failed and not self.reader_reported:
+            self.reader_reported = True
+            self.log.event("fault", code="ReaderFailure", error=self.reader.error)
+        elif not self.reader.failed and self.reader_reported:
+            self.reader_reported = False
+            self.log.event("fault_cleared", code="ReaderFailure")
+        if _mem_alloc is not None:
+            gc.collect()  # once a second at a quiet point: short pauses, no fragmentation build-up
+            self.heap_peak = max(self.heap_peak, _mem_alloc())
+
+    # -- the EV and the meter ----------------------------------------------------------------
+    def _ev_changed(self):
+        """The pilot state changed: react at once (within 100 ms of the change, IEC 61851-1)."""
+        ev = self.ev
+        self.log.event("pilot", state=ev.state, previous=ev.monitor.previous, fault=ev.fault)
+        if ev.state == "C" or ev.state == "D":
+            if self.session is not None and self._stopping is None and ev.offered_a:
+                self._close()
+            return
+        if self.contactor.commanded:
+            self._open()  # B: the EV stopped asking; A, E, F: gone or in error
+        if self.session is None:
+            return
+        if ev.state == "B":
+            if self._stopping is not None:
+                self._finish(self._stopping[0])
+        elif ev.state == "A":
+            self._finish("EVDisconnected")
+        else:
+            self._finish("Other")
+
     def _meter_failed(self, err):
-        """Safe state first: open the contactor; the session is closed by the next step."""
-        self.contactor.open()
+        """Safe state first: open the contactor; the session is closed by the next control step."""
+        self._open()
         if self.meter_error is None:
             self.meter_error = str(err)
             self.log.event("fault", code="PowerMeterFailure", error=self.meter_error)
+
+    def _close(self):
+        if not self.contactor.commanded:
+            self.contactor.close()
+            self.log.event("contactor", closed=True)
+
+    def _open(self):
+        if self.contactor.commanded:
+            self.contactor.open()
+            self.log.event("contactor", closed=False)
 
     # -- cards ------------------------------------------------------------------------------
     def _read_card(self):
@@ -116,78 +196,142 @@ class Controller:
             self.log.event("tap", result="refused", reason="one card please")
             self.feedback.flash("refused")
             return
-        self._tap(pseudonym(self.s.site_key, got))  # the raw UID goes no further
+        self._tap(self.s.keys.tap(got))  # the raw UID goes no further than this line
 
-    def _tap(self, token):
+    def _tap(self, pairs):
+        token = pairs[0][1]
         s = self.session
         if s is not None:
-            if token == s.token:
+            if may_stop(s.token, s.group, pairs, self.auth.group_of(pairs)):
                 self.log.event("tap", token=token, result="stop")
                 self._stop("Local")
             else:
                 self._refuse(token, "ConcurrentTx")
             return
-        if self.authorized is not None:
-            if token == self.authorized:
+        if self.pending is not None:
+            self._refuse(token, "Busy")   # an online check is running for another tap
+            return
+        a = self.authorized
+        if a is not None:
+            if any(t == a.token for _, t in pairs):
                 self.authorized = None
                 self.log.event("tap", token=token, result="cancelled")
                 self.feedback.flash("accepted")
             else:
                 self._refuse(token, "ConcurrentTx")
             return
-        if self.meter_error is not None:
+        if self.meter_error is not None or self.ev.fault is not None:
             self._refuse(token, "Unavailable")
             return
-        if token not in self.s.allow:
-            self._refuse(token, "Invalid")
-            return
-        self.authorized = token
-        self._auth_at = self.clock.ticks_ms()
-        self.log.event("tap", token=token, result="accepted", auth="local_list")
-        self.feedback.flash("accepted")
+        self._decided(self.auth.tap(pairs, self.sync.connected))
 
-    def _refuse(self, token, status):
-        self.log.event("tap", token=token, result="refused", status=status)
+    def _decided(self, d):
+        """Act on an authorization decision (from a tap, a remote start or the backend)."""
+        if d.pending:
+            if self.sync.publish_now("auth/req", json.dumps(d.request()), 1):
+                self.pending = d
+                self.clock.waiting_outside(True)
+                self.log.event("tap", token=d.token, result="asking", corr=d.corr)
+                return
+            d = self.auth.online_timeout(d.corr)
+        if self.pending is None:
+            self.clock.waiting_outside(False)
+        if d.accepted:
+            self.authorized = d
+            self._auth_at = self.clock.ticks_ms()
+            self.log.event("tap", token=d.token, result="accepted", auth=d.method)
+            self.feedback.flash("accepted")
+        else:
+            self._refuse(d.token, d.status, d.method)
+
+    def _refuse(self, token, status, method=None):
+        self.log.event("tap", token=token, result="refused", status=status, auth=method)
         self.feedback.flash("refused")
 
+    def auth_answer(self, payload):
+        """The backend's answer on auth/resp (ValueError if it matches nothing waiting)."""
+        d = self.auth.online_answer(payload.get("id") if isinstance(payload, dict) else None, payload)
+        self.pending = None
+        self._decided(d)
+
+    def _auth_timeouts(self):
+        for d in self.auth.timeouts():
+            if self.pending is not None and d.corr == self.pending.corr:
+                self.pending = None
+                self.log.event("auth_timeout", token=d.token)
+                self._decided(d)
+
     # -- sessions ---------------------------------------------------------------------------
-    def _follow_plug(self):
-        plugged = self.board.plugged()
-        if self.session is not None:
+    def _follow_ev(self):
+        ev = self.ev
+        s = self.session
+        now = self.clock.ticks_ms()
+        if s is None or self.metering.i_max_ma > 500:
+            self._drawing_at = now
+        if s is not None:
             if self.meter_error is not None:
-                self._stop("Other")
-            elif not plugged:
-                self._stop("EVDisconnected")
+                self._stop("Other", emergency=True)
+            elif not ev.plugged:
+                self._stop("EVDisconnected", emergency=True)
+            elif s.max_wh is not None and self.metering.forward.wh - s.meter_start_wh >= s.max_wh:
+                self._stop("EnergyLimitReached")
+            elif self._stopping is not None and self.clock.ticks_diff(now, self._stopping[1]) >= 0:
+                self._finish(self._stopping[0])   # the EV did not stop in time: open anyway
+            elif self.s.idle_end_s and self.clock.ticks_diff(now, self._drawing_at) > self.s.idle_end_s * 1000:
+                self._stop("StoppedByEV")          # boards that cannot see the plug: no draw for long
             return
-        if not plugged:
+        if not ev.plugged:
             self._finishing = False
-        if self.authorized is None:
+        a = self.authorized
+        if a is None:
             return
-        if plugged:
-            self._start()
-        elif self.clock.ticks_diff(self.clock.ticks_ms(), self._auth_at) > self.s.auth_timeout_s * 1000:
-            self.log.event("auth_expired", token=self.authorized)
+        if ev.plugged and ev.fault is None and self.meter_error is None:
+            self._start(a)
+        elif self.clock.ticks_diff(now, self._auth_at) > self.s.auth_timeout_s * 1000:
+            self.log.event("auth_expired", token=a.token)
             self.authorized = None
 
-    def _start(self):
+    def _apply_offer(self):
+        s = self.session
+        if s is None or self._stopping is not None:
+            amps = 0
+        else:
+            amps = self.limits.offer_a(self.clock.time(), self._session_utc, s.max_current_a, self.temp_c)
+        if amps != self.ev.offered_a:
+            self.ev.offer(amps)
+            self.log.event("offer", amps=self.ev.offered_a, limit=self.limits.reason)
+
+    def _start(self, d):
         self.metering.read_energy()  # the start reading includes everything counted so far
         tx = self.state.next_tx()
         m = self.metering.forward
-        self.session = Session(tx, self.authorized, "local_list", iso(self.clock.time()), m.wh,
-                               self.s.tariff.id)
+        self.session = Session(tx, d, iso(self.clock.time()), m.wh, self.s.tariff.id)
+        self._session_utc = self.clock.time()
         self.authorized = None
         self._finishing = False
         self._integral0 = self.metering.start_session()
         self._aligned_slot = self.clock.time() // self.s.meter_aligned_s if self.s.meter_aligned_s else None
-        self.contactor.close()
         self.outbox.put("session", json.dumps(self.session.started()))
-        self.log.event("session_start", tx_id=tx, token=self.session.token, meter_wh=m.wh)
-        self.log.event("contactor", closed=True)
+        self.log.event("session_start", tx_id=tx, token=d.token, auth=d.method, meter_wh=m.wh)
+        self._apply_offer()
+        if not self.ev.has_pilot:
+            self._close()   # no pilot: the EV cannot ask, power is simply made available
 
-    def _stop(self, reason):
+    def _stop(self, reason, emergency=False):
+        """End the session; with a pilot, first withdraw the offer and let the EV stop drawing."""
+        if self._stopping is not None and not emergency:
+            return
+        if emergency or not self.ev.has_pilot or not self.contactor.commanded or not self.s.soft_stop_ms:
+            self._finish(reason)
+            return
+        self.ev.offer(0)
+        self._stopping = (reason, self.clock.ticks_add(self.clock.ticks_ms(), self.s.soft_stop_ms))
+        self.log.event("stopping", tx_id=self.session.tx_id, reason=reason)
+
+    def _finish(self, reason):
         s = self.session
-        self.contactor.open()
-        self.log.event("contactor", closed=False)
+        self._stopping = None
+        self._open()
         if self.meter_error is None:
             self.metering.read_energy()  # what the chip counted up to the opening
         m = self.metering
@@ -201,13 +345,79 @@ class Controller:
                       integral_wh=integral, energy_mismatch=abs(energy - integral) > tolerance)
         self.outbox.put("session", json.dumps(rec))
         self.session = None
-        self._finishing = self.board.plugged()
+        self.last_tx = (s.tx_id, s.token)
+        self._finishing = self.ev.knows_plug and self.ev.plugged
         v = self.state.values
-        v["meter_wh"], v["meter_rem"] = self.metering.forward.wh, self.metering.forward.rem
+        v["meter_wh"], v["meter_rem"] = m.forward.wh, m.forward.rem
         self.state.save()
-        self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=rec["energy_wh"],
-                       reason=reason, cost=cost)
+        self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=energy, reason=reason, cost=cost)
+        self._apply_offer()
 
+    # -- driver feedback --------------------------------------------------------------------
+    def _check_button(self):
+        pressed = self.board.button_pressed()
+        if pressed and not self._button_was:
+            self._report_problem("button", None)
+        self._button_was = pressed
+
+    def _report_problem(self, source, text):
+        """"Report a problem": tied to the running session, or the last one."""
+        s = self.session
+        tx, token = (s.tx_id, s.token) if s is not None else (self.last_tx or (None, None))
+        n = self.state.next("fb")
+        rec = {"msg_id": "fb-%d" % n, "ts": iso(self.clock.time()), "tx_id": tx, "token": token,
+               "source": source, "text": text}
+        self.outbox.put("feedback", json.dumps(rec))
+        self.log.event("feedback", source=source, tx_id=tx)
+        self.feedback.flash("accepted")
+
+    # -- commands from the backend (firmware/commands.py calls these) --------------------------
+    def cmd_remote_start(self, p):
+        if self.session is not None:
+            raise ValueError("ConcurrentTx: a session is running")
+        if self.authorized is not None or self.pending is not None:
+            raise ValueError("ConcurrentTx: a driver is already authorized")
+        if self.meter_error is not None or self.ev.fault is not None:
+            raise ValueError("Unavailable: the charger is faulted")
+        d = self.auth.remote_start(p, self.sync.connected)
+        self._decided(d)
+        if not d.pending and not d.accepted:
+            raise ValueError("%s: %s" % (d.status, d.method))
+
+    def cmd_remote_stop(self, p):
+        s = self.session
+        if s is None:
+            raise ValueError("no session running")
+        if p.get("tx_id") is not None and p.get("tx_id") != s.tx_id:
+            raise ValueError("tx_id %r is not the running session (%d)" % (p.get("tx_id"), s.tx_id))
+        self._stop("Remote")
+        return {"tx_id": s.tx_id}
+
+    def cmd_list_update(self, p):
+        return self.auth.local_list.update(p)
+
+    def cmd_purge(self, p):
+        return self.auth.purge(p.get("token"), p.get("key"))
+
+    def cmd_charging_profile(self, p):
+        kind = p.get("kind")
+        if kind not in KINDS:
+            raise ValueError("kind must be one of %s" % ", ".join(KINDS))
+        if p.get("profile") is None:
+            self.limits.clear_profile(kind, p.get("stack_level"))
+        else:
+            self.limits.set_profile(kind, p.get("profile"))
+
+    def cmd_report_problem(self, p):
+        text = p.get("text")
+        if text is not None and (not isinstance(text, str) or len(text) > _TEXT_MAX):
+            raise ValueError("text must be a string of at most %d characters" % _TEXT_MAX)
+        self._report_problem("app", text)
+
+    def backend_ack(self, payload):
+        """End-to-end acknowledgements: kept for the persistent outbox."""
+
+    # -- status -----------------------------------------------------------------------------
     def _report_meter(self, now):
         """Meter values upstream while a session runs: periodic, and at clock-aligned instants."""
         s = self.session
@@ -227,26 +437,23 @@ class Controller:
         self.sync.publish_now("meter", json.dumps({
             "ts": iso(self.clock.time()), "tx_id": s.tx_id, "register_wh": m.forward.wh,
             "energy_wh": m.forward.wh - s.meter_start_wh, "v_cv": list(r.u[b:b + 3]),
-            "i_ma": list(r.i[b:b + 3]), "p_w": m.p_w, "offered_a": self.s.max_current_a,
+            "i_ma": list(r.i[b:b + 3]), "p_w": m.p_w, "offered_a": self.ev.offered_a,
             "aligned": aligned}))
 
-    # -- status -----------------------------------------------------------------------------
     def _update_status(self):
+        error = None
         if self.meter_error is not None:
-            status, pattern = "Faulted", "fault"
-        elif self.session is not None:
-            if self.metering.p_w > _CHARGING_W:
-                status, pattern = "Charging", "charging"
-            else:
-                status, pattern = "SuspendedEV", "charging"
-        elif self._finishing:
-            status, pattern = "Finishing", "finished"
-        elif self.authorized is not None or self.board.plugged():
-            status, pattern = "Preparing", "waiting"
+            status, error = "Faulted", "PowerMeterFailure"
+        elif self.ev.fault is not None:
+            status, error = "Faulted", "EVCommunicationError"
         else:
-            status, pattern = "Available", "ready"
-        if status != self.connector:
-            self.connector = status
-            self.sync.set_connector(status)
-            self.log.event("status", connector=status)
-        self.feedback.steady(pattern)
+            status = self.ev.status(self.session is not None, self.contactor.commanded, self._finishing)
+            if status == "Available" and (self.authorized is not None or self.pending is not None):
+                status = "Preparing"
+            if self.reader.failed:
+                error = "ReaderFailure"
+        if status != self.connector or error != self.error_code:
+            self.connector, self.error_code = status, error
+            self.sync.set_connector(status, error)
+            self.log.event("status", connector=status, error=error)
+        self.feedback.steady(_PATTERNS[status])

@@ -2,7 +2,7 @@
 
 A pattern is a list of (lit, ms) steps; one-shot patterns fall back to the steady state.
 
-    fb = Feedback(led, clock); fb.steady("charging"); fb.flash("refused"); fb.tick()  # every loop
+    fb = Feedback(led, clock, buzzer=None); fb.steady("charging"); fb.flash("refused"); fb.tick()
 """
 
 PATTERNS = {
@@ -18,8 +18,9 @@ PATTERNS = {
 
 
 class Feedback:
-    def __init__(self, led, clock):
+    def __init__(self, led, clock, buzzer=None):
         self._led = led
+        self._buzzer = buzzer   # sounds the one-shot patterns only (accepted, refused)
         self._clock = clock
         self._steady = "ready"
         self._flash = None
@@ -58,5 +59,7 @@ class Feedback:
             self._i = 0
         lit, ms = self._steps[self._i]
         self._led.set(lit)
+        if self._buzzer is not None:
+            self._buzzer.set(lit and self._flash is not None)
         self._i += 1
         self._due = self._clock.ticks_add(now, ms)

@@ -3,16 +3,21 @@
 Energy is the difference of two readings of the lifetime billing register (whole Wh), so
 anyone can recompute it, and the cost from it, from the record alone.
 
-    s = Session(tx_id=7, token="3f2a…", auth="local_list", started_at=t, meter_start_wh=1200)
+    s = Session(7, decision, started_at="2026-03-02T07:55:15Z", meter_start_wh=1200, tariff_id="flat")
     rec = s.started(); ...; rec = s.ended(t2, 4850, "Local", tariff.price(3650))
 """
 
 
 class Session:
-    def __init__(self, tx_id, token, auth, started_at, meter_start_wh, tariff_id):
+    def __init__(self, tx_id, decision, started_at, meter_start_wh, tariff_id):
         self.tx_id = tx_id
-        self.token = token
-        self.auth = auth
+        self.token = decision.token       # pseudonym under the current site key
+        self.key = decision.key
+        self.auth = decision.method
+        self.group = decision.group
+        self.max_current_a = decision.max_current_a
+        self.max_wh = decision.max_wh
+        self.offpeak_only = decision.offpeak_only
         self.started_at = started_at
         self.meter_start_wh = meter_start_wh
         self.tariff_id = tariff_id
@@ -20,7 +25,7 @@ class Session:
 
     def _event(self, event, ts):
         rec = {"msg_id": "%d-%d" % (self.tx_id, self.seq), "tx_id": self.tx_id, "seq": self.seq,
-               "event": event, "ts": ts, "token": self.token}
+               "event": event, "ts": ts, "token": self.token, "key": self.key}
         self.seq += 1
         return rec
 

@@ -1,47 +1,58 @@
-"""The charger's settings: board config (hardware) plus device config (identity, keys, tariff).
+"""The charger's settings: board config (hardware), device config (identity, tariff, list, policies)
+and device secrets (keys, credentials), as written by tools/provision.py (docs/operations.md).
 
 Everything is checked at boot; a missing or out-of-range value stops the boot with a
 ValueError naming its key, so the charger never runs on guesses.
 
-    s = Settings(load("board.json"), load("config.json"))
+    s = Settings(load("board.json"), load("config.json"), load("secrets.json"))
 """
 from firmware.config import setting
+from firmware.keys import keys_from_config
+from firmware.limits import limits_from_config
 from firmware.pseudonym import parse_key
 from firmware.tariff import Tariff
 
 
 class Settings:
-    def __init__(self, board, device):
+    def __init__(self, board, device, secrets):
         self.board = board
+        self.device = device
         self.device_id = setting(device, "device_id", str)
-        if not self.device_id or "/" in self.device_id or "+" in self.device_id or "#" in self.device_id:
-            raise ValueError("config: device_id must be non-empty without '/', '+' or '#'")
-        self.site_key = parse_key(setting(device, "site_key", str))
-        allow = setting(device, "allow", list, [])
-        for i, token in enumerate(allow):
-            if not isinstance(token, str) or len(token) != 32:
-                raise ValueError("config: allow[%d] must be a 32-hex-digit pseudonym" % i)
-        self.allow = set(t.lower() for t in allow)
+        if not self.device_id or len(self.device_id) > 64 or [c for c in "/+# " if c in self.device_id]:
+            raise ValueError("config: device_id must be 1..64 characters without '/', '+', '#' or spaces")
+        self.keys = keys_from_config(secrets)
+        device_key = setting(secrets, "device_key", str, None)
+        self.device_key = parse_key(device_key, "secrets: device_key") if device_key else None
         self.tariff = Tariff(setting(device, "tariff", dict))
+        self.local_list = setting(device, "local_list", dict, None)
+
         self.mqtt_host = setting(device, "mqtt.host", str, "")
         self.mqtt_port = setting(device, "mqtt.port", int, 1883, lo=1, hi=65535)
         self.mqtt_keepalive_s = setting(device, "mqtt.keepalive_s", int, 60, lo=10, hi=3600)
+        self.mqtt_user = setting(secrets, "mqtt_user", str, None)
+        self.mqtt_password = setting(secrets, "mqtt_password", str, None)
         self.mqtt_timeout_ms = setting(board, "network.timeout_ms", int, 2000, lo=50, hi=30000)
         self.outbox_size = setting(device, "outbox_size", int, 64, lo=4, hi=1024)
         self.auth_timeout_s = setting(device, "auth_timeout_s", int, 60, lo=5, hi=600)
         self.data_dir = setting(device, "data_dir", str, "data")
+        self.meter_values_s = setting(device, "meter_values_s", int, 60, lo=10, hi=3600)
+        self.meter_aligned_s = setting(device, "meter_aligned_s", int, 900, lo=0, hi=86400)
 
         self.phases = setting(board, "meter.phases", int, choices=(1, 3))
+        self.limits = limits_from_config(board)
         self.max_current_a = setting(board, "limits.max_current_a", int, lo=6, hi=80)
         self.nominal_v = setting(board, "limits.nominal_v", int, 230, lo=100, hi=277)
         rate = setting(board, "sampling.rate_hz", int, 10, lo=1, hi=50)
         self.sample_ms = 1000 // rate
         self.ring_samples = setting(board, "sampling.ring_samples", int, 256, lo=16, hi=4096)
         self.reader_poll_ms = setting(board, "reader.poll_ms", int, 200, lo=50, hi=2000)
+        self.reader_gain = setting(board, "reader.gain", int, None, lo=0, hi=7)
+        self.pilot_poll_ms = setting(board, "pilot.poll_ms", int, 25, lo=5, hi=50)
+        self.pilot_debounce_ms = setting(board, "pilot.debounce_ms", int, 20, lo=0, hi=100)
+        self.soft_stop_ms = setting(board, "pilot.soft_stop_ms", int, 3000, lo=0, hi=10000)
+        self.idle_end_s = setting(board, "ev_idle_end_s", int, 0, lo=0, hi=86400)
         self.crosscheck_pct = setting(board, "metering.crosscheck_pct", int, 3, lo=1, hi=50)
         self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)
-        self.meter_values_s = setting(device, "meter_values_s", int, 60, lo=10, hi=3600)
-        self.meter_aligned_s = setting(device, "meter_aligned_s", int, 900, lo=0, hi=86400)
 
     @property
     def max_power_w(self):

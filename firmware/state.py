@@ -31,7 +31,7 @@ def write_atomic(path, text):
 class State:
     def __init__(self, path):
         self.path = path
-        self.values = {"tx": 0, "meter_wh": 0, "meter_rem": 0}
+        self.values = {"tx": 0, "fb": 0, "meter_wh": 0, "meter_rem": 0}
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -44,8 +44,11 @@ class State:
     def save(self):
         write_atomic(self.path, json.dumps(self.values))
 
-    def next_tx(self):
-        """A transaction id never used before on this device."""
-        self.values["tx"] += 1
+    def next(self, counter):
+        """The next number of a persisted counter: never used before on this device."""
+        self.values[counter] += 1
         self.save()
-        return self.values["tx"]
+        return self.values[counter]
+
+    def next_tx(self):
+        return self.next("tx")

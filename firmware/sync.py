@@ -16,6 +16,9 @@ from firmware.timefmt import iso
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _PUBLISH_PER_TICK = const(4)
+_INBOX_MAX = const(8)
+MAX_MESSAGE = const(8192)   # larger incoming messages are refused unread
+SUBSCRIPTIONS = ("cmd/+", "auth/resp", "ack")
 
 
 class Sync:
@@ -26,16 +29,26 @@ class Sync:
         self.outbox = outbox
         self.prefix = prefix
         self.connector = "Unavailable"
+        self.error_code = None
         self.published = 0
+        self.inbox = []   # (topic suffix, raw bytes) received, for the controller to handle
         self._status_sent = None
         self._backoff = _BACKOFF_MIN_MS
         self._retry_at = clock.ticks_ms()
 
-    def set_connector(self, status):
+    @property
+    def connected(self):
+        return self.link is not None and self.link.connected
+
+    def set_connector(self, status, error_code=None):
         self.connector = status
+        self.error_code = error_code
 
     def _status(self, state):
-        return json.dumps({"state": state, "connector": self.connector, "ts": iso(self.clock.time())})
+        st = {"state": state, "connector": self.connector, "ts": iso(self.clock.time())}
+        if self.error_code:
+            st["error"] = self.error_code
+        return json.dumps(st)
 
     def tick(self):
         if self.link is None:
@@ -47,9 +60,10 @@ class Sync:
                 return
         try:
             self.link.poll()
-            if self._status_sent != self.connector:
+            shown = (self.connector, self.error_code)
+            if self._status_sent != shown:
                 self.link.publish(self.prefix + "status", self._status("online"), True, 1)
-                self._status_sent = self.connector
+                self._status_sent = shown
             for _ in range(_PUBLISH_PER_TICK):
                 item = self.outbox.peek()
                 if item is None:
@@ -60,18 +74,22 @@ class Sync:
         except OSError as e:
             self._lost(e)
 
-    def publish_now(self, suffix, payload):
-        """Best effort, not queued (meter values): sent if connected, else dropped."""
+    def publish_now(self, suffix, payload, qos=0):
+        """Best effort, not queued (meter values, answers): True if handed to the broker."""
         if self.link is None or not self.link.connected:
-            return
+            return False
         try:
-            self.link.publish(self.prefix + suffix, payload, False, 0)
+            self.link.publish(self.prefix + suffix, payload, False, qos)
         except OSError as e:
             self._lost(e)
+            return False
+        return True
 
     def _connect(self):
         try:
             self.link.connect(self.prefix + "status", json.dumps({"state": "offline"}), self._on_message)
+            for sub in SUBSCRIPTIONS:
+                self.link.subscribe(self.prefix + sub)
         except OSError as e:
             self._lost(e)
             return False
@@ -89,6 +107,14 @@ class Sync:
 
     def _on_message(self, topic, msg):
         """Commands arrive here; they are only queued, never acted on inside the network call."""
+        topic = topic.decode() if isinstance(topic, bytes) else topic
+        suffix = topic[len(self.prefix):] if topic.startswith(self.prefix) else topic
+        if len(msg) > MAX_MESSAGE:
+            self.log.event("command", topic=suffix, result="refused", reason="larger than %d bytes" % MAX_MESSAGE)
+        elif len(self.inbox) >= _INBOX_MAX:
+            self.log.event("command", topic=suffix, result="refused", reason="inbox full")
+        else:
+            self.inbox.append((suffix, msg))
 
     def flush(self, attempts=3):
         """At shutdown: deliver what is queued now, ignoring the backoff, with a few attempts."""

@@ -2,15 +2,20 @@
 
 The same code builds a real ESP32 board (with `machine`) or the simulated one (with
 `hal.sim.machine`); drivers receive ready buses and pins and never see the difference.
+Optional parts: "pilot" (IEC 61851-1 control pilot), "plug" (proximity contact), "button"
+(the driver's "report a problem"), "buzzer".
 
     board = Board(load("board.json"), machine, sleep_ms=clock.sleep_ms)
-    board.meter.urms(0); board.contactor.close(); board.plugged()
+    board.meter.urms(0); board.contactor.close(); board.pilot.offer(266)
 """
 from firmware.config import setting
 from hal.atm90e32 import ATM90E32
 from hal.contactor import Contactor
 from hal.led import Led
 from hal.mfrc522 import MFRC522
+from hal.pilot import Pilot
+
+EV_SENSES = ("pilot", "pin", "current")
 
 
 def _spi(machine, cfg, name):
@@ -24,8 +29,12 @@ def _spi(machine, cfg, name):
                        miso=machine.Pin(setting(cfg, key + "miso", int)))
 
 
+def _gpio(cfg, key, default=None):
+    return setting(cfg, key, int, default, lo=0, hi=48)
+
+
 def _out(machine, cfg, key, value):
-    return machine.Pin(setting(cfg, key, int, lo=0, hi=48), machine.Pin.OUT, value=value)
+    return machine.Pin(_gpio(cfg, key), machine.Pin.OUT, value=value)
 
 
 class Board:
@@ -33,17 +42,35 @@ class Board:
         Pin = machine.Pin
         self.meter = ATM90E32(_spi(machine, cfg, "meter"), _out(machine, cfg, "meter.cs", 1),
                               sleep_ms=sleep_ms)
-        rst = setting(cfg, "reader.rst", int, None, lo=0, hi=48)
+        rst = _gpio(cfg, "reader.rst")
         self.rfid = MFRC522(_spi(machine, cfg, "reader"), _out(machine, cfg, "reader.cs", 1),
                             rst=None if rst is None else Pin(rst, Pin.OUT, value=1))
-        aux = setting(cfg, "contactor.aux", int, None, lo=0, hi=48)
+        aux = _gpio(cfg, "contactor.aux")
         self.contactor = Contactor(_out(machine, cfg, "contactor.coil", 0),
                                    None if aux is None else Pin(aux, Pin.IN),
                                    setting(cfg, "contactor.aux_closed", int, 1, choices=(0, 1)))
         self.led = Led(_out(machine, cfg, "led.pin", 0), setting(cfg, "led.active", int, 1, choices=(0, 1)))
-        self._plug = Pin(setting(cfg, "plug.pin", int, lo=0, hi=48), Pin.IN)
-        self._plug_active = setting(cfg, "plug.active", int, 1, choices=(0, 1))
+        self.buzzer = None
+        if "buzzer" in cfg:
+            self.buzzer = Led(_out(machine, cfg, "buzzer.pin", 0),
+                              setting(cfg, "buzzer.active", int, 1, choices=(0, 1)))
+        self.ev_sense = setting(cfg, "ev_sense", str, choices=EV_SENSES)
+        self.pilot = None
+        if self.ev_sense == "pilot":
+            invert = setting(cfg, "pilot.invert", int, 0, choices=(0, 1))
+            self.pilot = Pilot(
+                machine.PWM(Pin(_gpio(cfg, "pilot.pwm"), Pin.OUT), freq=1000, duty_u16=0 if invert else 65535),
+                machine.ADC(Pin(_gpio(cfg, "pilot.adc")), atten=machine.ADC.ATTN_11DB),
+                setting(cfg, "pilot.cal", list), invert=invert,
+                samples=setting(cfg, "pilot.samples", int, 64, lo=8, hi=512))
+        self.plug = None
+        if self.ev_sense == "pin":
+            self.plug = Pin(_gpio(cfg, "plug.pin"), Pin.IN)
+            self.plug_active = setting(cfg, "plug.active", int, 1, choices=(0, 1))
+        self.button = None
+        if "button" in cfg:
+            self.button = Pin(_gpio(cfg, "button.pin"), Pin.IN, Pin.PULL_UP)
+            self.button_active = setting(cfg, "button.active", int, 0, choices=(0, 1))
 
-    def plugged(self):
-        """The plug-present input (proximity contact) says an EV cable is in."""
-        return self._plug() == self._plug_active
+    def button_pressed(self):
+        return self.button is not None and self.button() == self.button_active

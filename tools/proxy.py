@@ -51,6 +51,7 @@ class Proxy:
                     except OSError:
                         client.close()
                         continue
+                    up.settimeout(None)  # the timeout was for connecting: an idle MQTT link is normal
                     self._conns.append((client, up))
                     for a, b in ((client, up), (up, client)):
                         threading.Thread(target=self._pump, args=(a, b), daemon=True).start()

@@ -2,9 +2,10 @@
 
 A scenario is the simulator's public input (README, "Scenario contract"). `normalise()` checks
 it and returns what the MicroPython side needs: the world's timeline (times in ms, card
-aliases resolved to UID hex) and the device config (allowlist as pseudonyms, tariff, broker).
+aliases resolved to UID hex), the device config and secrets in the provisioning format (local
+list of pseudonyms, tariff, broker, site key), the board config's path, and pseudonym -> alias.
 
-    world, device = normalise(json.load(open("demo/two_drivers.json")), site_key, broker)
+    world, device, secrets, board_path, names = normalise(json.load(open("demo/two_drivers.json")), key)
 
 Adding an event kind: one entry in EVENTS here, one `_on_<kind>` method in hal/sim/world.py.
 """
@@ -64,6 +65,22 @@ def _number(lo, hi):
     return check
 
 
+def _remote_start(value, ctx, where):
+    if not isinstance(value, dict) or "token" not in value:
+        raise ScenarioError("%s: an object like {\"token\": \"alice\"} (group/prefs optional)" % where)
+    args = dict(value)
+    args["token"] = _card(value["token"], ctx, where + ".token")
+    return args
+
+
+def _remote_stop(value, ctx, where):
+    if value is True:
+        return {}
+    if isinstance(value, dict) and set(value) <= {"tx_id"}:
+        return value
+    raise ScenarioError("%s: true, or {\"tx_id\": n}" % where)
+
+
 def _choice(*allowed):
     def check(value, ctx, where):
         if value not in allowed:
@@ -79,7 +96,28 @@ EVENTS = {
     "ev_current_a": (_number(0, 80), "current the EV wants to draw per phase, A"),
     "ev_phases": (_choice(1, 3), "phases the EV draws on"),
     "broker": (_choice("up", "down", "silent"), "the broker: reachable, refusing, or accepting TCP and never answering"),
+    "reader": (_choice("offline", "online"), "the RFID reader chip stops answering / answers again"),
+    "remote_start": (_remote_start, "the backend starts a session for a card: {\"token\": \"alice\"}"),
+    "remote_stop": (_remote_stop, "the backend stops the running session: true or {\"tx_id\": n}"),
+    "button": (_choice("report_problem"), "the driver presses the \"report a problem\" button"),
+    "ev_fault": (_choice("no_diode", "state_e", None), "an EV-side pilot fault, null clears it"),
 }
+
+ENTRY_FIELDS = ("card", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only")
+
+
+def _list_entry(item, ctx, site_key, where):
+    """An "allow" item (alias, UID, or an object with preferences) as a local-list entry."""
+    entry = {"status": "Accepted"}
+    if isinstance(item, dict):
+        for k in item:
+            if k not in ENTRY_FIELDS:
+                raise ScenarioError("%s: unknown field %r (known: %s)" % (where, k, ", ".join(ENTRY_FIELDS)))
+        entry.update((k, v) for k, v in item.items() if k != "card")
+        item = item.get("card")
+    entry["token"] = pseudonym(site_key, bytes.fromhex(_card(item, ctx, where)))
+    entry["key"] = 1
+    return entry
 
 
 def _parse_start(value):
@@ -99,7 +137,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
-             "vat_percent", "events", "end", "comment", "realtime"}
+             "vat_percent", "events", "end", "comment", "realtime", "auth"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -114,7 +152,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     allow = sc.get("allow", [])
     if not isinstance(allow, list):
         raise ScenarioError("allow: a list of card aliases or UIDs")
-    tokens = [pseudonym(site_key, bytes.fromhex(_card(a, ctx, "allow[%d]" % i))) for i, a in enumerate(allow)]
+    entries = [_list_entry(a, ctx, site_key, "allow[%d]" % i) for i, a in enumerate(allow)]
     price = sc.get("price_per_kwh", "0.30")
     try:
         fixed.parse(price, 6, "price_per_kwh")
@@ -149,11 +187,18 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         raise ScenarioError("realtime: true (virtual time follows the wall clock, for benchmarks) or false")
     world = {"start_utc": _parse_start(sc.get("start", "2026-01-01T00:00:00Z")), "end_ms": int(end * 1000),
              "events": out, "realtime": realtime}
-    device = {"device_id": sc.get("device_id", "cp-sim-0001"), "site_key": site_key.hex(),
-              "allow": tokens, "tariff": tariff}
+    auth = {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True, "AllowOfflineTxForUnknownId": False,
+            "AuthorizeRemoteTxRequests": False}
+    if not isinstance(sc.get("auth", {}), dict):
+        raise ScenarioError("auth: an object of OCPP switches, e.g. {\"LocalPreAuthorize\": false}")
+    auth.update(sc.get("auth", {}))
+    device = {"device_id": sc.get("device_id", "cp-sim-0001"), "tariff": tariff, "auth": auth,
+              "local_list": {"version": 1, "entries": entries}}
     if not isinstance(device["device_id"], str) or not device["device_id"]:
         raise ScenarioError("device_id: a non-empty string")
     if broker:
         host, _, port = broker.rpartition(":")
         device["mqtt"] = {"host": host, "port": int(port)}
-    return world, device, board_path, {pseudonym(site_key, bytes.fromhex(u)): a for a, u in ctx["cards"].items()}
+    secrets = {"site_keys": {"1": site_key.hex()}, "site_key_current": 1}
+    names = {pseudonym(site_key, bytes.fromhex(u)): a for a, u in ctx["cards"].items()}
+    return world, device, secrets, board_path, names

@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from proxy import Proxy  # noqa: E402
-from scenario import ROOT, ScenarioError, normalise  # noqa: E402
+from scenario import ROOT, ScenarioError, normalise, pseudonym  # noqa: E402
 
 
 def micropython_path():
@@ -97,6 +97,8 @@ class Printer:
                 return "%s refused (%s)" % (self.who(ev.get("token")), ev.get("status") or ev.get("reason"))
             if res == "accepted":
                 return "%s accepted (%s)" % (self.who(ev["token"]), ev.get("auth", "").replace("_", " "))
+            if res == "asking":
+                return "%s: asking the backend" % self.who(ev["token"])
             return "%s %s" % (self.who(ev.get("token")), res)
         if kind == "session_start":
             return "#%d started for %s (meter %d Wh)" % (ev["tx_id"], self.who(ev["token"]), ev["meter_wh"])
@@ -106,7 +108,7 @@ class Printer:
         if kind == "contactor":
             return "closed" if ev["closed"] else "open"
         if kind == "status":
-            return ev["connector"]
+            return ev["connector"] + (" (%s)" % ev["error"] if ev.get("error") else "")
         if kind == "mqtt":
             return "%s%s (%d queued)" % (ev["state"], (": " + ev["error"]) if "error" in ev else "", ev["queued"])
         if kind in ("fault", "config_error"):
@@ -117,6 +119,21 @@ class Printer:
             return "scenario over: %d messages delivered, %d still queued" % (ev["delivered"], ev["queued"])
         if kind == "auth_expired":
             return "%s: no EV plugged in time" % self.who(ev["token"])
+        if kind == "auth_timeout":
+            return "%s: no answer from the backend in time" % self.who(ev["token"])
+        if kind == "pilot":
+            return "state %s (was %s)%s" % (ev["state"], ev["previous"], " fault %s" % ev["fault"] if ev["fault"] else "")
+        if kind == "offer":
+            return "%d A (limited by %s)" % (ev["amps"], ev["limit"]) if ev["amps"] else "none"
+        if kind == "stopping":
+            return "#%d: offer withdrawn, waiting for the EV to stop (%s)" % (ev["tx_id"], ev["reason"])
+        if kind == "command":
+            return "%s %s%s" % (ev.get("cmd") or ev.get("topic"), ev["result"],
+                                ": %s" % ev["reason"] if ev.get("reason") else "")
+        if kind == "feedback":
+            return "problem reported (%s), session %s" % (ev["source"], ev["tx_id"])
+        if kind == "fault_cleared":
+            return "%s cleared" % ev["code"]
         return json.dumps(ev)
 
 
@@ -127,13 +144,12 @@ def prepare(scenario_path, run_dir, site_key, broker):
             sc = json.load(f)
     except (OSError, ValueError) as e:
         raise ScenarioError("%s: %s" % (scenario_path, e))
-    world, device, board_path, names = normalise(sc, site_key, broker)
+    world, device, secrets, board_path, names = normalise(sc, site_key, broker)
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "scenario.json"), "w") as f:
-        json.dump(world, f)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(device, f)
-    return world, board_path, names
+    for name, content in (("scenario", world), ("config", device), ("secrets", secrets)):
+        with open(os.path.join(run_dir, name + ".json"), "w") as f:
+            json.dump(content, f)
+    return world, device, board_path, names
 
 
 def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
@@ -145,12 +161,13 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
         tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
     try:
         proxy = None
+        real_broker = broker
         if broker:  # the firmware talks to the broker through a proxy the scenario can switch
             host, _, port = broker.rpartition(":")
             proxy = Proxy(int(port), host).__enter__()
             broker = "127.0.0.1:%d" % proxy.port
         try:
-            world, board_path, names = prepare(scenario_path, run_dir, site_key, broker)
+            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker)
         except ScenarioError as e:
             print("scenario error: %s" % e, file=sys.stderr)
             return 2
@@ -160,16 +177,18 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
         mpy_dir = build_mpy() if mpy else None
         cmd += [os.path.join(mpy_dir or ROOT, "main.py"), "--board", board_path,
                 "--config", os.path.join(run_dir, "config.json"),
+                "--secrets", os.path.join(run_dir, "secrets.json"),
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
+        backend = Backend(real_broker, device["device_id"], site_key) if real_broker else None
         env = micropython_env(mpy_dir)
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith("% "):
-                _world_request(json.loads(line[2:]), proxy, printer)
+                _world_request(json.loads(line[2:]), proxy, backend, printer)
                 proc.stdin.write("ok\n")
                 proc.stdin.flush()
             elif raw:
@@ -180,18 +199,54 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
                 out(line)  # tracebacks and anything unexpected are shown as they are
         return proc.wait()
     finally:
+        if backend:
+            backend.close()
         if proxy:
             proxy.__exit__()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _world_request(req, proxy, printer):
-    """Carry out what the simulated world asks of the outside (the broker's availability)."""
+class Backend:
+    """The backend's side of scenario events: publishes commands to the charger (paho)."""
+
+    def __init__(self, broker, device_id, site_key):
+        import paho.mqtt.client as mqtt
+
+        host, _, port = broker.rpartition(":")
+        self.prefix = "cp/v1/%s/" % device_id
+        self.key = site_key
+        self.n = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-backend-%d" % os.getpid())
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def command(self, name, args):
+        self.n += 1
+        payload = dict(args, id="sim-%d" % self.n)
+        if "token" in payload:  # a UID from the scenario: the backend knows cards by pseudonym
+            payload["token"] = pseudonym(self.key, bytes.fromhex(payload["token"]))
+        self.client.publish(self.prefix + "cmd/" + name, json.dumps(payload), qos=1).wait_for_publish(5)
+        return payload
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _world_request(req, proxy, backend, printer):
+    """Carry out what the simulated world asks of the outside (broker availability, commands)."""
+    t = req["t_ms"] // 1000
     if "broker" in req:
         if proxy is not None:
             proxy.set_mode(req["broker"])
-        printer.at(req["t_ms"] // 1000, "broker", req["broker"] + ("" if proxy else " (no broker configured)"))
+        printer.at(t, "broker", req["broker"] + ("" if proxy else " (no broker configured)"))
+    elif "command" in req:
+        if backend is None:
+            printer.at(t, "backend", "%s not sent: no broker configured" % req["command"])
+            return
+        payload = backend.command(req["command"], req["args"])
+        printer.at(t, "backend", "sent %s %s" % (req["command"], payload["id"]))
 
 
 def main():

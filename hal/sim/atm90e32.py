@@ -111,6 +111,7 @@ class SimATM90E32:
 
     def __init__(self, line, lsb_per_w=3125, refresh_ms=100, noise_lsb=0, seed=1,
                  ucal=(0x8000, 0x8000, 0x8000), ical=(0x8000, 0x8000, 0x8000)):
+        self._lazy = 0  # virtual ms not yet integrated (see advance)
         self.line = line
         self.lsb_per_w = lsb_per_w
         self.refresh_ms = refresh_ms
@@ -155,6 +156,7 @@ class SimATM90E32:
 
     def peek(self, addr):
         """A register's content without the side effects of an SPI read (for tests)."""
+        self.flush()
         if addr >= 0x80:
             return self._m[addr - 0x80]
         if addr == _EMM_STATE0:
@@ -167,11 +169,13 @@ class SimATM90E32:
 
     def counts_made(self, reverse=False):
         """All counts the per-phase registers ever received: the exact simulated energy."""
+        self.flush()
         m = self.made_rev if reverse else self.made_fwd
         return m[0] + m[1] + m[2]
 
     # -- SPI -------------------------------------------------------------------------------
     def select(self):
+        self.flush()
         self._n = 0
         self._take_fault()
 
@@ -249,6 +253,17 @@ class SimATM90E32:
         p = (ln.volts[ph] * self._gain(base, self.ucal[ph]) * ln.amps[ph]
              * self._gain(base + 1, self.ical[ph]) * ln.pf[ph])
         return _rnd(p * 1000)
+
+    def advance(self, dt_ms):
+        """Let dt_ms pass with the line unchanged; integrated at the next access (cheap to call)."""
+        self._lazy += dt_ms
+
+    def flush(self):
+        """Integrate the time that passed; the world calls this before it changes the line."""
+        if self._lazy:
+            dt = self._lazy
+            self._lazy = 0
+            self.integrate(dt)
 
     def integrate(self, dt_ms):
         """Let dt_ms (an int) of virtual time pass: count energy, update status, refresh."""

@@ -20,10 +20,12 @@ class VirtualClock:
         self._ticks0 = ticks0
         self.on_advance = on_advance
         self._real0 = None
-        if realtime:
-            import time
+        self._outside = False
+        self._real_until = None
+        import time
 
-            self._time = time
+        self._time = time
+        if realtime:
             self._real0 = time.ticks_ms()
 
     def _catch_up(self):
@@ -47,8 +49,31 @@ class VirtualClock:
         if self._real0 is not None:
             self._time.sleep_ms(ms)
             self._catch_up()
-        elif ms > 0:
+            return
+        if self._outside or self._real_until is not None and self._real_ticks() < self._real_until:
+            self._real_sleep(ms)   # an answer from outside is due: do not outrun it
+        if ms > 0:
             self.advance(ms)
+
+    def waiting_outside(self, flag):
+        """While the firmware waits for a backend, virtual time runs at the wall clock's pace, so
+        the answer arrives at the virtual moment it would on a board."""
+        self._outside = flag
+
+    def real_pace_for(self, ms):
+        """Follow the wall clock for the next ms of real time (a message is on its way in)."""
+        self._real_until = self._real_ticks() + ms
+
+    def _real_ticks(self):
+        t = self._time
+        return t.ticks_ms() if hasattr(t, "ticks_ms") else int(t.monotonic() * 1000)
+
+    def _real_sleep(self, ms):
+        t = self._time
+        if hasattr(t, "sleep_ms"):
+            t.sleep_ms(ms)
+        else:
+            t.sleep(ms / 1000)
 
     def advance(self, ms):
         """Move virtual time forward by ms; the world may step `self.ms` through the interval."""

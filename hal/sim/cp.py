@@ -32,6 +32,12 @@ class SimCP:
         self._noise = noise_mv
         self._seed = 1
         self._phase = 0
+        self._k_state = None  # EV state, diode and PWM frequency the cached codes belong to
+        self._k_diode = None
+        self._k_freq = None
+        self._lo = 0          # ADC code of the line with the EVSE output low
+        self._hi = 0          # ... and high
+        self._inc = 0         # phase advance per read at the cached frequency
 
     def _evse_high(self):
         """Whether the EVSE drives +12 V at this read; a pin with no PWM sits low."""
@@ -57,15 +63,32 @@ class SimCP:
             return -_SUPPLY_MV * r // (r + _SOURCE_OHM)
         return -_SUPPLY_MV  # the diode blocks: no current in the negative phase
 
-    def read_u16(self):
-        """One ADC read of the CP line through the board's front end (0..65535)."""
-        mv = self.line_mv(self._evse_high())
-        if self._noise:
-            self._seed = (self._seed * 75 + 74) % 65537
-            mv += self._seed % (2 * self._noise + 1) - self._noise
+    def _code(self, mv):
         den = self._dm
         code = self._c0 + (2 * (mv - self._m0) * self._dc + den) // (2 * den)
         return 0 if code < 0 else 65535 if code > 65535 else code
+
+    def read_u16(self):
+        """One ADC read of the CP line through the board's front end (0..65535)."""
+        if self._noise:
+            mv = self.line_mv(self._evse_high())
+            self._seed = (self._seed * 75 + 74) % 65537
+            return self._code(mv + self._seed % (2 * self._noise + 1) - self._noise)
+        # the hot path of every simulation (allocation-free): line levels cached per EV state
+        pwm = machine.pwm_on(self.pin)
+        ev = self.ev
+        freq = pwm.freq() if pwm is not None else 0
+        if ev.state != self._k_state or ev.no_diode != self._k_diode or freq != self._k_freq:
+            self._k_state = ev.state
+            self._k_diode = ev.no_diode
+            self._k_freq = freq
+            self._lo = self._code(self.line_mv(False))
+            self._hi = self._code(self.line_mv(True))
+            self._inc = self._step_us * freq * 65536 // 1000000
+        if pwm is None:
+            return self._hi if self._invert else self._lo
+        self._phase = (self._phase + self._inc) & 0xFFFF
+        return self._hi if pwm.high(self._phase) != self._invert else self._lo
 
     def duty_permille(self):
         """The duty the EVSE drives on the CP (permille of +12 V time), as the EV measures it."""

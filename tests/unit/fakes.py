@@ -10,12 +10,17 @@ class FakeLink:
         self.published = []   # (topic, payload, retain, qos)
         self.will = None
         self.fail_publish_after = None
+        self.subscribed = []
+        self.on_publish = None   # a backend's reaction to what the charger publishes
 
     def connect(self, will_topic, will_payload, on_message):
         if not self.up:
             raise OSError(111)
         self.will = (will_topic, will_payload)
         self.connected = True
+
+    def subscribe(self, topic):
+        self.subscribed.append(topic)
 
     def poll(self):
         if not self.up:
@@ -28,6 +33,8 @@ class FakeLink:
         if self.fail_publish_after:
             self.fail_publish_after -= 1
         self.published.append((topic, payload, retain, qos))
+        if self.on_publish is not None:
+            self.on_publish(topic, payload)
 
     def close(self):
         self.connected = False

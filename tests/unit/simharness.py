@@ -6,6 +6,7 @@
 import json
 
 from fakes import FakeLink, ListLog
+from firmware.auth import from_config as auth_from_config
 from firmware.controller import Controller
 from firmware.outbox import Outbox
 from firmware.pseudonym import pseudonym
@@ -26,8 +27,15 @@ def board_config():
         return json.load(f)
 
 
+def entry(token, **fields):
+    e = {"token": token, "key": 1, "status": "Accepted"}
+    e.update(fields)
+    return e
+
+
 class Harness:
-    def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100):
+    def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
+                 entries=None):
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -40,27 +48,51 @@ class Harness:
         self.board_cfg = board or board_config()
         self.world = World(self.board_cfg, {"start_utc": start_utc, "end_ms": end_ms, "events": world_events})
         self.clock = self.world.clock
-        dev = {"device_id": "cp-test", "site_key": "".join("%02x" % b for b in KEY),
-               "allow": [self.tokens[a] for a in allow], "tariff": flat("0.30", "EUR", "20")}
+        listed = [entry(self.tokens[a]) for a in allow] + (entries or [])
+        dev = {"device_id": "cp-test", "tariff": flat("0.30", "EUR", "20"),
+               "local_list": {"version": 1, "entries": listed},
+               "auth": {"LocalPreAuthorize": True, "LocalAuthorizeOffline": True}}
         dev.update(device or {})
+        secrets = {"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1}
         _dirs[0] += 1
-        data = "/tmp/cp-harness-%d" % _dirs[0]
+        data = "/tmp/cp-harness-%d-%d" % (_dirs[0], start_utc % 1000)
         ensure_dir(data)
-        self.settings = Settings(self.board_cfg, dev)
+        for name in ("state.json", "auth_list.jsonl", "auth_cache.jsonl"):
+            try:
+                __import__("os").remove(data + "/" + name)
+            except OSError:
+                pass
+        self.settings = Settings(self.board_cfg, dev, secrets)
         self.board = Board(self.board_cfg, machine, self.clock.sleep_ms)
         self.log = ListLog()
         self.link = FakeLink()
+        self.link.on_publish = self._backend
+        self.online_answers = {}   # pseudonym -> auth/resp payload; unknown cards get Invalid
+        self.answer_auth = True
         self.outbox = Outbox(self.settings.outbox_size)
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
+        self.auth = auth_from_config(dev, self.clock, self.settings.keys, data)
+        self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
-        state.values["tx"] = 0
-        state.values["meter_wh"] = 0
-        state.values["meter_rem"] = 0
-        self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state)
+        self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
+                              self.auth)
 
     def run(self, until_ms=None):
         stop = self.world.finished if until_ms is None else (lambda: self.clock.ms >= until_ms)
         self.ctl.run(stop)
+
+    def _backend(self, topic, payload):
+        if topic.endswith("/auth/req") and self.answer_auth:
+            req = __import__("json").loads(payload)
+            answer = dict(self.online_answers.get(req["token"], {"status": "Invalid"}), id=req["id"])
+            self.inject("auth/resp", answer)
+
+    def inject(self, suffix, payload):
+        """A message from the backend, as the broker would deliver it."""
+        self.sync.inbox.append((suffix, __import__("json").dumps(payload)))
+
+    def acks(self):
+        return [__import__("json").loads(p) for t, p, _, _ in self.link.published if t.endswith("/cmd_ack")]
 
     def sessions(self):
         return [json.loads(p) for t, p, _, _ in self.link.published if t.endswith("/session")]

@@ -29,8 +29,9 @@ def test_unknown_card_is_refused_and_two_cards_at_once_too():
     h = Harness(CARDS, ["alice"], [{"t": 1000, "tap": "eve"}, {"t": 5000, "tap": ["alice", "bob"]}], 10000)
     h.run()
     taps = h.events("tap")
-    assert taps[0]["result"] == "refused" and taps[0]["status"] == "Invalid"
-    assert taps[1]["result"] == "refused" and taps[1]["reason"] == "one card please"
+    assert [t["result"] for t in taps] == ["asking", "refused", "refused"]   # online: the backend is asked
+    assert taps[1]["status"] == "Invalid" and taps[1]["auth"] == "online"
+    assert taps[2]["reason"] == "one card please"
     assert h.sessions() == []
 
 
