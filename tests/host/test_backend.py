@@ -1,0 +1,339 @@
+"""Reference backend against a real private mosquitto: store, de-duplication, acks, gaps, auth."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from backend import Backend, load_auth
+from broker import Broker
+from store import Store, TempPostgres, postgres_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKEN_A = "6f1c0e5d8a2b4c7e9f0a1b2c3d4e5f60"
+TOKEN_B = "00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with Broker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): PostgreSQL runs skipped")
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
+    with TempPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "backend.sqlite")
+    return request.getfixturevalue("postgres").url()
+
+
+class Peer:
+    """A charger stand-in: publishes contract messages and collects what the backend sends back."""
+
+    def __init__(self, port):
+        self.got = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="peer-%d" % id(self))
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe([("cp/v1/+/ack", 1), ("cp/v1/+/auth/resp", 1)])
+        self.c.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.got.append((msg.topic, json.loads(msg.payload)))
+
+    def send(self, device, kind, payload, retain=False):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.c.publish("cp/v1/%s/%s" % (device, kind), data, qos=1, retain=retain).wait_for_publish(5)
+
+    def acked(self, device):
+        with self.lock:
+            return [i for t, p in self.got if t == "cp/v1/%s/ack" % device for i in p["msg_ids"]]
+
+    def answers(self, device):
+        with self.lock:
+            return [p for t, p in self.got if t == "cp/v1/%s/auth/resp" % device]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def peer(broker):
+    p = Peer(broker.port)
+    yield p
+    p.close()
+
+
+def start_backend(url, broker, **kw):
+    lines = []
+    b = Backend(url, "127.0.0.1", broker.port, out=lines.append, ack_delay_s=0.1, **kw).start()
+    assert b.wait_connected(10)
+    time.sleep(0.2)  # subscriptions in place
+    b.lines = lines
+    return b
+
+
+@pytest.fixture
+def backend(db_url, broker):
+    b = start_backend(db_url, broker, verbose=True,
+                      auth={TOKEN_A: {"status": "Accepted", "expiry": "2027-01-01T00:00:00Z", "group": "fleet-a",
+                                      "max_current_a": 16, "max_kwh": "20", "offpeak_only": False}})
+    yield b
+    b.stop()
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def session(tx, seq, event, **kw):
+    """A record shaped like the firmware's (docs/mqtt.md)."""
+    rec = {"msg_id": "%s-%s" % (tx, seq), "tx_id": tx, "seq": seq, "event": event,
+           "ts": "2026-03-02T07:55:15Z", "token": TOKEN_A, "key": 1, "auth": "local_list", "tariff_id": "flat",
+           "meter_start_wh": 1000}
+    if event == "ended":
+        rec.update({"ts": "2026-03-02T08:26:40Z", "started_at": "2026-03-02T07:55:15Z",
+                    "ended_at": "2026-03-02T08:26:40Z", "meter_stop_wh": 2840, "energy_wh": 1840,
+                    "stop_reason": "Local",
+                    "cost": {"currency": "EUR", "total_excl_vat_minor": 55, "total_incl_vat_minor": 66}})
+    rec.update(kw)
+    return rec
+
+
+def rows(url, sql, params=()):
+    with Store(url) as st:
+        return st.query(sql, params)
+
+
+def test_a_session_is_stored_once_and_every_copy_acknowledged(backend, peer, db_url):
+    peer.send("cp-a", "session", session(1, 0, "started"))
+    peer.send("cp-a", "session", session(1, 1, "ended"))
+    assert wait_for(lambda: sorted(peer.acked("cp-a")) == ["1-0", "1-1"])
+    peer.send("cp-a", "session", session(1, 1, "ended"))   # the charger re-sends: the ack was "lost"
+    assert wait_for(lambda: peer.acked("cp-a").count("1-1") == 2)
+    got = rows(db_url, "SELECT token, key_version, auth, tariff_id, started_at, ended_at, energy_wh, meter_start_wh, "
+                       "meter_stop_wh, stop_reason, currency, total_excl_minor, total_incl_minor, final, offline "
+                       "FROM sessions WHERE device = ?", ("cp-a",))
+    assert [tuple(r) for r in got] == [(TOKEN_A, 1, "local_list", "flat", "2026-03-02T07:55:15Z",
+                                        "2026-03-02T08:26:40Z", 1840, 1000, 2840, "Local", "EUR", 55, 66, 1, 0)]
+    events = rows(db_url, "SELECT seq, event, msg_id FROM session_events WHERE device = ? ORDER BY seq", ("cp-a",))
+    assert [tuple(r) for r in events] == [(0, "started", "1-0"), (1, "ended", "1-1")]
+    assert backend.counts["stored"] == 2 and backend.counts["duplicates"] == 1
+    assert any("duplicate ignored" in line for line in backend.lines)
+    assert any("session tx 1 seq 1 ended: 1840 Wh, EUR 0.55 excl. / EUR 0.66 incl. VAT" in line
+               for line in backend.lines)
+    assert not rows(db_url, "SELECT * FROM gaps")
+
+
+def test_a_late_started_does_not_undo_the_ended_record(backend, peer, db_url):
+    peer.send("cp-late", "session", session(4, 2, "ended", energy_wh=500, meter_stop_wh=1500))
+    peer.send("cp-late", "session", session(4, 1, "updated", energy_wh=200))
+    peer.send("cp-late", "session", session(4, 0, "started"))
+    assert wait_for(lambda: len(peer.acked("cp-late")) == 3)
+    got = rows(db_url, "SELECT energy_wh, final, started_at FROM sessions WHERE device = ?", ("cp-late",))
+    assert [tuple(r) for r in got] == [(500, 1, "2026-03-02T07:55:15Z")]
+
+
+def test_sequence_gaps_are_flagged_and_closed_when_the_event_arrives(backend, peer, db_url):
+    peer.send("cp-g", "session", session(5, 0, "started"))
+    peer.send("cp-g", "session", session(5, 2, "ended"))            # seq 1 lost
+    peer.send("cp-g", "session", session(6, 1, "ended"))            # no started at all
+    assert wait_for(lambda: len(peer.acked("cp-g")) == 3)
+    gaps = rows(db_url, "SELECT tx_id, seq, kind, resolved_s FROM gaps WHERE device = ? ORDER BY tx_id", ("cp-g",))
+    assert [tuple(r) for r in gaps] == [(5, 1, "seq_missing", None), (6, 0, "started_missing", None)]
+    assert any("GAP tx 5: seq 1 missing" in line for line in backend.lines)
+    assert any("GAP tx 6: seq 0 missing (no started event)" in line for line in backend.lines)
+    peer.send("cp-g", "session", session(5, 1, "updated", energy_wh=900))
+    assert wait_for(lambda: len(peer.acked("cp-g")) == 4)
+    resolved = rows(db_url, "SELECT resolved_s FROM gaps WHERE device = ? AND tx_id = 5", ("cp-g",))
+    assert resolved[0][0] is not None
+    assert any("gap closed: tx 5 seq 1" in line for line in backend.lines)
+    assert backend.counts["gaps"] == 2
+
+
+def test_malformed_payloads_are_kept_aside_and_never_stop_the_backend(backend, peer, db_url):
+    peer.send("cp-m", "session", b"not json at all")
+    peer.send("cp-m", "session", b"[1, 2, 3]")
+    peer.send("cp-m", "session", b"\xff\xfe")
+    peer.send("cp-m", "session", session(9, "x", "started", msg_id="9-0"))
+    peer.send("cp-m", "session", session(9, 1, "ended", energy_wh=1.5, msg_id="9-1"))
+    peer.send("cp-m", "fault", {"msg_id": "f-1", "event": "raised"})          # no code
+    peer.send("cp-m", "status", {"connector": "Available"})                   # no state
+    peer.send("cp-m", "session", session(10, 0, "started"))
+    assert wait_for(lambda: "10-0" in peer.acked("cp-m"))
+    assert backend.counts["malformed"] == 7
+    rej = rows(db_url, "SELECT topic, reason FROM rejects WHERE device = ?", ("cp-m",))
+    assert len(rej) == 7
+    reasons = " | ".join(r[1] for r in rej)
+    assert "not JSON" in reasons and "not a JSON object" in reasons and "seq must be" in reasons
+    assert "energy_wh must be an integer" in reasons and "code must be" in reasons
+    # malformed records that carry a msg_id are acknowledged so they cannot block the outbox
+    assert sorted(peer.acked("cp-m")) == ["10-0", "9-0", "9-1", "f-1"]
+    assert [tuple(r) for r in rows(db_url, "SELECT tx_id FROM sessions WHERE device = ?", ("cp-m",))] == [(10,)]
+    assert sum("malformed session skipped" in line for line in backend.lines) == 5
+
+
+def test_offline_events_and_optional_fields_are_stored(backend, peer, db_url):
+    breakdown = {"currency": "EUR", "total_excl_vat_minor": 150, "total_incl_vat_minor": 180,
+                 "energy": {"excl_vat_minor": 100, "incl_vat_minor": 120},
+                 "parking": {"excl_vat_minor": 50, "incl_vat_minor": 60}}
+    peer.send("cp-o", "session", session(2, 0, "started", offline=True))
+    peer.send("cp-o", "session", session(2, 1, "ended", offline=True, parking_s=1200, cost=breakdown,
+                                         charging_periods=[{"start_date_time": "2026-03-02T07:55:15Z"}],
+                                         peak_w=7360, chain_n=3, some_future_field={"x": 1}))
+    peer.send("cp-o", "session", session(3, 0, "started"))   # online: no flag
+    assert wait_for(lambda: len(peer.acked("cp-o")) == 3)
+    got = rows(db_url, "SELECT tx_id, offline, parking_s, parking_excl_minor, parking_incl_minor, total_incl_minor, "
+                       "record FROM sessions WHERE device = ? ORDER BY tx_id", ("cp-o",))
+    assert [tuple(r[:6]) for r in got] == [(2, 1, 1200, 50, 60, 180), (3, 0, None, None, None, None)]
+    rec = json.loads(got[0][6])
+    assert rec["charging_periods"][0]["start_date_time"] == "2026-03-02T07:55:15Z" and rec["peak_w"] == 7360
+    ev = rows(db_url, "SELECT seq, offline FROM session_events WHERE device = ? AND tx_id = 2 ORDER BY seq", ("cp-o",))
+    assert [tuple(r) for r in ev] == [(0, 1), (1, 1)]
+    assert any("(offline)" in line and "parked 1200 s" in line for line in backend.lines)
+
+
+def test_faults_feedback_status_and_stats_are_stored(backend, peer, db_url):
+    fault = {"msg_id": "f-3", "event": "raised", "ts": "2026-03-02T08:00:00Z", "code": "OverCurrentFailure",
+             "stop_reason": "OvercurrentFault", "tx_id": 7, "detail": "L1 41.2 A > offer 32 A + 10 %",
+             "latched": True, "trips": 1, "samples": [[0, 23000, 41200, 9476]]}
+    peer.send("cp-f", "fault", fault)
+    assert wait_for(lambda: "f-3" in peer.acked("cp-f"))
+    peer.send("cp-f", "fault", fault)
+    peer.send("cp-f", "feedback", {"msg_id": "fb-2", "ts": "2026-03-02T08:01:00Z", "tx_id": 7, "token": TOKEN_A,
+                                   "source": "button", "text": None})
+    status = {"state": "online", "connector": "Faulted", "error": "OverCurrentFailure", "ts": "2026-03-02T08:00:01Z"}
+    peer.send("cp-f", "status", status, retain=True)
+    peer.send("cp-f", "status", status, retain=True)
+    peer.send("cp-f", "status", {"state": "offline"}, retain=True)
+    totals = {"sessions": 2, "energy_wh": 6746, "excl_vat_minor": 202, "incl_vat_minor": 243}
+    stats = {"ts": "2026-03-02T09:00:00Z", "currency": "EUR", "day": dict(totals, date="2026-03-02"),
+             "month": dict(totals, month="2026-03"), "contactor_cycles": 2, "boots": 1}
+    peer.send("cp-f", "stats", stats, retain=True)
+    peer.send("cp-f", "meter", {"ts": "2026-03-02T08:00:00Z", "tx_id": 7, "register_wh": 18231, "energy_wh": 1203,
+                                "v_cv": [23010, 0, 0], "i_ma": [15980, 0, 0], "p_w": 3676, "offered_a": 16})
+    assert wait_for(lambda: peer.acked("cp-f").count("f-3") == 2 and "fb-2" in peer.acked("cp-f"))
+    assert backend.wait_idle(0.5, timeout=10)
+    f = rows(db_url, "SELECT code, latched, tx_id, trips, stop_reason, ts_s FROM faults WHERE device = ?", ("cp-f",))
+    assert [tuple(r) for r in f] == [("OverCurrentFailure", 1, 7, 1, "OvercurrentFault", 1772438400)]
+    fb = rows(db_url, "SELECT msg_id, tx_id, token, source FROM feedback WHERE device = ?", ("cp-f",))
+    assert [tuple(r) for r in fb] == [("fb-2", 7, TOKEN_A, "button")]
+    hist = rows(db_url, "SELECT state, connector, error FROM status_history WHERE device = ? ORDER BY received_s",
+                ("cp-f",))
+    assert [tuple(r) for r in hist] == [("online", "Faulted", "OverCurrentFailure"), ("offline", None, None)]
+    cur = rows(db_url, "SELECT state FROM status_current WHERE device = ?", ("cp-f",))
+    assert [tuple(r) for r in cur] == [("offline",)]
+    st = rows(db_url, "SELECT day, day_energy_wh, month_incl_minor, contactor_cycles, boots FROM stats "
+                      "WHERE device = ?", ("cp-f",))
+    assert [tuple(r) for r in st] == [("2026-03-02", 6746, 243, 2, 1)]
+    m = rows(db_url, "SELECT tx_id, register_wh, p_w FROM meter_values WHERE device = ?", ("cp-f",))
+    assert [tuple(r) for r in m] == [(7, 18231, 3676)]
+    for c in ("cp/v1/cp-f/status", "cp/v1/cp-f/stats"):   # clean up retained messages for later tests
+        peer.c.publish(c, b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_auth_requests_are_answered_from_the_auth_table(backend, peer):
+    peer.send("cp-au", "auth/req", {"id": "a-12", "token": TOKEN_A.upper(), "key": 1})
+    peer.send("cp-au", "auth/req", {"id": "a-13", "token": TOKEN_B, "key": 1})
+    assert wait_for(lambda: len(peer.answers("cp-au")) == 2)
+    a = {r["id"]: r for r in peer.answers("cp-au")}
+    assert a["a-12"] == {"id": "a-12", "status": "Accepted", "expiry": "2027-01-01T00:00:00Z", "group": "fleet-a",
+                         "max_current_a": 16, "max_kwh": "20", "offpeak_only": False}
+    assert a["a-13"] == {"id": "a-13", "status": "Invalid"}
+
+
+def test_without_an_auth_file_requests_are_not_answered(tmp_path, broker, peer):
+    b = start_backend(str(tmp_path / "b.sqlite"), broker)
+    try:
+        peer.send("cp-na", "auth/req", {"id": "a-1", "token": TOKEN_A, "key": 1})
+        time.sleep(1.0)
+        assert peer.answers("cp-na") == []
+        assert b.counts["auth"] == 0
+    finally:
+        b.stop()
+
+
+def test_auth_file_is_checked(tmp_path):
+    good = tmp_path / "auth.json"
+    good.write_text(json.dumps({TOKEN_A.upper(): {"status": "Blocked"}}))
+    assert load_auth(str(good)) == {TOKEN_A: {"status": "Blocked"}}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({TOKEN_A: {"status": "Maybe"}}))
+    with pytest.raises(ValueError, match="needs \"status\""):
+        load_auth(str(bad))
+    bad.write_text(json.dumps({"04A1B2C3": {"status": "Accepted"}}))
+    with pytest.raises(ValueError, match="not a 32-hex-digit pseudonym"):
+        load_auth(str(bad))
+
+
+def test_two_shared_instances_split_the_load_and_store_each_message_once(db_url, broker, peer):
+    peer.send("cp-s", "status", {"state": "online", "connector": "Available", "ts": "2026-03-02T07:00:00Z"},
+              retain=True)
+    a = start_backend(db_url, broker, share="g1", verbose=True)
+    b = start_backend(db_url, broker, share="g1", verbose=True)
+    try:
+        assert a.topics()[0] == ("$share/g1/cp/v1/+/session", 1)
+        for tx in range(1, 11):
+            for seq, event in ((0, "started"), (1, "ended")):
+                rec = session(tx, seq, event)
+                peer.send("cp-s", "session", rec)
+                peer.send("cp-s", "session", rec)       # every message twice, as after a lost ack
+        # 40 session messages, plus the retained status that each instance got when it subscribed
+        assert wait_for(lambda: a.counts["stored"] + a.counts["duplicates"] + b.counts["stored"]
+                        + b.counts["duplicates"] == 42, 15)
+        assert a.counts["stored"] + b.counts["stored"] == 21
+        for x in (a, b):   # mosquitto deals shared messages round robin: each instance took a share
+            assert any(" session tx " in line or "duplicate ignored: session" in line for line in x.lines)
+        got = rows(db_url, "SELECT COUNT(*), COUNT(DISTINCT tx_id) FROM session_events WHERE device = ?", ("cp-s",))
+        assert tuple(got[0]) == (20, 10)
+        assert wait_for(lambda: set(peer.acked("cp-s")) == {"%d-%d" % (t, s) for t in range(1, 11) for s in (0, 1)})
+        hist = rows(db_url, "SELECT state, connector FROM status_history WHERE device = ?", ("cp-s",))
+        assert [tuple(r) for r in hist] == [("online", "Available")]   # retained: seen by both, stored once
+    finally:
+        a.stop()
+        b.stop()
+        peer.c.publish("cp/v1/cp-s/status", b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_command_line_runs_until_idle_and_prints_one_line_per_event(tmp_path, broker, peer):
+    peer.send("cp-cli", "status", {"state": "online", "connector": "Available", "ts": "2026-03-02T07:00:00Z"},
+              retain=True)
+    db = tmp_path / "cli.sqlite"
+    try:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker",
+                            "127.0.0.1:%d" % broker.port, "--db", str(db), "--until-idle", "1.5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30, text=True)
+    finally:
+        peer.c.publish("cp/v1/cp-cli/status", b"", qos=1, retain=True).wait_for_publish(5)
+    assert r.returncode == 0, r.stdout
+    assert "cp-cli status online Available" in r.stdout
+    assert "backend: 1 stored, 0 duplicates" in r.stdout
+    assert rows(str(db), "SELECT state, connector FROM status_current") == [("online", "Available")]
+
+
+def test_help_shows_an_example():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--help"],
+                       stdout=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 0 and "examples:" in r.stdout and "--share" in r.stdout

@@ -1,0 +1,300 @@
+"""Provisioning: round trip, every refusal writes nothing, raw UIDs never reach a file or a board."""
+import hashlib
+import hmac
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+import tty
+
+import pytest
+
+import provision
+from firmware.tariff import Tariff
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SITE_KEY = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
+OLD_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0" "00112233445566778899aabbccddeeff"
+UPDATE_KEY = "c0ffee00" * 8
+DEVICE_KEY = "d00dfeed" * 8
+# raw UIDs as an operator might type them: 4, 7 and 10 bytes, mixed case and separators
+CARDS = [("DEADBEEF", "deadbeef"), ("04:a1:b2:C3:d4:E5:f6", "04a1b2c3d4e5f6"),
+         ("0a 0b 0c 0d 0e 0f 10 11 12 13", "0a0b0c0d0e0f10111213")]
+TARIFF = {"id": "day-rate", "currency": "EUR", "elements": [{"price_components": [
+    {"type": "ENERGY", "price": "0.3120", "vat": "19", "step_size": 1}]}]}
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n"
+
+
+def token(uid_hex, key=SITE_KEY):
+    """HMAC-SHA256(site key, UID) computed here independently of firmware.pseudonym."""
+    return hmac.new(bytes.fromhex(key), bytes.fromhex(uid_hex), hashlib.sha256).hexdigest()[:32]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "tariff.json").write_text(json.dumps(TARIFF))
+    (d / "cards.csv").write_text(
+        "uid,status,expiry,group,max_current_a,max_kwh,offpeak_only\n"
+        "%s,,,,,,\n%s,Blocked,2027-01-01T00:00:00Z,fleet-a,16,20,true\n\n%s,Accepted,,,,7.5,no\n"
+        % tuple(c[0] for c in CARDS))
+    (d / "ca.pem").write_text(PEM_CERT)
+    (d / "cert.pem").write_text(PEM_CERT)
+    (d / "key.pem").write_text(PEM_KEY)
+    (d / "keys.json").write_text(json.dumps({"site_keys": {"1": OLD_KEY, "2": SITE_KEY}, "site_key_current": 2,
+                                             "device_key": DEVICE_KEY, "update_key": UPDATE_KEY,
+                                             "mqtt_user": "cp-0001", "mqtt_password": "s3cret-pw"}))
+    return d
+
+
+def args(d, out_dir, *extra, **replace):
+    """A complete, valid command line; replace={flag: value or None to drop it}."""
+    opts = {"--board": "esp32_devkit", "--device-id": "cp-0001", "--keys": str(d / "keys.json"),
+            "--broker": "mqtt.example.org", "--ca": str(d / "ca.pem"), "--cert": str(d / "cert.pem"),
+            "--key": str(d / "key.pem"), "--tariff": str(d / "tariff.json"), "--cards": str(d / "cards.csv"),
+            "--utc-offset-min": "60", "--dst": "EU", "--out": str(out_dir)}
+    for k, v in replace.items():
+        opts["--" + k.replace("_", "-")] = v
+    argv = []
+    for k, v in opts.items():
+        if v is not None:
+            argv += [k, v]
+    return argv + list(extra)
+
+
+def run(argv, capsys):
+    rc = provision.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def assert_no_raw_uid(texts):
+    """No raw UID in any case, with or without separators."""
+    for text in texts:
+        flat = "".join(ch for ch in text.lower() if ch not in ": -\n")
+        for _, uid in CARDS:
+            assert uid not in flat
+
+
+def test_round_trip(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, err = run(args(inputs, out), capsys)
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == ["board.json", "ca.pem", "cert.pem", "config.json", "key.pem", "secrets.json"]
+    cfg = json.loads((out / "config.json").read_text())
+    sec = json.loads((out / "secrets.json").read_text())
+    assert cfg["device_id"] == "cp-0001"
+    assert cfg["mqtt"] == {"host": "mqtt.example.org", "port": 8883, "tls": True, "keepalive_s": 60, "ca": "ca.pem"}
+    assert cfg["site"] == {"utc_offset_min": 60, "dst": "EU"}
+    assert cfg["auth"] == {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True,
+                           "AllowOfflineTxForUnknownId": False, "AuthorizeRemoteTxRequests": False}
+    Tariff(cfg["tariff"])
+    assert cfg["tariff"] == TARIFF
+    entries = {e["token"]: e for e in cfg["local_list"]["entries"]}
+    assert cfg["local_list"]["version"] == 1
+    assert sorted(entries) == sorted(token(uid) for _, uid in CARDS)   # current key: version 2
+    assert [e["token"] for e in cfg["local_list"]["entries"]] == sorted(entries)
+    assert entries[token(CARDS[0][1])] == {"token": token(CARDS[0][1]), "key": 2, "status": "Accepted",
+                                           "expiry": None, "group": None, "max_current_a": None, "max_kwh": None,
+                                           "offpeak_only": False}
+    assert entries[token(CARDS[1][1])] == {"token": token(CARDS[1][1]), "key": 2, "status": "Blocked",
+                                           "expiry": "2027-01-01T00:00:00Z", "group": "fleet-a", "max_current_a": 16,
+                                           "max_kwh": "20", "offpeak_only": True}
+    assert entries[token(CARDS[2][1])]["max_kwh"] == "7.5"
+    assert sec == {"site_keys": {"1": OLD_KEY, "2": SITE_KEY}, "site_key_current": 2, "device_key": DEVICE_KEY,
+                   "update_key": UPDATE_KEY, "mqtt_user": "cp-0001", "mqtt_password": "s3cret-pw",
+                   "tls_cert": "cert.pem", "tls_key": "key.pem"}
+    with open(os.path.join(ROOT, "board_configs", "esp32_devkit.json"), "rb") as f:
+        assert (out / "board.json").read_bytes() == f.read()
+    assert (out / "ca.pem").read_text() == PEM_CERT and (out / "key.pem").read_text() == PEM_KEY
+    assert os.stat(out / "secrets.json").st_mode & 0o077 == 0 and os.stat(out / "key.pem").st_mode & 0o077 == 0
+    assert "3 cards" in stdout
+    assert_no_raw_uid([(out / n).read_text() for n in os.listdir(out)] + [stdout, err])
+
+
+def test_json_cards_give_the_same_list(inputs, tmp_path, capsys):
+    (inputs / "cards.json").write_text(json.dumps({"cards": [
+        {"uid": CARDS[0][0]}, {"uid": CARDS[1][0], "status": "Blocked", "expiry": "2027-01-01T00:00:00Z",
+                               "group": "fleet-a", "max_current_a": 16, "max_kwh": "20", "offpeak_only": True},
+        {"uid": CARDS[2][0], "max_kwh": "7.5"}]}))
+    assert run(args(inputs, tmp_path / "csv"), capsys)[0] == 0
+    assert run(args(inputs, tmp_path / "json", cards=str(inputs / "cards.json")), capsys)[0] == 0
+    a = json.loads((tmp_path / "csv" / "config.json").read_text())["local_list"]
+    b = json.loads((tmp_path / "json" / "config.json").read_text())["local_list"]
+    assert a == b
+
+
+def test_plain_network_and_site_key_on_the_command_line(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = run(args(inputs, out, "--no-tls", "--site-key", "1:" + SITE_KEY, "--update-key", UPDATE_KEY,
+                          "--auth-policy", "AllowOfflineTxForUnknownId=true", keys=None, ca=None, cert=None, key=None,
+                          broker="10.0.0.5:1884"), capsys)
+    assert rc == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    sec = json.loads((out / "secrets.json").read_text())
+    assert cfg["mqtt"] == {"host": "10.0.0.5", "port": 1884, "tls": False, "keepalive_s": 60}
+    assert cfg["auth"]["AllowOfflineTxForUnknownId"] is True
+    assert sec["site_keys"] == {"1": SITE_KEY} and sec["tls_cert"] is None and sec["mqtt_password"] is None
+    assert len(sec["device_key"]) == 64 and sec["device_key"] != DEVICE_KEY   # generated, kept in --out
+    assert sorted(os.listdir(out)) == ["board.json", "config.json", "secrets.json"]
+    assert {e["key"] for e in cfg["local_list"]["entries"]} == {1}
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+REFUSALS = [
+    ("no site key", lambda d: {"keys": None, "update_key": UPDATE_KEY}, "site_keys: no site key given"),
+    ("short key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY[:30], "update_key": UPDATE_KEY},
+     "site_keys[1] must be at least 16 bytes"),
+    ("placeholder key", lambda d: {"keys": None, "site_key": "1:" + "00" * 32, "update_key": UPDATE_KEY},
+     "site_keys[1] looks like a placeholder"),
+    ("template keys", lambda d: {"keys": os.path.join(ROOT, "secrets.example.json")}, "site_keys[1] must be hex"),
+    ("no update key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY}, "update_key is missing"),
+    ("invalid tariff", lambda d: {"tariff": _write(d / "t.json", json.dumps(dict(TARIFF, currency="EURO")))},
+     "tariff: tariff.currency must be an ISO 4217 code"),
+    ("tariff not json", lambda d: {"tariff": _write(d / "t.json", "{nope")}, "tariff:"),
+    ("no tariff", lambda d: {"tariff": None}, "tariff: --tariff FILE"),
+    ("5-byte uid", lambda d: {"cards": _write(d / "c.csv", "uid\nDEADBEEF\n0102030405\n")},
+     "c.csv line 3: uid must be 4, 7 or 10 bytes of hex"),
+    ("non-hex uid", lambda d: {"cards": _write(d / "c.csv", "uid\nDEADBEEG\n")}, "c.csv line 2: uid must be"),
+    ("duplicate card", lambda d: {"cards": _write(d / "c.csv", "uid\nDEADBEEF\nde:ad:be:ef\n")}, "listed twice"),
+    ("bad status", lambda d: {"cards": _write(d / "c.csv", "uid,status\nDEADBEEF,Maybe\n")}, "line 2: status must be"),
+    ("bad current", lambda d: {"cards": _write(d / "c.csv", "uid,max_current_a\nDEADBEEF,100\n")},
+     "line 2: max_current_a must be"),
+    ("unknown column", lambda d: {"cards": _write(d / "c.csv", "uid,name\nDEADBEEF,Alice\n")},
+     "unknown column(s) name"),
+    ("unknown board", lambda d: {"board": "esp32_nonexistent"}, "board: unknown board 'esp32_nonexistent'"),
+    ("bad device id", lambda d: {"device_id": "cp/0001"}, "device_id:"),
+    ("password without tls", lambda d: {"ca": None, "cert": None, "key": None, "broker": "10.0.0.5"},
+     "mqtt.ca: TLS needs"),
+    ("cert without key", lambda d: {"key": None}, "tls_cert/tls_key: give both"),
+    ("ca not pem", lambda d: {"ca": _write(d / "x.pem", "hello")}, "mqtt.ca: "),
+    ("no broker", lambda d: {"broker": None}, "mqtt.host: --broker"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals_name_the_field_and_write_nothing(inputs, tmp_path, capsys, name, change, message):
+    out = tmp_path / "out"
+    rc, stdout, err = run(args(inputs, out, **change(inputs)), capsys)
+    assert rc == 2
+    assert message in err and "nothing written" in err
+    assert not out.exists()
+    assert_no_raw_uid([stdout, err])
+
+
+def test_password_over_plain_tcp_is_refused(inputs, tmp_path, capsys):
+    rc, _, err = run(args(inputs, tmp_path / "out", "--no-tls", ca=None, cert=None, key=None), capsys)
+    assert rc == 2 and "mqtt_password: sending a password over plain TCP is unsafe" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_board_writes_nothing(inputs, tmp_path, capsys):
+    rc, _, err = run(args(inputs, tmp_path / "out", port="/dev/cp-no-such-tty"), capsys)
+    assert rc == 2 and "board: reaching the board at /dev/cp-no-such-tty failed" in err and "nothing written" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generated_device_key_needs_out(inputs, tmp_path, capsys):
+    rc, _, err = run(args(inputs, None, "--site-key", "1:" + SITE_KEY, "--update-key", UPDATE_KEY, keys=None,
+                          out=None, port="/dev/cp-no-such-tty"), capsys)
+    assert rc == 2 and "device_key: no key given" in err
+
+
+def test_board_command_lines(tmp_path):
+    files = {"config.json": b"{}", "secrets.json": b"{}", "board.json": b"{}"}
+    probe, copy, swap = provision.board_commands(files, "/dev/ttyUSB0", "/stage", mpremote="mpremote")
+    assert probe[:4] == ["mpremote", "connect", "/dev/ttyUSB0", "exec"]
+    assert copy == ["mpremote", "connect", "/dev/ttyUSB0", "fs", "cp", "/stage/board.json", ":board.json.new", "+",
+                    "fs", "cp", "/stage/config.json", ":config.json.new", "+",
+                    "fs", "cp", "/stage/secrets.json", ":secrets.json.new"]
+    assert swap[:4] == ["mpremote", "connect", "/dev/ttyUSB0", "exec"]
+    assert "os.rename(n + '.new', n)" in swap[4] and "'secrets.json'" in swap[4]
+
+
+class FakeBoard:
+    """The MicroPython unix port's REPL on a pseudo-terminal, for mpremote to talk to.
+
+    A bridge copies bytes between mpremote's terminal and MicroPython's. The unix port has
+    the raw REPL but no soft reset, so the bridge answers mpremote's soft-reset request the
+    way a board does; everything else is the real interpreter writing real files in `root`.
+    """
+
+    BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+
+    def __init__(self, root, micropython):
+        self.mp_master, mp_slave = pty.openpty()
+        self.master, self.slave = pty.openpty()
+        tty.setraw(mp_slave)
+        tty.setraw(self.slave)
+        self.proc = subprocess.Popen([micropython], stdin=mp_slave, stdout=mp_slave, stderr=mp_slave, cwd=root)
+        os.close(mp_slave)
+        self.port = os.ttyname(self.slave)
+        self._tail = b""
+        self._fresh = False
+        self._stop = False
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+        time.sleep(0.3)
+
+    def _pump(self):
+        while not self._stop:
+            ready, _, _ = select.select([self.mp_master, self.master], [], [], 0.1)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                if fd == self.mp_master:
+                    self._tail = (self._tail + data)[-64:]
+                    self._fresh = self._fresh or self._tail.endswith(self.BANNER)
+                    os.write(self.master, data)
+                elif data == b"\x04" and self._fresh:
+                    self._fresh = False
+                    os.write(self.master, b"OK\r\nMPY: soft reboot\r\n" + self.BANNER)
+                else:
+                    self._fresh = False
+                    os.write(self.mp_master, data)
+
+    def close(self):
+        self._stop = True
+        self.thread.join(2)
+        self.proc.kill()
+        self.proc.wait()
+        for fd in (self.master, self.slave, self.mp_master):
+            os.close(fd)
+
+
+def test_port_writes_the_files_onto_a_micropython_filesystem(inputs, tmp_path, capsys):
+    micropython = os.path.join(ROOT, ".venv", "bin", "micropython")
+    if not os.path.exists(micropython):
+        pytest.skip("the MicroPython unix port is not in .venv (make setup)")
+    root = tmp_path / "board"
+    root.mkdir()
+    (root / "config.json").write_text("old")
+    board = FakeBoard(str(root), micropython)
+    try:
+        rc, stdout, err = run(args(inputs, tmp_path / "out", port=board.port), capsys)
+    finally:
+        board.close()
+    assert rc == 0, err
+    assert "onto the board at %s" % board.port in stdout
+    assert sorted(os.listdir(root)) == ["board.json", "ca.pem", "cert.pem", "config.json", "key.pem", "secrets.json"]
+    for name in os.listdir(root):
+        assert (root / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+    assert_no_raw_uid([(root / n).read_text() for n in os.listdir(root)])
+
+
+def test_help_shows_an_example():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "provision.py"), "--help"],
+                       stdout=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 0 and "example:" in r.stdout and "--cards" in r.stdout

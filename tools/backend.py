@@ -1,0 +1,479 @@
+"""Reference backend: receives every charger's MQTT messages, stores them once, acknowledges them.
+
+Subscribes to cp/v1/+/{session,fault,feedback,status,stats,meter,auth/req} (docs/mqtt.md),
+de-duplicates on (device, tx_id, seq) and (device, msg_id), stores everything through
+tools/store.py (SQLite file or PostgreSQL URL), acknowledges stored and duplicate messages on
+cp/v1/<device>/ack, flags sequence gaps, and answers auth/req from an optional file.
+
+    python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json
+    python3 tools/backend.py --share backends --db postgresql://cp@db/cp   # one of several instances
+
+In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883); b.start(); ...; b.stop()`.
+A malformed message is kept in the `rejects` table (and acknowledged when it has a msg_id, so
+one bad record cannot block a charger's outbox); it never stops the backend.
+"""
+import argparse
+import json
+import os
+import queue
+import signal
+import ssl
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from store import Store, money  # noqa: E402
+
+TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req")
+ACKED = ("session", "fault", "feedback")
+AUTH_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
+MAX_PAYLOAD = 1 << 20    # bytes; anything larger is rejected unread
+MAX_ACK_IDS = 32         # msg_ids per ack message, so the charger's parser stays bounded
+MAX_ID_LEN = 64
+_SESSION_INTS = ("energy_wh", "meter_start_wh", "meter_stop_wh", "key", "parking_s")
+
+
+class Malformed(ValueError):
+    """A message that breaks the contract: kept aside, never stored as data."""
+
+
+def parse_topic(topic):
+    """cp/v1/<device>/<kind> -> (device, kind), or None for anything else."""
+    parts = topic.split("/", 3)
+    if len(parts) != 4 or parts[0] != "cp" or parts[1] != "v1" or not parts[2] or parts[3] not in TOPICS:
+        return None
+    return parts[2], parts[3]
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(rec, name, check, what):
+    if not check(rec.get(name)):
+        raise Malformed("%s %s" % (name, what))
+
+
+def _msg_id(rec):
+    _need(rec, "msg_id", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN,
+          "must be a string of 1..%d characters" % MAX_ID_LEN)
+
+
+def check_session(rec):
+    _need(rec, "tx_id", lambda v: _is_int(v) and 0 <= v < 1 << 53, "must be a non-negative integer")
+    _need(rec, "seq", lambda v: _is_int(v) and 0 <= v < 1 << 31, "must be a non-negative integer")
+    _need(rec, "event", lambda v: v in ("started", "updated", "ended"), "must be started, updated or ended")
+    if "msg_id" in rec:
+        _msg_id(rec)
+    for name in _SESSION_INTS:
+        if rec.get(name) is not None and not _is_int(rec[name]):
+            raise Malformed("%s must be an integer" % name)
+    for name in ("token", "ts", "auth", "tariff_id", "started_at", "ended_at", "stop_reason"):
+        if rec.get(name) is not None and not isinstance(rec[name], str):
+            raise Malformed("%s must be a string" % name)
+    cost = rec.get("cost")
+    if cost is not None:
+        if not isinstance(cost, dict) or not isinstance(cost.get("currency"), str):
+            raise Malformed("cost must be an object with a currency")
+        for name in ("total_excl_vat_minor", "total_incl_vat_minor"):
+            if not _is_int(cost.get(name)):
+                raise Malformed("cost.%s must be an integer" % name)
+
+
+def check_fault(rec):
+    _msg_id(rec)
+    _need(rec, "event", lambda v: v in ("raised", "cleared"), "must be raised or cleared")
+    _need(rec, "code", lambda v: isinstance(v, str) and v, "must be an OCPP error code")
+
+
+def check_feedback(rec):
+    _msg_id(rec)
+    if rec.get("tx_id") is not None and not _is_int(rec["tx_id"]):
+        raise Malformed("tx_id must be an integer or null")
+
+
+def check_status(rec):
+    _need(rec, "state", lambda v: v in ("online", "offline"), "must be online or offline")
+
+
+def check_stats(rec):
+    _need(rec, "ts", lambda v: isinstance(v, str) and v, "must be an ISO 8601 time")
+
+
+def check_auth_req(rec):
+    _need(rec, "id", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN, "must be a short string")
+    _need(rec, "token", lambda v: isinstance(v, str) and v, "must be a pseudonym")
+
+
+CHECKS = {"session": check_session, "fault": check_fault, "feedback": check_feedback, "status": check_status,
+          "stats": check_stats, "meter": lambda rec: None, "auth/req": check_auth_req}
+
+
+def load_auth(path):
+    """The --auth file: {pseudonym: answer object}; ValueError naming the bad entry."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError("--auth %s: %s" % (path, e))
+    if not isinstance(data, dict):
+        raise ValueError("--auth %s: must hold a JSON object {pseudonym: answer}" % path)
+    table = {}
+    for token, answer in data.items():
+        if len(token) != 32 or any(c not in "0123456789abcdefABCDEF" for c in token):
+            raise ValueError("--auth %s: key %r is not a 32-hex-digit pseudonym" % (path, token[:40]))
+        if not isinstance(answer, dict) or answer.get("status") not in AUTH_STATUSES:
+            raise ValueError("--auth %s: %s… needs \"status\": one of %s"
+                             % (path, token[:12], ", ".join(AUTH_STATUSES)))
+        table[token.lower()] = answer
+    return table
+
+
+def describe(kind, rec):
+    """One readable line for a stored record."""
+    if kind == "session":
+        text = "session tx %s seq %s %s" % (rec["tx_id"], rec["seq"], rec["event"])
+        if rec["event"] == "ended":
+            cost = rec.get("cost") or {}
+            text += ": %s Wh, %s excl. / %s incl. VAT" % (
+                rec.get("energy_wh"), money(cost.get("total_excl_vat_minor"), cost.get("currency")),
+                money(cost.get("total_incl_vat_minor"), cost.get("currency")))
+            if rec.get("stop_reason"):
+                text += ", %s" % rec["stop_reason"]
+            if rec.get("parking_s"):
+                text += ", parked %d s" % rec["parking_s"]
+        elif rec.get("energy_wh") is not None:
+            text += ": %s Wh" % rec["energy_wh"]
+        if rec.get("token"):
+            text += ", token %s…" % rec["token"][:12]
+    elif kind == "fault":
+        text = "fault %s %s%s" % (rec["event"], rec["code"], " (latched)" if rec.get("latched") else "")
+        if rec.get("tx_id") is not None:
+            text += " tx %s" % rec["tx_id"]
+        if rec.get("detail"):
+            text += ": %s" % rec["detail"]
+    elif kind == "feedback":
+        text = "feedback %s via %s%s" % (rec["msg_id"], rec.get("source"),
+                                         " on tx %s" % rec["tx_id"] if rec.get("tx_id") is not None else "")
+    elif kind == "status":
+        text = "status %s %s%s" % (rec["state"], rec.get("connector") or "",
+                                   " (%s)" % rec["error"] if rec.get("error") else "")
+    elif kind == "stats":
+        day = rec.get("day") if isinstance(rec.get("day"), dict) else {}
+        text = "stats day %s: %s sessions, %s Wh, %s incl. VAT; contactor cycles %s" % (
+            day.get("date"), day.get("sessions"), day.get("energy_wh"),
+            money(day.get("incl_vat_minor"), rec.get("currency")), rec.get("contactor_cycles"))
+    else:
+        text = "meter tx %s: %s Wh, %s W" % (rec.get("tx_id"), rec.get("energy_wh"), rec.get("p_w"))
+    if rec.get("offline"):
+        text += " (offline)"
+    return text
+
+
+class Backend:
+    """Subscriber + store + acknowledger, running in its own threads until stop()."""
+
+    def __init__(self, db_url, host="127.0.0.1", port=1883, share=None, auth=None, client_id=None,
+                 username=None, password=None, tls=None, ack_delay_s=0.2, verbose=False, out=None):
+        self.db_url = db_url
+        self.host = host
+        self.port = port
+        self.share = share
+        self.auth = load_auth(auth) if isinstance(auth, str) else auth
+        self.ack_delay_s = ack_delay_s
+        self.verbose = verbose
+        self.out = out or (lambda line: print(line, flush=True))
+        self.counts = {"stored": 0, "duplicates": 0, "malformed": 0, "acked": 0, "gaps": 0, "auth": 0,
+                       "errors": 0}
+        self.last_message = time.time()
+        self.connected = threading.Event()
+        self._q = queue.Queue(maxsize=10000)
+        self._stop = threading.Event()
+        self._acks = {}   # device -> (first queued at, [msg_ids])
+        self._worker = None
+        self.store = None
+        cid = client_id or "cp-backend-%d-%d" % (os.getpid(), id(self) % 100000)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"), keyfile=tls.get("key"),
+                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.client.reconnect_delay_set(1, 30)
+
+    def topics(self):
+        prefix = "$share/%s/" % self.share if self.share else ""
+        return [(prefix + "cp/v1/+/" + t, 1) for t in TOPICS]
+
+    def start(self):
+        """Opens the store, connects (retrying in the background) and starts processing."""
+        self.store = Store(self.db_url)
+        self._worker = threading.Thread(target=self._work, name="backend-store", daemon=True)
+        self._worker.start()
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout=10):
+        return self.connected.wait(timeout)
+
+    def stop(self):
+        """Drains what was received, sends pending acks, disconnects, closes the store."""
+        self._stop.set()
+        if self._worker:
+            self._worker.join(10)
+        self._flush_acks(force=True)
+        time.sleep(0.05)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self.store:
+            self.store.close()
+            self.store = None
+
+    def run(self, until_idle=None):
+        """Blocks until SIGINT/SIGTERM, or until `until_idle` seconds passed without a message."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *a: done.set())
+        while not done.wait(0.2):
+            if until_idle is not None and self.idle_for() >= until_idle and self._drained():
+                break
+
+    def wait_idle(self, seconds, timeout=60.0):
+        """True once nothing arrived for `seconds` and all that did is handled (tests, demo)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.idle_for() >= seconds and self._drained():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def idle_for(self):
+        return time.time() - self.last_message
+
+    def _drained(self):
+        return self._q.unfinished_tasks == 0 and not self._acks
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.out("backend: broker refused the connection: %s" % reason_code)
+            return
+        client.subscribe(self.topics())
+        self.connected.set()
+        self.out("backend: connected to %s:%d%s" % (self.host, self.port,
+                                                   ", shared group %s" % self.share if self.share else ""))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        if not self._stop.is_set():
+            self.out("backend: disconnected (%s), reconnecting" % reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self.last_message = time.time()
+        self._q.put((msg.topic, bytes(msg.payload)))
+
+    def _work(self):
+        while True:
+            try:
+                topic, payload = self._q.get(timeout=0.05)
+            except queue.Empty:
+                self._flush_acks()
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self.handle(topic, payload)
+            except Exception as e:  # noqa: BLE001 - a bug on one message must not stop the backend
+                self.counts["errors"] += 1
+                self.out("backend: internal error on %s: %r (not acknowledged)" % (topic, e))
+            self._flush_acks()
+            self._q.task_done()
+
+    def handle(self, topic, payload):
+        """Validates, stores and queues the ack for one message; never raises."""
+        now = int(time.time())
+        where = parse_topic(topic)
+        if where is None:
+            return
+        device, kind = where
+        try:
+            rec = self._decode(payload)
+            CHECKS[kind](rec)
+        except Malformed as e:
+            self._reject(device, kind, topic, payload, str(e), now)
+            return
+        try:
+            self._store(device, kind, rec, now)
+        except self.store.errors as e:
+            self.counts["errors"] += 1
+            self.out("backend: store error on %s: %s (not acknowledged: the charger re-sends)" % (topic, e))
+            self._recover()
+
+    @staticmethod
+    def _decode(payload):
+        if len(payload) > MAX_PAYLOAD:
+            raise Malformed("payload of %d bytes is over the %d limit" % (len(payload), MAX_PAYLOAD))
+        try:
+            rec = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise Malformed("not JSON (UTF-8)")
+        if not isinstance(rec, dict):
+            raise Malformed("not a JSON object")
+        return rec
+
+    def _reject(self, device, kind, topic, payload, reason, now):
+        self.counts["malformed"] += 1
+        self.out("%s %s malformed %s skipped: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                                                     device, kind, reason))
+        try:
+            self.store.add_reject(device, topic, payload, reason, now)
+        except self.store.errors as e:
+            self.out("backend: store error keeping a rejected message: %s" % e)
+            self._recover()
+            return
+        if kind in ACKED:
+            try:
+                msg_id = json.loads(payload.decode("utf-8")).get("msg_id")
+            except (UnicodeDecodeError, ValueError, AttributeError):
+                msg_id = None
+            if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_ID_LEN:
+                self._queue_ack(device, msg_id)
+
+    def _store(self, device, kind, rec, now):
+        ts = rec.get("ts") if isinstance(rec.get("ts"), str) else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                 time.gmtime(now))
+        if kind == "auth/req":
+            self._answer(device, rec, ts)
+            return
+        if kind == "meter":
+            self.store.add_meter(device, rec, now)
+            if self.verbose:
+                self.out("%s %s %s" % (ts, device, describe(kind, rec)))
+            return
+        gaps, closed = [], []
+        if kind == "session":
+            new, gaps, closed = self.store.add_session_event(device, rec, now)
+        else:
+            new = getattr(self.store, "add_" + kind)(device, rec, now)
+        if new:
+            self.counts["stored"] += 1
+            self.out("%s %s %s" % (ts, device, describe(kind, rec)))
+        else:
+            self.counts["duplicates"] += 1
+            if self.verbose:
+                self.out("%s %s duplicate ignored: %s %s" % (ts, device, kind, rec.get("msg_id", "")))
+        for seq, what in gaps:
+            self.counts["gaps"] += 1
+            self.out("%s %s GAP tx %s: %s" % (ts, device, rec["tx_id"], what if seq < 0 else
+                                              "seq %d missing%s" % (seq, " (no started event)" if seq == 0 else "")))
+        for seq in closed:
+            self.out("%s %s gap closed: tx %s seq %d arrived late" % (ts, device, rec["tx_id"], seq))
+        if kind in ACKED and "msg_id" in rec:
+            self._queue_ack(device, rec["msg_id"])
+
+    def _answer(self, device, rec, ts):
+        if self.auth is None:
+            if self.verbose:
+                self.out("%s %s auth %s not answered (no --auth file)" % (ts, device, rec["id"]))
+            return
+        answer = self.auth.get(rec["token"].lower(), {"status": "Invalid"})
+        resp = dict(answer)
+        resp["id"] = rec["id"]
+        self.client.publish("cp/v1/%s/auth/resp" % device, json.dumps(resp), qos=1)
+        self.counts["auth"] += 1
+        self.out("%s %s auth %s token %s… -> %s" % (ts, device, rec["id"], rec["token"][:12], resp["status"]))
+
+    def _queue_ack(self, device, msg_id):
+        first, ids = self._acks.get(device, (time.time(), []))
+        if msg_id not in ids:
+            ids.append(msg_id)
+        self._acks[device] = (first, ids)
+
+    def _flush_acks(self, force=False):
+        now = time.time()
+        for device in list(self._acks):
+            first, ids = self._acks[device]
+            if not force and now - first < self.ack_delay_s and len(ids) < MAX_ACK_IDS:
+                continue
+            del self._acks[device]
+            for i in range(0, len(ids), MAX_ACK_IDS):
+                chunk = ids[i:i + MAX_ACK_IDS]
+                self.client.publish("cp/v1/%s/ack" % device, json.dumps({"msg_ids": chunk}), qos=1)
+                self.counts["acked"] += len(chunk)
+
+    def _recover(self):
+        """After a database error: roll back, and reconnect when the connection itself is gone."""
+        try:
+            self.store.rollback()
+            return
+        except self.store.errors:
+            pass
+        try:
+            self.store.close()
+        except self.store.errors:
+            pass
+        try:
+            self.store = Store(self.db_url)
+            self.out("backend: store reconnected")
+        except Exception as e:  # noqa: BLE001 - the next message retries
+            self.out("backend: store still unreachable: %s" % e)
+
+
+def _broker(text):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("--broker must be HOST:PORT")
+    return host, int(port)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite\n"
+               "  python3 tools/backend.py --broker mqtt.example.org:8883 --ca ca.pem --user backend \\\n"
+               "      --db postgresql://cp@localhost/cp --share backends --auth auth.json\n"
+               "  (the MQTT password is read from the environment variable CP_BACKEND_PASSWORD)")
+    ap.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883), help="HOST:PORT (default 127.0.0.1:1883)")
+    ap.add_argument("--db", default=os.path.join("out", "backend.sqlite"),
+                    help="SQLite file or postgresql:// URL (default out/backend.sqlite)")
+    ap.add_argument("--share", metavar="GROUP", help="subscribe as $share/GROUP/... to split load between instances")
+    ap.add_argument("--auth", metavar="FILE",
+                    help="JSON {pseudonym: auth/resp answer}; without it auth/req is not answered")
+    ap.add_argument("--client-id", help="MQTT client id (default: unique per process)")
+    ap.add_argument("--user", help="MQTT user name (password from $CP_BACKEND_PASSWORD)")
+    ap.add_argument("--ca", help="CA certificate: connect with TLS")
+    ap.add_argument("--cert", help="client certificate (TLS)")
+    ap.add_argument("--key", help="client private key (TLS)")
+    ap.add_argument("--ack-delay-ms", type=int, default=200, help="batch acks per device this long (default 200)")
+    ap.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit after this long without messages")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also print duplicates and meter values")
+    args = ap.parse_args(argv)
+    try:
+        backend = Backend(args.db, args.broker[0], args.broker[1], share=args.share, auth=args.auth,
+                          client_id=args.client_id, username=args.user,
+                          password=os.environ.get("CP_BACKEND_PASSWORD"),
+                          tls={"ca": args.ca, "cert": args.cert, "key": args.key} if args.ca else None,
+                          ack_delay_s=args.ack_delay_ms / 1000, verbose=args.verbose)
+        backend.start()
+    except (ValueError, RuntimeError, OSError) as e:
+        print("backend: %s" % e, file=sys.stderr)
+        return 2
+    try:
+        backend.run(args.until_idle)
+    finally:
+        backend.stop()
+        c = backend.counts
+        print("backend: %d stored, %d duplicates, %d malformed, %d acknowledged, %d gaps, %d auth answers, "
+              "%d store errors" % (c["stored"], c["duplicates"], c["malformed"], c["acked"], c["gaps"],
+                                   c["auth"], c["errors"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""Provisioning: builds a charger's config.json, secrets.json and board.json from operator inputs.
+
+Cards are given with their RAW UIDs (CSV or JSON); each UID is turned into its pseudonym
+HMAC-SHA256(site key, UID) here, on the operator's machine, and never written anywhere.
+Everything is checked before anything is written: a missing or unsafe input stops with a
+message naming the field, and no file is created or changed (locally or on the board).
+
+    python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\
+        --broker mqtt.example.org:8883 --ca ca.pem --tariff tariff.json --cards cards.csv --out out/cp-0001
+    python3 tools/provision.py ... --port /dev/ttyUSB0     # straight onto the board (mpremote)
+
+Functions: build(args) -> {file name: bytes}; write_dir(files, dir); write_board(files, port).
+"""
+import argparse
+import binascii
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+from firmware.fixed import parse  # noqa: E402
+from firmware.pseudonym import parse_key, pseudonym  # noqa: E402
+from firmware.tariff import Tariff  # noqa: E402
+from firmware.timefmt import parse_iso  # noqa: E402
+
+BOARDS = os.path.join(ROOT, "board_configs")
+MAX_CARDS = 1000          # the charger loads the whole list at boot: keep it bounded
+CARD_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid")
+UID_BYTES = (4, 7, 10)    # ISO 14443-3 single, double, triple size
+AUTH_POLICY = {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True, "AllowOfflineTxForUnknownId": False,
+               "AuthorizeRemoteTxRequests": False}
+DST_RULES = ("EU", "US", "none")
+CARD_FIELDS = ("uid", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only")
+
+
+class ProvisionError(ValueError):
+    """An input that cannot be provisioned; the message names the field."""
+
+
+def _hex_key(text, name):
+    """A secret key from hex: at least 16 bytes and not a placeholder."""
+    if not isinstance(text, str):
+        raise ProvisionError("%s is missing" % name)
+    try:
+        key = parse_key(text.strip(), name)
+    except ValueError as e:
+        raise ProvisionError(str(e))
+    if len(set(key)) < 4:
+        raise ProvisionError("%s looks like a placeholder (almost all bytes equal): use a random key" % name)
+    return key
+
+
+def load_json(path, name):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ProvisionError("%s: cannot read %s (%s)" % (name, path, e.strerror))
+    except ValueError as e:
+        raise ProvisionError("%s: %s is not valid JSON (%s)" % (name, path, e))
+
+
+def load_board(name):
+    """board_configs/<name>.json as bytes, after checking it is a JSON object."""
+    boards = sorted(f[:-5] for f in os.listdir(BOARDS) if f.endswith(".json"))
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name not in boards:
+        raise ProvisionError("board: unknown board %r (known: %s)" % (name, ", ".join(boards)))
+    path = os.path.join(BOARDS, name + ".json")
+    if not isinstance(load_json(path, "board"), dict):
+        raise ProvisionError("board: %s must hold a JSON object" % path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_uid(text, where):
+    """Raw UID bytes from hex (separators ':', '-' or ' ' allowed); the error never shows the UID."""
+    if not isinstance(text, str):
+        raise ProvisionError("%s: uid is missing" % where)
+    h = re.sub(r"[\s:-]", "", text)
+    if not re.fullmatch(r"[0-9A-Fa-f]*", h) or len(h) % 2 or len(h) // 2 not in UID_BYTES:
+        raise ProvisionError("%s: uid must be 4, 7 or 10 bytes of hex (%d characters given)" % (where, len(h)))
+    return binascii.unhexlify(h)
+
+
+def _optional(value):
+    """Empty CSV cells and JSON nulls both mean `not set`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value.strip() if isinstance(value, str) else value
+
+
+def card_entry(row, where):
+    """One card row -> (raw uid bytes, local-list entry without its token)."""
+    uid = parse_uid(row.get("uid"), where)
+    unknown = sorted(set(row) - set(CARD_FIELDS))
+    if unknown:
+        raise ProvisionError("%s: unknown column(s) %s (allowed: %s)"
+                             % (where, ", ".join(unknown), ", ".join(CARD_FIELDS)))
+    status = _optional(row.get("status")) or "Accepted"
+    if status not in CARD_STATUSES:
+        raise ProvisionError("%s: status must be one of %s" % (where, ", ".join(CARD_STATUSES)))
+    expiry = _optional(row.get("expiry"))
+    if expiry is not None:
+        try:
+            parse_iso(expiry)
+        except ValueError:
+            raise ProvisionError("%s: expiry must be an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z" % where)
+    group = _optional(row.get("group"))
+    if group is not None and (not isinstance(group, str) or len(group) > 36):
+        raise ProvisionError("%s: group must be text of at most 36 characters" % where)
+    amps = _optional(row.get("max_current_a"))
+    if amps is not None:
+        try:
+            amps = int(amps) if not isinstance(amps, bool) else None
+        except (TypeError, ValueError):
+            amps = None
+        if amps is None or not 6 <= amps <= 80:
+            raise ProvisionError("%s: max_current_a must be a whole number of amperes within 6..80" % where)
+    kwh = _optional(row.get("max_kwh"))
+    if kwh is not None:
+        kwh = str(kwh) if isinstance(kwh, int) and not isinstance(kwh, bool) else kwh
+        try:
+            if parse(kwh, 3, "max_kwh") <= 0:
+                raise ValueError()
+        except ValueError:
+            raise ProvisionError("%s: max_kwh must be a positive decimal like \"20\" or \"7.5\"" % where)
+    off = _optional(row.get("offpeak_only"))
+    if off is None:
+        off = False
+    elif not isinstance(off, bool):
+        low = str(off).lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ProvisionError("%s: offpeak_only must be true or false" % where)
+        off = low in ("true", "1", "yes")
+    return uid, {"status": status, "expiry": expiry, "group": group, "max_current_a": amps, "max_kwh": kwh,
+                 "offpeak_only": off}
+
+
+def read_cards(path):
+    """Cards from CSV (header row, only uid required) or JSON (list, or {"cards": [...]})."""
+    name = os.path.basename(path)
+    if path.lower().endswith(".json"):
+        data = load_json(path, "cards")
+        rows = data.get("cards") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ProvisionError("cards: %s must hold a list of card objects (or {\"cards\": [...]})" % name)
+        numbered = [("%s card %d" % (name, i + 1), r) for i, r in enumerate(rows)]
+    else:
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames or "uid" not in [h.strip() for h in reader.fieldnames]:
+                    raise ProvisionError("cards: %s needs a header row with a uid column" % name)
+                numbered = []
+                for i, r in enumerate(reader):
+                    if None in r:
+                        raise ProvisionError("cards: %s line %d has more cells than the header" % (name, i + 2))
+                    row = {k.strip(): v for k, v in r.items()}
+                    if any(_optional(v) is not None for v in row.values()):
+                        numbered.append(("%s line %d" % (name, i + 2), row))
+        except OSError as e:
+            raise ProvisionError("cards: cannot read %s (%s)" % (path, e.strerror))
+        except UnicodeDecodeError:
+            raise ProvisionError("cards: %s is not UTF-8 text" % name)
+    if len(numbered) > MAX_CARDS:
+        raise ProvisionError("cards: %d cards is more than the %d a charger keeps" % (len(numbered), MAX_CARDS))
+    return [card_entry(r, where) for where, r in numbered]
+
+
+def local_list(cards, key, key_version, version):
+    """The local list of pseudonyms, sorted by token (the input order is not kept)."""
+    entries = {}
+    for uid, entry in cards:
+        token = pseudonym(key, uid)
+        if token in entries:
+            raise ProvisionError("cards: the same card UID is listed twice")
+        e = {"token": token, "key": key_version}
+        e.update(entry)
+        entries[token] = e
+    return {"version": version, "entries": [entries[t] for t in sorted(entries)]}
+
+
+def _site_keys(args):
+    """{version: key bytes} from --keys then --site-key, and the current version."""
+    given = {}
+    base = args.keys_data.get("site_keys") or {}
+    if not isinstance(base, dict):
+        raise ProvisionError("site_keys in %s must be an object {version: hex}" % args.keys)
+    given.update(base)
+    for item in args.site_key or []:
+        v, sep, h = item.partition(":")
+        if not sep:
+            raise ProvisionError("--site-key must be VERSION:HEX")
+        given[v] = h
+    if not given:
+        raise ProvisionError("site_keys: no site key given (--site-key 1:HEX or --keys FILE)")
+    keys = {}
+    for v, h in given.items():
+        try:
+            n = int(v)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 255:
+            raise ProvisionError("site_keys: version %r must be a number within 1..255" % v)
+        keys[n] = _hex_key(h, "site_keys[%d]" % n)
+    current = args.site_key_current if args.site_key_current is not None else \
+        args.keys_data.get("site_key_current", max(keys))
+    if current not in keys:
+        raise ProvisionError("site_key_current: version %r has no key" % current)
+    return keys, current
+
+
+def _pem(path, name, kind):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ProvisionError("%s: cannot read %s (%s)" % (name, path, e.strerror))
+    if b"-----BEGIN " + kind not in data:
+        raise ProvisionError("%s: %s is not a PEM %s" % (name, path, kind.decode().lower()))
+    return data
+
+
+def build(args):
+    """Every output file as {name: bytes}, or a ProvisionError naming the first bad input."""
+    files = {"board.json": load_board(args.board)}
+    dev = args.device_id
+    if not dev or len(dev) > 64 or not re.fullmatch(r"[A-Za-z0-9_.:-]+", dev):
+        raise ProvisionError("device_id: give 1..64 characters of A-Z a-z 0-9 _ . : - (it is part of MQTT topics)")
+    args.keys_data = {}
+    if args.keys:
+        args.keys_data = load_json(args.keys, "keys")
+        if not isinstance(args.keys_data, dict):
+            raise ProvisionError("keys: %s must hold a JSON object like secrets.example.json" % args.keys)
+    keys, current = _site_keys(args)
+    device_key = args.device_key or args.keys_data.get("device_key")
+    if device_key is None:
+        if not args.out:
+            raise ProvisionError("device_key: no key given; a new one is generated only with --out DIR, to keep it")
+        device_key = binascii.hexlify(os.urandom(32)).decode()
+    _hex_key(device_key, "device_key")
+    update_key = args.update_key or args.keys_data.get("update_key")
+    _hex_key(update_key, "update_key")
+    user = args.mqtt_user if args.mqtt_user is not None else args.keys_data.get("mqtt_user")
+    password = os.environ.get("CP_MQTT_PASSWORD") or args.keys_data.get("mqtt_password")
+
+    if not args.broker:
+        raise ProvisionError("mqtt.host: --broker HOST[:PORT] is missing")
+    host, sep, port = args.broker.rpartition(":") if ":" in args.broker else (args.broker, "", "")
+    if not host or not re.fullmatch(r"[A-Za-z0-9_.-]+", host):
+        raise ProvisionError("mqtt.host: %r is not a host name or IPv4 address" % args.broker)
+    tls = not args.no_tls
+    if not sep:
+        port = 8883 if tls else 1883
+    elif port.isdigit():
+        port = int(port)
+    else:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ProvisionError("mqtt.port: must be within 1..65535")
+    if not 10 <= args.keepalive <= 3600:
+        raise ProvisionError("mqtt.keepalive_s: must be within 10..3600")
+    mqtt = {"host": host, "port": port, "tls": tls, "keepalive_s": args.keepalive}
+    if tls:
+        if not args.ca:
+            raise ProvisionError("mqtt.ca: TLS needs the broker's CA certificate (--ca FILE), "
+                                 "or --no-tls on a closed network")
+        files["ca.pem"] = _pem(args.ca, "mqtt.ca", b"CERTIFICATE")
+        mqtt["ca"] = "ca.pem"
+    elif password:
+        raise ProvisionError("mqtt_password: sending a password over plain TCP is unsafe: use TLS (--ca)")
+    if bool(args.cert) != bool(args.key):
+        raise ProvisionError("tls_cert/tls_key: give both the client certificate and its key, or neither")
+    if args.cert and not tls:
+        raise ProvisionError("tls_cert: a client certificate needs TLS (remove --no-tls)")
+    if args.cert:
+        files["cert.pem"] = _pem(args.cert, "tls_cert", b"CERTIFICATE")
+        files["key.pem"] = _pem(args.key, "tls_key", b"")
+        if b"PRIVATE KEY-----" not in files["key.pem"]:
+            raise ProvisionError("tls_key: %s is not a PEM private key" % args.key)
+
+    if not args.tariff:
+        raise ProvisionError("tariff: --tariff FILE (an OCPI tariff) is missing")
+    tariff = load_json(args.tariff, "tariff")
+    try:
+        Tariff(tariff)
+    except ValueError as e:
+        raise ProvisionError("tariff: %s" % e)
+    if args.list_version < 1:
+        raise ProvisionError("local_list.version: must be 1 or more")
+    cards = read_cards(args.cards) if args.cards else []
+    llist = local_list(cards, keys[current], current, args.list_version)
+
+    policy = dict(AUTH_POLICY)
+    for item in args.auth_policy or []:
+        name, sep, value = item.partition("=")
+        if name not in AUTH_POLICY or value not in ("true", "false"):
+            raise ProvisionError("auth: --auth-policy NAME=true|false with NAME one of %s" % ", ".join(AUTH_POLICY))
+        policy[name] = value == "true"
+    if not -720 <= args.utc_offset_min <= 840:
+        raise ProvisionError("site.utc_offset_min: must be within -720..840 minutes")
+    if args.dst not in DST_RULES:
+        raise ProvisionError("site.dst: must be one of %s" % ", ".join(DST_RULES))
+
+    config = {"device_id": dev, "mqtt": mqtt, "tariff": tariff, "local_list": llist, "auth": policy,
+              "site": {"utc_offset_min": args.utc_offset_min, "dst": args.dst}}
+    secrets = {"site_keys": {str(v): binascii.hexlify(k).decode() for v, k in sorted(keys.items())},
+               "site_key_current": current, "device_key": device_key.strip().lower(),
+               "update_key": update_key.strip().lower(), "mqtt_user": user,
+               "mqtt_password": password, "tls_cert": "cert.pem" if args.cert else None,
+               "tls_key": "key.pem" if args.cert else None}
+    files["config.json"] = (json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    files["secrets.json"] = (json.dumps(secrets, sort_keys=True, indent=1) + "\n").encode()
+    return files
+
+
+SECRET_FILES = ("secrets.json", "key.pem")
+
+
+def write_dir(files, out_dir):
+    """Writes the files into out_dir, each replaced whole (secrets readable by the owner only)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, data in sorted(files.items()):
+        path = os.path.join(out_dir, name)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o600 if name in SECRET_FILES else 0o644)
+        os.replace(tmp, path)
+
+
+def mpremote_path():
+    venv = os.path.join(ROOT, ".venv", "bin", "mpremote")
+    return venv if os.path.exists(venv) else (shutil.which("mpremote") or "mpremote")
+
+
+def _mpremote(cmd, what, timeout):
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    except FileNotFoundError:
+        raise ProvisionError("board: mpremote not found (%s): run `make setup`" % cmd[0])
+    except subprocess.TimeoutExpired:
+        raise ProvisionError("board: %s timed out after %d s" % (what, timeout))
+    if r.returncode:
+        tail = r.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise ProvisionError("board: %s failed: %s" % (what, " / ".join(tail) or "exit %d" % r.returncode))
+    return r.stdout.decode("utf-8", "replace")
+
+
+def board_commands(files, port, staging, mpremote=None):
+    """The mpremote command lines: probe, copy as NAME.new, then rename all into place."""
+    exe = mpremote or mpremote_path()
+    probe = [exe, "connect", port, "exec", "import os; print('cp-provision', len(os.listdir()))"]
+    copy = [exe, "connect", port]
+    names = sorted(files)
+    for i, name in enumerate(names):
+        copy += (["+"] if i else []) + ["fs", "cp", os.path.join(staging, name), ":%s.new" % name]
+    swap = [exe, "connect", port, "exec",
+            "import os\nfor n in %r:\n try:\n  os.remove(n)\n except OSError:\n  pass\n os.rename(n + '.new', n)\n"
+            "print('cp-provision done')" % (names,)]
+    return probe, copy, swap
+
+
+def write_board(files, port, mpremote=None, timeout=60):
+    """Copies the files to the board's filesystem root; an unreachable board changes nothing."""
+    staging = tempfile.mkdtemp(prefix="cp-provision-")
+    try:
+        probe, copy, swap = board_commands(files, port, staging, mpremote)
+        if "cp-provision" not in _mpremote(probe, "reaching the board at %s" % port, timeout):
+            raise ProvisionError("board: %s did not answer like a MicroPython board" % port)
+        write_dir(files, staging)
+        _mpremote(copy, "copying the files", timeout)
+        _mpremote(swap, "putting the files in place", timeout)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n"
+               "  cp secrets.example.json secrets.json   # fill in the keys (git ignores secrets.json)\n"
+               "  python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\\n"
+               "      --broker mqtt.example.org:8883 --ca ca.pem --cert cp-0001.crt --key cp-0001.key \\\n"
+               "      --tariff tariff.json --cards cards.csv --utc-offset-min 60 --dst EU --out out/cp-0001\n"
+               "cards.csv: header uid,status,expiry,group,max_current_a,max_kwh,offpeak_only (only uid required).\n"
+               "The MQTT password comes from --keys (mqtt_password) or $CP_MQTT_PASSWORD.")
+    ap.add_argument("--board", required=True, help="name of board_configs/<board>.json")
+    ap.add_argument("--device-id", required=True, help="charger id, part of its MQTT topics (e.g. cp-0001)")
+    ap.add_argument("--keys", metavar="FILE", help="secrets in the format of secrets.example.json")
+    ap.add_argument("--site-key", action="append", metavar="VERSION:HEX", help="site key (repeatable)")
+    ap.add_argument("--site-key-current", type=int, metavar="VERSION",
+                    help="version used for pseudonyms (default: highest)")
+    ap.add_argument("--device-key", metavar="HEX", help="this charger's own key (generated when absent, needs --out)")
+    ap.add_argument("--update-key", metavar="HEX", help="firmware update key")
+    ap.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (port 8883 with TLS, 1883 without)")
+    ap.add_argument("--no-tls", action="store_true", help="plain MQTT (closed networks only; refused with a password)")
+    ap.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (PEM)")
+    ap.add_argument("--cert", metavar="FILE", help="client certificate (PEM)")
+    ap.add_argument("--key", metavar="FILE", help="client private key (PEM)")
+    ap.add_argument("--mqtt-user", help="MQTT user name")
+    ap.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive, seconds (default 60)")
+    ap.add_argument("--tariff", metavar="FILE", help="OCPI 2.2.1 tariff (JSON)")
+    ap.add_argument("--cards", metavar="FILE", help="cards with raw UIDs, CSV or JSON (hashed here, never copied)")
+    ap.add_argument("--list-version", type=int, default=1, help="local list version (default 1)")
+    ap.add_argument("--auth-policy", action="append", metavar="NAME=true|false",
+                    help="override: %s" % ", ".join("%s=%s" % (k, str(v).lower()) for k, v in AUTH_POLICY.items()))
+    ap.add_argument("--utc-offset-min", type=int, default=0, help="site's standard-time offset from UTC, minutes")
+    ap.add_argument("--dst", default="none", help="daylight-saving rule: EU, US or none (default none)")
+    ap.add_argument("--out", metavar="DIR", help="write the files into DIR")
+    ap.add_argument("--port", metavar="DEVICE", help="write the files onto the board at DEVICE with mpremote")
+    ap.add_argument("--mpremote", metavar="PATH", help="mpremote to use (default: the .venv one)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    written = None
+    try:
+        if not args.out and not args.port:
+            raise ProvisionError("output: give --out DIR, --port DEVICE or both")
+        files = build(args)
+        if args.port:  # reach the board before anything is written anywhere
+            _mpremote(board_commands(files, args.port, "", args.mpremote)[0],
+                      "reaching the board at %s" % args.port, 60)
+        if args.out:
+            write_dir(files, args.out)
+            written = args.out
+            print("provision: wrote %s into %s" % (", ".join(sorted(files)), args.out))
+        if args.port:
+            write_board(files, args.port, args.mpremote)
+            print("provision: wrote %s onto the board at %s" % (", ".join(sorted(files)), args.port))
+    except ProvisionError as e:
+        print("provision: %s; %s" % (e, "the board was left as it was (files are in %s)" % written if written
+                                     else "nothing written"), file=sys.stderr)
+        return 2
+    entries = json.loads(files["config.json"])["local_list"]["entries"]
+    print("provision: device %s, %d cards in local list v%d (pseudonyms only), tariff %s" % (
+        args.device_id, len(entries), args.list_version, json.loads(files["config.json"])["tariff"].get("id")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
