@@ -11,12 +11,16 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto test test-unit test-mp test-host demo bench mpy deploy clean
+.PHONY: help setup .mosquitto .test-tools test test-unit test-mp test-host demo bench mpy deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: $(VENV)/.installed lib/.lock.sha256 .mosquitto  ## venv with pinned host tools, lib/ from the index, mosquitto
+
+APT_INSTALL = export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1 || \
+	{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(1) >/dev/null; }
 
 $(VENV)/.installed: requirements-host.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +32,12 @@ lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
 
 .mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "installing mosquitto with apt-get"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q --no-install-recommends mosquitto >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends mosquitto >/dev/null; }; }
+	  echo "installing mosquitto with apt-get"; $(call APT_INSTALL,mosquitto); }
+
+.test-tools:  # the report test renders HTML in headless Chromium; PostgreSQL proves the store on it
+	@test -x /usr/bin/chromium || { echo "installing chromium with apt-get"; $(call APT_INSTALL,chromium); }
+	@command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "installing postgresql with apt-get"; $(call APT_INSTALL,postgresql); }
 
 test: setup test-unit test-mp test-host  ## everything: unit tests on both interpreters, end to end, compile checks
 
@@ -41,7 +47,7 @@ test-unit: setup  ## unit tests under pytest (CPython)
 test-mp: setup  ## the same unit tests under the MicroPython unix port
 	$(MICROPYTHON) tests/mp_runner.py tests/unit
 
-test-host: setup  ## end-to-end and tooling tests (real MicroPython, real mosquitto, mpy-cross)
+test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython, mosquitto, Chromium, mpy-cross)
 	$(PY) -m pytest -q tests/host
 
 demo: setup  ## simulated charger + local broker: two drivers, one refused card
