@@ -1,27 +1,339 @@
-"""Bounded queue of messages waiting for the broker, oldest first.
+"""Outbox: messages for the backend, kept in order on the journal until the backend acknowledges them.
 
-    ob = Outbox(64); ob.put("session", payload); ob.peek(); ob.pop()
+A message leaves only when the backend's `ack` names its msg_id: a broker PUBACK says nothing
+about the backend. Unacknowledged messages are offered again with exponential backoff and
+jitter. Under pressure `updated` and `meter` messages go first, other kinds next; `started` and
+`ended` are never dropped (if the flash cannot take them they wait in RAM: see `ram_only`).
+
+    ob = Outbox(64, journal, clock); journal.recover()
+    m = ob.next_due(now)     # (topic, payload bytes, msg_id) or None; publish it, then ob.sent(m[2], now)
 """
+import random
+
+from micropython import const
+
+from firmware.journal import ACK, HAS_MSG, MESSAGE, message_section
+
+# an entry is a list (smaller than an object on MicroPython): these are its fields
+_SEQ = const(0)    # order number: the journal sequence of the record that first held it
+_ID = const(1)
+_KIND = const(2)
+_TOPIC = const(3)
+_SEG = const(4)    # segment holding the record, None while it is only in RAM
+_OFF = const(5)
+_SIZE = const(6)   # payload bytes
+_RAM = const(7)    # the payload when it is not on flash
+_TRIES = const(8)  # publications so far
+_DUE = const(9)    # ticks_ms of the next try (when _TRIES > 0)
+_REDO = const(10)  # (record type, data) to write it with once flash has room, if not a plain message
+_MAX_SHIFT = const(16)
+_ACK_BYTES = const(256)  # ACK records stay small: the boot scan reads each one whole
+_NAMES = const(16)
+
+_CHEAP = ("updated", "meter")  # intermediate values: dropped first
+_KEEP = ("started", "ended")   # never dropped
+
+
+def tier(kind):
+    """0: dropped first, 1: dropped when no tier 0 is left, 2: never dropped."""
+    return 0 if kind in _CHEAP else 2 if kind in _KEEP else 1
+
+
+def _jitter(n):
+    return random.getrandbits(24) % n
 
 
 class Outbox:
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self._items = []
-        self.dropped = 0
+    def __init__(self, max_msgs=64, journal=None, clock=None, max_bytes=None, retry_ms=5000,
+                 retry_max_ms=300000, rand=_jitter):
+        if max_msgs < 1:
+            raise ValueError("outbox: max_msgs must be >= 1")
+        usable = 16384 if journal is None else (journal.segments - 1) * journal.seg_bytes // 2
+        if max_bytes is None:
+            max_bytes = usable
+        if not 1 <= max_bytes <= usable:
+            raise ValueError("outbox: max_bytes must be 1..%d (half the journal's usable bytes)" % usable)
+        if not 1 <= retry_ms <= retry_max_ms:
+            raise ValueError("outbox: need 1 <= retry_ms <= retry_max_ms")
+        self.max_msgs = max_msgs
+        self.max_bytes = max_bytes
+        self.journal = journal
+        self.clock = clock
+        self.retry_ms = retry_ms
+        self.retry_max_ms = retry_max_ms
+        self._rand = rand
+        self.dropped = 0   # messages dropped under pressure
+        self.corrupt = 0   # messages whose record went bad on flash before they were acknowledged
+        self.bytes = 0     # payload bytes queued
+        self._clear()
+        self._n = 0        # order numbers when there is no journal
+        self._names = {}
+        if journal is not None:
+            journal.outbox = self
 
     def __len__(self):
-        return len(self._items)
+        return len(self._q)
 
-    def put(self, topic, payload):
-        """Queue a message; when full, the oldest is dropped and counted."""
-        if len(self._items) >= self.capacity:
-            self._items.pop(0)
-            self.dropped += 1
-        self._items.append((topic, payload))
+    def put(self, topic, payload, msg_id=None, kind="event"):
+        """Queue a message (a msg_id already queued is a no-op); True if it is on flash."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if not isinstance(payload, (bytes, bytearray)):
+            raise ValueError("outbox: payload must be str or bytes")
+        if not isinstance(topic, str) or not topic or not isinstance(kind, str):
+            raise ValueError("outbox: topic and kind must be strings")
+        if msg_id is not None and (not isinstance(msg_id, str) or not msg_id):
+            raise ValueError("outbox: msg_id must be a non-empty string")
+        old = self._ids.get(msg_id)
+        if old is not None:
+            return old[_SEG] is not None
+        j = self.journal
+        if j is None:
+            seq, self._n = self._n, self._n + 1
+        else:
+            j._ready()
+            seq = j._next()
+        mid = msg_id or "#%d" % seq
+        body = None
+        if j is not None:
+            body = message_section(kind, mid, topic, payload)
+            if len(body) > j.max_record:
+                raise ValueError("outbox: message %s of %d bytes exceeds the journal's max_record" % (mid, len(body)))
+        if not self._admit(mid, kind, len(payload)):
+            return False
+        loc = None if j is None else j._append(MESSAGE | HAS_MSG, seq, body, tier(kind))
+        self._add(seq, kind, mid, topic, loc, payload)
+        return loc is not None
+
+    def next_due(self, now_ms):
+        """The first message, in order, whose (re)send time has come: (topic, payload, msg_id), or None."""
+        q = self._q
+        if not q:
+            return None
+        c = self._need_clock()
+        if self._wake is not None and c.ticks_diff(now_ms, self._wake) < 0:
+            return None
+        wake = None
+        i = 0
+        while i < len(q):
+            e = q[i]
+            if e[_TRIES] == 0 or c.ticks_diff(now_ms, e[_DUE]) >= 0:
+                p = self._payload(e)
+                if p is not None:
+                    return e[_TOPIC], p, e[_ID]
+                continue  # it went bad and was removed: q[i] is the next one now
+            if wake is None or c.ticks_diff(e[_DUE], wake) < 0:
+                wake = e[_DUE]
+            i += 1
+        self._wake = wake  # nothing is due before this: skip the walk until then
+        return None
+
+    def sent(self, msg_id, now_ms):
+        """Published (QoS 1 or not): try again after 5 s, 10 s, ... up to retry_max_ms, plus jitter."""
+        e = self._ids.get(msg_id)
+        if e is None:
+            return
+        e[_TRIES] += 1
+        d = min(self.retry_ms << min(e[_TRIES] - 1, _MAX_SHIFT), self.retry_max_ms)
+        e[_DUE] = self._need_clock().ticks_add(now_ms, d + self._rand(d // 4 + 1))
+        self._wake = None
+
+    def ack(self, msg_ids):
+        """The backend has these: forget them (unknown ids are ignored); returns how many went."""
+        if not isinstance(msg_ids, (list, tuple)) or not all(isinstance(i, str) for i in msg_ids):
+            raise ValueError("outbox: msg_ids must be a list of strings")
+        gone = self._gone
+        n = 0
+        for i in msg_ids:
+            e = self._ids.get(i)
+            if e is not None:
+                self._remove(e)
+                n += 1
+                if e[_SEG] is not None:
+                    gone.append(i)
+        j = self.journal
+        if j is not None:
+            if gone:
+                self._log_ack(gone)
+                self._gone = []
+            if self.ram_only:
+                self._persist_ram()  # room may have come back
+        return n
+
+    def pending(self):
+        """msg_ids still waiting for the backend, oldest first."""
+        return [e[_ID] for e in self._q]
+
+    @property
+    def ram_only(self):
+        """Messages that should be on flash but are only in RAM (a power cut loses them)."""
+        if self.journal is None:
+            return 0
+        return sum(1 for e in self._q if e[_SEG] is None)
+
+    @property
+    def full(self):
+        """The next `started`/`ended` may not survive a power cut: a controller can refuse new sessions."""
+        if self.ram_only or (self.journal is not None and self.journal.full):
+            return True
+        return sum(1 for e in self._q if tier(e[_KIND]) == 2) >= self.max_msgs
 
     def peek(self):
-        return self._items[0] if self._items else None
+        """(topic, payload) of the oldest message, for a sync that removes on publish."""
+        while self._q:
+            e = self._q[0]
+            p = self._payload(e)
+            if p is not None:
+                return e[_TOPIC], p
+        return None
 
     def pop(self):
-        self._items.pop(0)
+        """Remove the oldest message as if acknowledged."""
+        if self._q:
+            self.ack([self._q[0][_ID]])
+
+    # -- queue ------------------------------------------------------------------------------
+    def _need_clock(self):
+        if self.clock is None:
+            raise ValueError("outbox: next_due() and sent() need the clock")
+        return self.clock
+
+    def _admit(self, mid, kind, size):
+        """Make room under the caps for a new message; False if it must not be queued."""
+        if mid in self._ids:
+            return False
+        t = tier(kind)
+        while len(self._q) >= self.max_msgs or self.bytes + size > self.max_bytes:
+            e = self._victim(min(t, 1))
+            if e is None:
+                if t < 2:
+                    self.dropped += 1
+                    return False
+                break  # started/ended go in over the caps (see `full`)
+            self._drop(e)
+        return True
+
+    def _victim(self, max_tier):
+        """The oldest message of the lowest tier present, up to max_tier."""
+        best = None
+        best_t = max_tier + 1
+        for e in self._q:
+            t = tier(e[_KIND])
+            if t < best_t:
+                best, best_t = e, t
+        return best
+
+    def _name(self, s):
+        """One shared string object per kind and topic name (RAM: they repeat in every entry)."""
+        return self._names.setdefault(s, s) if len(self._names) < _NAMES else s
+
+    def _add(self, seq, kind, mid, topic, loc, payload, redo=None):
+        on_flash = loc is not None
+        e = [seq, mid, self._name(kind), self._name(topic), loc[0] if on_flash else None, loc[1] if on_flash else 0, len(payload),
+             None if on_flash else bytes(payload), 0, 0, None if on_flash else redo]
+        self._q.append(e)
+        self._ids[mid] = e
+        self.bytes += len(payload)
+        self._wake = None
+        if mid in self._gone:
+            self._gone.remove(mid)  # queued again: a pending ACK must not remove the new one
+
+    def _remove(self, e):
+        self._q.remove(e)
+        del self._ids[e[_ID]]
+        self.bytes -= e[_SIZE]
+        self._wake = None
+
+    def _drop(self, e):
+        """Drop under pressure; remember it so a reboot does not bring it back."""
+        self._remove(e)
+        self.dropped += 1
+        if e[_SEG] is not None and len(self._gone) < self.max_msgs:
+            self._gone.append(e[_ID])
+
+    def _payload(self, e):
+        """The payload, read back from flash; a record gone bad removes its message (None)."""
+        if e[_RAM] is not None:
+            return e[_RAM]
+        p = self.journal._load(e[_SEG], e[_OFF])
+        if p is None:
+            self._remove(e)
+            self.corrupt += 1
+        return p
+
+    def _log_ack(self, ids):
+        """ACK records (small ones) so a reboot does not resend these."""
+        j = self.journal
+        body = b""
+        for i in ids:
+            b = i.encode()
+            if body and len(body) + 1 + len(b) > _ACK_BYTES:
+                j._append(ACK, j._next(), body, -1)
+                body = b""
+            body = body + b"\n" + b if body else b
+        j._append(ACK, j._next(), body, -1)
+
+    def _persist_ram(self):
+        """Write RAM-only messages in order, an `ended` one with the end of its session."""
+        j = self.journal
+        for e in self._q:
+            if e[_SEG] is None:
+                rtype, data = e[_REDO] or (MESSAGE, b"")
+                body = message_section(e[_KIND], e[_ID], e[_TOPIC], e[_RAM]) + data
+                loc = j._append(rtype | HAS_MSG, e[_SEQ], body, -1)
+                if loc is None:
+                    return
+                e[_SEG], e[_OFF] = loc
+                e[_RAM] = e[_REDO] = None
+
+    # -- called by the journal --------------------------------------------------------------
+    def _clear(self):
+        self._q = []      # entries, oldest first
+        self._ids = {}    # msg_id -> entry
+        self._gone = []   # dropped msg_ids still on flash: written with the next ACK record
+        self.bytes = 0
+        self._wake = None
+
+    def _found(self, seq, kind, mid, topic, n, off, size):
+        """A pending message seen by the boot scan (file order; sorted by _loaded)."""
+        if mid not in self._ids:
+            e = [seq, mid, self._name(kind), self._name(topic), n, off, size, None, 0, 0, None]
+            self._q.append(e)
+            self._ids[mid] = e
+            self.bytes += size
+
+    def _acked(self, ids):
+        for i in ids:
+            e = self._ids.get(i)
+            if e is not None:
+                self._remove(e)
+
+    def _loaded(self):
+        """End of the boot scan: restore the order, then the caps."""
+        self._q.sort(key=lambda e: e[_SEQ])
+        while len(self._q) > self.max_msgs or self.bytes > self.max_bytes:
+            e = self._victim(1)
+            if e is None:
+                break
+            self._drop(e)
+
+    def _persisted(self):
+        return set(e[_SEQ] for e in self._q if e[_SEG] is not None)
+
+    def _moved(self, n, moves):
+        """Compaction copied these records (seq, offset) into segment n."""
+        at = dict(moves)
+        for e in self._q:
+            off = at.get(e[_SEQ])
+            if off is not None and e[_SEG] is not None:
+                e[_SEG], e[_OFF] = n, off
+
+    def _shed(self, max_tier):
+        """Journal pressure: drop every message of the lowest droppable tier present; False if none."""
+        e = self._victim(min(max_tier, 1))
+        if e is None:
+            return False
+        t = tier(e[_KIND])
+        for e in [e for e in self._q if tier(e[_KIND]) == t]:
+            self._drop(e)
+        return True

@@ -9,8 +9,8 @@ from hal.sim.clock import VirtualClock
 def test_outbox_drops_oldest_when_full_and_counts_it():
     ob = Outbox(3)
     for n in range(5):
-        ob.put("t", n)
-    assert len(ob) == 3 and ob.dropped == 2 and ob.peek() == ("t", 2)
+        ob.put("t", str(n))  # kind "event": droppable, oldest first (test_outbox.py has the tiers)
+    assert len(ob) == 3 and ob.dropped == 2 and ob.peek() == ("t", b"2")
 
 
 def test_every_keeps_cadence_and_restarts_after_a_stall():
