@@ -1,15 +1,22 @@
-"""Boots the charger: settings, hardware (real or simulated), sync, then the controller loop.
+"""Boots the charger: settings, hardware (real or simulated), journal, sync, then the controller loop.
 
     micropython main.py --board board_configs/sim.json --config run/config.json \\
         --secrets run/secrets.json --scenario run/scenario.json   # on a PC; a board: no arguments
+
+Whatever ends the loop (Ctrl-C from a technician's mpremote, an escaping error) opens the
+contactor, closes a running session, saves state and prints how to resume. A `hold` file in
+the data directory (written when a technician interrupts a board whose watchdog cannot be
+stopped) keeps the charger off at the next boot, for REPL work: `tech.resume()` ends it.
 """
 import gc
+import os
 import sys
 
 from firmware.auth import from_config as auth_from_config
 from firmware.config import load
 from firmware.controller import Controller
-from firmware.log import Log
+from firmware.journal import Journal
+from firmware.log import Log, print_exception
 from firmware.outbox import Outbox
 from firmware.settings import Settings
 from firmware.state import State, ensure_dir
@@ -18,6 +25,8 @@ from hal.board import Board
 
 DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
             "data": None}
+RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
+current = {}   # the running charger's parts, for the technician's REPL helpers (firmware/tech.py)
 
 
 def parse_args(argv):
@@ -51,6 +60,14 @@ def _platform(board_cfg, args):
     return machine, Clock(), lambda: False
 
 
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def main(argv):
     args = parse_args(argv)
     board_cfg = load(args["board"])
@@ -60,12 +77,17 @@ def main(argv):
     log = Log(clock)
     try:
         settings = Settings(board_cfg, device_cfg, secrets)
-        board = Board(board_cfg, machine, clock.sleep_ms)
     except ValueError as e:
         log.event("config_error", error=str(e))
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
+    current.update(data=data, log=log, clock=clock)
+    if _exists(data + "/hold"):
+        print("Technician hold: the charger stays off (contactor open). "
+              "from firmware import tech; tech.status() ... tech.resume() to charge again.")
+        return
+    board = Board(board_cfg, machine, clock.sleep_ms)
     auth = auth_from_config(device_cfg, clock, settings.keys, data)
     for what in ("local_list", "cache"):
         err = getattr(auth, what).load_error
@@ -79,7 +101,11 @@ def main(argv):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
-    outbox = Outbox(settings.outbox_size)
+    journal = Journal(data + "/journal")
+    outbox = Outbox(settings.outbox_size, journal, clock)
+    boot = journal.recover()
+    if boot["bad"]:
+        log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
     link = None
     if settings.mqtt_host:
         from firmware.mqtt import Link
@@ -88,19 +114,45 @@ def main(argv):
                     settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
                     settings.mqtt_password)
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth)
+    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal)
     if link is not None:
         link.idle = ctl.idle
+    current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
-    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"),
+    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"), boot=boot["boot"],
+              reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
+    ctl.recover(boot)
     try:
         ctl.run(stop)
+    except KeyboardInterrupt:
+        _stopped(ctl, board, data, "interrupted at the console")
+        return
+    except Exception as e:   # noqa: BLE001 - whatever escaped, the charger must end safe
+        print_exception(e)
+        _stopped(ctl, board, data, "%s: %s" % (type(e).__name__, e))
+        raise
     finally:
         board.contactor.open()  # whatever ended the loop, the contactor opens
     sync.flush()
     log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
-              max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total)
+              max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total,
+              journal_bytes=journal.written)
+
+
+def _stopped(ctl, board, data, why):
+    tx = ctl.shutdown("Other", why)
+    if board.wdt is not None:   # an ESP32 watchdog cannot be stopped: reboot into technician hold
+        with open(data + "/hold", "w") as f:
+            f.write(why)
+    print("=" * 64)
+    print("Charger stopped safely (%s): contactor open, %s, state saved."
+          % (why, "session #%d closed" % tx if tx else "no session was running"))
+    if board.wdt is not None:
+        print("The watchdog restarts the board in a few seconds into technician hold (no charging).")
+    print("Technician: from firmware import tech; tech.status(), tech.log(20), tech.faults()")
+    print("Resume charging: import main   (or machine.reset())")
+    print("=" * 64)
 
 
 def run():

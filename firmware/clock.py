@@ -27,8 +27,8 @@ class Clock:
     def sleep_ms(self, ms):
         time.sleep_ms(ms)
 
-    def waiting_outside(self, flag):
-        """The firmware waits for an answer from outside; real time needs no help (see VirtualClock)."""
+    def outside(self, ms):
+        """An answer from outside is expected within ms; real time needs no help (see VirtualClock)."""
 
     def time(self):
         """Unix seconds (UTC); compare with VALID_AFTER to know whether it was ever set."""

@@ -1,12 +1,13 @@
 """The charge-point controller: the one cooperative loop and the only place that decides.
 
-Each iteration samples the meter, follows the EV (control pilot, plug contact or current),
-polls the card reader, handles the backend's commands and answers, starts and stops
-sessions, sets the offered current, drives the LED and lets the sync talk to the broker.
-Nothing in it waits on the network.
+Each iteration samples the meter and checks for emergencies, follows the EV (control pilot,
+plug contact or current), polls the card reader, handles the backend's commands, starts and
+stops sessions, journals them, sets the offered current, detects faults and reacts, drives the
+LED and lets the sync talk to the broker. Nothing in it waits on the network. The watchdog is
+fed only when every task of the loop ran within its deadline.
 
-    ctl = Controller(settings, board, clock, log, sync, outbox, state, auth)
-    ctl.run(stop=lambda: False)
+    ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal)
+    ctl.recover(journal.recover()); ctl.run(stop=lambda: False)
 """
 import gc
 import json
@@ -15,16 +16,22 @@ from firmware.auth import may_stop
 from firmware.cardreader import COLLISION, CardReader
 from firmware.commands import Commands
 from firmware.evsense import CurrentSense, PilotSense, PinSense
+from firmware.faults import Faults
 from firmware.feedback import Feedback
 from firmware.limits import KINDS
+from firmware.log import print_exception
 from firmware.metering import Metering
+from firmware.safety import Safety
 from firmware.schedule import Every
 from firmware.session import Session
+from firmware.sync import parse_ack
 from firmware.timefmt import iso
 
 _CONTROL_MS = 100
 _HOUSEKEEPING_MS = 1000
+_FOLLOW_MS = 5000       # IEC 61851-1: an EV has 5 s to follow a lower offer
 _TEXT_MAX = 200
+_DRAWING_MA = 500
 try:
     _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
 except AttributeError:
@@ -36,7 +43,7 @@ _PATTERNS = {"Available": "ready", "Preparing": "waiting", "Charging": "charging
 
 
 class Controller:
-    def __init__(self, settings, board, clock, log, sync, outbox, state, auth):
+    def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal):
         self.s = settings
         self.board = board
         self.clock = clock
@@ -45,20 +52,24 @@ class Controller:
         self.outbox = outbox
         self.state = state
         self.auth = auth
+        self.journal = journal
         self.limits = settings.limits
         self.contactor = board.contactor
         self.reader = CardReader(board.rfid, clock)
         self.feedback = Feedback(board.led, clock, board.buzzer)
         self.commands = Commands(self, sync, log)
         self.metering = Metering(board.meter, clock, settings.phases, settings.ring_samples,
-                                 settings.max_power_w)
+                                 settings.max_power_w, settings.profile_bucket_s)
         self.metering.forward.restore(state.values["meter_wh"], state.values["meter_rem"])
+        self.contactor.cycles = state.values["cycles"]
         if board.ev_sense == "pilot":
             self.ev = PilotSense(board.pilot, clock, settings.pilot_debounce_ms)
         elif board.ev_sense == "pin":
             self.ev = PinSense(board.plug, board.plug_active, self.metering)
         else:
             self.ev = CurrentSense(self.metering)
+        self.faults = Faults(clock, state.values.get("faults"))
+        self.safety = Safety(settings.board, board, self.metering, self.faults, clock)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
         self._poll = Every(clock, settings.reader_poll_ms)
@@ -66,11 +77,13 @@ class Controller:
         self._control = Every(clock, _CONTROL_MS)
         self._housekeeping = Every(clock, _HOUSEKEEPING_MS)
         self._meter_values = Every(clock, settings.meter_values_s * 1000)
-        self._tasks = [t for t in (self._sample, self._energy, self._poll, self._pilot, self._control)
-                       if t is not None]
+        self._updated = Every(clock, settings.updated_s * 1000) if settings.updated_s else None
+        self._tasks = [t for t in (self._sample, self._energy, self._poll, self._pilot, self._control,
+                                   self._housekeeping) if t is not None]
         self._aligned_slot = None   # the clock-aligned interval last reported
         self._integral0 = 0
         self.heap_peak = 0          # most live heap seen after a collection, bytes
+        self.iteration = 0          # loop iterations since boot (fault reports name the one that acted)
         self.session = None
         self._session_utc = 0
         self.last_tx = None         # (tx_id, token) of the last session, for feedback after it
@@ -80,24 +93,33 @@ class Controller:
         self._stopping = None       # (reason, deadline): the EV was asked to stop before opening
         self._finishing = False     # a session ended and the EV is still plugged
         self._button_was = False
-        self.temp_c = None
-        self.meter_error = None
-        self.reader_reported = False
+        self._offer_high = 0        # the highest offer of the last 5 s: what the EV may still draw
+        self._offer_high_until = 0
         self._drawing_at = clock.ticks_ms()
+        self._not_charging_told = False
+        self.temp_c = None
+        self.freq_chz = None
+        self.meter_ok = True
+        self._storage_told = False
         self.connector = None       # OCPP connector status
         self.error_code = None      # OCPP error code with it, None for NoError
-        try:
-            board.meter.init(settings.board["meter"])
-        except OSError as e:
-            self._meter_failed(e)
+        self._init_meter()
         self._update_status()
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop):
         while not stop():
-            self.step()
+            self.iteration += 1
+            try:
+                self.step()
+            except Exception as e:   # a bug must not leave power flowing: safe state, report
+                self._internal_error(e)
             now = self.clock.ticks_ms()
-            wait = min(t.wait_ms(now) for t in self._tasks)
+            wait = 1000
+            for t in self._tasks:
+                w = t.wait_ms(now)
+                if w < wait:
+                    wait = w
             if wait:
                 self.clock.sleep_ms(wait)
 
@@ -111,40 +133,62 @@ class Controller:
             self._auth_timeouts()
             self._follow_ev()
             self._apply_offer()
+            self._check_faults()
             self._check_button()
+            self._checkpoint()
             self._update_status()
             self._report_meter(now)
         if self._housekeeping.due(now):
             self._housekeep()
         self.feedback.tick()
         self.sync.tick()
+        self._feed_watchdog(now)
 
     def idle(self):
-        """What must never wait (the EV, the meter): also run by the MQTT link while it waits."""
+        """What must never wait (the EV, the meter, emergencies): also run while MQTT waits."""
         now = self.clock.ticks_ms()
         if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
             self._ev_changed()
-        try:
-            if self._sample.due(now):
-                self.metering.sample()
-            if self._energy.due(now):
-                self.metering.read_energy()
-        except OSError as e:
-            self._meter_failed(e)
+        sample = self._sample.due(now)
+        energy = self._energy.due(now)
+        if self.meter_ok:   # a failed meter is not read (never bill from it) until it works again
+            try:
+                if sample:
+                    self.metering.sample()
+                    self._react(self.safety.fast(self._offer_limit_ma()))
+                if energy:
+                    self.metering.read_energy()
+            except OSError as e:
+                self._meter_failed(e)
+
+    def _feed_watchdog(self, now):
+        """Fed only when every task of the loop ran within three of its periods."""
+        wdt = self.board.wdt
+        if wdt is None:
+            return
+        for t in self._tasks:
+            if self.clock.ticks_diff(now, t.next) > 3 * t.period_ms:
+                return
+        wdt.feed()
 
     def _housekeep(self):
-        if self.meter_error is None:
+        if self.meter_ok:
             try:
                 self.board.meter.check()   # MeterEn still set: the chip did not brown out
                 self.temp_c = self.board.meter.temp()
+                self.freq_chz = self.board.meter.freq()
             except OSError as e:
                 self._meter_failed(e)
-        if self.reader.failed and not self.reader_reported:
-            self.reader_reported = True
-            self.log.event("fault", code="ReaderFailure", error=self.reader.error)
-        elif not self.reader.failed and self.reader_reported:
-            self.reader_reported = False
-            self.log.event("fault_cleared", code="ReaderFailure")
+        if self.reader.failed:
+            self._react([self.faults.trip("reader", self.reader.error)])
+        else:
+            self.faults.gone("reader")
+        if self.journal.full and not self._storage_told:
+            self._storage_told = True
+            self.log.event("storage", state="full", error=self.journal.error,
+                           note="charging goes on; intermediate updates are dropped first")
+        elif not self.journal.full:
+            self._storage_told = False
         if _mem_alloc is not None:
             gc.collect()  # once a second at a quiet point: short pauses, no fragmentation build-up
             self.heap_peak = max(self.heap_peak, _mem_alloc())
@@ -153,13 +197,16 @@ class Controller:
     def _ev_changed(self):
         """The pilot state changed: react at once (within 100 ms of the change, IEC 61851-1)."""
         ev = self.ev
-        self.log.event("pilot", state=ev.state, previous=ev.monitor.previous, fault=ev.fault)
+        self.log.event("pilot", state=ev.state, previous=ev.monitor.previous, fault=ev.fault, it=self.iteration)
         if ev.state == "C" or ev.state == "D":
             if self.session is not None and self._stopping is None and ev.offered_a:
                 self._close()
             return
-        if self.contactor.commanded:
-            self._open()  # B: the EV stopped asking; A, E, F: gone or in error
+        self._open()  # B: the EV stopped asking; A, E, F: gone or in error
+        if ev.fault is not None:
+            self._react([self.faults.trip("pilot", "state %s%s" % (ev.state, ", no diode" if ev.fault == "diode" else ""))])
+            return
+        self.faults.gone("pilot")
         if self.session is None:
             return
         if ev.state == "B":
@@ -167,25 +214,126 @@ class Controller:
                 self._finish(self._stopping[0])
         elif ev.state == "A":
             self._finish("EVDisconnected")
-        else:
-            self._finish("Other")
+
+    def _init_meter(self):
+        try:
+            self.board.meter.init(self.s.board["meter"])
+            self.meter_ok = True
+            self.faults.gone("meter")
+            if hasattr(self, "safety"):
+                self.safety.meter_started()
+        except OSError as e:
+            self._meter_failed(e)
 
     def _meter_failed(self, err):
-        """Safe state first: open the contactor; the session is closed by the next control step."""
+        """Safe state first: the contactor opens in this iteration, billing stops at the last read."""
+        self.meter_ok = False
         self._open()
-        if self.meter_error is None:
-            self.meter_error = str(err)
-            self.log.event("fault", code="PowerMeterFailure", error=self.meter_error)
+        self._react([self.faults.trip("meter", str(err))])
+
+    def _offer_limit_ma(self):
+        """What the EV may draw now: the offer, or a higher one it still has 5 s to leave."""
+        if self.ev.has_pilot:
+            a = self.ev.offered_a
+            if self.clock.ticks_diff(self.clock.ticks_ms(), self._offer_high_until) < 0 and self._offer_high > a:
+                a = self._offer_high
+            if not a:
+                a = self.s.max_current_a   # no offer: only the breaker limit means anything
+        else:
+            a = self.s.max_current_a       # an EV without a pilot cannot know any lower limit
+        return a * 1000
 
     def _close(self):
         if not self.contactor.commanded:
             self.contactor.close()
-            self.log.event("contactor", closed=True)
+            self.log.event("contactor", closed=True, it=self.iteration)
 
     def _open(self):
         if self.contactor.commanded:
             self.contactor.open()
-            self.log.event("contactor", closed=False)
+            self.log.event("contactor", closed=False, it=self.iteration)
+
+    # -- faults -----------------------------------------------------------------------------
+    def _check_faults(self):
+        self._react(self.safety.check(self.session is not None, self.temp_c, self.freq_chz))
+        for f in self.faults.clearable():
+            if f.kind == "meter":
+                self._init_meter()          # retry: a working chip clears the fault
+                if not self.meter_ok:
+                    continue
+            self.faults.clear(f.kind)
+            self._fault_event(f, "cleared")
+        s = self.session
+        if s is not None and self.contactor.commanded and self.ev.offered_a:
+            now = self.clock.ticks_ms()
+            if self.metering.i_max_ma > _DRAWING_MA:
+                self._drawing_at = now
+            elif not self._not_charging_told and \
+                    self.clock.ticks_diff(now, self._drawing_at) > self.s.ev_idle_report_s * 1000:
+                self._not_charging_told = True     # a battery-side matter, not a station fault
+                self._fault_event(None, "notice", info="ev_not_charging",
+                                  detail="authorized and plugged, no current for %d s" % self.s.ev_idle_report_s)
+
+    def _react(self, new):
+        """New faults: the safe state in this iteration (emergency) or via a soft stop, then report."""
+        for f in new:
+            if f is None:
+                continue
+            if f.emergency:
+                self._open()
+            self.log.event("fault", code=f.code, kind=f.kind, detail=f.detail, emergency=f.emergency,
+                           latched=f.latched, trips=f.trips, it=self.iteration)
+            f.samples = self._forensics()
+            if self.session is not None and f.stop_reason is not None:
+                self._stop(f.stop_reason, emergency=f.emergency)
+            self._fault_event(f, "raised")
+            self.state.values["faults"] = self.faults.persist()
+            self.state.values["cycles"] = self.contactor.cycles
+            self.state.save()
+
+    def _forensics(self):
+        """The last samples before the trip, frozen: [ms before, U cV, I mA, P W per phase…]."""
+        r = self.metering.ring
+        n = min(r.count, self.s.forensics_samples)
+        t0 = r.t[r.index(0)] if n else 0
+        out = []
+        for age in range(n - 1, -1, -1):
+            i = r.index(age)
+            b = 3 * i
+            out.append([self.clock.ticks_diff(r.t[i], t0)] + list(r.u[b:b + 3]) + list(r.i[b:b + 3])
+                       + list(r.p[b:b + 3]))
+        return out
+
+    def _fault_event(self, f, event, **extra):
+        n = self.state.next("fault")
+        rec = {"msg_id": "f-%d" % n, "event": event, "ts": iso(self.clock.time()),
+               "tx_id": self.session.tx_id if self.session is not None else None}
+        if f is not None:
+            rec.update({"code": f.code, "kind": f.kind, "stop_reason": f.stop_reason, "detail": f.detail,
+                        "latched": f.latched, "trips": f.trips})
+            if event == "raised":
+                rec["samples"] = f.samples
+        rec.update(extra)
+        if not self.sync.connected:
+            rec["offline"] = True
+        self.outbox.put("fault", json.dumps(rec), rec["msg_id"], "fault")
+        if event != "raised":
+            self.log.event("fault_" + event, code=rec.get("code"), info=rec.get("info"))
+
+    def _internal_error(self, e):
+        self._open()
+        print_exception(e)
+        if self.session is not None:
+            self._finish("Other")
+        self._react([self.faults.trip("internal", "%s: %s" % (type(e).__name__, e))])
+
+    def clear_fault(self):
+        """A technician's reset of latched faults (REPL tech.clear_fault(), MQTT cmd/clear_fault)."""
+        kinds = self.faults.clear_latched()
+        self.state.values["faults"] = self.faults.persist()
+        self.state.save()
+        self.log.event("fault_reset", kinds=kinds)
+        return kinds
 
     # -- cards ------------------------------------------------------------------------------
     def _read_card(self):
@@ -220,22 +368,25 @@ class Controller:
             else:
                 self._refuse(token, "ConcurrentTx")
             return
-        if self.meter_error is not None or self.ev.fault is not None:
+        if self._unavailable():
             self._refuse(token, "Unavailable")
             return
         self._decided(self.auth.tap(pairs, self.sync.connected))
+
+    def _unavailable(self):
+        return self.faults.blocking() is not None or self.ev.fault is not None
 
     def _decided(self, d):
         """Act on an authorization decision (from a tap, a remote start or the backend)."""
         if d.pending:
             if self.sync.publish_now("auth/req", json.dumps(d.request()), 1):
                 self.pending = d
-                self.clock.waiting_outside(True)
+                self.clock.outside(self.auth.timeout_ms)
                 self.log.event("tap", token=d.token, result="asking", corr=d.corr)
                 return
             d = self.auth.online_timeout(d.corr)
         if self.pending is None:
-            self.clock.waiting_outside(False)
+            self.clock.outside(0)
         if d.accepted:
             self.authorized = d
             self._auth_at = self.clock.ticks_ms()
@@ -266,12 +417,10 @@ class Controller:
         ev = self.ev
         s = self.session
         now = self.clock.ticks_ms()
-        if s is None or self.metering.i_max_ma > 500:
+        if s is None or self.metering.i_max_ma > _DRAWING_MA:
             self._drawing_at = now
         if s is not None:
-            if self.meter_error is not None:
-                self._stop("Other", emergency=True)
-            elif not ev.plugged:
+            if not ev.plugged:
                 self._stop("EVDisconnected", emergency=True)
             elif s.max_wh is not None and self.metering.forward.wh - s.meter_start_wh >= s.max_wh:
                 self._stop("EnergyLimitReached")
@@ -285,7 +434,7 @@ class Controller:
         a = self.authorized
         if a is None:
             return
-        if ev.plugged and ev.fault is None and self.meter_error is None:
+        if ev.plugged and not self._unavailable():
             self._start(a)
         elif self.clock.ticks_diff(now, self._auth_at) > self.s.auth_timeout_s * 1000:
             self.log.event("auth_expired", token=a.token)
@@ -293,29 +442,56 @@ class Controller:
 
     def _apply_offer(self):
         s = self.session
-        if s is None or self._stopping is not None:
+        if s is None or self._stopping is not None or self._unavailable():
             amps = 0
         else:
             amps = self.limits.offer_a(self.clock.time(), self._session_utc, s.max_current_a, self.temp_c)
-        if amps != self.ev.offered_a:
+        old = self.ev.offered_a
+        if amps != old:
+            if amps < old:   # the EV may keep drawing the old offer for 5 s
+                self._offer_high = old
+                self._offer_high_until = self.clock.ticks_add(self.clock.ticks_ms(), _FOLLOW_MS)
             self.ev.offer(amps)
             self.log.event("offer", amps=self.ev.offered_a, limit=self.limits.reason)
+
+    def _record(self, rec):
+        if not self.sync.connected:
+            rec["offline"] = True
+        return rec
 
     def _start(self, d):
         self.metering.read_energy()  # the start reading includes everything counted so far
         tx = self.state.next_tx()
         m = self.metering.forward
-        self.session = Session(tx, d, iso(self.clock.time()), m.wh, self.s.tariff.id)
+        self.session = s = Session(tx, d, iso(self.clock.time()), m.wh, self.s.tariff.id)
         self._session_utc = self.clock.time()
         self.authorized = None
         self._finishing = False
+        self._not_charging_told = False
         self._integral0 = self.metering.start_session()
+        if self._updated is not None:
+            self._updated.restart(self.clock.ticks_ms())
         self._aligned_slot = self.clock.time() // self.s.meter_aligned_s if self.s.meter_aligned_s else None
-        self.outbox.put("session", json.dumps(self.session.started()))
+        rec = self._record(s.started())
+        rec["max_wh"] = s.max_wh
+        rec["group"] = s.group
+        self.journal.session_started(rec)
         self.log.event("session_start", tx_id=tx, token=d.token, auth=d.method, meter_wh=m.wh)
         self._apply_offer()
         if not self.ev.has_pilot:
             self._close()   # no pilot: the EV cannot ask, power is simply made available
+
+    def _checkpoint(self):
+        s = self.session
+        if s is None:
+            return
+        m = self.metering.forward
+        t = self.clock.time()
+        if self._updated is not None and self._updated.due(self.clock.ticks_ms()):
+            rec = self._record(s.updated(iso(t), m.wh))
+            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, {"rem": m.rem}, rec)
+        elif self.journal.checkpoint_due(m.wh, t):
+            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, {"rem": m.rem})
 
     def _stop(self, reason, emergency=False):
         """End the session; with a pilot, first withdraw the offer and let the EV stop drawing."""
@@ -332,8 +508,11 @@ class Controller:
         s = self.session
         self._stopping = None
         self._open()
-        if self.meter_error is None:
-            self.metering.read_energy()  # what the chip counted up to the opening
+        if self.meter_ok:
+            try:
+                self.metering.read_energy()  # what the chip counted up to the opening
+            except OSError as e:
+                self._meter_failed(e)
         m = self.metering
         m.end_session()
         stop_wh = m.forward.wh
@@ -341,17 +520,63 @@ class Controller:
         integral = m.integral_wh - self._integral0
         tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
         cost = self.s.tariff.price(energy)
-        rec = s.ended(iso(self.clock.time()), stop_wh, reason, cost, profile=m.profile.record(),
-                      integral_wh=integral, energy_mismatch=abs(energy - integral) > tolerance)
-        self.outbox.put("session", json.dumps(rec))
+        rec = self._record(s.ended(iso(self.clock.time()), stop_wh, reason, cost, profile=m.profile.record(),
+                                   integral_wh=integral, energy_mismatch=abs(energy - integral) > tolerance))
+        self._close_session(s, rec, energy, cost, reason)
+
+    def _close_session(self, s, rec, energy, cost, reason):
+        self.journal.session_ended(s.tx_id, rec)
         self.session = None
         self.last_tx = (s.tx_id, s.token)
         self._finishing = self.ev.knows_plug and self.ev.plugged
         v = self.state.values
-        v["meter_wh"], v["meter_rem"] = m.forward.wh, m.forward.rem
+        v["meter_wh"], v["meter_rem"] = self.metering.forward.wh, self.metering.forward.rem
+        v["cycles"] = self.contactor.cycles
         self.state.save()
         self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=energy, reason=reason, cost=cost)
         self._apply_offer()
+
+    def recover(self, boot):
+        """At boot: a session open at a power cut is closed with PowerLoss; the record says how much
+        energy may be missing (drawn after the last checkpoint, before the cut)."""
+        st = boot.get("session")
+        if st is None:
+            return
+        cp = boot.get("checkpoint") or {}
+        f = self.metering.forward
+        wh = cp.get("energy_wh", st.get("meter_start_wh", 0))
+        rem = cp.get("rem", 0) if isinstance(cp.get("rem"), int) else 0
+        if (wh, rem) > (f.wh, f.rem):
+            f.restore(wh, rem)
+        counted = f.wh
+        try:
+            self.metering.read_energy()   # a meter that kept its power still holds the last counts
+        except OSError as e:
+            self._meter_failed(e)
+        last_t = cp.get("t", 0)
+        uncertain = self.journal.every_wh
+        if last_t and self.clock.time() > last_t:
+            uncertain = min(uncertain, self.s.max_power_w * (self.clock.time() - last_t) // 3600)
+        s = Session.resume(st, cp.get("seq", 1))
+        energy = f.wh - s.meter_start_wh
+        cost = self.s.tariff.price(energy)
+        ended_at = iso(last_t) if last_t else s.started_at
+        rec = self._record(s.ended(ended_at, f.wh, "PowerLoss", cost, uncertain_wh=uncertain,
+                                   recovered_wh=f.wh - counted))
+        self.log.event("recovered", tx_id=s.tx_id, energy_wh=energy, uncertain_wh=uncertain)
+        self._close_session(s, rec, energy, cost, "PowerLoss")
+
+    def shutdown(self, reason, why):
+        """The loop was interrupted (Ctrl-C at the console, or an escaping error): safe state now."""
+        self._open()
+        tx = None
+        if self.session is not None:
+            tx = self.session.tx_id
+            self._finish(reason)
+        self.state.values["faults"] = self.faults.persist()
+        self.state.save()
+        self.log.event("shutdown", why=why, tx_id=tx)
+        return tx
 
     # -- driver feedback --------------------------------------------------------------------
     def _check_button(self):
@@ -365,9 +590,9 @@ class Controller:
         s = self.session
         tx, token = (s.tx_id, s.token) if s is not None else (self.last_tx or (None, None))
         n = self.state.next("fb")
-        rec = {"msg_id": "fb-%d" % n, "ts": iso(self.clock.time()), "tx_id": tx, "token": token,
-               "source": source, "text": text}
-        self.outbox.put("feedback", json.dumps(rec))
+        rec = self._record({"msg_id": "fb-%d" % n, "ts": iso(self.clock.time()), "tx_id": tx, "token": token,
+                            "source": source, "text": text})
+        self.outbox.put("feedback", json.dumps(rec), rec["msg_id"], "feedback")
         self.log.event("feedback", source=source, tx_id=tx)
         self.feedback.flash("accepted")
 
@@ -377,7 +602,7 @@ class Controller:
             raise ValueError("ConcurrentTx: a session is running")
         if self.authorized is not None or self.pending is not None:
             raise ValueError("ConcurrentTx: a driver is already authorized")
-        if self.meter_error is not None or self.ev.fault is not None:
+        if self._unavailable():
             raise ValueError("Unavailable: the charger is faulted")
         d = self.auth.remote_start(p, self.sync.connected)
         self._decided(d)
@@ -414,8 +639,17 @@ class Controller:
             raise ValueError("text must be a string of at most %d characters" % _TEXT_MAX)
         self._report_problem("app", text)
 
+    def cmd_clear_fault(self, p):
+        kinds = self.clear_fault()
+        if not kinds:
+            raise ValueError("no latched fault to clear")
+        return {"cleared": kinds}
+
     def backend_ack(self, payload):
-        """End-to-end acknowledgements: kept for the persistent outbox."""
+        """End-to-end acknowledgements: those messages leave the persistent outbox."""
+        self.outbox.ack(parse_ack(payload))
+        if not self.outbox.pending():
+            self.clock.outside(0)
 
     # -- status -----------------------------------------------------------------------------
     def _report_meter(self, now):
@@ -441,16 +675,17 @@ class Controller:
             "aligned": aligned}))
 
     def _update_status(self):
+        f = self.faults.blocking()
         error = None
-        if self.meter_error is not None:
-            status, error = "Faulted", "PowerMeterFailure"
+        if f is not None:
+            status, error = "Faulted", f.code
         elif self.ev.fault is not None:
             status, error = "Faulted", "EVCommunicationError"
         else:
             status = self.ev.status(self.session is not None, self.contactor.commanded, self._finishing)
             if status == "Available" and (self.authorized is not None or self.pending is not None):
                 status = "Preparing"
-            if self.reader.failed:
+            if "reader" in self.faults.active:
                 error = "ReaderFailure"
         if status != self.connector or error != self.error_code:
             self.connector, self.error_code = status, error

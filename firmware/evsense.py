@@ -59,11 +59,6 @@ class PilotSense:
         else:
             self.pilot.off()
 
-    def unavailable(self):
-        """-12 V: state F, the EVSE cannot charge (faulted or locked out)."""
-        self.offered_a = 0
-        self.pilot.error()
-
     def status(self, session, contactor_closed, finished):
         return connector_status(self.monitor.state, session, self.offered_a > 0, contactor_closed, finished)
 
@@ -81,9 +76,6 @@ class _NoPilot:
 
     def offer(self, amps):
         self.offered_a = amps if amps >= 6 else 0
-
-    def unavailable(self):
-        self.offered_a = 0
 
     def status(self, session, contactor_closed, finished):
         if session:

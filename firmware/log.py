@@ -6,8 +6,19 @@ card UID (only pseudonyms).
     log = Log(clock); log.event("tap", token="3f2a...", result="accepted")
 """
 import json
+import sys
 
 from firmware.timefmt import iso
+
+
+def print_exception(e):
+    """The traceback on the console, on MicroPython and CPython alike."""
+    if hasattr(sys, "print_exception"):
+        sys.print_exception(e)
+    else:
+        import traceback
+
+        traceback.print_exception(e)
 
 
 class Log:

@@ -20,7 +20,7 @@ _MAX_GAP_MS = const(2000)      # a longer gap between samples is not integrated 
 
 
 class Metering:
-    def __init__(self, meter, clock, phases, ring_samples, max_power_w):
+    def __init__(self, meter, clock, phases, ring_samples, max_power_w, profile_bucket_s=300):
         self.meter = meter
         self.clock = clock
         self.phases = phases
@@ -28,7 +28,7 @@ class Metering:
         self.forward = EnergyCounter()
         self.reverse = EnergyCounter()
         self.energy_interval_ms = max_read_interval_ms(max_power_w)
-        self.profile = Profile(clock)
+        self.profile = Profile(clock, profile_bucket_s, 48)
         self.in_session = False
         # ∫P·dt: whole Wh plus W·ms remainder (kept below 2**30 on the ESP32)
         self.integral_wh = 0

@@ -20,6 +20,10 @@ class Every:
         self.next = c.ticks_add(self.next if late < self.period_ms else now, self.period_ms)
         return True
 
+    def restart(self, now):
+        """Count the period from now (e.g. from the start of a session)."""
+        self.next = self.clock.ticks_add(now, self.period_ms)
+
     def wait_ms(self, now):
         """Milliseconds until due (0 if already due)."""
         return max(0, self.clock.ticks_diff(self.next, now))

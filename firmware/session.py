@@ -29,6 +29,30 @@ class Session:
         self.seq += 1
         return rec
 
+    @classmethod
+    def resume(cls, rec, seq):
+        """The session a journal's `started` record describes (closing it after a power cut)."""
+        s = cls.__new__(cls)
+        s.tx_id = rec["tx_id"]
+        s.token = rec["token"]
+        s.key = rec.get("key", 1)
+        s.auth = rec.get("auth")
+        s.group = rec.get("group")
+        s.max_current_a = None
+        s.max_wh = rec.get("max_wh")
+        s.offpeak_only = False
+        s.started_at = rec["ts"]
+        s.meter_start_wh = rec["meter_start_wh"]
+        s.tariff_id = rec.get("tariff_id")
+        s.seq = max(seq, 1)
+        return s
+
+    def updated(self, ts, register_wh):
+        """An intermediate event (droppable): how far the session got."""
+        rec = self._event("updated", ts)
+        rec["energy_wh"] = register_wh - self.meter_start_wh
+        return rec
+
     def started(self):
         rec = self._event("started", self.started_at)
         rec["meter_start_wh"] = self.meter_start_wh

@@ -37,6 +37,8 @@ class Settings:
         self.data_dir = setting(device, "data_dir", str, "data")
         self.meter_values_s = setting(device, "meter_values_s", int, 60, lo=10, hi=3600)
         self.meter_aligned_s = setting(device, "meter_aligned_s", int, 900, lo=0, hi=86400)
+        self.updated_s = setting(device, "updated_s", int, 1800, lo=0, hi=86400)
+        self.ev_idle_report_s = setting(device, "ev_idle_report_s", int, 600, lo=60, hi=86400)
 
         self.phases = setting(board, "meter.phases", int, choices=(1, 3))
         self.limits = limits_from_config(board)
@@ -53,6 +55,8 @@ class Settings:
         self.idle_end_s = setting(board, "ev_idle_end_s", int, 0, lo=0, hi=86400)
         self.crosscheck_pct = setting(board, "metering.crosscheck_pct", int, 3, lo=1, hi=50)
         self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)
+        self.profile_bucket_s = setting(board, "metering.profile_bucket_s", int, 300, lo=10, hi=3600)
+        self.forensics_samples = setting(board, "safety.forensics_samples", int, 50, lo=0, hi=200)
 
     @property
     def max_power_w(self):

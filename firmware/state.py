@@ -11,10 +11,10 @@ import os
 
 def ensure_dir(path):
     """mkdir -p for MicroPython's os (no makedirs)."""
-    cur = ""
+    cur = "/" if path.startswith("/") else ""
     for part in path.split("/"):
-        cur = cur + "/" + part if cur or path.startswith("/") else part
         if part:
+            cur = cur + part if not cur or cur.endswith("/") else cur + "/" + part
             try:
                 os.mkdir(cur)
             except OSError:
@@ -31,12 +31,12 @@ def write_atomic(path, text):
 class State:
     def __init__(self, path):
         self.path = path
-        self.values = {"tx": 0, "fb": 0, "meter_wh": 0, "meter_rem": 0}
+        self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None}
         try:
             with open(path) as f:
                 saved = json.load(f)
             for k in self.values:
-                if isinstance(saved.get(k), int):
+                if isinstance(saved.get(k), type(self.values[k]) if self.values[k] is not None else dict):
                     self.values[k] = saved[k]
         except (OSError, ValueError):
             pass  # first boot, or a torn temp file never renamed: start from defaults

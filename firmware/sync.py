@@ -1,13 +1,16 @@
 """Upstream sync: keeps the MQTT link up, publishes the outbox in order and the retained status.
 
 One supervisor owns the connection: connect with a retained Last Will, announce `online`,
-then deliver queued messages; any failure closes the link and retries with exponential
-backoff. Charging never waits for any of this.
+subscribe to commands, then deliver the persistent outbox in order; a message leaves the
+outbox only when the backend acknowledges it on `ack` (a broker PUBACK is not enough), and
+unacknowledged ones are re-sent with backoff. Any failure closes the link and retries with
+exponential backoff and jitter. Charging never waits for any of this.
 
     sync = Sync(link, clock, log, outbox, "cp/v1/cp-0001/")
     sync.set_connector("Charging"); sync.tick()     # every loop iteration
 """
 import json
+import os
 
 from micropython import const
 
@@ -17,8 +20,22 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _PUBLISH_PER_TICK = const(4)
 _INBOX_MAX = const(8)
+_ACK_WAIT_MS = const(500)    # a backend acknowledges within this (real time)
 MAX_MESSAGE = const(8192)   # larger incoming messages are refused unread
 SUBSCRIPTIONS = ("cmd/+", "auth/resp", "ack")
+
+
+def _jitter(span):
+    """0..span ms at random: chargers that lost the broker together do not all retry together."""
+    return int.from_bytes(os.urandom(2), "big") * span // 65536 if span > 0 else 0
+
+
+def parse_ack(payload):
+    """The msg_ids of a backend `ack` message; ValueError if it is not {"msg_ids": [str, ...]}."""
+    ids = payload.get("msg_ids") if isinstance(payload, dict) else None
+    if not isinstance(ids, list) or len(ids) > 256 or [i for i in ids if not isinstance(i, str) or len(i) > 64]:
+        raise ValueError('ack must be {"msg_ids": [up to 256 strings]}')
+    return ids
 
 
 class Sync:
@@ -64,13 +81,16 @@ class Sync:
             if self._status_sent != shown:
                 self.link.publish(self.prefix + "status", self._status("online"), True, 1)
                 self._status_sent = shown
+            now = self.clock.ticks_ms()
             for _ in range(_PUBLISH_PER_TICK):
-                item = self.outbox.peek()
+                item = self.outbox.next_due(now)
                 if item is None:
                     break
-                self.link.publish(self.prefix + item[0], item[1], False, 1)
-                self.outbox.pop()
+                topic, payload, msg_id = item
+                self.link.publish(self.prefix + topic, payload, False, 1)
+                self.outbox.sent(msg_id, now)
                 self.published += 1
+                self.clock.outside(_ACK_WAIT_MS)
         except OSError as e:
             self._lost(e)
 
@@ -100,8 +120,9 @@ class Sync:
 
     def _lost(self, err):
         self.link.close()
-        self._retry_at = self.clock.ticks_add(self.clock.ticks_ms(), self._backoff)
-        self.log.event("mqtt", state="unreachable", error=str(err), retry_s=self._backoff // 1000,
+        wait = self._backoff + _jitter(self._backoff // 4)
+        self._retry_at = self.clock.ticks_add(self.clock.ticks_ms(), wait)
+        self.log.event("mqtt", state="unreachable", error=str(err), retry_s=wait // 1000,
                        queued=len(self.outbox))
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
 
@@ -117,13 +138,13 @@ class Sync:
             self.inbox.append((suffix, msg))
 
     def flush(self, attempts=3):
-        """At shutdown: deliver what is queued now, ignoring the backoff, with a few attempts."""
+        """At shutdown: send what is due now, ignoring the backoff, with a few attempts."""
         if self.link is None:
             return
         for _ in range(attempts):
             self._retry_at = self.clock.ticks_ms()
             self.tick()
-            while self.link.connected and len(self.outbox):
+            while self.link.connected and self.outbox.next_due(self.clock.ticks_ms()) is not None:
                 self.tick()
             if self.link.connected:
                 return

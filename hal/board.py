@@ -3,7 +3,8 @@
 The same code builds a real ESP32 board (with `machine`) or the simulated one (with
 `hal.sim.machine`); drivers receive ready buses and pins and never see the difference.
 Optional parts: "pilot" (IEC 61851-1 control pilot), "plug" (proximity contact), "button"
-(the driver's "report a problem"), "buzzer".
+(the driver's "report a problem"), "buzzer", "rcd" (residual-current module: trip output, test
+input), "watchdog" (machine.WDT).
 
     board = Board(load("board.json"), machine, sleep_ms=clock.sleep_ms)
     board.meter.urms(0); board.contactor.close(); board.pilot.offer(266)
@@ -67,10 +68,25 @@ class Board:
         if self.ev_sense == "pin":
             self.plug = Pin(_gpio(cfg, "plug.pin"), Pin.IN)
             self.plug_active = setting(cfg, "plug.active", int, 1, choices=(0, 1))
+        self.has_rcd = "rcd" in cfg   # residual-current module: trip output and test input
+        if self.has_rcd:
+            self._rcd_trip = Pin(_gpio(cfg, "rcd.trip"), Pin.IN)
+            self._rcd_active = setting(cfg, "rcd.active", int, 1, choices=(0, 1))
+            self._rcd_test = Pin(_gpio(cfg, "rcd.test"), Pin.OUT, value=1 - self._rcd_active)
+        self.wdt = None
+        if "watchdog" in cfg:
+            self.wdt = machine.WDT(timeout=setting(cfg, "watchdog.timeout_ms", int, lo=1000, hi=60000))
+        self.reset_cause = machine.reset_cause() if hasattr(machine, "reset_cause") else None
         self.button = None
         if "button" in cfg:
             self.button = Pin(_gpio(cfg, "button.pin"), Pin.IN, Pin.PULL_UP)
             self.button_active = setting(cfg, "button.active", int, 0, choices=(0, 1))
+
+    def rcd_tripped(self):
+        return self.has_rcd and self._rcd_trip() == self._rcd_active
+
+    def rcd_test(self, on):
+        self._rcd_test(self._rcd_active if on else 1 - self._rcd_active)
 
     def button_pressed(self):
         return self.button is not None and self.button() == self.button_active

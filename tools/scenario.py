@@ -100,7 +100,15 @@ EVENTS = {
     "remote_start": (_remote_start, "the backend starts a session for a card: {\"token\": \"alice\"}"),
     "remote_stop": (_remote_stop, "the backend stops the running session: true or {\"tx_id\": n}"),
     "button": (_choice("report_problem"), "the driver presses the \"report a problem\" button"),
-    "ev_fault": (_choice("no_diode", "state_e", None), "an EV-side pilot fault, null clears it"),
+    "ev_fault": (_choice("no_diode", "state_e", "ignore_offer", None),
+                 "an EV-side fault (ignore_offer: draws above the pilot's offer), null clears it"),
+    "grid_v": (_number(0, 400), "grid voltage on every wired phase, V"),
+    "grid_hz": (_number(40, 70), "grid frequency, Hz"),
+    "phase_loss": (_choice("L1", "L2", "L3", "none"), "a phase loses its voltage; none restores all"),
+    "temp_c": (_number(-40, 150), "temperature at the meter chip, °C"),
+    "rcd": (_choice("trip", "ok", "broken"), "residual current (trip) / gone (ok) / the module fails its self-test"),
+    "contactor": (_choice("welded", "stuck_open", "ok"), "the contactor's poles weld, stick open, or work"),
+    "meter": (_choice("silent", "stuck_ffff", "brownout", "ok"), "the ATM90E32 stops answering, reads 0xFFFF, resets itself"),
 }
 
 ENTRY_FIELDS = ("card", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only")

@@ -20,7 +20,6 @@ class VirtualClock:
         self._ticks0 = ticks0
         self.on_advance = on_advance
         self._real0 = None
-        self._outside = False
         self._real_until = None
         import time
 
@@ -50,19 +49,19 @@ class VirtualClock:
             self._time.sleep_ms(ms)
             self._catch_up()
             return
-        if self._outside or self._real_until is not None and self._real_ticks() < self._real_until:
-            self._real_sleep(ms)   # an answer from outside is due: do not outrun it
+        if self._real_until is not None:
+            if self._real_ticks() - self._real_until < 0:
+                self._real_sleep(ms)   # an answer from outside is due: do not outrun it
+            else:
+                self._real_until = None
         if ms > 0:
             self.advance(ms)
 
-    def waiting_outside(self, flag):
-        """While the firmware waits for a backend, virtual time runs at the wall clock's pace, so
-        the answer arrives at the virtual moment it would on a board."""
-        self._outside = flag
-
-    def real_pace_for(self, ms):
-        """Follow the wall clock for the next ms of real time (a message is on its way in)."""
-        self._real_until = self._real_ticks() + ms
+    def outside(self, ms):
+        """An answer from outside (a backend, the broker) is expected within ms of real time:
+        until it comes (outside(0)) or ms pass, virtual time runs at the wall clock's pace, so
+        it arrives at the virtual moment it would on a board."""
+        self._real_until = self._real_ticks() + ms if ms > 0 else None
 
     def _real_ticks(self):
         t = self._time

@@ -25,6 +25,7 @@ class SimEV:
         self.ventilation = ventilation  # asks in state D (3 V) instead of C (6 V)
         self.no_diode = False           # fault: the CP diode is bypassed
         self.state_e = False            # fault: CP shorted to PE (state E, 0 V)
+        self.ignore_offer = False       # fault: draws what it wants, whatever the pilot offers
         self.state = "A"
         self._draw = 0                  # its current setpoint per phase, in A
         self._lower_since = None        # when the offer fell below the setpoint
@@ -38,6 +39,8 @@ class SimEV:
             return 0
         limit = offered_a if offered_a >= 6 else 0
         want = self.wants_a if self.wants_a > 0 else 0
+        if self.ignore_offer and limit:
+            limit = max(limit, want)
         if limit >= self._draw:
             self._lower_since = None
             self._draw = min(want, limit)

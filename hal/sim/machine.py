@@ -67,10 +67,54 @@ def adc_source(pin_id, fn):
         _adc_sources[pin_id] = fn
 
 
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+SOFT_RESET = 5
+_cause = [PWRON_RESET]
+_watchdogs = []
+_clock = [None]
+
+
+def use_clock(clock):
+    """The world's virtual clock, which the simulated watchdog counts in."""
+    _clock[0] = clock
+
+
+def reset_cause():
+    return _cause[0]
+
+
+def set_reset_cause(cause):
+    """The simulator restarts the firmware after a power cut or a watchdog reset."""
+    _cause[0] = cause
+
+
+class WDT:
+    """The hardware watchdog: the world checks, in virtual time, that it is fed in time."""
+
+    def __init__(self, id=0, timeout=5000):
+        self.timeout = timeout
+        self.fed_at = _clock[0].ms   # starting it counts as a feed
+        _watchdogs.append(self)
+
+    def feed(self):
+        self.fed_at = _clock[0].ms
+
+
+def starved(now_ms):
+    """A watchdog that was not fed for longer than its timeout, or None (the world asks)."""
+    for w in _watchdogs:
+        if now_ms - w.fed_at > w.timeout:
+            return w
+    return None
+
+
 def reset():
     """Forget every pin, bus, PWM and ADC source: a new simulated board."""
     _nets.clear()
     _buses.clear()
+    del _watchdogs[:]
     _pwms.clear()
     _adc_sources.clear()
 

@@ -34,8 +34,10 @@ class World:
         machine.reset()
         sim = board.get("sim", {})
         self.clock = VirtualClock(scenario["start_utc"], self.run_until, realtime=scenario.get("realtime", False))
+        machine.use_clock(self.clock)
         phases = board["meter"]["phases"]
-        v = float(sim.get("grid_v", 230))
+        v = self.grid_v = float(sim.get("grid_v", 230))
+        self.phases = phases
         self.line = Line([v if ph < phases else 0.0 for ph in range(3)], float(sim.get("grid_hz", 50)))
         m = board["meter"]
         # the simulated hardware is exactly what the board's calibration says it is
@@ -47,6 +49,8 @@ class World:
         self.card_hold_ms = sim.get("card_hold_ms", 1000)
 
         self.closed = False      # contactor poles
+        self.coil = False        # what the firmware commands
+        self.contactor = "ok"    # or "welded" (poles stay closed), "stuck_open" (never close)
         self.plugged = False
         self.ev = SimEV(wants_a=0, follow_delay_ms=sim.get("ev_follow_delay_ms", 2000))
         self.cp = None
@@ -59,14 +63,22 @@ class World:
         machine.net(k["coil"]).listeners.append(self._coil)
         if "aux" in k:
             aux_closed = k.get("aux_closed", 1)
-            machine.net(k["aux"]).source = lambda: aux_closed if self.closed else 1 - aux_closed
+            machine.net(k["aux"]).source = lambda a=aux_closed: a if self.closed else 1 - a
         if "plug" in board:
             plug_active = board["plug"].get("active", 1)
-            machine.net(board["plug"]["pin"]).source = lambda: plug_active if self.plugged else 1 - plug_active
+            machine.net(board["plug"]["pin"]).source = lambda a=plug_active: a if self.plugged else 1 - a
+        self.residual = False    # a residual current is flowing (an insulation fault)
+        self.rcd_broken = False  # the RCD module no longer trips, not even on its test input
+        self.rcd_testing = False
+        if "rcd" in board:
+            r = board["rcd"]
+            active = r.get("active", 1)
+            machine.net(r["trip"]).source = lambda a=active: a if self.rcd_tripped() else 1 - a
+            machine.net(r["test"]).listeners.append(lambda level, a=active: self._rcd_test(level == a))
         self.pressed = False     # the driver's "report a problem" button
         if "button" in board:
             active = board["button"].get("active", 0)
-            machine.net(board["button"]["pin"]).source = lambda: active if self.pressed else 1 - active
+            machine.net(board["button"]["pin"]).source = lambda a=active: a if self.pressed else 1 - a
 
         self.end_ms = scenario["end_ms"]
         self._queue = []
@@ -102,6 +114,10 @@ class World:
             if stop > c.ms:
                 self.meter.advance(stop - c.ms)  # integrated when read, or before the line changes
                 c.ms = stop
+            w = machine.starved(c.ms)
+            if w is not None:
+                print("WATCHDOG RESET: not fed for %d ms (timeout %d ms)" % (c.ms - w.fed_at, w.timeout))
+                raise SystemExit(9)
             if nxt is not None and nxt <= c.ms:
                 _, _, kind, value = self._queue.pop(0)
                 getattr(self, "_on_" + kind)(value)
@@ -111,10 +127,11 @@ class World:
 
     def _update_line(self):
         ev = self.ev
+        powered = self.closed and not self.rcd_tripped()   # a tripped RCD cuts the supply
         if self.cp is not None:
-            amps = ev.draw_a(self.clock.ms, self.cp.offered_a(), self.closed)
+            amps = ev.draw_a(self.clock.ms, self.cp.offered_a(), powered)
         else:  # a board without a pilot: the EV draws what it wants through closed poles
-            amps = ev.wants_a if self.plugged and self.closed else 0
+            amps = ev.wants_a if self.plugged and powered else 0
         line = self.line
         for ph in range(3):
             a = float(amps) if ph < ev.phases and line.volts[ph] > 0 else 0.0
@@ -123,7 +140,23 @@ class World:
                 line.amps[ph] = a
 
     def _coil(self, level):
-        self.closed = bool(level)
+        self.coil = bool(level)
+        self._move_poles()
+
+    def _move_poles(self):
+        if self.contactor == "ok":
+            self.closed = self.coil
+        elif self.contactor == "stuck_open":
+            self.closed = False
+        else:                      # welded: closed poles stay closed
+            self.closed = self.closed or self.coil
+        self._update_line()
+
+    def rcd_tripped(self):
+        return not self.rcd_broken and (self.residual or self.rcd_testing)
+
+    def _rcd_test(self, on):
+        self.rcd_testing = on
         self._update_line()
 
     # -- scenario events (tools/sim.py validates them first) ------------------------------------
@@ -148,9 +181,47 @@ class World:
         self.ev.phases = n
 
     def _on_ev_fault(self, fault):
-        """A scenario fault on the EV side: "no_diode", "state_e", or None to clear it."""
+        """An EV-side fault: "no_diode", "state_e", "ignore_offer" (draws above the offer), None."""
         self.ev.no_diode = fault == "no_diode"
         self.ev.state_e = fault == "state_e"
+        self.ev.ignore_offer = fault == "ignore_offer"
+
+    def _on_grid_v(self, volts):
+        self.meter.flush()
+        self.grid_v = float(volts)
+        for ph in range(3):
+            if self.line.volts[ph] > 0:
+                self.line.volts[ph] = float(volts)
+
+    def _on_grid_hz(self, hz):
+        self.meter.flush()
+        self.line.hz = float(hz)
+
+    def _on_phase_loss(self, phase):
+        """"L1".."L3" loses its voltage; "none" brings back every phase the board wires."""
+        self.meter.flush()
+        for ph in range(3):
+            if phase == "none":
+                if ph < self.phases:
+                    self.line.volts[ph] = self.grid_v
+            elif phase == "L%d" % (ph + 1):
+                self.line.volts[ph] = 0.0
+
+    def _on_temp_c(self, celsius):
+        self.line.temp_c = float(celsius)
+
+    def _on_rcd(self, state):
+        """"trip": a residual current flows; "ok": it stops; "broken": the module stops working."""
+        self.residual = state == "trip"
+        self.rcd_broken = state == "broken"
+        self._update_line()
+
+    def _on_contactor(self, state):
+        self.contactor = state
+        self._move_poles()
+
+    def _on_meter(self, state):
+        self.meter.fault = None if state == "ok" else state
 
     def _on_reader(self, state):
         """The RFID reader chip stops answering ("offline") or comes back ("online")."""
@@ -172,7 +243,7 @@ class World:
     def _command(self, name, args):
         """The backend sends a command: the runner publishes it, the firmware gets it by MQTT."""
         self._ask_runner({"command": name, "args": args})
-        self.clock.real_pace_for(500)  # it arrives within real milliseconds: keep virtual time with it
+        self.clock.outside(500)  # it arrives within real milliseconds: keep virtual time with it
 
     def _on_broker(self, mode):
         self._ask_runner({"broker": mode})

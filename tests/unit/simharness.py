@@ -3,11 +3,14 @@
     h = Harness({"alice": "04A1B2C3"}, allow=["alice"], events=[{"t": 1000, "plug": True}], end_ms=60000)
     h.run(); h.log.kinds(); h.link.published
 """
+import binascii
 import json
+import os
 
 from fakes import FakeLink, ListLog
 from firmware.auth import from_config as auth_from_config
 from firmware.controller import Controller
+from firmware.journal import Journal
 from firmware.outbox import Outbox
 from firmware.pseudonym import pseudonym
 from firmware.settings import Settings
@@ -25,6 +28,17 @@ _dirs = [0]
 def board_config():
     with open("board_configs/sim.json") as f:
         return json.load(f)
+
+
+def _wipe(path):
+    """Empty a data directory left by an earlier test run."""
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            _wipe(p)
+            os.rmdir(p)
+        else:
+            os.remove(p)
 
 
 def entry(token, **fields):
@@ -55,13 +69,9 @@ class Harness:
         dev.update(device or {})
         secrets = {"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1}
         _dirs[0] += 1
-        data = "/tmp/cp-harness-%d-%d" % (_dirs[0], start_utc % 1000)
+        data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
         ensure_dir(data)
-        for name in ("state.json", "auth_list.jsonl", "auth_cache.jsonl"):
-            try:
-                __import__("os").remove(data + "/" + name)
-            except OSError:
-                pass
+        _wipe(data)
         self.settings = Settings(self.board_cfg, dev, secrets)
         self.board = Board(self.board_cfg, machine, self.clock.sleep_ms)
         self.log = ListLog()
@@ -69,13 +79,16 @@ class Harness:
         self.link.on_publish = self._backend
         self.online_answers = {}   # pseudonym -> auth/resp payload; unknown cards get Invalid
         self.answer_auth = True
-        self.outbox = Outbox(self.settings.outbox_size)
+        self.acking = True         # a healthy backend acknowledges every message it receives
+        self.journal = Journal(data + "/journal")
+        self.outbox = Outbox(self.settings.outbox_size, self.journal, self.clock)
+        self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
         self.auth = auth_from_config(dev, self.clock, self.settings.keys, data)
         self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
-                              self.auth)
+                              self.auth, self.journal)
 
     def run(self, until_ms=None):
         stop = self.world.finished if until_ms is None else (lambda: self.clock.ms >= until_ms)
@@ -83,19 +96,29 @@ class Harness:
 
     def _backend(self, topic, payload):
         if topic.endswith("/auth/req") and self.answer_auth:
-            req = __import__("json").loads(payload)
+            req = json.loads(payload)
             answer = dict(self.online_answers.get(req["token"], {"status": "Invalid"}), id=req["id"])
             self.inject("auth/resp", answer)
+        elif self.acking and topic.endswith(("/session", "/fault", "/feedback")):
+            self.inject("ack", {"msg_ids": [json.loads(payload)["msg_id"]]})
 
     def inject(self, suffix, payload):
         """A message from the backend, as the broker would deliver it."""
-        self.sync.inbox.append((suffix, __import__("json").dumps(payload)))
+        self.sync.inbox.append((suffix, json.dumps(payload)))
 
     def acks(self):
-        return [__import__("json").loads(p) for t, p, _, _ in self.link.published if t.endswith("/cmd_ack")]
+        return [json.loads(p) for t, p, _, _ in self.link.published if t.endswith("/cmd_ack")]
 
     def sessions(self):
-        return [json.loads(p) for t, p, _, _ in self.link.published if t.endswith("/session")]
+        """Session records published, each once (re-sends of unacknowledged ones left out)."""
+        out, seen = [], set()
+        for t, p, _, _ in self.link.published:
+            if t.endswith("/session"):
+                rec = json.loads(p)
+                if rec["msg_id"] not in seen:
+                    seen.add(rec["msg_id"])
+                    out.append(rec)
+        return out
 
     def events(self, kind):
         return [e for e in self.log.events if e["ev"] == kind]

@@ -1,21 +1,28 @@
-"""The sync delivers the outbox in order, keeps it while offline and backs off between retries."""
+"""The sync delivers the persistent outbox in order, removes only what the backend acknowledged,
+re-sends the rest, and backs off (with jitter) while the broker is away."""
 import json
 
 from fakes import FakeLink, ListLog
 from firmware.outbox import Outbox
-from firmware.sync import Sync
+from firmware.sync import Sync, parse_ack
 from hal.sim.clock import VirtualClock
+
+from check import raises
 
 PREFIX = "cp/v1/cp-1/"
 
 
 def _sync(link):
     clock = VirtualClock(start_utc=1772438100)
-    ob = Outbox(8)
+    ob = Outbox(8, clock=clock)
     return Sync(link, clock, ListLog(), ob, PREFIX), clock, ob
 
 
-def test_connects_with_retained_offline_will_then_announces_online():
+def _sent(link):
+    return [json.loads(p)["n"] for t, p, _, _ in link.published if t.endswith("/session")]
+
+
+def test_connects_with_retained_offline_will_then_announces_online_and_subscribes():
     link = FakeLink()
     s, clock, ob = _sync(link)
     s.set_connector("Available")
@@ -24,45 +31,63 @@ def test_connects_with_retained_offline_will_then_announces_online():
     topic, payload, retain, qos = link.published[0]
     assert topic == PREFIX + "status" and retain is True
     assert json.loads(payload)["state"] == "online" and json.loads(payload)["connector"] == "Available"
+    assert link.subscribed == [PREFIX + "cmd/+", PREFIX + "auth/resp", PREFIX + "ack"]
 
 
-def test_outbox_is_delivered_in_order_and_only_removed_after_publish():
+def test_messages_go_in_order_and_stay_until_the_backend_acknowledges():
     link = FakeLink()
     s, clock, ob = _sync(link)
-    for n in range(6):
-        ob.put("session", '{"n": %d}' % n)
-    link.fail_publish_after = 3   # status + 2 records, then the connection drops
+    for n in range(3):
+        ob.put("session", '{"n": %d}' % n, "1-%d" % n, "started")
     s.tick()
-    assert [p[1] for p in link.published[1:]] == ['{"n": 0}', '{"n": 1}']
-    assert len(ob) == 4 and not link.connected
-    link.fail_publish_after = None
-    clock.sleep_ms(1000)
+    assert _sent(link) == [0, 1, 2] and len(ob) == 3          # PUBACK is not enough
+    ob.ack(parse_ack({"msg_ids": ["1-0", "1-2"]}))
+    assert len(ob) == 1
+    clock.sleep_ms(4000)
     s.tick()
+    assert _sent(link) == [0, 1, 2]                          # not due again yet
+    clock.sleep_ms(3000)
     s.tick()
-    sessions = [json.loads(p[1])["n"] for p in link.published if p[0] == PREFIX + "session"]
-    assert sessions == [0, 1, 2, 3, 4, 5] and len(ob) == 0
+    assert _sent(link) == [0, 1, 2, 1]                       # the unacknowledged one, re-sent
     assert all(p[2] is False and p[3] == 1 for p in link.published if p[0].endswith("session"))
 
 
-def test_offline_broker_keeps_records_and_backs_off_exponentially():
+def test_a_dropped_connection_keeps_the_messages_for_later():
+    link = FakeLink()
+    s, clock, ob = _sync(link)
+    for n in range(4):
+        ob.put("session", '{"n": %d}' % n, "2-%d" % n, "started")
+    link.fail_publish_after = 2   # status + one record, then the connection drops
+    s.tick()
+    assert _sent(link) == [0] and not link.connected and len(ob) == 4
+    link.fail_publish_after = None
+    clock.sleep_ms(2000)
+    s.tick()
+    s.tick()
+    assert sorted(set(_sent(link))) == [0, 1, 2, 3]
+
+
+def test_offline_broker_backs_off_exponentially_with_jitter():
     link = FakeLink()
     link.up = False
     s, clock, ob = _sync(link)
-    ob.put("session", "{}")
+    ob.put("session", '{"n": 0}', "3-0", "started")
     attempts = []
-    for _ in range(70):                      # 70 virtual seconds
+    for _ in range(200):
         before = len([e for e in s.log.events if e.get("state") == "unreachable"])
         s.tick()
         if len([e for e in s.log.events if e.get("state") == "unreachable"]) > before:
-            attempts.append(clock.ms // 1000)
-        clock.sleep_ms(1000)
-    assert attempts[:5] == [0, 1, 3, 7, 15]   # 1 s, 2 s, 4 s, 8 s apart
+            attempts.append(clock.ms)
+        clock.sleep_ms(500)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    for gap, base in zip(gaps, (1000, 2000, 4000, 8000, 16000)):
+        assert base <= gap <= base * 5 // 4 + 500, gaps    # backoff plus up to a quarter of jitter
     assert len(ob) == 1
     link.up = True
-    for _ in range(64):
+    for _ in range(130):
         s.tick()
-        clock.sleep_ms(1000)
-    assert len(ob) == 0
+        clock.sleep_ms(500)
+    assert _sent(link)[:1] == [0] and set(_sent(link)) == {0}   # re-sent until acknowledged
 
 
 def test_status_is_republished_when_the_connector_changes():
@@ -71,7 +96,14 @@ def test_status_is_republished_when_the_connector_changes():
     s.set_connector("Available")
     s.tick()
     s.tick()
-    s.set_connector("Charging")
+    s.set_connector("Faulted", "OverVoltage")
     s.tick()
-    states = [json.loads(p[1])["connector"] for p in link.published if p[0].endswith("status")]
-    assert states == ["Available", "Charging"]
+    states = [json.loads(p[1]) for p in link.published if p[0].endswith("status")]
+    assert [st["connector"] for st in states] == ["Available", "Faulted"]
+    assert states[1]["error"] == "OverVoltage"
+
+
+def test_malformed_acks_are_refused():
+    for bad in (None, [], {"msg_ids": "1-0"}, {"msg_ids": [1]}, {"msg_ids": ["x" * 65]}):
+        raises(ValueError, parse_ack, bad)
+    assert parse_ack({"msg_ids": []}) == []

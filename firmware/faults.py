@@ -1,0 +1,115 @@
+"""Faults: what each one means (OCPP error code, stop reason), how the charger reacts, when it retries.
+
+Every fault kind has a policy: `emergency` ones open the contactor in the iteration that
+detects them; the others first withdraw the offer and let the EV stop. After a trip the
+charger retries after a backoff; past `max_retries` trips the fault LATCHES and only a
+technician clears it (REPL `tech.clear_fault()` or MQTT `cmd/clear_fault`). Trip counts and
+latches persist across reboots (the caller stores `persist()` and hands it back at boot).
+
+    faults = Faults(clock, saved)
+    f = faults.trip("overcurrent", "L1 41.2 A > 35.2 A")   # None if already active
+    faults.gone("overcurrent")                             # condition cleared: retry when due
+    faults.blocking()                                      # no new session while true
+"""
+
+# kind: (OCPP error code, OCPP 2.0.1 stop reason, emergency, retry after s, max retries or None)
+POLICIES = {
+    "overcurrent": ("OverCurrentFailure", "OvercurrentFault", True, 60, 3),
+    "rcd": ("GroundFailure", "GroundFault", True, 300, 6),
+    "rcd_selftest": ("GroundFailure", "GroundFault", True, 0, 0),
+    "overvoltage": ("OverVoltage", "PowerQuality", False, 60, None),
+    "undervoltage": ("UnderVoltage", "PowerQuality", False, 60, None),
+    "frequency": ("OtherError", "PowerQuality", False, 60, None),
+    "phase_loss": ("OtherError", "PowerQuality", False, 60, None),
+    "meter": ("PowerMeterFailure", "Other", True, 30, 5),
+    "welded": ("PowerSwitchFailure", "Other", True, 0, 0),
+    "stuck_open": ("PowerSwitchFailure", "Other", False, 60, 2),
+    "overtemp": ("HighTemperature", "Other", False, 0, None),
+    "pilot": ("EVCommunicationError", "Other", True, 0, None),
+    "internal": ("InternalError", "Other", True, 10, 3),
+    "reader": ("ReaderFailure", None, False, 0, None),   # non-fatal: remote start still works
+}
+
+
+class Fault:
+    """One active fault."""
+
+    def __init__(self, kind, detail, at_ms, trips):
+        self.kind = kind
+        self.code, self.stop_reason, self.emergency, self.retry_s, self.max_retries = POLICIES[kind]
+        self.detail = detail
+        self.at_ms = at_ms
+        self.trips = trips          # times this kind tripped, this one included (persisted)
+        self.latched = self.max_retries is not None and trips > self.max_retries
+        self.present = True         # the condition still holds
+        self.samples = None         # forensic snapshot, set by the caller
+
+
+class Faults:
+    def __init__(self, clock, saved=None):
+        self.clock = clock
+        self.active = {}            # kind -> Fault
+        saved = saved or {}
+        self.trips = dict(saved.get("trips", {}))
+        self.latched = list(saved.get("latched", []))   # kinds a technician must clear
+
+    def trip(self, kind, detail):
+        """Raise a fault; the Fault if it is new (react to it), None if already active."""
+        f = self.active.get(kind)
+        if f is not None:
+            f.present = True
+            f.detail = detail
+            return None
+        n = self.trips.get(kind, 0) + 1
+        self.trips[kind] = n
+        f = Fault(kind, detail, self.clock.ticks_ms(), n)
+        if kind in self.latched:
+            f.latched = True
+        elif f.latched:
+            self.latched.append(kind)
+        self.active[kind] = f
+        return f
+
+    def gone(self, kind):
+        """The condition behind an active fault no longer holds."""
+        f = self.active.get(kind)
+        if f is not None:
+            f.present = False
+
+    def clearable(self):
+        """Faults to clear now: condition gone, retry time reached, not latched."""
+        now = self.clock.ticks_ms()
+        out = []
+        for f in self.active.values():
+            if not f.present and not f.latched and \
+                    self.clock.ticks_diff(now, f.at_ms) >= f.retry_s * 1000 * (1 << min(f.trips - 1, 4)):
+                out.append(f)
+        return out
+
+    def clear(self, kind):
+        """Forget an active fault (auto-retry, or a technician's clear_fault)."""
+        return self.active.pop(kind, None)
+
+    def clear_latched(self):
+        """A technician's reset: latched faults clear and their trip counts restart."""
+        kinds = list(self.latched)
+        for kind in kinds:
+            self.trips[kind] = 0
+            f = self.active.get(kind)
+            if f is not None and not f.present:
+                del self.active[kind]
+            elif f is not None:
+                f.latched = False
+        self.latched = []
+        return kinds
+
+    def blocking(self):
+        """The active fault that keeps the charger from charging (the oldest), or None."""
+        worst = None
+        for f in self.active.values():
+            if f.stop_reason is not None and (worst is None or self.clock.ticks_diff(f.at_ms, worst.at_ms) < 0):
+                worst = f
+        return worst
+
+    def persist(self):
+        return {"trips": self.trips, "latched": self.latched}

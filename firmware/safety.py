@@ -1,0 +1,184 @@
+"""Fault detection: grid, meter, contactor, temperature and residual-current checks.
+
+Reads what the meter already sampled and the contactor's feedback, decides which faults are
+present (firmware/faults.py holds what they mean and how to react) and runs the RCD module's
+periodic self-test. Thresholds come from the board config's "safety" object and are checked
+at boot: an out-of-range value stops the boot with the key's name.
+
+    safety = Safety(board_cfg, board, metering, faults, clock)
+    new = safety.fast(offer_limit_ma)        # every loop iteration: emergencies
+    new += safety.check(session_running)     # every control step: the rest
+"""
+from firmware.config import setting
+
+_RCD_TEST_MS = 200       # the RCD module must trip within this while its test input is driven
+_SETTLE_MS = 1000        # after the meter starts, its readings need this long to mean anything
+_CHECK_MS = 100          # check() runs once per control step
+_RCD_RELEASE_MS = 1000   # ... and release within this once the test ends
+
+
+class Safety:
+    def __init__(self, cfg, board, metering, faults, clock):
+        self.board = board
+        self.m = metering
+        self.faults = faults
+        self.clock = clock
+        sample_ms = 1000 // setting(cfg, "sampling.rate_hz", int, 10, lo=1, hi=50)
+        nominal = setting(cfg, "limits.nominal_v", int, 230, lo=100, hi=277)
+        self.oc_margin_pct = setting(cfg, "safety.overcurrent_margin_pct", int, 10, lo=0, hi=50)
+        self.oc_samples = max(1, setting(cfg, "safety.overcurrent_ms", int, 1000, lo=100, hi=10000) // sample_ms)
+        self.v_low_cv = setting(cfg, "safety.voltage_min_v", int, nominal * 85 // 100, lo=80, hi=nominal) * 100
+        self.v_high_cv = setting(cfg, "safety.voltage_max_v", int, nominal * 110 // 100, lo=nominal, hi=320) * 100
+        self.v_samples = max(1, setting(cfg, "safety.voltage_ms", int, 2000, lo=100, hi=60000) // sample_ms)
+        self.loss_cv = setting(cfg, "safety.phase_loss_v", int, nominal * 40 // 100, lo=10, hi=nominal) * 100
+        line_hz = setting(cfg, "meter.line_hz", int, 50, choices=(50, 60))
+        self.hz_low = setting(cfg, "safety.frequency_min_chz", int, line_hz * 100 - 200, lo=line_hz * 90, hi=line_hz * 100)
+        self.hz_high = setting(cfg, "safety.frequency_max_chz", int, line_hz * 100 + 150, lo=line_hz * 100, hi=line_hz * 110)
+        self.settle_ms = setting(cfg, "safety.contactor_settle_ms", int, 1000, lo=100, hi=5000)
+        self.idle_ma = setting(cfg, "safety.open_current_ma", int, 500, lo=50, hi=5000)
+        self.t2 = setting(cfg, "limits.thermal.t2_c", int, 85, lo=-40, hi=150)
+        self.t_resume = setting(cfg, "limits.thermal.t1_c", int, 70, lo=-40, hi=150) - \
+            setting(cfg, "limits.thermal.hyst_c", int, 5, lo=1, hi=50)
+        self.selftest_s = setting(cfg, "safety.rcd_selftest_s", int, 86400, lo=60, hi=7 * 86400)
+        self.m.u_low_cv = self.v_low_cv
+        self.m.u_high_cv = self.v_high_cv
+        self.v_checks = max(1, self.v_samples * sample_ms // _CHECK_MS)
+        self._loss_n = 0
+        self._hz_n = 0
+        self.meter_started()
+        self.phases = metering.phases
+        self._k_changed = clock.ticks_ms()
+        self._k_state = board.contactor.commanded
+        self._test = None            # RCD self-test: (phase, since) while it runs
+        self._next_test = clock.ticks_ms()   # at boot, then every selftest_s
+        self.last_selftest = None    # "passed" / "failed", for the technician
+        # EMMState0 bits 15..13: the chip's own over-current flags for phases A, B, C
+        self._oc_bits = sum(1 << (15 - ph) for ph in range(metering.phases))
+
+    def meter_started(self):
+        """The meter was (re)initialised: ignore its readings until they settled."""
+        self._settled_at = self.clock.ticks_add(self.clock.ticks_ms(), _SETTLE_MS)
+
+    def _settled(self):
+        return self.clock.ticks_diff(self.clock.ticks_ms(), self._settled_at) >= 0
+
+    def fast(self, limit_ma):
+        """Emergencies, checked right after each sample; the new Faults to react to."""
+        new = []
+        self.m.limit_ma = limit_ma * (100 + self.oc_margin_pct) // 100
+        m = self.m
+        if m.over_current >= self.oc_samples or m.over_current and m.status0 & self._oc_bits:
+            self._trip(new, "overcurrent", "%d mA > %d mA for %d samples%s" % (
+                m.i_max_ma, m.limit_ma, m.over_current, ", chip flags it" if m.status0 & self._oc_bits else ""))
+        elif self.m.over_current == 0:
+            self.faults.gone("overcurrent")
+        rcd = self.board.rcd_tripped()
+        if rcd and self._test is None:
+            self._trip(new, "rcd", "residual current device tripped")
+        elif not rcd and self._test is None:
+            self.faults.gone("rcd")
+        return new
+
+    def check(self, session_running, temp_c, freq_chz):
+        """Everything else, every control step; the new Faults to react to."""
+        new = []
+        m = self.m
+        self._contactor(new)
+        self._selftest(new, session_running)
+        if not self._settled():
+            return new
+        if m.over_voltage >= self.v_samples:
+            self._trip(new, "overvoltage", "%d.%02d V > %d V" % (m.u_max_cv // 100, m.u_max_cv % 100, self.v_high_cv // 100))
+        elif m.over_voltage == 0:
+            self.faults.gone("overvoltage")
+        lost = self._lost_phase()
+        self._loss_n = self._loss_n + 1 if lost is not None else 0
+        if self._loss_n >= self.v_checks:
+            self._trip(new, "phase_loss", "phase L%d below %d V" % (lost + 1, self.loss_cv // 100))
+        else:
+            self.faults.gone("phase_loss")
+            if m.under_voltage >= self.v_samples:
+                self._trip(new, "undervoltage", "%d.%02d V < %d V" % (m.u_min_cv // 100, m.u_min_cv % 100, self.v_low_cv // 100))
+            elif m.under_voltage == 0:
+                self.faults.gone("undervoltage")
+        if freq_chz is not None:
+            bad = not self.hz_low <= freq_chz <= self.hz_high
+            self._hz_n = self._hz_n + 1 if bad else 0
+            if self._hz_n >= 2 * 1000 // _CHECK_MS:   # two housekeeping readings a second apart
+                self._trip(new, "frequency", "%d.%02d Hz outside %d.%02d..%d.%02d Hz" % (
+                    freq_chz // 100, freq_chz % 100, self.hz_low // 100, self.hz_low % 100,
+                    self.hz_high // 100, self.hz_high % 100))
+            elif not bad:
+                self.faults.gone("frequency")
+        if temp_c is not None:
+            if temp_c >= self.t2:
+                self._trip(new, "overtemp", "%d °C >= %d °C" % (temp_c, self.t2))
+            elif temp_c < self.t_resume:
+                self.faults.gone("overtemp")
+        return new
+
+    def _lost_phase(self):
+        r = self.m.ring
+        if not r.count:
+            return None
+        b = 3 * r.index(0)
+        for ph in range(self.phases):
+            if r.u[b + ph] < self.loss_cv:
+                return ph
+        return None
+
+    def _contactor(self, new):
+        """After settling, the poles must be where commanded: current or aux says otherwise."""
+        k = self.board.contactor
+        now = self.clock.ticks_ms()
+        if k.commanded != self._k_state:
+            self._k_state = k.commanded
+            self._k_changed = now
+        if self.clock.ticks_diff(now, self._k_changed) < self.settle_ms:
+            return
+        fb = k.feedback()
+        if not k.commanded:
+            if self.m.i_max_ma > self.idle_ma or fb is True:
+                self._trip(new, "welded", "%s with the contactor commanded open" % (
+                    "%d mA flowing" % self.m.i_max_ma if self.m.i_max_ma > self.idle_ma else "aux contact closed"))
+        elif fb is False:
+            self._trip(new, "stuck_open", "aux contact open with the coil energised")
+        else:
+            self.faults.gone("stuck_open")
+
+    def _selftest(self, new, session_running):
+        """RCD self-test at boot and every selftest_s, never during a session: drive the module's
+        test input, it must trip, then release."""
+        if not self.board.has_rcd:
+            return
+        c = self.clock
+        now = c.ticks_ms()
+        if self._test is None:
+            if not session_running and c.ticks_diff(now, self._next_test) >= 0:
+                self.board.rcd_test(True)
+                self._test = ("trip", now)
+            return
+        phase, since = self._test
+        tripped = self.board.rcd_tripped()
+        if phase == "trip":
+            if tripped:
+                self.board.rcd_test(False)
+                self._test = ("release", now)
+            elif c.ticks_diff(now, since) > _RCD_TEST_MS:
+                self.board.rcd_test(False)
+                self._test = None
+                self.last_selftest = "failed"
+                self._trip(new, "rcd_selftest", "the RCD did not trip on its test input")
+        elif not tripped:
+            self._test = None
+            self._next_test = c.ticks_add(now, self.selftest_s * 1000)
+            self.last_selftest = "passed"
+        elif c.ticks_diff(now, since) > _RCD_RELEASE_MS:
+            self._test = None
+            self.last_selftest = "failed"
+            self._trip(new, "rcd_selftest", "the RCD did not release after its test")
+
+    def _trip(self, new, kind, detail):
+        f = self.faults.trip(kind, detail)
+        if f is not None:
+            new.append(f)
