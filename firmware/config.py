@@ -3,16 +3,17 @@
     port = setting(cfg, "mqtt.port", int, lo=1, hi=65535)
     rate = setting(cfg, "sampling.rate_hz", int, 10, lo=1, hi=50)     # with a default
 """
-import json
+from firmware import jsonx
 
 _MISSING = object()
 
 
 def load(path):
-    """A JSON file as a dict; ValueError naming the file when it is unreadable or not an object."""
+    """A JSON file as a dict (decimals kept exact as strings); ValueError naming the file when it is
+    unreadable or not an object."""
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = jsonx.loads(f.read())
     except OSError:
         raise ValueError("%s: cannot read the file" % path)
     except ValueError as e:

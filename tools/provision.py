@@ -61,7 +61,7 @@ def _hex_key(text, name):
 def load_json(path, name):
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, parse_float=str)   # decimals stay exact (prices, VAT): no floats
     except OSError as e:
         raise ProvisionError("%s: cannot read %s (%s)" % (name, path, e.strerror))
     except ValueError as e:

@@ -160,7 +160,7 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
     if run_dir is None:
         tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
     try:
-        proxy = None
+        proxy = backend = None
         real_broker = broker
         if broker:  # the firmware talks to the broker through a proxy the scenario can switch
             host, _, port = broker.rpartition(":")

@@ -175,7 +175,7 @@ class World:
             self.rfid.remove(card)
 
     def _on_ev_current_a(self, amps):
-        self.ev.wants_a = amps
+        self.ev.wants_a = float(amps)   # decimals arrive as exact strings (firmware/jsonx.py)
 
     def _on_ev_phases(self, n):
         self.ev.phases = n

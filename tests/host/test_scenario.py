@@ -18,12 +18,25 @@ def _base(**over):
 
 
 def test_a_good_scenario_normalises_times_cards_and_allowlist():
-    world, device, board, names = normalise(_base(), KEY, "127.0.0.1:1883")
+    world, device, secrets, board, names = normalise(_base(), KEY, "127.0.0.1:1883")
     assert world["events"] == [{"t": 10000, "plug": True}, {"t": 15000, "tap": ["04A1B2C3D4E5F6"]}]
     assert world["start_utc"] == 1772438100 and world["end_ms"] == 100000
-    assert len(device["allow"]) == 1 and "04A1B2C3D4E5F6" not in json.dumps(device).upper()
+    entries = device["local_list"]["entries"]
+    assert len(entries) == 1 and "04A1B2C3D4E5F6" not in json.dumps(device).upper()
     assert device["mqtt"] == {"host": "127.0.0.1", "port": 1883}
-    assert names[device["allow"][0]] == "alice"
+    assert names[entries[0]["token"]] == "alice" and entries[0]["status"] == "Accepted"
+    assert secrets == {"site_keys": {"1": KEY.hex()}, "site_key_current": 1}
+
+
+def test_allow_entries_carry_preferences():
+    sc = _base(allow=[{"card": "alice", "max_current_a": 16, "max_kwh": "10", "group": "fleet"}, "DEADBEEF"])
+    _, device, _, _, _ = normalise(sc, KEY)
+    e = device["local_list"]["entries"]
+    assert e[0]["max_current_a"] == 16 and e[0]["max_kwh"] == "10" and e[0]["group"] == "fleet"
+    assert len(e) == 2
+    with pytest.raises(ScenarioError) as err:
+        normalise(_base(allow=[{"card": "alice", "colour": "red"}]), KEY)
+    assert "allow[0]" in str(err.value) and "colour" in str(err.value)
 
 
 @pytest.mark.parametrize("events, words", [
