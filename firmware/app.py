@@ -114,7 +114,7 @@ def main(argv):
                     settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
                     settings.mqtt_password)
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal)
+    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data)
     if link is not None:
         link.idle = ctl.idle
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
@@ -122,6 +122,7 @@ def main(argv):
     log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"), boot=boot["boot"],
               reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
+    log.event("tariff", id=ctl.tariff.id, version=ctl.tariff_version, text=ctl.price_text())
     ctl.recover(boot)
     try:
         ctl.run(stop)

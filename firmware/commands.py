@@ -8,6 +8,8 @@ Anything malformed, oversized or unknown is rejected and changes nothing.
 """
 import json
 
+from firmware import jsonx
+
 NAMES = ("remote_start", "remote_stop", "list_update", "purge", "charging_profile", "report_problem",
          "tariff", "clear_fault", "update")
 _MAX_ID = 64
@@ -27,7 +29,7 @@ class Commands:
 
     def handle(self, suffix, raw):
         try:
-            payload = json.loads(raw)
+            payload = jsonx.loads(raw)   # prices stay exact decimals, never floats
         except ValueError:
             payload = None
         if suffix == "auth/resp":

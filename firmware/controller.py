@@ -20,8 +20,14 @@ from firmware.faults import Faults
 from firmware.feedback import Feedback
 from firmware.limits import KINDS
 from firmware.log import print_exception
+from firmware import jsonx
 from firmware.metering import Metering
+from firmware.periods import PeriodBuilder
+from firmware.revenue import Revenue
 from firmware.safety import Safety
+from firmware.signing import Chain
+from firmware.state import write_atomic
+from firmware.tariff import Tariff
 from firmware.schedule import Every
 from firmware.session import Session
 from firmware.sync import parse_ack
@@ -32,6 +38,7 @@ _HOUSEKEEPING_MS = 1000
 _FOLLOW_MS = 5000       # IEC 61851-1: an EV has 5 s to follow a lower offer
 _TEXT_MAX = 200
 _DRAWING_MA = 500
+_CHARGING_W = 100       # above this the EV is charging; below, an authorized EV is parking
 try:
     _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
 except AttributeError:
@@ -43,7 +50,7 @@ _PATTERNS = {"Available": "ready", "Preparing": "waiting", "Charging": "charging
 
 
 class Controller:
-    def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal):
+    def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal, data_dir):
         self.s = settings
         self.board = board
         self.clock = clock
@@ -69,6 +76,13 @@ class Controller:
         else:
             self.ev = CurrentSense(self.metering)
         self.faults = Faults(clock, state.values.get("faults"))
+        self.data_dir = data_dir
+        self.tariff, self.tariff_version = self._load_tariff()
+        self.revenue = Revenue(data_dir + "/revenue.json")
+        self.chain = None           # signs each ended record, chained to the one before
+        if settings.device_key is not None:
+            self.chain = Chain(settings.device_key, state.values["chain_prev"], state.values["chain_n"])
+        self._periods = None        # the running session's OCPI charging periods
         self.safety = Safety(settings.board, board, self.metering, self.faults, clock)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
@@ -105,6 +119,7 @@ class Controller:
         self.error_code = None      # OCPP error code with it, None for NoError
         self._init_meter()
         self._update_status()
+        self._publish_stats()
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop):
@@ -172,6 +187,11 @@ class Controller:
         wdt.feed()
 
     def _housekeep(self):
+        s = self.session
+        if s is not None:
+            m = self.metering
+            self._periods.update(self.clock.time(), m.forward.wh - s.meter_start_wh, m.i_sum_ma, m.p_w,
+                                 m.p_w > _CHARGING_W)
         if self.meter_ok:
             try:
                 self.board.meter.check()   # MeterEn still set: the chip did not brown out
@@ -442,8 +462,9 @@ class Controller:
 
     def _apply_offer(self):
         s = self.session
-        if s is None or self._stopping is not None or self._unavailable():
-            amps = 0
+        if s is None or self._stopping is not None or self._unavailable() or \
+                s.offpeak_only and not self.s.offpeak_now(self.clock.time()):
+            amps = 0   # off-peak-only drivers wait (SuspendedEVSE) until the site's off-peak hours
         else:
             amps = self.limits.offer_a(self.clock.time(), self._session_utc, s.max_current_a, self.temp_c)
         old = self.ev.offered_a
@@ -463,8 +484,10 @@ class Controller:
         self.metering.read_energy()  # the start reading includes everything counted so far
         tx = self.state.next_tx()
         m = self.metering.forward
-        self.session = s = Session(tx, d, iso(self.clock.time()), m.wh, self.s.tariff.id)
+        self.session = s = Session(tx, d, iso(self.clock.time()), m.wh, self.tariff.id)
+        s.tariff = self.tariff       # the session keeps the tariff valid when it started
         self._session_utc = self.clock.time()
+        self._periods = PeriodBuilder(self.tariff, self.s.tz, self._session_utc)
         self.authorized = None
         self._finishing = False
         self._not_charging_told = False
@@ -475,6 +498,7 @@ class Controller:
         rec = self._record(s.started())
         rec["max_wh"] = s.max_wh
         rec["group"] = s.group
+        rec["start_utc"] = self._session_utc
         self.journal.session_started(rec)
         self.log.event("session_start", tx_id=tx, token=d.token, auth=d.method, meter_wh=m.wh)
         self._apply_offer()
@@ -519,17 +543,29 @@ class Controller:
         energy = stop_wh - s.meter_start_wh
         integral = m.integral_wh - self._integral0
         tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
-        cost = self.s.tariff.price(energy)
-        rec = self._record(s.ended(iso(self.clock.time()), stop_wh, reason, cost, profile=m.profile.record(),
-                                   integral_wh=integral, energy_mismatch=abs(energy - integral) > tolerance))
+        now = self.clock.time()
+        pb = self._periods
+        periods = pb.finish(now, energy)
+        cost = s.tariff.price_cdr(periods, self._session_utc, now, self.s.tz)
+        rec = self._record(s.ended(iso(now), stop_wh, reason, cost, charging_periods=periods,
+                                   parking_s=pb.parking_s, profile=m.profile.record(), integral_wh=integral,
+                                   energy_mismatch=abs(energy - integral) > tolerance))
+        self._periods = None
         self._close_session(s, rec, energy, cost, reason)
 
     def _close_session(self, s, rec, energy, cost, reason):
+        v = self.state.values
+        if self.chain is not None:
+            rec = self.chain.sign(rec)   # last: every field is set; tamper evidence for the backend
+            v["chain_prev"], v["chain_n"] = self.chain.prev_hash, self.chain.n
+            self.state.save()
         self.journal.session_ended(s.tx_id, rec)
+        self.revenue.add(self.s.tz.local(self.clock.time())[:3], energy, cost["total_excl_vat_minor"],
+                         cost["total_incl_vat_minor"], cost["currency"])
+        self._publish_stats()
         self.session = None
         self.last_tx = (s.tx_id, s.token)
         self._finishing = self.ev.knows_plug and self.ev.plugged
-        v = self.state.values
         v["meter_wh"], v["meter_rem"] = self.metering.forward.wh, self.metering.forward.rem
         v["cycles"] = self.contactor.cycles
         self.state.save()
@@ -559,7 +595,8 @@ class Controller:
             uncertain = min(uncertain, self.s.max_power_w * (self.clock.time() - last_t) // 3600)
         s = Session.resume(st, cp.get("seq", 1))
         energy = f.wh - s.meter_start_wh
-        cost = self.s.tariff.price(energy)
+        start_utc = st.get("start_utc", 0)
+        cost = self.tariff.price(energy, start_utc, max(0, last_t - start_utc) if last_t else 0, self.s.tz)
         ended_at = iso(last_t) if last_t else s.started_at
         rec = self._record(s.ended(ended_at, f.wh, "PowerLoss", cost, uncertain_wh=uncertain,
                                    recovered_wh=f.wh - counted))
@@ -644,6 +681,41 @@ class Controller:
         if not kinds:
             raise ValueError("no latched fault to clear")
         return {"cleared": kinds}
+
+    def cmd_tariff(self, p):
+        """A new tariff for new sessions: {"id", "version", "tariff": {OCPI Tariff}}; version must grow."""
+        version = p.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version <= self.tariff_version:
+            raise ValueError("version must be an integer above the current %d" % self.tariff_version)
+        t = Tariff(p.get("tariff"))   # ValueError names the field: the old tariff stays
+        write_atomic(self.data_dir + "/tariff.json", json.dumps({"version": version, "tariff": p["tariff"]}))
+        self.tariff, self.tariff_version = t, version
+        self.log.event("tariff", id=t.id, version=version, text=self.price_text())
+        return {"tariff_id": t.id, "version": version}
+
+    def _load_tariff(self):
+        """The newest tariff: one received over MQTT (persisted) if any, else the config's."""
+        try:
+            with open(self.data_dir + "/tariff.json") as f:
+                saved = jsonx.loads(f.read())
+            return Tariff(saved["tariff"]), saved["version"]
+        except OSError:
+            return self.s.tariff, 0
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.event("storage", file="tariff", error="unusable, config tariff used (%s)" % e)
+            return self.s.tariff, 0
+
+    def price_text(self):
+        """The tariff's driver-facing text (OCPI tariff_alt_text), for the display and the REPL."""
+        alt = self.tariff.alt_text or []
+        return alt[0].get("text") if alt and isinstance(alt[0], dict) else None
+
+    def _publish_stats(self):
+        snap = self.revenue.snapshot()
+        snap["ts"] = iso(self.clock.time())
+        snap["contactor_cycles"] = self.contactor.cycles
+        snap["boots"] = self.journal.boot
+        self.sync.set_stats(json.dumps(snap))
 
     def backend_ack(self, payload):
         """End-to-end acknowledgements: those messages leave the persistent outbox."""

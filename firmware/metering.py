@@ -38,6 +38,7 @@ class Metering:
         # latest sample, for the controller's decisions
         self.p_w = 0
         self.i_max_ma = 0
+        self.i_sum_ma = 0
         self.u_min_cv = 0
         self.u_max_cv = 0
         self.status0 = 0
@@ -61,6 +62,7 @@ class Metering:
         b = 3 * i
         p_tot = 0
         i_max = 0
+        i_sum = 0
         u_min = 0xFFFF
         u_max = 0
         for ph in range(self.phases):
@@ -71,6 +73,7 @@ class Metering:
             r.i[b + ph] = a
             r.p[b + ph] = p
             p_tot += p
+            i_sum += a
             if a > i_max:
                 i_max = a
             if u < u_min:
@@ -83,6 +86,7 @@ class Metering:
         r.status[2 * i + 1] = s1
         self.p_w = p_tot
         self.i_max_ma = i_max
+        self.i_sum_ma = i_sum
         self.u_min_cv = u_min
         self.u_max_cv = u_max
         self.status0 = s0

@@ -170,6 +170,8 @@ def connector_status(state, session_running, offering, contactor_closed, finishe
         return "Finishing"
     if not session_running:
         return "Preparing"
+    if not offering:   # the EVSE holds back (a schedule, off-peak hours, a stop): not the EV's doing
+        return "SuspendedEVSE"
     if state == "B":
         return "SuspendedEV"
     if offering and contactor_closed:

@@ -9,8 +9,23 @@ ValueError naming its key, so the charger never runs on guesses.
 from firmware.config import setting
 from firmware.keys import keys_from_config
 from firmware.limits import limits_from_config
+from firmware.localtime import LocalTime
 from firmware.pseudonym import parse_key
 from firmware.tariff import Tariff
+
+
+def _hhmm(text, where):
+    if not isinstance(text, str) or len(text) != 5 or text[2] != ":" or not (text[:2] + text[3:]).isdigit() \
+            or int(text[:2]) > 23 or int(text[3:]) > 59:
+        raise ValueError("config: %s must be \"HH:MM\" (got %r)" % (where, text))
+    return int(text[:2]) * 60 + int(text[3:])
+
+
+def _window(w, i):
+    """An off-peak window ["22:00", "06:00"] in local time (may wrap past midnight) as minutes."""
+    if not isinstance(w, list) or len(w) != 2:
+        raise ValueError("config: site.offpeak[%d] must be [\"HH:MM\", \"HH:MM\"]" % i)
+    return _hhmm(w[0], "site.offpeak[%d][0]" % i), _hhmm(w[1], "site.offpeak[%d][1]" % i)
 
 
 class Settings:
@@ -25,6 +40,9 @@ class Settings:
         self.device_key = parse_key(device_key, "secrets: device_key") if device_key else None
         self.tariff = Tariff(setting(device, "tariff", dict))
         self.local_list = setting(device, "local_list", dict, None)
+        self.tz = LocalTime(setting(device, "site.utc_offset_min", int, 0, lo=-720, hi=840),
+                            setting(device, "site.dst", str, None, choices=("EU", "US", "none")))
+        self.offpeak = [_window(w, i) for i, w in enumerate(setting(device, "site.offpeak", list, []))]
 
         self.mqtt_host = setting(device, "mqtt.host", str, "")
         self.mqtt_port = setting(device, "mqtt.port", int, 1883, lo=1, hi=65535)
@@ -57,6 +75,15 @@ class Settings:
         self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)
         self.profile_bucket_s = setting(board, "metering.profile_bucket_s", int, 300, lo=10, hi=3600)
         self.forensics_samples = setting(board, "safety.forensics_samples", int, 50, lo=0, hi=200)
+
+    def offpeak_now(self, utc):
+        """Inside one of the site's off-peak windows (local time)?"""
+        lt = self.tz.local(utc)
+        minute = lt[3] * 60 + lt[4]
+        for a, b in self.offpeak:
+            if (a <= minute < b) if a <= b else (minute >= a or minute < b):
+                return True
+        return False
 
     @property
     def max_power_w(self):

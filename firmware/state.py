@@ -31,7 +31,8 @@ def write_atomic(path, text):
 class State:
     def __init__(self, path):
         self.path = path
-        self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None}
+        self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None,
+                       "chain_prev": "0" * 64, "chain_n": 0}
         try:
             with open(path) as f:
                 saved = json.load(f)

@@ -49,6 +49,8 @@ class Sync:
         self.error_code = None
         self.published = 0
         self.inbox = []   # (topic suffix, raw bytes) received, for the controller to handle
+        self.stats = None      # the retained stats payload, re-sent after every connect
+        self._stats_sent = True
         self._status_sent = None
         self._backoff = _BACKOFF_MIN_MS
         self._retry_at = clock.ticks_ms()
@@ -81,6 +83,9 @@ class Sync:
             if self._status_sent != shown:
                 self.link.publish(self.prefix + "status", self._status("online"), True, 1)
                 self._status_sent = shown
+            if not self._stats_sent and self.stats is not None:
+                self.link.publish(self.prefix + "stats", self.stats, True, 1)
+                self._stats_sent = True
             now = self.clock.ticks_ms()
             for _ in range(_PUBLISH_PER_TICK):
                 item = self.outbox.next_due(now)
@@ -93,6 +98,11 @@ class Sync:
                 self.clock.outside(_ACK_WAIT_MS)
         except OSError as e:
             self._lost(e)
+
+    def set_stats(self, payload):
+        """New revenue/usage totals: published retained now or after the next connect."""
+        self.stats = payload
+        self._stats_sent = False
 
     def publish_now(self, suffix, payload, qos=0):
         """Best effort, not queued (meter values, answers): True if handed to the broker."""
@@ -115,6 +125,7 @@ class Sync:
             return False
         self._backoff = _BACKOFF_MIN_MS
         self._status_sent = None
+        self._stats_sent = False
         self.log.event("mqtt", state="connected", queued=len(self.outbox))
         return True
 

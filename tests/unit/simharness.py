@@ -49,7 +49,7 @@ def entry(token, **fields):
 
 class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
-                 entries=None):
+                 entries=None, secrets=None):
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -67,7 +67,8 @@ class Harness:
                "local_list": {"version": 1, "entries": listed},
                "auth": {"LocalPreAuthorize": True, "LocalAuthorizeOffline": True}}
         dev.update(device or {})
-        secrets = {"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1}
+        secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1},
+                       **(secrets or {}))
         _dirs[0] += 1
         data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
         ensure_dir(data)
@@ -88,7 +89,7 @@ class Harness:
         self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
-                              self.auth, self.journal)
+                              self.auth, self.journal, data)
 
     def run(self, until_ms=None):
         stop = self.world.finished if until_ms is None else (lambda: self.clock.ms >= until_ms)

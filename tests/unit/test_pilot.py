@@ -156,6 +156,7 @@ def test_connector_status():
     assert cs("B", False, False, False, False) == "Preparing"
     assert cs("C", False, False, False, False) == "Preparing"
     assert cs("B", True, True, False, False) == "SuspendedEV"
+    assert cs("B", True, False, False, False) == "SuspendedEVSE"   # no offer: the EVSE holds back
     assert cs("C", True, True, True, False) == "Charging"
     assert cs("D", True, True, True, False) == "Charging"
     assert cs("C", True, False, False, False) == "SuspendedEVSE"   # e.g. a schedule's 0 A

@@ -160,4 +160,5 @@ def test_charging_round_trip_in_virtual_time():
     pilot.off()
     run(2100, True)
     assert drawn[0] == 0 and mon.state == "B"
-    assert connector_status(mon.state, True, False, True, False) == "SuspendedEV"
+    assert connector_status(mon.state, True, False, True, False) == "SuspendedEVSE"   # the EVSE withdrew
+    assert connector_status(mon.state, True, True, True, False) == "SuspendedEV"      # the EV stopped
