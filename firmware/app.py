@@ -9,9 +9,11 @@ the data directory (written when a technician interrupts a board whose watchdog 
 stopped) keeps the charger off at the next boot, for REPL work: `tech.resume()` ends it.
 """
 import gc
+import json
 import os
 import sys
 
+from firmware import ota
 from firmware.auth import from_config as auth_from_config
 from firmware.config import load
 from firmware.controller import Controller
@@ -21,6 +23,7 @@ from firmware.outbox import Outbox
 from firmware.settings import Settings
 from firmware.state import State, ensure_dir
 from firmware.sync import Sync
+from firmware.version import VERSION
 from hal.board import Board
 
 DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
@@ -114,12 +117,16 @@ def main(argv):
                     settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
                     settings.mqtt_password)
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data)
+    updater = ota.from_config(device_cfg, secrets, clock, log=log, root=data if board_cfg.get("platform") == "sim" else "/",
+                              on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
+    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data,
+                     updater)
     if link is not None:
         link.idle = ctl.idle
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
     log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"), boot=boot["boot"],
+              version=updater.version or VERSION,
               reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
     log.event("tariff", id=ctl.tariff.id, version=ctl.tariff_version, text=ctl.price_text())
@@ -139,6 +146,11 @@ def main(argv):
     log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
               max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total,
               journal_bytes=journal.written)
+    if ctl.reset_requested is not None:   # a new version (or back to the old one): restart now
+        log.event("reset", why=ctl.reset_requested)
+        if hasattr(machine, "reset"):
+            machine.reset()
+        sys.exit(4)   # the simulator: the runner starts the firmware again
 
 
 def _stopped(ctl, board, data, why):
@@ -157,9 +169,20 @@ def _stopped(ctl, board, data, why):
 
 
 def run():
-    """Entry point for main.py: bad settings end the boot with the reason, charger off."""
+    """Entry point for main.py: bad settings end the boot with the reason, charger off; on a board
+    any other error restarts it (boot.py counts a new version's failed boots and rolls back)."""
     try:
         main(sys.argv[1:])
     except ValueError as e:
         print("charger not started: %s" % e)
         sys.exit(3)
+    except Exception as e:  # noqa: BLE001
+        if sys.platform != "esp32":
+            raise
+        print_exception(e)
+        import time
+
+        import machine
+
+        time.sleep(5)   # long enough to read on the console
+        machine.reset()

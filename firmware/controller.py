@@ -50,7 +50,7 @@ _PATTERNS = {"Available": "ready", "Preparing": "waiting", "Charging": "charging
 
 
 class Controller:
-    def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal, data_dir):
+    def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal, data_dir, updater=None):
         self.s = settings
         self.board = board
         self.clock = clock
@@ -83,6 +83,8 @@ class Controller:
         if settings.device_key is not None:
             self.chain = Chain(settings.device_key, state.values["chain_prev"], state.values["chain_n"])
         self._periods = None        # the running session's OCPI charging periods
+        self.updater = updater      # over-the-air updates (firmware/ota.py)
+        self.reset_requested = None  # "install" / "rollback": the loop ends, the board resets
         self.safety = Safety(settings.board, board, self.metering, self.faults, clock)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
@@ -123,7 +125,7 @@ class Controller:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop):
-        while not stop():
+        while not stop() and self.reset_requested is None:
             self.iteration += 1
             try:
                 self.step()
@@ -157,6 +159,8 @@ class Controller:
             self._housekeep()
         self.feedback.tick()
         self.sync.tick()
+        if self.updater is not None:
+            self._update_step()
         self._feed_watchdog(now)
 
     def idle(self):
@@ -175,6 +179,14 @@ class Controller:
                     self.metering.read_energy()
             except OSError as e:
                 self._meter_failed(e)
+
+    def _update_step(self):
+        """Download in bounded steps; switch versions only when nobody is charging or waiting."""
+        u = self.updater
+        u.tick(busy=self.session is not None)
+        if u.ready_to_switch() and self.session is None and self.authorized is None and self.pending is None:
+            self.reset_requested = u.switch()
+            self.log.event("update", action=self.reset_requested, version=u.version)
 
     def _feed_watchdog(self, now):
         """Fed only when every task of the loop ran within three of its periods."""
@@ -209,6 +221,8 @@ class Controller:
                            note="charging goes on; intermediate updates are dropped first")
         elif not self.journal.full:
             self._storage_told = False
+        if self.updater is not None and self.sync.connected:
+            self.updater.confirm()   # a version on trial proved itself: connected, loop running
         if _mem_alloc is not None:
             gc.collect()  # once a second at a quiet point: short pauses, no fragmentation build-up
             self.heap_peak = max(self.heap_peak, _mem_alloc())
@@ -716,6 +730,11 @@ class Controller:
         snap["contactor_cycles"] = self.contactor.cycles
         snap["boots"] = self.journal.boot
         self.sync.set_stats(json.dumps(snap))
+
+    def cmd_update(self, p):
+        if self.updater is None:
+            raise ValueError("over-the-air updates are not set up on this charger")
+        return self.updater.start(p)
 
     def backend_ack(self, payload):
         """End-to-end acknowledgements: those messages leave the persistent outbox."""

@@ -45,14 +45,16 @@ class ProvisionError(ValueError):
     """An input that cannot be provisioned; the message names the field."""
 
 
-def _hex_key(text, name):
-    """A secret key from hex: at least 16 bytes and not a placeholder."""
+def _hex_key(text, name, min_bytes=16):
+    """A secret key from hex: at least min_bytes bytes and not a placeholder."""
     if not isinstance(text, str):
         raise ProvisionError("%s is missing" % name)
     try:
         key = parse_key(text.strip(), name)
     except ValueError as e:
         raise ProvisionError(str(e))
+    if len(key) < min_bytes:
+        raise ProvisionError("%s must be at least %d bytes (%d hex digits)" % (name, min_bytes, 2 * min_bytes))
     if len(set(key)) < 4:
         raise ProvisionError("%s looks like a placeholder (almost all bytes equal): use a random key" % name)
     return key
@@ -248,7 +250,7 @@ def build(args):
         device_key = binascii.hexlify(os.urandom(32)).decode()
     _hex_key(device_key, "device_key")
     update_key = args.update_key or args.keys_data.get("update_key")
-    _hex_key(update_key, "update_key")
+    _hex_key(update_key, "update_key", 32)   # the firmware's OTA check wants 32 bytes
     user = args.mqtt_user if args.mqtt_user is not None else args.keys_data.get("mqtt_user")
     password = os.environ.get("CP_MQTT_PASSWORD") or args.keys_data.get("mqtt_password")
 

@@ -1,0 +1,2 @@
+"""The version of the firmware in this tree (an over-the-air bundle carries its own)."""
+VERSION = "dev"
