@@ -27,7 +27,8 @@ class Metering:
         self.ring = SampleRing(ring_samples)
         self.forward = EnergyCounter()
         self.reverse = EnergyCounter()
-        self.energy_interval_ms = max_read_interval_ms(max_power_w)
+        # at least every second: energy caps and session records follow closely (wraps need far less)
+        self.energy_interval_ms = min(max_read_interval_ms(max_power_w), 1000)
         self.profile = Profile(clock, profile_bucket_s, 48)
         self.in_session = False
         # ∫P·dt: whole Wh plus W·ms remainder (kept below 2**30 on the ESP32)
