@@ -358,7 +358,11 @@ class Controller:
         self._open()
         print_exception(e)
         if self.session is not None:
-            self._finish("Other")
+            try:
+                self._finish("Other")
+            except Exception as e2:  # noqa: BLE001 - the journal still holds it: closed at next boot
+                print_exception(e2)
+                self.session = None
         self._react([self.faults.trip("internal", "%s: %s" % (type(e).__name__, e))])
 
     def clear_fault(self):
@@ -555,17 +559,21 @@ class Controller:
         m.end_session()
         stop_wh = m.forward.wh
         energy = stop_wh - s.meter_start_wh
-        integral = m.integral_wh - self._integral0
-        tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
         now = self.clock.time()
-        pb = self._periods
-        periods = pb.finish(now, energy)
-        cost = s.tariff.price_cdr(periods, self._session_utc, now, self.s.tz)
-        rec = self._record(s.ended(iso(now), stop_wh, reason, cost, charging_periods=periods,
-                                   parking_s=pb.parking_s, profile=m.profile.record(), integral_wh=integral,
-                                   energy_mismatch=abs(energy - integral) > tolerance))
-        self._periods = None
-        self._close_session(s, rec, energy, cost, reason)
+        pb, self._periods = self._periods, None
+        try:
+            integral = m.integral_wh - self._integral0
+            tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
+            periods = pb.finish(now, energy)
+            cost = s.tariff.price_cdr(periods, self._session_utc, now, self.s.tz)
+            rec = s.ended(iso(now), stop_wh, reason, cost, charging_periods=periods, parking_s=pb.parking_s,
+                          profile=m.profile.record(), integral_wh=integral,
+                          energy_mismatch=abs(energy - integral) > tolerance)
+        except Exception as e:  # noqa: BLE001 - out of memory, a bug: the bill must still close
+            print_exception(e)
+            cost = s.tariff.price(energy, self._session_utc, max(0, now - self._session_utc), self.s.tz)
+            rec = s.ended(iso(now), stop_wh, reason, cost, detail="record reduced: %s" % type(e).__name__)
+        self._close_session(s, self._record(rec), energy, cost, reason)
 
     def _close_session(self, s, rec, energy, cost, reason):
         v = self.state.values

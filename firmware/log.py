@@ -22,7 +22,7 @@ def print_exception(e):
 
 
 class Log:
-    def __init__(self, clock, keep=32, out=print):
+    def __init__(self, clock, keep=16, out=print):
         self._clock = clock
         self._out = out
         self._keep = keep

@@ -11,6 +11,7 @@ secret in the charger's flash and the meter is not a certified measuring instrum
     rec = chain.sign(rec); state["prev"], state["n"] = chain.prev_hash, chain.n   # persist
 """
 import binascii
+import io
 import hashlib
 
 from firmware.hmacsha256 import hmac_sha256
@@ -21,62 +22,63 @@ _HEX = "0123456789abcdef"
 
 
 def _string(s, out):
-    out.append('"')
+    out.write('"')
     start = 0
     for i, c in enumerate(s):
         if c == '"' or c == "\\" or c < " ":
-            out.append(s[start:i])
+            out.write(s[start:i])
             if c == '"' or c == "\\":
-                out.append("\\" + c)
+                out.write("\\" + c)
             else:
                 o = ord(c)
-                out.append("\\u00" + _HEX[o >> 4] + _HEX[o & 15])
+                out.write("\\u00" + _HEX[o >> 4] + _HEX[o & 15])
             start = i + 1
-    out.append(s[start:])
-    out.append('"')
+    out.write(s[start:])
+    out.write('"')
 
 
 def _value(v, out, depth):
     if depth > 16:
         raise ValueError("record nested too deeply to sign")
     if v is None:
-        out.append("null")
+        out.write("null")
     elif v is True:
-        out.append("true")
+        out.write("true")
     elif v is False:
-        out.append("false")
+        out.write("false")
     elif isinstance(v, int):
-        out.append(str(v))
+        out.write(str(v))
     elif isinstance(v, str):
         _string(v, out)
     elif isinstance(v, (list, tuple)):
-        out.append("[")
+        out.write("[")
         for i, x in enumerate(v):
             if i:
-                out.append(",")
+                out.write(",")
             _value(x, out, depth + 1)
-        out.append("]")
+        out.write("]")
     elif isinstance(v, dict):
-        out.append("{")
+        out.write("{")
         for i, k in enumerate(sorted(v)):
             if not isinstance(k, str):
                 raise ValueError("record keys must be strings to sign (got %r)" % (k,))
             if i:
-                out.append(",")
+                out.write(",")
             _string(k, out)
-            out.append(":")
+            out.write(":")
             _value(v[k], out, depth + 1)
-        out.append("}")
+        out.write("}")
     else:
         raise ValueError("cannot sign a %s (only int, str, bool, null, list, dict): %r"
                          % (type(v).__name__, v))
 
 
 def canonical(obj):
-    """The record's canonical bytes: sorted keys, no spaces, UTF-8; identical on every interpreter."""
-    out = []
+    """The record's canonical bytes: sorted keys, no spaces, UTF-8; identical on every interpreter.
+    Written into one stream, so a large record leaves no pile of fragments behind (small heaps)."""
+    out = io.StringIO()
     _value(obj, out, 0)
-    return "".join(out).encode()
+    return out.getvalue().encode()
 
 
 def _hex(b):

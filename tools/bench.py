@@ -64,18 +64,25 @@ def figures(samples):
     rows.append(("max samples/s, whole firmware loop with the simulated world (%.1f virtual h)" % hours,
                  "%d /s (%d samples in %.1f s)" % (halt["samples"] / wall, halt["samples"], wall), "≥ 10 /s", True))
     runtime = halt["heap_peak"] - boot["heap"]
-    budget = (boot["heap"] + 64 * 1024 + 1023) // 1024
-    boot64, halt64, _ = run_scenario("long_day.json", mpy=True, heapsize="%dK" % budget)
-    runtime64 = halt64["heap_peak"] - boot64["heap"]
-    rows.append(("peak live GC heap above the imported code, long day (%.1f h, 7 sessions), "
-                 "heap = code + 64 KB" % hours,
-                 "%.1f KB (code and objects after boot: %.1f KB)" % (runtime64 / 1024, boot64["heap"] / 1024),
-                 "runs; ≤ 40 KB", runtime64 <= 40 * 1024))
+    margin = None
+    for kb in (64, 96, 128, 192):   # the smallest heap above the imported code the long day runs in
+        try:
+            run_scenario("long_day.json", mpy=True, heapsize="%dK" % ((boot["heap"] + 1023) // 1024 + kb))
+        except RuntimeError:
+            continue
+        margin = kb
+        break
+    rows.append(("live heap after boot: code, simulator and objects (unix x64 port, code in RAM)",
+                 "%.1f KB" % (boot["heap"] / 1024), "(on a board: frozen code in flash)", True))
+    rows.append(("peak live heap above boot, long day (%.1f virtual h, 7 sessions; sampled each second)" % hours,
+                 "%.1f KB" % (runtime / 1024), "≤ 40 KB", runtime <= 40 * 1024))
+    rows.append(("smallest heap margin above boot that runs the long day (transients, fragmentation)",
+                 "%s" % ("%d KB" % margin if margin else "> 192 KB"), "runs in 64 KB", margin == 64))
     with Broker() as b:
         _, halt_rt, _ = run_scenario("realtime_silent.json", broker="127.0.0.1:%d" % b.port)
     rows.append(("worst gap between samples, 10 Hz, real clock, broker accepting TCP and never answering",
                  "%d ms" % halt_rt["max_gap_ms"], "≤ 100 ms", halt_rt["max_gap_ms"] <= 100))
-    return rows, runtime
+    return rows
 
 
 def write_readme(rows, command):
@@ -106,7 +113,7 @@ def main():
     ap.add_argument("--samples", type=int, default=10000, help="samples for the sampling-path figures")
     ap.add_argument("--no-readme", action="store_true", help="print only, leave README.md alone")
     args = ap.parse_args()
-    rows, _ = figures(args.samples)
+    rows = figures(args.samples)
     for name, value, target, ok in rows:
         print("%-100s %s  (target %s%s)" % (name, value, target, "" if ok else ", NOT MET"))
     if not args.no_readme:
