@@ -46,7 +46,7 @@ test-unit: setup  ## unit tests under pytest (CPython)
 	$(PY) -m pytest -q tests/unit
 
 test-mp: setup  ## the same unit tests under the MicroPython unix port
-	$(MICROPYTHON) tests/mp_runner.py tests/unit
+	$(MICROPYTHON) -X heapsize=8M tests/mp_runner.py tests/unit
 
 test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython, mosquitto, Chromium, mpy-cross)
 	$(PY) -m pytest -q tests/host

@@ -17,6 +17,7 @@ from firmware import ota
 from firmware.auth import from_config as auth_from_config
 from firmware.config import load
 from firmware.controller import Controller
+from firmware.eventlog import EventLog
 from firmware.journal import Journal
 from firmware.log import Log, print_exception
 from firmware.outbox import Outbox
@@ -85,7 +86,8 @@ def main(argv):
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
-    current.update(data=data, log=log, clock=clock)
+    log.store = EventLog(data, clock)
+    current.update(data=data, log=log, clock=clock, machine=machine, board_cfg=board_cfg)
     if _exists(data + "/hold"):
         print("Technician hold: the charger stays off (contactor open). "
               "from firmware import tech; tech.status() ... tech.resume() to charge again.")
@@ -142,6 +144,7 @@ def main(argv):
         raise
     finally:
         board.contactor.open()  # whatever ended the loop, the contactor opens
+        log.store.flush()
     sync.flush()
     log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
               max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total,

@@ -285,9 +285,13 @@ class LocalList:
         return {"version": version, "entries": len(t)}
 
     def remove(self, token, key=None):
-        """Drop a pseudonym under every key version (or one); the number of entries removed."""
+        """Drop a pseudonym under every key version (or one); the number of entries removed. An
+        unreadable stored list (the list started empty) is overwritten too: it may still name it."""
         raw = _token(token, "token")
         if self._t.keys.find(raw) < 0:
+            if self.load_error is not None:
+                self._commit(self.version, self._t)
+                self.load_error = None
             return 0
         t = _Table()
         for i in range(len(self._t)):
@@ -351,6 +355,7 @@ class AuthCache:
         self.max_age_s = max_age_s
         self.load_error = None   # why the stored cache was unusable (it then starts empty)
         self.save_error = None   # the last failed flash write (the RAM copy is still used)
+        self._stale = False      # the file may hold entries RAM dropped (too old, unreadable file)
         self._d = {}             # packed key -> [grant, cached_at, last use]
         self._uses = 0
         if path:
@@ -369,6 +374,7 @@ class AuthCache:
             age = now - e[1]
             if age < 0 or age > self.max_age_s:  # too old, or the clock went back: not trusted
                 del self._d[k]
+                self._stale = True
                 continue
             self._uses += 1
             e[2] = self._uses
@@ -392,17 +398,20 @@ class AuthCache:
         try:
             self._save()
             self.save_error = None
+            self._stale = False
         except OSError as e:
             self.save_error = str(e)
 
     def remove(self, token, key=None):
-        """Drop a pseudonym under every key version (or one), saved at once; the number removed."""
+        """Drop a pseudonym under every key version (or one), saved at once; the number removed.
+        The file is rewritten also when it may hold entries RAM no longer has (a purge must reach them)."""
         raw = _token(token, "token")
         gone = [k for k in self._d if k[1:] == raw and (key is None or k[0] == key)]
         for k in gone:
             del self._d[k]
-        if gone:
+        if gone or self._stale:
             self._save()
+            self._stale = False
         return len(gone)
 
     def entries(self):
@@ -435,6 +444,7 @@ class AuthCache:
                     d[key] = [grant, at, i + 1]
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
             self.load_error = "%s: %s; the cache starts empty" % (self.path, e)
+            self._stale = True
             return
         self._d, self._uses = d, len(d)
 
@@ -544,7 +554,7 @@ class Authorizer:
 
     def online_answer(self, corr, payload):
         """The backend's answer to request corr; ValueError (state unchanged) if unknown or malformed."""
-        p = self._pending.get(corr)
+        p = self._pending.get(corr) if isinstance(corr, str) else None  # a list/dict id is unhashable
         if p is None:
             raise ValueError("id: no authorization request %r is waiting (answered or timed out)" % (corr,))
         if not isinstance(payload, dict):

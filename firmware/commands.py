@@ -58,6 +58,8 @@ class Commands:
             extra = handler(p)
         except ValueError as e:
             return self.answer(cid, name, "rejected", str(e))
+        except OSError as e:   # the flash failed: the command did not take effect, the charge goes on
+            return self.answer(cid, name, "rejected", "storage error: %s; try again" % e)
         self.answer(cid, name, "accepted", None, extra)
 
     def answer(self, cid, name, status, reason, extra=None):

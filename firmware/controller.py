@@ -168,6 +168,8 @@ class Controller:
         now = self.clock.ticks_ms()
         if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
             self._ev_changed()
+        if self.board.has_rcd:
+            self._react(self.safety.rcd())
         sample = self._sample.due(now)
         energy = self._energy.due(now)
         if self.meter_ok:   # a failed meter is not read (never bill from it) until it works again
@@ -254,6 +256,7 @@ class Controller:
             self.board.meter.init(self.s.board["meter"])
             self.meter_ok = True
             self.faults.gone("meter")
+            self.metering.restart()   # time the meter was down is neither a sample gap nor energy
             if hasattr(self, "safety"):
                 self.safety.meter_started()
         except OSError as e:
@@ -298,7 +301,7 @@ class Controller:
             self.faults.clear(f.kind)
             self._fault_event(f, "cleared")
         s = self.session
-        if s is not None and self.contactor.commanded and self.ev.offered_a:
+        if s is not None and self.ev.offered_a:   # a pilot EV that never asks (state B) counts too
             now = self.clock.ticks_ms()
             if self.metering.i_max_ma > _DRAWING_MA:
                 self._drawing_at = now
@@ -318,9 +321,10 @@ class Controller:
             self.log.event("fault", code=f.code, kind=f.kind, detail=f.detail, emergency=f.emergency,
                            latched=f.latched, trips=f.trips, it=self.iteration)
             f.samples = self._forensics()
-            if self.session is not None and f.stop_reason is not None:
+            tx = self.session.tx_id if self.session is not None else None
+            if tx is not None and f.stop_reason is not None:
                 self._stop(f.stop_reason, emergency=f.emergency)
-            self._fault_event(f, "raised")
+            self._fault_event(f, "raised", tx_id=tx)   # an emergency ended the session: still name it
             self.state.values["faults"] = self.faults.persist()
             self.state.values["cycles"] = self.contactor.cycles
             self.state.save()
@@ -367,7 +371,11 @@ class Controller:
 
     def clear_fault(self):
         """A technician's reset of latched faults (REPL tech.clear_fault(), MQTT cmd/clear_fault)."""
+        latched = [f for f in self.faults.active.values() if f.latched]
         kinds = self.faults.clear_latched()
+        for f in latched:
+            if f.kind not in self.faults.active:   # gone already: cleared now (the rest when gone)
+                self._fault_event(f, "cleared")
         self.state.values["faults"] = self.faults.persist()
         self.state.save()
         self.log.event("fault_reset", kinds=kinds)
@@ -634,6 +642,8 @@ class Controller:
             self._finish(reason)
         self.state.values["faults"] = self.faults.persist()
         self.state.save()
+        self.connector, self.error_code = "Unavailable", None
+        self.log.event("status", connector="Unavailable", error=None)
         self.log.event("shutdown", why=why, tx_id=tx)
         return tx
 
@@ -681,7 +691,30 @@ class Controller:
         return self.auth.local_list.update(p)
 
     def cmd_purge(self, p):
-        return self.auth.purge(p.get("token"), p.get("key"))
+        """Forget a pseudonym: list, cache, waiting requests, unsent records naming it, older journal records."""
+        token = p.get("token")
+        if isinstance(token, str):
+            for d in (self.session, self.authorized, self.pending):
+                if d is not None and d.token == token.lower():
+                    raise ValueError("token: its session or authorization is in progress; stop it first")
+        done = self.auth.purge(token, p.get("key"))
+        token = done["token"]
+        n = 0
+        for mid in self.outbox.pending():
+            raw = self.outbox.payload(mid)
+            if raw is None or token.encode() not in raw:
+                continue
+            rec = json.loads(raw)
+            if isinstance(rec, dict) and rec.get("token") == token:
+                rec["token"] = None
+                rec["purged"] = True
+                self.outbox.replace(mid, json.dumps(rec))
+                n += 1
+        if self.last_tx is not None and self.last_tx[1] == token:
+            self.last_tx = (self.last_tx[0], None)   # a later problem report names the session, not the card
+        done["outbox"] = n
+        done["journal"] = self.journal.scrub()   # older records naming it leave the flash now
+        return done
 
     def cmd_charging_profile(self, p):
         kind = p.get("kind")

@@ -5,6 +5,8 @@ detects them; the others first withdraw the offer and let the EV stop. After a t
 charger retries after a backoff; past `max_retries` trips the fault LATCHES and only a
 technician clears it (REPL `tech.clear_fault()` or MQTT `cmd/clear_fault`). Trip counts and
 latches persist across reboots (the caller stores `persist()` and hands it back at boot).
+A failed meter is not read, so its fault is due for a retry while still present; tripping it
+again after that retry counts as a new trip.
 
     faults = Faults(clock, saved)
     f = faults.trip("overcurrent", "L1 41.2 A > 35.2 A")   # None if already active
@@ -29,6 +31,11 @@ POLICIES = {
     "internal": ("InternalError", "Other", True, 10, 3),
     "reader": ("ReaderFailure", None, False, 0, None),   # non-fatal: remote start still works
 }
+# conditions only a retry can test (a failed meter is not read): due for a retry while present
+_PROBED = ("meter",)
+
+
+_QUIET_S = 86400   # trips more than a day apart do not add up to a latch
 
 
 class Fault:
@@ -42,6 +49,7 @@ class Fault:
         self.trips = trips          # times this kind tripped, this one included (persisted)
         self.latched = self.max_retries is not None and trips > self.max_retries
         self.present = True         # the condition still holds
+        self.probed = kind in _PROBED
         self.samples = None         # forensic snapshot, set by the caller
 
 
@@ -51,16 +59,21 @@ class Faults:
         self.active = {}            # kind -> Fault
         saved = saved or {}
         self.trips = dict(saved.get("trips", {}))
+        self.last_trip = dict(saved.get("last_trip", {}))   # kind -> UTC seconds of its last trip
         self.latched = list(saved.get("latched", []))   # kinds a technician must clear
 
     def trip(self, kind, detail):
         """Raise a fault; the Fault if it is new (react to it), None if already active."""
         f = self.active.get(kind)
-        if f is not None:
+        if f is not None and not (f.probed and not f.latched and self._due(f, self.clock.ticks_ms())):
             f.present = True
             f.detail = detail
             return None
-        n = self.trips.get(kind, 0) + 1
+        now = self.clock.time()
+        if now - self.last_trip.get(kind, now) > _QUIET_S and kind not in self.latched:
+            self.trips[kind] = 0   # a day without this fault: old trips no longer count towards a latch
+        self.last_trip[kind] = now
+        n = self.trips.get(kind, 0) + 1   # new, or a retry that found the condition still there
         self.trips[kind] = n
         f = Fault(kind, detail, self.clock.ticks_ms(), n)
         if kind in self.latched:
@@ -79,12 +92,12 @@ class Faults:
     def clearable(self):
         """Faults to clear now: condition gone, retry time reached, not latched."""
         now = self.clock.ticks_ms()
-        out = []
-        for f in self.active.values():
-            if not f.present and not f.latched and \
-                    self.clock.ticks_diff(now, f.at_ms) >= f.retry_s * 1000 * (1 << min(f.trips - 1, 4)):
-                out.append(f)
-        return out
+        return [f for f in self.active.values() if (not f.present or f.probed) and not f.latched
+                and self._due(f, now)]
+
+    def _due(self, f, now):
+        """The backoff since the trip is over: retry_s, doubled with each earlier trip (at most 16x)."""
+        return self.clock.ticks_diff(now, f.at_ms) >= f.retry_s * 1000 * (1 << min(f.trips - 1, 4))
 
     def clear(self, kind):
         """Forget an active fault (auto-retry, or a technician's clear_fault)."""
@@ -96,10 +109,10 @@ class Faults:
         for kind in kinds:
             self.trips[kind] = 0
             f = self.active.get(kind)
-            if f is not None and not f.present:
-                del self.active[kind]
-            elif f is not None:
+            if f is not None:
                 f.latched = False
+                if not f.present:
+                    del self.active[kind]
         self.latched = []
         return kinds
 
@@ -112,4 +125,4 @@ class Faults:
         return worst
 
     def persist(self):
-        return {"trips": self.trips, "latched": self.latched}
+        return {"trips": self.trips, "latched": self.latched, "last_trip": self.last_trip}

@@ -10,9 +10,11 @@ it and the oldest is deleted. Records stream through a 128-byte buffer. See docs
     j.session_started(rec); j.checkpoint(tx, wh, t, seq); j.session_ended(tx, ended_rec)
 """
 import binascii
+import io
 import json
 import os
 import struct
+import sys
 
 from micropython import const
 
@@ -85,6 +87,20 @@ def _out(f, data):
         raise OSError(_ENOSPC)
 
 
+def _stream(n):
+    """A reusable in-RAM stream: reserved once on MicroPython (n bytes), grown on demand on CPython."""
+    try:
+        return io.BytesIO(n)
+    except TypeError:
+        return io.BytesIO()
+
+
+_BLANK = bytes(_HDR)
+
+
+_STREAMS = sys.implementation.name == "micropython"   # json.dump into a byte stream, piece by piece
+
+
 class Journal:
     def __init__(self, path, seg_bytes=4096, segments=8, every_wh=250, every_s=300, min_s=120,
                  max_record=None, opener=open):
@@ -110,6 +126,12 @@ class Journal:
         self.outbox = None        # set by Outbox(..., journal): messages share this log
         self._buf = bytearray(_CHUNK)
         self._mv = memoryview(self._buf)
+        # Records are built in `_rec` and payloads read back into `_pub`, both reserved at boot:
+        # a long-running heap fragments, and a record or payload of a few KB must never need a
+        # fresh contiguous block of that size (json.dump streams into the reserved buffer).
+        self._rec = _stream(_HDR + self.max_record + 16)
+        self._pub = bytearray(self.max_record)
+        self._pubmv = memoryview(self._pub)
         self.full = False   # the last write failed (no space, or live records fill every segment)
         self.error = 0      # errno of the last failed write, 0 after a good one
         self.written = 0    # bytes appended since boot, compaction copies included
@@ -268,6 +290,20 @@ class Journal:
         """The open session's `started` record, or None."""
         return self._open
 
+    def scrub(self):
+        """Copy every live record into fresh segments and delete all older ones, so records no longer
+        needed (an anonymized message's original) leave the flash now; False if a write failed."""
+        self._ready()
+        for _ in range(len(self._segs)):
+            if not self._settle():
+                return False
+            self._segs.append(self._segs[-1] + 1 if self._segs else 0)
+            self._head_size = 0
+            self._head_bad = False
+            if not self._compact():
+                return False
+        return True
+
     def scan(self):
         """Every good record in log order as (type, seq, body bytes); bad runs are counted in .bad."""
         self.bad = 0
@@ -283,29 +319,56 @@ class Journal:
 
     # -- records with messages --------------------------------------------------------------
     def _plan(self, kind, rec, data):
-        """(msg_id, payload, message section) for rec, checked before anything changes; None without rec."""
+        """Serialize rec as a message section into the record stream (header left blank), checked
+        before anything changes: (msg_id, payload length, section end); None without rec."""
         if rec is None:
             return None
         mid = rec.get("msg_id") if isinstance(rec, dict) else None
         if not isinstance(mid, str) or not mid:
             raise ValueError("journal: the %s record needs a msg_id string" % kind)
-        payload = json.dumps(rec).encode()
-        sec = message_section(kind, mid, _TOPIC, payload)
-        if len(sec) + len(data) > self.max_record:
-            raise ValueError("journal: the %s record (%d bytes) exceeds max_record" % (kind, len(sec) + len(data)))
-        return mid, payload, sec
+        k, i, t = kind.encode(), mid.encode(), _TOPIC.encode()
+        if len(i) > 255 or "\n" in mid:
+            raise ValueError("outbox: kind, msg_id and topic must be <= 255 bytes, msg_id without newline")
+        b = self._rec
+        b.seek(0)
+        b.write(_BLANK)
+        b.write(struct.pack("<BBBH", len(k), len(i), len(t), 0))
+        b.write(k)
+        b.write(i)
+        b.write(t)
+        p0 = b.tell()
+        if _STREAMS:
+            json.dump(rec, b)
+        else:
+            b.write(json.dumps(rec).encode())
+        end = b.tell()
+        lp = end - p0
+        if end - _HDR + len(data) > self.max_record or lp > 0xFFFF:
+            raise ValueError("journal: the %s record (%d bytes) exceeds max_record" % (kind, end - _HDR + len(data)))
+        b.seek(_HDR + 3)
+        b.write(struct.pack("<H", lp))
+        return mid, lp, end
 
     def _emit(self, base, seq, data, kind, plan, tier):
         """Append one record, carrying the planned message when the outbox takes it."""
         ob = self.outbox
-        queued = plan is not None and ob is not None and ob._admit(plan[0], kind, len(plan[1]))
-        rtype = base
+        queued = plan is not None and ob is not None and ob._admit(plan[0], kind, plan[1])
+        b = self._rec
         if plan is not None and (queued or base == START):  # a start keeps its state either way
-            rtype |= HAS_MSG if queued else HAS_MSG | DONE
-            data = plan[2] + data
-        loc = self._append(rtype, seq, data, tier)
+            rtype = base | (HAS_MSG if queued else HAS_MSG | DONE)
+            b.seek(plan[2])   # the record so far: blank header, message section
+        else:
+            rtype = base
+            b.seek(0)
+            b.write(_BLANK)
+        b.write(data)
+        loc = self._append_built(rtype, seq, tier)
         if queued:  # an end that found no room is written with its message once there is room
-            ob._add(seq, kind, plan[0], _TOPIC, loc, plan[1], (END, data[-4:]) if base == END else None)
+            ram = None
+            if loc is None:   # flash refused it: the payload waits in RAM (rare: copy it out)
+                b.seek(plan[2] - plan[1])
+                ram = b.read(plan[1])
+            ob._add(seq, kind, plan[0], _TOPIC, loc, plan[1], ram, (END, data[-4:]) if base == END else None)
         return loc
 
     def _next(self):
@@ -313,19 +376,39 @@ class Journal:
         return self._seq - 1
 
     def _append(self, rtype, seq, body, tier):
-        """Write one record; under pressure let the outbox shed up to `tier`; (segment, offset) or None."""
+        """Write one small record; under pressure let the outbox shed up to `tier`; (segment, offset) or None."""
         self._ready()
         if len(body) > self.max_record:
             raise ValueError("journal: record of %d bytes exceeds max_record %d" % (len(body), self.max_record))
-        head = struct.pack("<BBBHI", _M0, _M1, rtype, len(body), seq)
-        rec = head + struct.pack("<I", binascii.crc32(body, binascii.crc32(head))) + body
+        b = self._rec
+        b.seek(0)
+        b.write(_BLANK)
+        b.write(body)
+        return self._append_built(rtype, seq, tier)
+
+    def _append_built(self, rtype, seq, tier):
+        """Finish the record in the stream (its header and CRC) and write it out."""
+        self._ready()
+        b = self._rec
+        n = b.tell() - _HDR
+        if n > self.max_record:
+            raise ValueError("journal: record of %d bytes exceeds max_record %d" % (n, self.max_record))
+        buf, mv = self._buf, self._mv
+        struct.pack_into("<BBBHI", buf, 0, _M0, _M1, rtype, n, seq)
+        c = binascii.crc32(mv[:_CRC_AT])
+        for chunk in self._chunks(b, _HDR, n):
+            c = binascii.crc32(chunk, c)
+        struct.pack_into("<BBBHII", buf, 0, _M0, _M1, rtype, n, seq, c)
+        b.seek(0)
+        b.write(mv[:_HDR])
         while True:
-            loc = self._put(rec)
+            loc = self._put(_HDR + n)
             if loc is not None or self.outbox is None or not self.outbox._shed(tier):
                 return loc
 
     def _load(self, n, off):
-        """The payload of the message record at (n, off), checked again; None if it went bad."""
+        """The payload of the message record at (n, off), checked again, as a view of the reserved
+        payload buffer (valid until the next _load); None if it went bad."""
         try:
             f = self._open_file(self._name(n), "rb")
         except OSError:
@@ -334,7 +417,9 @@ class Journal:
             r = self._read(f, off, f.seek(0, 2))
             if r is not None and r[0] & HAS_MSG:
                 p, lp = _msg_at(f, off + _HDR, off + _HDR + r[2])[3:]
-                return _at(f, p, lp)
+                f.seek(p)
+                if lp <= len(self._pub) and f.readinto(self._pubmv[:lp]) == lp:
+                    return self._pubmv[:lp]
         except (OSError, ValueError):
             pass
         finally:
@@ -358,22 +443,24 @@ class Journal:
         segs.sort()
         return segs
 
-    def _put(self, rec):
+    def _put(self, size):
+        """Append the record in the stream (size bytes) to the head segment, rotating as needed."""
         for _ in range(self.segments):
-            if self._segs and not self._head_bad and self._head_size + len(rec) <= self.seg_bytes:
+            if self._segs and not self._head_bad and self._head_size + size <= self.seg_bytes:
                 head = self._segs[-1]
                 off = self._head_size
                 try:
                     f = self._open_file(self._name(head), "ab")
                     try:
-                        _out(f, rec)
+                        for chunk in self._chunks(self._rec, 0, size):
+                            _out(f, chunk)
                     finally:
                         f.close()  # littlefs commits here
                 except OSError as e:
                     self._failed(e)
                     return None
-                self._head_size += len(rec)
-                self.written += len(rec)
+                self._head_size += size
+                self.written += size
                 self.full = False
                 self.error = 0
                 return head, off

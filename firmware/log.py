@@ -1,13 +1,15 @@
-"""The event log: one line per notable event, printed for the technician and kept in RAM.
+"""The event log: one line per notable event, printed for the technician, kept in RAM and on flash.
 
 Lines are `@ {json}` so the simulator and tools can parse them; fields never hold a raw
-card UID (only pseudonyms).
+card UID (only pseudonyms). With a `store` (firmware/eventlog.py) each line is also kept in the
+bounded log files of the data directory.
 
     log = Log(clock); log.event("tap", token="3f2a...", result="accepted")
 """
 import json
 import sys
 
+from firmware.eventlog import URGENT
 from firmware.timefmt import iso
 
 
@@ -27,6 +29,7 @@ class Log:
         self._out = out
         self._keep = keep
         self.recent = []  # the last `keep` lines, newest last
+        self.store = None  # the persistent copy (firmware/eventlog.py), once the data directory is known
 
     def event(self, ev, **fields):
         fields["ev"] = ev
@@ -36,3 +39,5 @@ class Log:
         if len(self.recent) > self._keep:
             self.recent.pop(0)
         self._out(line)
+        if self.store is not None:
+            self.store.append(line, ev in URGENT)

@@ -111,6 +111,10 @@ class Metering:
         if self.in_session:
             self.profile.add(p_tot, i_max)
 
+    def restart(self):
+        """The meter (re)started: the next sample starts a new interval (no gap, no integral)."""
+        self._t_prev = self.clock.ticks_ms()
+
     def read_energy(self):
         """Move what the chip counted since the last read into the counters."""
         self.forward.add(self.meter.forward_counts())

@@ -102,11 +102,12 @@ class Outbox:
         if not self._admit(mid, kind, len(payload)):
             return False
         loc = None if j is None else j._append(MESSAGE | HAS_MSG, seq, body, tier(kind))
-        self._add(seq, kind, mid, topic, loc, payload)
+        self._add(seq, kind, mid, topic, loc, len(payload), payload)
         return loc is not None
 
     def next_due(self, now_ms):
-        """The first message, in order, whose (re)send time has come: (topic, payload, msg_id), or None."""
+        """The first message, in order, whose (re)send time has come: (topic, payload, msg_id), or None.
+        A payload read back from flash is a view of a reused buffer: publish it before the next call."""
         q = self._q
         if not q:
             return None
@@ -164,6 +165,36 @@ class Outbox:
         """msg_ids still waiting for the backend, oldest first."""
         return [e[_ID] for e in self._q]
 
+    def payload(self, msg_id):
+        """The payload bytes of a waiting message (read back from flash), or None."""
+        e = self._ids.get(msg_id)
+        p = None if e is None else self._payload(e)
+        return None if p is None else bytes(p)
+
+    def replace(self, msg_id, payload):
+        """Give a waiting message a new payload (same msg_id and place), e.g. to anonymize it; False
+        if it is not waiting. The new payload is a new record and the old one is acknowledged, so a
+        reboot does not bring it back and compaction does not copy it."""
+        e = self._ids.get(msg_id)
+        if e is None:
+            return False
+        if isinstance(payload, str):
+            payload = payload.encode()
+        j = self.journal
+        if j is not None and e[_SEG] is not None:
+            self._log_ack([msg_id])   # written first: a boot scan then keeps only the new record
+            seq = j._next()
+            loc = j._append(MESSAGE | HAS_MSG, seq, message_section(e[_KIND], msg_id, e[_TOPIC], payload), -1)
+            e[_SEQ] = seq
+            e[_SEG], e[_OFF] = loc if loc is not None else (None, 0)
+            e[_RAM] = None if loc is not None else bytes(payload)
+        else:
+            e[_RAM] = bytes(payload)  # RAM only: written (with its END record, if any) once flash has room
+        self.bytes += len(payload) - e[_SIZE]
+        e[_SIZE] = len(payload)
+        self._wake = None
+        return True
+
     @property
     def ram_only(self):
         """Messages that should be on flash but are only in RAM (a power cut loses them)."""
@@ -179,12 +210,12 @@ class Outbox:
         return sum(1 for e in self._q if tier(e[_KIND]) == 2) >= self.max_msgs
 
     def peek(self):
-        """(topic, payload) of the oldest message, for a sync that removes on publish."""
+        """(topic, payload bytes) of the oldest message, for a sync that removes on publish."""
         while self._q:
             e = self._q[0]
             p = self._payload(e)
             if p is not None:
-                return e[_TOPIC], p
+                return e[_TOPIC], bytes(p)
         return None
 
     def pop(self):
@@ -227,13 +258,14 @@ class Outbox:
         """One shared string object per kind and topic name (RAM: they repeat in every entry)."""
         return self._names.setdefault(s, s) if len(self._names) < _NAMES else s
 
-    def _add(self, seq, kind, mid, topic, loc, payload, redo=None):
+    def _add(self, seq, kind, mid, topic, loc, size, payload=None, redo=None):
+        """Queue an entry: on flash at loc, or (loc None) kept in RAM as `payload`."""
         on_flash = loc is not None
-        e = [seq, mid, self._name(kind), self._name(topic), loc[0] if on_flash else None, loc[1] if on_flash else 0, len(payload),
-             None if on_flash else bytes(payload), 0, 0, None if on_flash else redo]
+        e = [seq, mid, self._name(kind), self._name(topic), loc[0] if on_flash else None, loc[1] if on_flash else 0,
+             size, None if on_flash else bytes(payload), 0, 0, None if on_flash else redo]
         self._q.append(e)
         self._ids[mid] = e
-        self.bytes += len(payload)
+        self.bytes += size
         self._wake = None
         if mid in self._gone:
             self._gone.remove(mid)  # queued again: a pending ACK must not remove the new one

@@ -6,7 +6,7 @@ periodic self-test. Thresholds come from the board config's "safety" object and 
 at boot: an out-of-range value stops the boot with the key's name.
 
     safety = Safety(board_cfg, board, metering, faults, clock)
-    new = safety.fast(offer_limit_ma)        # every loop iteration: emergencies
+    new = safety.fast(offer_limit_ma) + safety.rcd()   # every sample / iteration: emergencies
     new += safety.check(session_running)     # every control step: the rest
 """
 from firmware.config import setting
@@ -49,6 +49,7 @@ class Safety:
         self.phases = metering.phases
         self._k_changed = clock.ticks_ms()
         self._k_state = board.contactor.commanded
+        self._k_cycles = board.contactor.cycles
         self._test = None            # RCD self-test: (phase, since) while it runs
         self._next_test = clock.ticks_ms()   # at boot, then every selftest_s
         self.last_selftest = None    # "passed" / "failed", for the technician
@@ -63,20 +64,30 @@ class Safety:
         return self.clock.ticks_diff(self.clock.ticks_ms(), self._settled_at) >= 0
 
     def fast(self, limit_ma):
-        """Emergencies, checked right after each sample; the new Faults to react to."""
+        """Emergencies, checked right after each sample; the new Faults to react to.
+        OSError for a sample no working chip gives (a bus stuck at 0xFFFF): a meter failure."""
         new = []
         self.m.limit_ma = limit_ma * (100 + self.oc_margin_pct) // 100
         m = self.m
+        if m.u_max_cv == 0xFFFF or (m.status0 & m.status1) == 0xFFFF:
+            raise OSError("ATM90E32 implausible sample (U %d cV, status 0x%04x 0x%04x)"
+                          % (m.u_max_cv, m.status0, m.status1))
         if m.over_current >= self.oc_samples or m.over_current and m.status0 & self._oc_bits:
             self._trip(new, "overcurrent", "%d mA > %d mA for %d samples%s" % (
                 m.i_max_ma, m.limit_ma, m.over_current, ", chip flags it" if m.status0 & self._oc_bits else ""))
         elif self.m.over_current == 0:
             self.faults.gone("overcurrent")
-        rcd = self.board.rcd_tripped()
-        if rcd and self._test is None:
-            self._trip(new, "rcd", "residual current device tripped")
-        elif not rcd and self._test is None:
-            self.faults.gone("rcd")
+        return new
+
+    def rcd(self):
+        """The residual-current module's trip output, every loop iteration (also while the meter is
+        down): the new Faults to react to."""
+        new = []
+        if self._test is None:   # during its self-test the module is meant to trip
+            if self.board.rcd_tripped():
+                self._trip(new, "rcd", "residual current device tripped")
+            else:
+                self.faults.gone("rcd")
         return new
 
     def check(self, session_running, temp_c, freq_chz):
@@ -85,8 +96,8 @@ class Safety:
         m = self.m
         self._contactor(new)
         self._selftest(new, session_running)
-        if not self._settled():
-            return new
+        if not self._settled() or "meter" in self.faults.active:
+            return new   # a failed meter's last readings are stale: nothing to judge from them
         if m.over_voltage >= self.v_samples:
             self._trip(new, "overvoltage", "%d.%02d V > %d V" % (m.u_max_cv // 100, m.u_max_cv % 100, self.v_high_cv // 100))
         elif m.over_voltage == 0:
@@ -101,7 +112,7 @@ class Safety:
                 self._trip(new, "undervoltage", "%d.%02d V < %d V" % (m.u_min_cv // 100, m.u_min_cv % 100, self.v_low_cv // 100))
             elif m.under_voltage == 0:
                 self.faults.gone("undervoltage")
-        if freq_chz is not None:
+        if freq_chz:   # 0: no voltage to measure a frequency on (phase loss says why)
             bad = not self.hz_low <= freq_chz <= self.hz_high
             self._hz_n = self._hz_n + 1 if bad else 0
             if self._hz_n >= 2 * 1000 // _CHECK_MS:   # two housekeeping readings a second apart
@@ -131,16 +142,21 @@ class Safety:
         """After settling, the poles must be where commanded: current or aux says otherwise."""
         k = self.board.contactor
         now = self.clock.ticks_ms()
-        if k.commanded != self._k_state:
+        if k.commanded != self._k_state or k.cycles != self._k_cycles:   # closed and opened since?
             self._k_state = k.commanded
+            self._k_cycles = k.cycles
             self._k_changed = now
         if self.clock.ticks_diff(now, self._k_changed) < self.settle_ms:
             return
         fb = k.feedback()
         if not k.commanded:
-            if self.m.i_max_ma > self.idle_ma or fb is True:
+            flowing = self.m.i_max_ma > self.idle_ma and "meter" not in self.faults.active
+            if flowing or fb is True:
                 self._trip(new, "welded", "%s with the contactor commanded open" % (
-                    "%d mA flowing" % self.m.i_max_ma if self.m.i_max_ma > self.idle_ma else "aux contact closed"))
+                    "%d mA flowing" % self.m.i_max_ma if flowing else "aux contact closed"))
+            else:
+                self.faults.gone("welded")
+            self.faults.gone("stuck_open")   # only closing again can tell: the retry does
         elif fb is False:
             self._trip(new, "stuck_open", "aux contact open with the coil energised")
         else:

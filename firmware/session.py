@@ -32,7 +32,7 @@ class Session:
     @classmethod
     def resume(cls, rec, seq):
         """The session a journal's `started` record describes (closing it after a power cut)."""
-        s = cls.__new__(cls)
+        s = object.__new__(cls)   # MicroPython has no cls.__new__
         s.tx_id = rec["tx_id"]
         s.token = rec["token"]
         s.key = rec.get("key", 1)

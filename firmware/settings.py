@@ -69,7 +69,7 @@ class Settings:
         self.reader_gain = setting(board, "reader.gain", int, None, lo=0, hi=7)
         self.pilot_poll_ms = setting(board, "pilot.poll_ms", int, 25, lo=5, hi=50)
         self.pilot_debounce_ms = setting(board, "pilot.debounce_ms", int, 20, lo=0, hi=100)
-        self.soft_stop_ms = setting(board, "pilot.soft_stop_ms", int, 3000, lo=0, hi=10000)
+        self.soft_stop_ms = setting(board, "pilot.soft_stop_ms", int, 5000, lo=0, hi=10000)   # IEC: 5 s to follow
         self.idle_end_s = setting(board, "ev_idle_end_s", int, 0, lo=0, hi=86400)
         self.crosscheck_pct = setting(board, "metering.crosscheck_pct", int, 3, lo=1, hi=50)
         self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)

@@ -36,7 +36,7 @@ _DEN = 3600 * 10 ** 12
 _MUL = (3600, 10 ** 6, 10 ** 6, 3600 * 10 ** 6)   # per dimension: price × volume → 1/_DEN units
 _FLAT_VOLUME = const(1)
 
-_MINOR = {"BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+MINOR_DIGITS = {"BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
           "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
           "PYG": 0, "RWF": 0, "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0}
 _DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
@@ -253,7 +253,7 @@ class Tariff:
                 or self.currency.upper() != self.currency:
             raise ValueError("tariff.currency must be an ISO 4217 code like \"EUR\" (got %s)"
                              % _show(self.currency))
-        self.minor_digits = _MINOR.get(self.currency, 2)
+        self.minor_digits = MINOR_DIGITS.get(self.currency, 2)
         self.alt_text = _display_texts(obj.get("tariff_alt_text"), "tariff.tariff_alt_text")
         self.min_price = _price_bound(obj.get("min_price"), "tariff.min_price")
         self.max_price = _price_bound(obj.get("max_price"), "tariff.max_price")

@@ -2,6 +2,7 @@
 
     micropython tests/mp_runner.py tests/unit [test_name_substring]    (from the project root)
 """
+import gc
 import os
 import sys
 
@@ -23,6 +24,7 @@ def main():
             fn = getattr(mod, attr)
             if not attr.startswith("test_") or not callable(fn) or pick not in name + "." + attr:
                 continue
+            gc.collect()   # each test starts from a collected heap
             try:
                 fn()
                 passed += 1

@@ -85,8 +85,11 @@ def check_session(rec):
 
 def check_fault(rec):
     _msg_id(rec)
-    _need(rec, "event", lambda v: v in ("raised", "cleared"), "must be raised or cleared")
-    _need(rec, "code", lambda v: isinstance(v, str) and v, "must be an OCPP error code")
+    _need(rec, "event", lambda v: v in ("raised", "cleared", "notice"), "must be raised, cleared or notice")
+    if rec["event"] == "notice":   # not a fault: something the operator should know (e.g. ev_not_charging)
+        _need(rec, "info", lambda v: isinstance(v, str) and v, "must name the notice")
+    else:
+        _need(rec, "code", lambda v: isinstance(v, str) and v, "must be an OCPP error code")
 
 
 def check_feedback(rec):
@@ -150,7 +153,8 @@ def describe(kind, rec):
         if rec.get("token"):
             text += ", token %s…" % rec["token"][:12]
     elif kind == "fault":
-        text = "fault %s %s%s" % (rec["event"], rec["code"], " (latched)" if rec.get("latched") else "")
+        text = "fault %s %s%s" % (rec["event"], rec.get("code") or rec.get("info"),
+                                  " (latched)" if rec.get("latched") else "")
         if rec.get("tx_id") is not None:
             text += " tx %s" % rec["tx_id"]
         if rec.get("detail"):

@@ -32,6 +32,7 @@ class FakeLink:
             raise OSError(104)
         if self.fail_publish_after:
             self.fail_publish_after -= 1
+        payload = bytes(payload) if isinstance(payload, memoryview) else payload  # a view of a reused buffer
         self.published.append((topic, payload, retain, qos))
         if self.on_publish is not None:
             self.on_publish(topic, payload)

@@ -85,7 +85,7 @@ def test_the_queue_survives_a_reboot_in_order_without_acknowledged_messages():
             m = ob2.next_due(now)
             if m is None:
                 break
-            got.append(m)
+            got.append((m[0], bytes(m[1]), m[2]))   # the payload is a view, valid until the next call
             ob2.sent(m[2], now)
         assert got == [("session", b'{"n": %d}' % n, "m-%d" % n) for n in (0, 2, 3, 5)]
     each_fs(run)
