@@ -5,7 +5,7 @@ subscribe() (SUBACK). This adapter hands it a socket of ours: DNS is resolved on
 connect is non-blocking, and every wait polls in short slices, calling `idle()` (the sampler)
 between slices and giving up with OSError(ETIMEDOUT) after `timeout_ms` without progress.
 A broker that accepts TCP and never answers therefore costs at most one timeout per attempt,
-while sampling and safety checks go on.
+while sampling and safety checks go on: each slice ends when the next sample is due.
 
     link = Link("cp-0001", "broker.local", 1883, clock, timeout_ms=2000, idle=ctl.idle)
     link.connect("cp/v1/cp-0001/status", b'{"state":"offline"}', on_message)
@@ -63,11 +63,13 @@ class _Sock:
 
     def _wait(self, event):
         waited = 0
-        while not self._ready(event, _SLICE_MS):
-            waited += _SLICE_MS
+        ms = 0
+        while not self._ready(event, ms):
+            waited += ms
             if waited >= self._link.timeout_ms:
                 raise OSError(errno.ETIMEDOUT)
-            self._link.idle()
+            due = self._link.idle()   # the meter's work, then how long until more of it is due
+            ms = _SLICE_MS if due is None or due > _SLICE_MS else max(1, due)
 
     def write(self, buf, n=None):
         mv = memoryview(buf)
