@@ -106,7 +106,8 @@ def main(argv):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
-    journal = Journal(data + "/journal")
+    journal = Journal(data + "/journal", every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
+                      min_s=settings.checkpoint_min_s)
     outbox = Outbox(settings.outbox_size, journal, clock)
     boot = journal.recover()
     if boot["bad"]:

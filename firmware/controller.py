@@ -18,6 +18,7 @@ from firmware.commands import Commands
 from firmware.evsense import CurrentSense, PilotSense, PinSense
 from firmware.faults import Faults
 from firmware.feedback import Feedback
+from firmware.journal import COMPACT
 from firmware.limits import KINDS
 from firmware.log import print_exception
 from firmware import jsonx
@@ -360,7 +361,7 @@ class Controller:
         rec.update(extra)
         if not self.sync.connected:
             rec["offline"] = True
-        self.outbox.put("fault", json.dumps(rec), rec["msg_id"], "fault")
+        self.outbox.put("fault", json.dumps(rec, separators=COMPACT), rec["msg_id"], "fault")
         if event != "raised":
             self.log.event("fault_" + event, code=rec.get("code"), info=rec.get("info"))
 
@@ -545,9 +546,9 @@ class Controller:
         t = self.clock.time()
         if self._updated is not None and self._updated.due(self.clock.ticks_ms()):
             rec = self._record(s.updated(iso(t), m.wh))
-            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, {"rem": m.rem}, rec)
+            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, m.rem, rec)
         elif self.journal.checkpoint_due(m.wh, t):
-            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, {"rem": m.rem})
+            self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, m.rem)
 
     def _stop(self, reason, emergency=False):
         """End the session; with a pilot, first withdraw the offer and let the EV stop drawing."""
@@ -594,7 +595,11 @@ class Controller:
         if self.chain is not None:
             rec = self.chain.sign(rec)   # last: every field is set; tamper evidence for the backend
             v["chain_prev"], v["chain_n"] = self.chain.prev_hash, self.chain.n
-            self.state.save()
+        # saved before the END record: a cut between the two finds the session open and the register
+        # where it was, never the register of the session's start (it only goes up)
+        v["meter_wh"], v["meter_rem"] = self.metering.forward.wh, self.metering.forward.rem
+        v["cycles"] = self.contactor.cycles
+        self.state.save()
         self.journal.session_ended(s.tx_id, rec)
         self.revenue.add(self.s.tz.local(self.clock.time())[:3], energy, cost["total_excl_vat_minor"],
                          cost["total_incl_vat_minor"], cost["currency"])
@@ -602,9 +607,6 @@ class Controller:
         self.session = None
         self.last_tx = (s.tx_id, s.token)
         self._finishing = self.ev.knows_plug and self.ev.plugged
-        v["meter_wh"], v["meter_rem"] = self.metering.forward.wh, self.metering.forward.rem
-        v["cycles"] = self.contactor.cycles
-        self.state.save()
         self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=energy, reason=reason, cost=cost)
         self._apply_offer()
 
@@ -626,9 +628,10 @@ class Controller:
         except OSError as e:
             self._meter_failed(e)
         last_t = cp.get("t", 0)
-        uncertain = self.journal.every_wh
+        j, p = self.journal, self.s.max_power_w
+        uncertain = max(j.every_wh, p * j.min_s // 3600)   # no checkpoint is due before both are passed
         if last_t and self.clock.time() > last_t:
-            uncertain = min(uncertain, self.s.max_power_w * (self.clock.time() - last_t) // 3600)
+            uncertain = min(uncertain, p * (self.clock.time() - last_t) // 3600)
         s = Session.resume(st, cp.get("seq", 1))
         energy = f.wh - s.meter_start_wh
         start_utc = st.get("start_utc", 0)
@@ -667,7 +670,7 @@ class Controller:
         n = self.state.next("fb")
         rec = self._record({"msg_id": "fb-%d" % n, "ts": iso(self.clock.time()), "tx_id": tx, "token": token,
                             "source": source, "text": text})
-        self.outbox.put("feedback", json.dumps(rec), rec["msg_id"], "feedback")
+        self.outbox.put("feedback", json.dumps(rec, separators=COMPACT), rec["msg_id"], "feedback")
         self.log.event("feedback", source=source, tx_id=tx)
         self.feedback.flash("accepted")
 
@@ -714,7 +717,7 @@ class Controller:
             if isinstance(rec, dict) and rec.get("token") == token:
                 rec["token"] = None
                 rec["purged"] = True
-                self.outbox.replace(mid, json.dumps(rec))
+                self.outbox.replace(mid, json.dumps(rec, separators=COMPACT))
                 n += 1
         if self.last_tx is not None and self.last_tx[1] == token:
             self.last_tx = (self.last_tx[0], None)   # a later problem report names the session, not the card

@@ -21,7 +21,7 @@ from micropython import const
 # record types (the low 6 bits of the type byte)
 BOOT = const(1)        # body: u32 boot count
 START = const(2)       # body: message section whose payload is the `started` record (the state)
-CHECKPOINT = const(3)  # body: [message section] u32 tx_id, u32 energy_wh, u32 t, u32 seq [JSON extra]
+CHECKPOINT = const(3)  # body: [message section] u32 tx_id, u32 energy_wh, u32 t, u32 seq, u16 rem
 END = const(4)         # body: [message section] u32 tx_id
 MESSAGE = const(5)     # body: message section (an outbox message)
 ACK = const(6)         # body: msg_ids no longer pending, joined by "\n"
@@ -32,6 +32,7 @@ _TYPE = const(0x3F)
 _M0 = const(0xA5)      # magic: two bytes that never start UTF-8 text
 _M1 = const(0xC3)
 _MAGIC = b"\xa5\xc3"
+_CP_BODY = const(18)   # a checkpoint's fields after its message section
 _HDR = const(13)       # magic(2) type(1) body length(2) sequence(4) CRC-32 of header[0:9] + body(4)
 _CRC_AT = const(9)
 _CHUNK = const(128)
@@ -39,6 +40,7 @@ _EIO = const(5)
 _ENOSPC = const(28)
 _KEEP_PROBLEMS = const(8)
 _TOPIC = "session"
+COMPACT = (",", ":")   # JSON separators of every queued message: flash bytes are the budget
 
 
 def message_section(kind, msg_id, topic, payload):
@@ -181,7 +183,7 @@ class Journal:
                         _tx_of(state)
                         opened, start_seq = state, seq
                     elif base == CHECKPOINT:
-                        if a + 16 > end:
+                        if a + _CP_BODY > end:
                             raise ValueError("short checkpoint")
                         if seq > cp_seq:
                             cp, cp_seq = (n, off), seq
@@ -255,18 +257,16 @@ class Journal:
         dt = abs(t - t0)
         return dt >= self.every_s or (dt >= self.min_s and energy_wh - wh >= self.every_wh)
 
-    def checkpoint(self, tx_id, energy_wh, t, seq=0, extra=None, rec=None):
-        """Record how far the open session got; `rec` (an `updated` record) is queued with it."""
+    def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None):
+        """Record how far the open session got (rem: the register's sub-Wh counts); `rec` (an
+        `updated` record) is queued with it."""
         self._ready()
         self._check_open(tx_id)
-        data = struct.pack("<IIII", tx_id, _u32("energy_wh", energy_wh), _u32("t", t), _u32("seq", seq))
-        if extra:
-            data += json.dumps(extra).encode()
+        if not isinstance(rem, int) or isinstance(rem, bool) or not 0 <= rem <= 0xFFFF:
+            raise ValueError("journal: rem must be an integer 0..65535, got %r" % (rem,))
+        data = struct.pack("<IIIIH", tx_id, _u32("energy_wh", energy_wh), _u32("t", t), _u32("seq", seq), rem)
         plan = self._plan("updated", rec, data)
-        cp = {"tx_id": tx_id, "energy_wh": energy_wh, "t": t, "seq": seq}
-        if extra:
-            cp.update(extra)
-        self._cp = cp
+        self._cp = {"tx_id": tx_id, "energy_wh": energy_wh, "t": t, "seq": seq, "rem": rem}
         self._base = (energy_wh, t)
         n = self._next()
         if self._emit(CHECKPOINT, n, data, "updated", plan, 0) is None:
@@ -338,9 +338,9 @@ class Journal:
         b.write(t)
         p0 = b.tell()
         if _STREAMS:
-            json.dump(rec, b)
+            json.dump(rec, b, separators=COMPACT)
         else:
-            b.write(json.dumps(rec).encode())
+            b.write(json.dumps(rec, separators=COMPACT).encode())
         end = b.tell()
         lp = end - p0
         if end - _HDR + len(data) > self.max_record or lp > 0xFFFF:
@@ -663,11 +663,8 @@ class Journal:
             if r[0] & HAS_MSG:
                 p, lp = _msg_at(f, a, end)[3:]
                 a = p + lp
-            tx, wh, t, seq = struct.unpack("<IIII", _at(f, a, 16))
-            cp = {"tx_id": tx, "energy_wh": wh, "t": t, "seq": seq}
-            if end > a + 16:
-                cp.update(json.loads(_at(f, a + 16, end - a - 16)))
-            return cp
+            tx, wh, t, seq, rem = struct.unpack("<IIIIH", _at(f, a, _CP_BODY))
+            return {"tx_id": tx, "energy_wh": wh, "t": t, "seq": seq, "rem": rem}
         except (OSError, ValueError, TypeError):
             return None
         finally:

@@ -209,6 +209,7 @@ class ATM90E32:
         self.phases = 3
         self.lsb_per_w = 3125
         self.peak_counts = 0    # fullest energy register ever read: how close reads came to a wrap
+        self._held = [0, 0]     # forward, reverse counts taken from the chip before init's soft reset
         cs(1)                   # deselected between frames
 
     # -- bus -------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class ATM90E32:
             cal.append((base + 2, uoffset[ph] & 0xFFFF))
             cal.append((base + 3, ioffset[ph] & 0xFFFF))
 
+        self._take_held(phases)
         self._write(_SOFT_RESET, _SOFT_RESET_KEY)
         self._sleep_ms(_RESET_WAIT_MS)
         self._write(_CFG_REG_ACC_EN, _UNLOCK_KEY)
@@ -294,6 +296,18 @@ class ATM90E32:
         self.phases = phases
         self.lsb_per_w = lsb
         self.verify()
+
+    def _take_held(self, phases):
+        """A chip that kept its supply while the MCU restarted (watchdog, crash, brown-out of the
+        ESP32 alone) still holds energy nobody read: take it before the soft reset clears it."""
+        if self._read(_METER_EN) != 1:   # 0 after the chip's own power-on; 0xFFFF or 0 on a dead bus
+            return
+        self.phases = phases
+        try:
+            self._held[0] += self._energy(_AP_ENERGY_A)
+            self._held[1] += self._energy(_AN_ENERGY_A)
+        except OSError:
+            pass   # it stopped metering while we read: the counts are garbage, init reports the chip
 
     def verify(self):
         """Read every configuration register back; a difference means the chip is not ours."""
@@ -411,11 +425,16 @@ class ATM90E32:
     # -- energy ----------------------------------------------------------------------------
     def forward_counts(self):
         """Forward active energy counted since the last call, in counts (COUNTS_PER_WH per Wh)."""
-        return self._energy(_AP_ENERGY_A)
+        return self._energy(_AP_ENERGY_A) + self._held_take(0)
 
     def reverse_counts(self):
         """Reverse active energy counted since the last call, in counts."""
-        return self._energy(_AN_ENERGY_A)
+        return self._energy(_AN_ENERGY_A) + self._held_take(1)
+
+    def _held_take(self, i):
+        n = self._held[i]
+        self._held[i] = 0
+        return n
 
     def _energy(self, first):
         # Sum of the per-phase registers in use (each clears on read); then MeterEn must still

@@ -192,6 +192,22 @@ def test_energy_read_on_a_dead_bus_raises_instead_of_billing_garbage():
     assert "brown-out" in str(e)
 
 
+def test_init_takes_the_counts_a_chip_kept_through_an_mcu_restart():
+    meter, chip, _, _ = _rig(_Line(amps=(16.0, 0.0, 0.0)))
+    meter.forward_counts()
+    before = chip.counts_made()
+    chip.integrate(900)                       # the ESP32 resets here; the chip kept its supply
+    held = chip.counts_made() - before
+    again = ATM90E32(meter._spi, meter._cs, sleep_ms=_Sleep(chip))   # the next boot's driver
+    again.init(_cfg())
+    assert held > 0 and again.forward_counts() == held     # billed, not cleared by the soft reset
+    assert again.forward_counts() == 0 and again.reverse_counts() == 0
+    chip.brownout()                           # the chip itself lost power: nothing to take
+    chip.integrate(900)
+    again.init(_cfg())
+    assert again.forward_counts() == 0
+
+
 # -- readings ------------------------------------------------------------------------------------
 def test_readings_one_phase():
     meter, chip, line, _ = _rig(_Line(amps=(16.0, 0.0, 0.0)))

@@ -136,8 +136,8 @@ def test_an_open_session_is_recovered_with_its_last_checkpoint():
         j, ob, _ = opened(path)
         s, rec = started(7, wh=5000)
         j.session_started(rec)
-        j.checkpoint(7, 5100, T0 + 300, 1, extra={"rem": 17})
-        j.checkpoint(7, 5350, T0 + 600, 2, extra={"rem": 250})
+        j.checkpoint(7, 5100, T0 + 300, 1, rem=17)
+        j.checkpoint(7, 5350, T0 + 600, 2, rem=250)
         j2, ob2, boot = opened(path)
         assert boot["session"] == rec and j2.session == rec
         assert boot["checkpoint"] == {"tx_id": 7, "energy_wh": 5350, "t": T0 + 600, "seq": 2, "rem": 250}
