@@ -12,7 +12,7 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto .test-tools test test-unit test-mp test-host demo bench mpy deploy bundle clean
+.PHONY: help setup .mosquitto .test-tools test test-unit test-mp test-host demo chaos bench mpy deploy bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,6 +53,9 @@ test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython,
 
 demo: setup  ## simulated charger + local broker: two drivers, one refused card
 	$(PY) tools/demo.py
+
+chaos: setup  ## the long chaos run: 40 sessions, 400 power cuts at random moments, then the audit
+	$(PY) tools/chaos.py
 
 bench: setup  ## speed and memory figures on the MicroPython unix port, written into README.md
 	$(PY) tools/bench.py

@@ -8,6 +8,7 @@ list of pseudonyms, tariff, broker, site key), the board config's path, and pseu
     world, device, secrets, board_path, names = normalise(json.load(open("demo/two_drivers.json")), key)
 
 Adding an event kind: one entry in EVENTS here, one `_on_<kind>` method in hal/sim/world.py.
+A `power_cut` is the runner's as much as the world's: see docs/simulator.md.
 """
 import datetime
 import os
@@ -24,6 +25,7 @@ from firmware.pseudonym import pseudonym  # noqa: E402
 from firmware.tariff import Tariff, flat  # noqa: E402
 
 MAX_END_S = 30 * 24 * 3600
+MAX_OFF_S = 7 * 24 * 3600
 
 
 class ScenarioError(ValueError):
@@ -89,6 +91,12 @@ def _choice(*allowed):
     return check
 
 
+def _power_cut(value, ctx, where):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_OFF_S:
+        raise ScenarioError("%s: seconds without power, a number within 0..%d (got %r)" % (where, MAX_OFF_S, value))
+    return {"off_ms": int(round(value * 1000)), "meter_kept": False}
+
+
 # event kind -> (validator, what it means)
 EVENTS = {
     "plug": (_bool, "EV cable plugged in (true) or out (false)"),
@@ -108,8 +116,13 @@ EVENTS = {
     "temp_c": (_number(-40, 150), "temperature at the meter chip, °C"),
     "rcd": (_choice("trip", "ok", "broken"), "residual current (trip) / gone (ok) / the module fails its self-test"),
     "contactor": (_choice("welded", "stuck_open", "ok"), "the contactor's poles weld, stick open, or work"),
+    "clear_fault": (_choice(True), "a technician clears latched faults from the backend (cmd/clear_fault)"),
     "meter": (_choice("silent", "stuck_ffff", "brownout", "ok"), "the ATM90E32 stops answering, reads 0xFFFF, resets itself"),
+    "power_cut": (_power_cut, "the board loses power for this many seconds: the firmware is killed hard and "
+                              "started again; with \"meter_kept\": true the meter chip keeps its supply"),
 }
+# options that ride along with an event kind in the same event: option -> (kind, validator)
+OPTIONS = {"meter_kept": ("power_cut", _bool)}
 
 ENTRY_FIELDS = ("card", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only")
 
@@ -140,12 +153,27 @@ def _parse_start(value):
     return int(dt.timestamp())
 
 
+def _check_power_cuts(events, end):
+    """Power comes back before the scenario ends, and a cut does not start while the power is off."""
+    back = -1
+    for n, ev in sorted(enumerate(events), key=lambda item: item[1]["t"]):
+        cut = ev.get("power_cut")
+        if cut is None:
+            continue
+        where = "events[%d] (t=%s).power_cut" % (n, ev["t"] / 1000)
+        if ev["t"] < back:
+            raise ScenarioError("%s: the power is still off then (back at t=%s)" % (where, back / 1000))
+        back = ev["t"] + cut["off_ms"]
+        if back >= end * 1000:
+            raise ScenarioError("%s: power returns at t=%s, not before the scenario's end (%s)" % (where, back / 1000, end))
+
+
 def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs")):
     """(world scenario, device config) from a parsed scenario; ScenarioError on bad input."""
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
-             "vat_percent", "events", "end", "comment", "realtime", "auth"}
+             "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -182,19 +210,32 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         t = ev.get("t")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= end:
             raise ScenarioError("%s.t: virtual seconds within 0..end (%s) (got %r)" % (where, end, t))
-        kinds = [k for k in ev if k != "t"]
+        kinds = [k for k in ev if k != "t" and k not in OPTIONS]
         if len(kinds) != 1:
             raise ScenarioError("%s: exactly one event kind besides \"t\" (got %s)" % (where, kinds or "none"))
         kind = kinds[0]
         if kind not in EVENTS:
             raise ScenarioError("%s: unknown event %r (known: %s)" % (where, kind, ", ".join(sorted(EVENTS))))
         value = EVENTS[kind][0](ev[kind], ctx, "%s (t=%s).%s" % (where, t, kind))
+        for opt in ev:
+            if opt in OPTIONS:
+                owner, check = OPTIONS[opt]
+                if owner != kind:
+                    raise ScenarioError("%s: %r goes only with %r events" % (where, opt, owner))
+                value[opt] = check(ev[opt], ctx, "%s (t=%s).%s" % (where, t, opt))
         out.append({"t": int(round(t * 1000)), kind: value})
+    _check_power_cuts(out, end)
     realtime = sc.get("realtime", False)
     if not isinstance(realtime, bool):
         raise ScenarioError("realtime: true (virtual time follows the wall clock, for benchmarks) or false")
     world = {"start_utc": _parse_start(sc.get("start", "2026-01-01T00:00:00Z")), "end_ms": int(end * 1000),
              "events": out, "realtime": realtime}
+    retap = sc.get("retap_after_cut")
+    if retap is not None:
+        if isinstance(retap, bool) or not isinstance(retap, (int, float)) or not 1 <= retap <= 3600:
+            raise ScenarioError("retap_after_cut: seconds after power returns until a driver whose EV still "
+                                "wants current taps the last card again, 1..3600 (got %r)" % (retap,))
+        world["retap_after_cut_ms"] = int(retap * 1000)
     auth = {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True, "AllowOfflineTxForUnknownId": False,
             "AuthorizeRemoteTxRequests": False}
     if not isinstance(sc.get("auth", {}), dict):
@@ -202,6 +243,13 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     auth.update(sc.get("auth", {}))
     device = {"device_id": sc.get("device_id", "cp-sim-0001"), "tariff": tariff, "auth": auth,
               "local_list": {"version": 1, "entries": entries}}
+    journal = sc.get("journal", {})
+    if not isinstance(journal, dict) or any(k not in ("every_wh", "min_s", "every_s") or isinstance(v, bool)
+                                            or not isinstance(v, int) for k, v in journal.items()):
+        raise ScenarioError("journal: the checkpoint policy, integers among every_wh, min_s, every_s (got %r)"
+                            % (journal,))
+    if journal:
+        device["journal"] = journal
     if not isinstance(device["device_id"], str) or not device["device_id"]:
         raise ScenarioError("device_id: a non-empty string")
     if broker:

@@ -17,10 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from proxy import Proxy  # noqa: E402
 from scenario import ROOT, ScenarioError, normalise, pseudonym  # noqa: E402
+
+from hal.sim.world import read_state  # noqa: E402  (scenario put the project on the path)
 
 
 def micropython_path():
@@ -88,7 +91,7 @@ class Printer:
         self.at(int(ts) - self.start, kind, text)
 
     def at(self, t, kind, text):
-        self.out("[+%02d:%02d:%02d] %-13s %s" % (t // 3600, t // 60 % 60, t % 60, kind, text))
+        self.out("[+%s] %-13s %s" % (_hms(t), kind, text))
 
     def describe(self, kind, ev):
         if kind == "tap":
@@ -134,17 +137,21 @@ class Printer:
             return "problem reported (%s), session %s" % (ev["source"], ev["tx_id"])
         if kind == "fault_cleared":
             return "%s cleared" % ev["code"]
+        if kind == "recovered":
+            return "#%d was open at the power cut: closed with %.3f kWh, up to %d Wh uncertain" % (
+                ev["tx_id"], ev["energy_wh"] / 1000, ev["uncertain_wh"])
         return json.dumps(ev)
 
 
-def prepare(scenario_path, run_dir, site_key, broker):
+def prepare(scenario_path, run_dir, site_key, broker, board_dir=None):
     """Validate the scenario and write what the firmware reads into run_dir."""
     try:
         with open(scenario_path) as f:
             sc = json.load(f)
     except (OSError, ValueError) as e:
         raise ScenarioError("%s: %s" % (scenario_path, e))
-    world, device, secrets, board_path, names = normalise(sc, site_key, broker)
+    world, device, secrets, board_path, names = normalise(sc, site_key, broker,
+                                                          board_dir or os.path.join(ROOT, "board_configs"))
     os.makedirs(run_dir, exist_ok=True)
     for name, content in (("scenario", world), ("config", device), ("secrets", secrets)):
         with open(os.path.join(run_dir, name + ".json"), "w") as f:
@@ -155,22 +162,35 @@ def prepare(scenario_path, run_dir, site_key, broker):
 def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
         mpy=False):
     """Run one scenario to its end; returns the firmware's exit status (2: bad scenario)."""
+    return simulate(scenario_path, broker, site_key, run_dir, raw, heapsize, out, mpy).rc
+
+
+def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
+             mpy=False, killer=None, board_dir=None):
+    """Run one scenario to its end through every power cut; returns the Simulation (its .rc, figures).
+
+    board_dir: where the scenario's "board" config is looked up (default board_configs/).
+
+    `killer` (see tools/chaos.py) cuts the power at moments of its own choosing, on top of the
+    scenario's power_cut events: arm(proc, at_ms) as a process starts, line(event) for each `@`
+    line, disarm() -> fired when it ended, outage() -> (off_ms, meter_kept) after its kill.
+    """
     site_key = site_key or os.urandom(32)
     tmp = None
     if run_dir is None:
         tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
+    proxy = backend = None
     try:
-        proxy = backend = None
         real_broker = broker
         if broker:  # the firmware talks to the broker through a proxy the scenario can switch
             host, _, port = broker.rpartition(":")
             proxy = Proxy(int(port), host).__enter__()
             broker = "127.0.0.1:%d" % proxy.port
         try:
-            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker)
+            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker, board_dir)
         except ScenarioError as e:
             print("scenario error: %s" % e, file=sys.stderr)
-            return 2
+            return Simulation.failed(2)
         cmd = [micropython_path()]
         if heapsize:
             cmd += ["-X", "heapsize=%s" % heapsize]
@@ -182,22 +202,9 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
         backend = Backend(real_broker, device["device_id"], site_key) if real_broker else None
-        env = micropython_env(mpy_dir)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if line.startswith("% "):
-                _world_request(json.loads(line[2:]), proxy, backend, printer)
-                proc.stdin.write("ok\n")
-                proc.stdin.flush()
-            elif raw:
-                out(line)
-            elif line.startswith("@ "):
-                printer.line(json.loads(line[2:]))
-            else:
-                out(line)  # tracebacks and anything unexpected are shown as they are
-        return proc.wait()
+        sim = Simulation(world, run_dir, cmd, micropython_env(mpy_dir), printer, proxy, backend, raw, out, killer)
+        sim.run()
+        return sim
     finally:
         if backend:
             backend.close()
@@ -205,6 +212,165 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
             proxy.__exit__()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Simulation:
+    """The firmware's successive lives on one data directory: a power cut ends one, the next starts
+    when the power returns, from the world's state saved at the cut (docs/simulator.md)."""
+
+    def __init__(self, world, run_dir, cmd, env, printer, proxy, backend, raw, out, killer=None):
+        self.world = world
+        self.run_dir = run_dir
+        self.cmd = cmd
+        self.env = env
+        self.printer = printer
+        self.proxy = proxy
+        self.backend = backend
+        self.raw = raw
+        self.out = out
+        self.killer = killer
+        self.state_path = os.path.join(run_dir, "world.state")
+        self.rc = None
+        self.life = 0          # the running process: 0 the first, +1 per power cut
+        self.cuts = []         # per power cut: life, cause, cut_ms, off_ms, meter_kept, wall_s
+        self.edges = []        # (t_ms, "closed" | "open" | "cut", counts the meter chip made until then)
+        self.events = []       # (life, event dict) of every `@` line
+        self.powered = []      # the world's reports when power came back
+        self.end = None        # {"made_fwd", "made_rev"}: everything the meter chip counted, at the end
+        self.exits = []        # per life: its exit status (-9: killed)
+        self._from = set()     # saved states already resumed from (a life may die before its world starts)
+        self._state = None     # the world's state the last cut left
+
+    @classmethod
+    def failed(cls, rc):
+        sim = cls.__new__(cls)
+        sim.rc = rc
+        return sim
+
+    def run(self):
+        resume = None
+        while True:
+            self._write_world(resume)
+            rc, cut = self._life()
+            self.exits.append(rc)
+            if cut is None:
+                self.rc = rc
+                return rc
+            resume = self._resume(cut, resume)
+            self.life += 1
+
+    def _write_world(self, resume):
+        world = dict(self.world)
+        world["runner"] = {"state": self.state_path, "life": self.life, "beacon": self.killer is not None,
+                           "resume": resume}
+        with open(os.path.join(self.run_dir, "scenario.json"), "w") as f:
+            json.dump(world, f)
+
+    def _life(self):
+        """Run one process until it ends or the power is cut; (exit status, cut or None)."""
+        proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        started = time.time()
+        cut = None
+        if self.killer is not None:
+            self.killer.arm(proc, self.resume_ms)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if line.startswith("% "):
+                    req = json.loads(line[2:])
+                    if "power_cut" in req:   # the scenario's: the board loses power now
+                        proc.kill()
+                        cut = {"cause": "scenario", "off_ms": req["power_cut"], "meter_kept": req["meter_kept"]}
+                        continue             # read what the process wrote before it died
+                    self._request(req)
+                    try:
+                        proc.stdin.write("ok\n")
+                        proc.stdin.flush()
+                    except OSError:
+                        pass                 # killed while asking
+                    continue
+                ev = None
+                if line.startswith("@ "):
+                    try:
+                        ev = json.loads(line[2:])
+                    except ValueError:
+                        ev = None
+                if ev is not None:
+                    self.events.append((self.life, ev))
+                    if self.killer is not None:
+                        self.killer.line(ev)
+                if self.raw or ev is None:
+                    self.out(line)   # tracebacks and anything unexpected are shown as they are
+                else:
+                    self.printer.line(ev)
+        finally:
+            fired = self.killer.disarm() if self.killer is not None else False
+        rc = proc.wait()
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if cut is None and fired and rc < 0:
+            off_ms, kept = self.killer.outage()
+            cut = {"cause": "chaos", "off_ms": off_ms, "meter_kept": kept}
+        if cut is not None:
+            cut["wall_s"] = time.time() - started
+        return rc, cut
+
+    @property
+    def resume_ms(self):
+        """Virtual ms at which the running life started."""
+        return self.cuts[-1]["at_ms"] if self.cuts else 0
+
+    def _resume(self, cut, prev):
+        """What the next life starts from: the world's state saved at the cut, or (when the dying
+        life never got as far as saving one) the state the previous cut left."""
+        st = read_state(self.state_path)
+        if st is not None and st["life"] == self.life:
+            cut_ms, kept = st["ms"], cut["meter_kept"]
+        else:   # the process died before its world started: nothing moved since the previous cut
+            st = self._state
+            cut_ms = self.resume_ms
+            kept = cut["meter_kept"] and (prev is None or prev["meter_kept"])
+        at = cut_ms + cut["off_ms"]
+        cut.update(life=self.life, cut_ms=cut_ms, at_ms=at, meter_kept=kept)
+        self.cuts.append(cut)
+        self.printer.at(cut_ms // 1000, "power", "cut (%s%s), meter %s; back at +%s" % (
+            cut["cause"], ", contactor was closed" if st and st["closed"] and st["life"] == self.life else "",
+            "keeps its supply" if kept else "loses its supply", _hms(at // 1000)))
+        mode = "up"
+        for ev in self.world["events"]:
+            if "broker" in ev and ev["t"] < at:
+                mode = ev["broker"]
+        if self.proxy is not None:
+            self.proxy.set_mode(mode)   # what the scenario says the broker did while the power was off
+        self._state = st
+        return {"at_ms": at, "meter_kept": kept, "from": [st["life"], st["seq"]] if st else None}
+
+    def _request(self, req):
+        """Carry out what the simulated world asks of the outside, or note what it reports."""
+        t = req["t_ms"] // 1000
+        if "contactor" in req:
+            self.edges.append((req["t_ms"], req["contactor"], req["made_fwd"]))
+        elif "powered" in req:
+            p = req["powered"]
+            key = tuple(p["from"] or ())
+            if key and key not in self._from:    # one cut, however many lives died before reporting it
+                self._from.add(key)
+                self.edges.append((p["cut_ms"], "cut", p["made_fwd"]))
+            self.powered.append(p)
+            self.printer.at(t, "power", "back (life %d): meter %s" % (
+                self.life, "kept %d counts unread" % p["pending"] if p["meter_kept"] else "blank"))
+        elif "end" in req:
+            self.end = req["end"]
+        else:
+            _world_request(req, self.proxy, self.backend, self.printer)
+
+
+def _hms(t):
+    return "%02d:%02d:%02d" % (t // 3600, t // 60 % 60, t % 60)
 
 
 class Backend:

@@ -6,8 +6,14 @@ exactly what the EV drew. The firmware only sees pins and SPI answers.
 
     world = World(board_cfg, scenario)        # scenario as normalised by tools/sim.py
     clock = world.clock; ...; world.finished()
+
+Under the runner (tools/sim.py) the world asks it for what lies outside the process (`%` lines:
+the broker, backend commands, power cuts) and keeps its physical state where the runner finds it
+after a power cut kills the process; the next process resumes from it. See docs/simulator.md.
 """
+import binascii
 import json
+import struct
 import sys
 
 from hal.sim import machine
@@ -16,6 +22,60 @@ from hal.sim.clock import VirtualClock
 from hal.sim.cp import SimCP
 from hal.sim.ev import SimEV
 from hal.sim.mfrc522 import SimCard, SimMFRC522
+
+# The world's state file (docs/simulator.md): this fixed part, then `nregs` x "<BH" (address, value)
+# of the chip's configuration registers, then the CRC-32 of everything before it ("<I").
+STATE_MAGIC = b"CPW1"
+STATE_FIXED = "<4sHIqqB8H8q6q9dB"
+_TICKS_MASK = 0x3FFFFFFF
+_BEACON_MS = 100   # chaos runs: the saved state is never older than this (virtual ms)
+
+
+class _WatchedChip(SimATM90E32):
+    """The meter chip, telling the world at once when the firmware changes what it holds: an
+    energy register read (cleared), a register write, a brown-out."""
+    watch = None   # watch(configuration_changed)
+
+    def _read(self, addr):
+        v = SimATM90E32._read(self, addr)
+        if 0x80 <= addr < 0x88 and self.watch is not None:
+            self.watch(False)
+        return v
+
+    def _write(self, addr, v):
+        SimATM90E32._write(self, addr, v)
+        if self.watch is not None:
+            self.watch(True)
+
+    def brownout(self):
+        SimATM90E32.brownout(self)
+        if self.watch is not None:
+            self.watch(True)
+
+
+def read_state(path):
+    """The world's last saved state as a dict (see World.save_state), or None if absent or damaged."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    n = struct.calcsize(STATE_FIXED)
+    if len(data) < n + 4:
+        return None
+    v = struct.unpack(STATE_FIXED, data[:n])
+    end = n + 3 * v[-1]
+    if v[0] != STATE_MAGIC or len(data) < end + 4 or \
+            struct.unpack("<I", data[end:end + 4])[0] != binascii.crc32(data[:end]) & 0xFFFFFFFF:
+        return None
+    regs = {}
+    for i in range(n, end, 3):
+        a, val = struct.unpack("<BH", data[i:i + 3])
+        regs[a] = val
+    x = list(v[6:-1])
+    return {"life": v[1], "seq": v[2], "ms": v[3], "lazy_ms": v[4], "closed": bool(v[5]), "energy": x[0:8],
+            "acc_fwd": x[8:12], "acc_rev": x[12:16], "made_fwd": x[16:19], "made_rev": x[19:22],
+            "volts": x[22:25], "amps": x[25:28], "pf": x[28:31], "regs": regs}
 
 
 class Line:
@@ -33,7 +93,11 @@ class World:
     def __init__(self, board, scenario):
         machine.reset()
         sim = board.get("sim", {})
-        self.clock = VirtualClock(scenario["start_utc"], self.run_until, realtime=scenario.get("realtime", False))
+        runner = scenario.get("runner") or {}
+        resume = runner.get("resume")
+        # after a power cut the ticks start from 0 again, as on a board
+        self.clock = VirtualClock(scenario["start_utc"], self.run_until, ticks0=-resume["at_ms"] & _TICKS_MASK
+                                  if resume else 0, realtime=scenario.get("realtime", False))
         machine.use_clock(self.clock)
         phases = board["meter"]["phases"]
         v = self.grid_v = float(sim.get("grid_v", 230))
@@ -41,8 +105,19 @@ class World:
         self.line = Line([v if ph < phases else 0.0 for ph in range(3)], float(sim.get("grid_hz", 50)))
         m = board["meter"]
         # the simulated hardware is exactly what the board's calibration says it is
-        self.meter = SimATM90E32(self.line, lsb_per_w=m.get("pmean_lsb_per_w", 3125),
-                                 ucal=m["ugain"], ical=m["igain"])
+        self._runner = bool(runner)           # a runner answers `%` requests (tools/sim.py)
+        self._state_path = runner.get("state")
+        self._life = runner.get("life", 0)    # the how-many-th process of this run (0: the first)
+        self._seq = 0
+        self._state_file = None
+        self._regs_blob = None
+        self._saved_ms = -_BEACON_MS
+        self._beacon = bool(runner.get("beacon"))
+        self._replaying = False
+        self._ended = False
+        self._cut_ms = -1
+        chip = _WatchedChip if self._beacon else SimATM90E32
+        self.meter = chip(self.line, lsb_per_w=m.get("pmean_lsb_per_w", 3125), ucal=m["ugain"], ical=m["igain"])
         machine.bus(board["spi"]["meter"]["id"]).attach(self.meter, cs=board["meter"]["cs"])
         self.rfid = SimMFRC522(rst=board["reader"].get("rst"))
         machine.bus(board["spi"]["reader"]["id"]).attach(self.rfid, cs=board["reader"]["cs"])
@@ -80,7 +155,16 @@ class World:
             active = board["button"].get("active", 0)
             machine.net(board["button"]["pin"]).source = lambda a=active: a if self.pressed else 1 - a
 
+        self._console = None
+        if scenario.get("console"):   # tools/ptyrun.py: the console is a terminal, like a board's USB UART
+            import select
+
+            self._console = select.poll()
+            self._console.register(sys.stdin, select.POLLIN)
+
         self.end_ms = scenario["end_ms"]
+        self._retap_ms = scenario.get("retap_after_cut_ms")
+        self._last_tap = None    # the UIDs of the last tap: a driver taps them again after a cut
         self._queue = []
         for n, e in enumerate(scenario["events"]):
             for kind in e:
@@ -88,9 +172,18 @@ class World:
                     self._queue.append((e["t"], n, kind, e[kind]))
         self._queue.sort()
         self._n = len(self._queue)
+        if resume:
+            self._resume(resume)
+        if self._beacon:   # chaos runs: a kill may come at any moment
+            self.meter.watch = self.save_state
+            self.save_state()
 
     def finished(self):
-        return self.clock.ms >= self.end_ms
+        done = self.clock.ms >= self.end_ms
+        if done and self._runner and not self._ended:
+            self._ended = True   # the runner's measure of the truth: every count the chip ever made
+            self._ask_runner({"end": {"made_fwd": self.meter.counts_made(), "made_rev": self.meter.counts_made(True)}})
+        return done
 
     def _at(self, t_ms, kind, value):
         """Schedule a world event (e.g. a card leaving the field) in time order."""
@@ -103,6 +196,8 @@ class World:
 
     def run_until(self, target_ms):
         """Play events and physics up to target_ms (called by the clock when the firmware sleeps)."""
+        if self._console is not None:
+            self._console_input()
         c = self.clock
         while True:
             self._update_line()  # the EV answers the pilot the firmware set before sleeping
@@ -123,7 +218,21 @@ class World:
                 getattr(self, "_on_" + kind)(value)
             elif c.ms >= target_ms:
                 self._update_line()
+                if self._beacon and c.ms - self._saved_ms >= _BEACON_MS:
+                    self.save_state(False)   # a kill finds the world within _BEACON_MS of it
                 return
+
+    def _console_input(self):
+        """Ctrl-C typed on the console raises KeyboardInterrupt here, between two steps of the world,
+        as an ESP32's UART driver schedules it for the next bytecode. (The unix port's own SIGINT
+        lands anywhere, even inside a garbage collection, and can leave the heap locked.)"""
+        while self._console.poll(0):
+            b = sys.stdin.buffer.read(1)
+            if not b:
+                self._console = None   # the terminal is gone
+                return
+            if b == b"\x03":
+                raise KeyboardInterrupt
 
     def _update_line(self):
         ev = self.ev
@@ -144,6 +253,7 @@ class World:
         self._move_poles()
 
     def _move_poles(self):
+        was = self.closed
         if self.contactor == "ok":
             self.closed = self.coil
         elif self.contactor == "stuck_open":
@@ -151,6 +261,11 @@ class World:
         else:                      # welded: closed poles stay closed
             self.closed = self.closed or self.coil
         self._update_line()
+        if self.closed != was and self._runner:   # the runner splits the chip's counts by session
+            self._ask_runner({"contactor": "closed" if self.closed else "open",
+                              "made_fwd": self.meter.counts_made()})
+            if self._beacon:
+                self.save_state(False)
 
     def rcd_tripped(self):
         return not self.rcd_broken and (self.residual or self.rcd_testing)
@@ -165,6 +280,7 @@ class World:
         self.ev.plugged = value
 
     def _on_tap(self, uids):
+        self._last_tap = uids
         cards = [SimCard(bytes.fromhex(u)) for u in uids]
         for card in cards:
             self.rfid.place(card)
@@ -221,6 +337,8 @@ class World:
         self._move_poles()
 
     def _on_meter(self, state):
+        if self._replaying and state == "brownout" and self.clock.ms <= self._cut_ms:
+            return   # a one-off that the chip state saved at the cut already shows
         self.meter.fault = None if state == "ok" else state
 
     def _on_reader(self, state):
@@ -240,6 +358,9 @@ class World:
     def _on_remote_stop(self, args):
         self._command("remote_stop", args)
 
+    def _on_clear_fault(self, _):
+        self._command("clear_fault", {})
+
     def _command(self, name, args):
         """The backend sends a command: the runner publishes it, the firmware gets it by MQTT."""
         self._ask_runner({"command": name, "args": args})
@@ -248,8 +369,94 @@ class World:
     def _on_broker(self, mode):
         self._ask_runner({"broker": mode})
 
+    def _on_power_cut(self, cut):
+        """The board loses power: the runner kills this process hard and starts the next one later."""
+        if self._replaying:
+            return
+        if not self._runner:
+            raise ValueError("power_cut needs the simulator runner (tools/sim.py)")
+        self.save_state()
+        self._ask_runner({"power_cut": cut["off_ms"], "meter_kept": cut["meter_kept"]})
+
+    # -- power cuts (docs/simulator.md) ---------------------------------------------------------
+    def save_state(self, regs_changed=True):
+        """Write what a power cut must not lose (the chip, the line, the time) in one write."""
+        c = self.meter
+        ln = self.line
+        self._seq += 1
+        self._saved_ms = self.clock.ms
+        if regs_changed or self._regs_blob is None:   # the configuration: written at init only
+            regs = sorted(c._regs.items())
+            self._regs_blob = bytes([len(regs)]) + b"".join(struct.pack("<BH", a, v) for a, v in regs)
+        data = struct.pack(STATE_FIXED[:-1], STATE_MAGIC, self._life, self._seq, self.clock.ms, c._lazy,
+                           1 if self.closed else 0, *(c._m[0:8] + c._acc_fwd + c._acc_rev + c.made_fwd + c.made_rev
+                                                      + ln.volts + ln.amps + ln.pf)) + self._regs_blob
+        data += struct.pack("<I", binascii.crc32(data) & 0xFFFFFFFF)
+        f = self._state_file
+        if f is None:
+            try:
+                f = open(self._state_path, "r+b")
+            except OSError:
+                f = open(self._state_path, "w+b")
+            self._state_file = f
+        f.seek(0)
+        f.write(data)   # one write: a kill comes before it or after it
+
+    def _resume(self, r):
+        """Power is back: the chip as the cut left it (or blank), the scenario's world at this time."""
+        at = r["at_ms"]
+        back = {"cut_ms": at, "made_fwd": 0, "pending": 0, "meter_kept": False, "closed": False, "from": None}
+        if r["from"] is not None:
+            back = self._restore(r)
+        self._replay(at)
+        machine.set_reset_cause(machine.PWRON_RESET)
+        if self._retap_ms and self.plugged and self.ev.wants_a > 0 and self._last_tap:
+            self._at(at + self._retap_ms, "tap", self._last_tap)   # the driver sees it stopped
+        self._ask_runner({"powered": back})
+
+    def _restore(self, r):
+        """The meter chip as the cut left it: its counts, and its registers if it kept its supply."""
+        s = read_state(self._state_path)
+        if s is None or [s["life"], s["seq"]] != r["from"]:
+            raise OSError("simulator: the state saved at the power cut is missing or not the one expected")
+        c = self.meter
+        ln = self.line
+        c._regs = s["regs"]
+        c._m[0:8] = s["energy"]
+        c._acc_fwd[:] = s["acc_fwd"]
+        c._acc_rev[:] = s["acc_rev"]
+        c.made_fwd[:] = s["made_fwd"]
+        c.made_rev[:] = s["made_rev"]
+        now = (ln.volts, ln.amps, ln.pf)
+        ln.volts, ln.amps, ln.pf = list(s["volts"]), list(s["amps"]), list(s["pf"])
+        c.integrate(s["lazy_ms"])          # the energy drawn until the cut, at the line the cut found
+        ln.volts, ln.amps, ln.pf = now     # the contactor dropped with the board's supply
+        made = c.counts_made()
+        kept = r["meter_kept"]
+        pending = sum(c._m[1:4]) if kept else 0
+        if not kept:
+            c._power_on()                  # registers and configuration gone; counts_made() stays
+        self._cut_ms = s["ms"]
+        return {"cut_ms": s["ms"], "made_fwd": made, "pending": pending, "meter_kept": kept,
+                "closed": s["closed"], "from": r["from"]}
+
+    def _replay(self, at):
+        """The scenario's events before `at` change the world (nothing is asked of the runner)."""
+        clock = self.clock
+        self._replaying = True
+        while self._queue and self._queue[0][0] < at:
+            t, _, kind, value = self._queue.pop(0)
+            clock.ms = t
+            getattr(self, "_on_" + kind)(value)
+        self._replaying = False
+        clock.ms = at
+        if clock._real0 is not None:   # realtime: the wall clock is at `at` now
+            clock._real0 = clock._time.ticks_add(clock._time.ticks_ms(), -at)
+
     def _ask_runner(self, request):
         """Things outside the process (the broker) are the runner's: ask, and wait until done."""
+        if self._replaying:
+            return   # resuming after a power cut: what happened outside meanwhile is the runner's
         request["t_ms"] = self.clock.ms
         print("% " + json.dumps(request))
         reply = sys.stdin.readline().strip()

@@ -124,10 +124,13 @@ def test_status_follows_the_connector_and_the_last_will_says_offline(demo_run):
     assert status[-1] == {"state": "offline"}   # the process ended: the broker sent the Will
 
 
-def test_only_the_status_is_retained_for_late_subscribers(demo_run):
+def test_only_the_status_and_the_operator_stats_are_retained_for_late_subscribers(demo_run):
     _, _, watch, _ = demo_run
-    assert [(t, json.loads(p), r) for t, p, r in watch.late] == [
-        ("cp/v1/cp-demo-0001/status", {"state": "offline"}, True)]
+    late = sorted((t, json.loads(p), r) for t, p, r in watch.late)
+    assert [(t, r) for t, _, r in late] == [("cp/v1/cp-demo-0001/stats", True), ("cp/v1/cp-demo-0001/status", True)]
+    assert late[1][1] == {"state": "offline"}
+    assert late[0][1]["day"]["sessions"] == 2 and late[0][1]["boots"] == 1   # today's revenue, no session data
+    assert "token" not in json.dumps(late[0][1])
 
 
 @pytest.fixture(scope="module")

@@ -679,10 +679,6 @@ def test_reader_failure_is_reported_and_remote_start_still_charges(reader):
     assert second["auth"] == "local_list" and second["stop_reason"] == "Local"
 
 
-def test_internal_error_has_no_legitimate_trigger_from_a_scenario():
-    pytest.skip("an exception escaping a task needs a firmware bug; no scenario event can cause one")
-
-
 # -- watchdog -------------------------------------------------------------------------------------
 WDT_SCRIPT = """
 import json

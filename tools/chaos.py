@@ -1,0 +1,481 @@
+"""Chaos run: a busy charger whose power is cut (kill -9) at a hundred random moments, then audited.
+
+A generated scenario (several drivers, sessions back to back, broker down and silent spells)
+runs through tools/sim.py against a real mosquitto and the reference backend (SQLite store).
+A Killer cuts the power at random wall-clock moments of the MicroPython process's life: during
+boot and recovery, a few milliseconds after lines that precede journal writes and publishes,
+or anywhere; each restart is a new process on the same data directory at the virtual time the
+world reached, with the meter chip keeping or losing its supply. The audit then checks the
+backend against the simulated meter: every session once, with an `ended` event, no gaps, the
+billed energy equal to what the chip counted within the declared uncertainty.
+
+    python3 tools/chaos.py                       # make chaos: 40 sessions, >= 400 kills
+    python3 tools/chaos.py --sessions 8 --kills 110 --seed 7 --keep out/chaos
+
+In Python: `figures, problems = run(seed=7, sessions=8, kills=110)`; problems == [] is a pass.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sim  # noqa: E402
+from backend import Backend  # noqa: E402
+from broker import Broker  # noqa: E402
+from store import Store, epoch  # noqa: E402
+
+COUNTS_PER_WH = 320   # the ATM90E32 energy registers at the PLconst the driver writes (hal/atm90e32.py)
+DRIVERS = {"alice": "04A1B2C3D4E5F6", "bob": "DEADBEEF", "carol": "04112233445566", "dave": "11223344",
+           "erin": "0A0B0C0D"}
+# kill plans: (name, share, lines that a journal write or a publish follows within milliseconds).
+# A calm life runs a while; its kill may start a storm, lives cut again within a second or so
+# (a flickering supply), which is where boot, journal scan and recovery get interrupted.
+CALM = (("session", 0.35, ("tap", "contactor", "pilot", "stopping")),  # START, END, state saves
+        ("publish", 0.1, ("mqtt",)),                                  # the outbox burst after connecting
+        ("journal", 0.2, None),                                       # the moment a journal record lands
+        ("timer", 0.35, None))                                        # anywhere
+STORM = (("boot", 0.3, None),                                        # import, journal scan, first connect
+         ("recovery", 0.25, ("recovered",)),                          # closing the open session: END, state
+         ("journal", 0.25, None),
+         ("timer", 0.2, None))
+STORMS = (0, 0, 1, 2, 3, 4, 5, 6)   # extra kills after a calm life's one
+PLAN_NAMES = ("boot", "recovery", "session", "publish", "journal", "timer")
+WRITE_LINES = ("recovered", "tap", "contactor", "pilot", "stopping", "mqtt")
+NEAR_S = 0.005
+
+
+def busy_scenario(seed, sessions=16, minutes=(5, 20), gap_s=(20, 120), tail_s=1800):
+    """A scenario dict: drivers charging back to back, stopping in the ways drivers do, broker
+    outages (down for minutes, silent for a minute or two), and drivers who tap again when a
+    power cut stopped their charge (retap_after_cut)."""
+    rng = random.Random(seed)
+    names = sorted(DRIVERS)
+    events = []
+    t = 20
+    for _ in range(sessions):
+        name = rng.choice(names)
+        amps = rng.choice([6, 10, 13, 16, 20, 25, 32])
+        events += [{"t": t, "plug": True}, {"t": t, "ev_current_a": amps}, {"t": t + 3, "tap": name}]
+        t += rng.randint(*minutes) * 60
+        how = rng.choice(("card", "unplug", "full"))
+        if how == "card":      # the driver stops with the card (and wants nothing more), then unplugs
+            events += [{"t": t, "tap": name}, {"t": t, "ev_current_a": 0}, {"t": t + rng.randint(10, 60), "plug": False}]
+            t += 60
+        elif how == "unplug":
+            events += [{"t": t, "plug": False}, {"t": t, "ev_current_a": 0}]
+        else:                  # the battery is full: the EV stops drawing, the driver comes back later
+            events += [{"t": t, "ev_current_a": 0}, {"t": t + rng.randint(60, 300), "plug": False}]
+            t += 300
+        t += rng.randint(*gap_s)
+    busy = t
+    # broker spells: about one per 90 minutes, down (refusing) or silent (accepting TCP, never answering)
+    spells = max(1, busy // 5400)
+    at = 300
+    for i in range(spells):
+        start = at + rng.randint(0, max(1, busy // spells - 1200))
+        if i % 2 == 0:
+            length = rng.randint(10, 40) * 60
+            events += [{"t": start, "broker": "down"}, {"t": start + length, "broker": "up"}]
+        else:
+            length = rng.randint(60, 150)
+            events += [{"t": start, "broker": "silent"}, {"t": start + length, "broker": "up"}]
+        at = start + length + 60
+        if at >= busy:
+            break
+    events.sort(key=lambda e: e["t"])
+    return {"name": "chaos %d" % seed, "board": "sim", "start": "2026-03-02T06:00:00Z", "device_id": "cp-chaos",
+            "cards": DRIVERS, "allow": names, "price_per_kwh": "0.30", "currency": "EUR", "vat_percent": "20",
+            "retap_after_cut": 20, "events": events, "end": max(busy, at) + tail_s,
+            "comment": "generated by tools/chaos.py, seed %d" % seed}
+
+
+class Killer:
+    """Cuts the power (SIGKILL) at random moments; the runner asks it at each life (tools/sim.py)."""
+
+    def __init__(self, rng, kills, stop_ms, data_dir=None):
+        self.rng = rng
+        self.target = kills
+        self.stop_ms = stop_ms        # no new kill is planned for a life that starts after this
+        self.data_dir = data_dir
+        self.kills = []               # one dict per kill: plan, delay, what came just before
+        self.flash = 0                # journal bytes appended, summed over lives
+        self._lock = threading.Lock()
+        self._timers = []
+        self._proc = None
+        self._fired = False
+        self._plan = None
+        self._last = None             # (event kind, wall time) of the latest line
+        self._sizes = {}
+        self._storm = 0               # lives still to cut quickly
+        self._calm_wall = 0.0         # wall seconds calm lives ran, for the pace
+        self._off_ms = 0              # virtual ms without power so far
+        self._calm = False
+
+    # -- the runner's interface ------------------------------------------------------------------
+    def arm(self, proc, at_ms):
+        now = time.time()
+        self._proc, self._fired, self._last, self._started = proc, False, None, now
+        self._sizes = journal_sizes(self.data_dir)
+        self._plan = None
+        self._calm = False
+        if len(self.kills) >= self.target or at_ms >= self.stop_ms:
+            return
+        rng = self.rng
+        plans = STORM if self._storm else CALM
+        x = rng.random()
+        for name, share, kinds in plans:
+            x -= share
+            if x < 0:
+                break
+        if self._storm:
+            self._storm -= 1
+            mean = 0.2
+        else:
+            self._calm = True
+            mean = self._mean_s(at_ms)
+        if name == "boot":
+            self._plan = {"plan": name, "delay_s": rng.uniform(0, 0.3)}
+        elif name == "timer":
+            self._plan = {"plan": name, "delay_s": rng.uniform(0, 2 * mean)}
+        else:
+            after = 0 if name == "recovery" or not self._calm else rng.uniform(0, mean)
+            self._plan = {"plan": name, "after_s": after, "kinds": kinds}
+            if name == "journal":
+                threading.Thread(target=self._watch, args=(self._plan, proc, 2 * mean), daemon=True).start()
+            self._timer(after + 2 * mean, "fallback")
+            return
+        self._timer(self._plan["delay_s"], None)
+
+    def line(self, ev):
+        now = time.time()
+        p = self._plan
+        kind = ev.get("ev")
+        if p is not None and p.get("kinds") and "trigger" not in p and kind in p["kinds"] \
+                and now - self._started >= p["after_s"]:
+            p["trigger"] = kind        # a journal write or a publish follows within milliseconds
+            p["trigger_at"] = now
+            self._timer(self.rng.uniform(0, NEAR_S), None)
+        self._last = (kind, now)
+
+    def disarm(self):
+        with self._lock:
+            for t in self._timers:
+                t.cancel()
+            self._timers = []
+            self._proc = None
+        self.flash += grown(self._sizes, journal_sizes(self.data_dir))
+        if self._calm:
+            self._calm_wall += time.time() - self._started
+        return self._fired
+
+    def outage(self):
+        """(off_ms, meter_kept) for the cut just made; notes what the kill interrupted."""
+        k = self.kills[-1]
+        k["state_tmp"] = bool(self.data_dir) and os.path.exists(os.path.join(self.data_dir, "state.json.tmp"))
+        k["segments"] = len(journal_sizes(self.data_dir))
+        if self._calm:
+            self._storm = self.rng.choice(STORMS)
+        off = int(self.rng.uniform(1, 10 if self._storm else 120) * 1000)
+        self._off_ms += off
+        return off, self.rng.random() < 0.5
+
+    # -- inside ------------------------------------------------------------------------------------
+    def _mean_s(self, at_ms):
+        """Mean wall seconds a calm life runs, so that the kills left spread over the run left."""
+        calm_left = max(1.0, (self.target - len(self.kills)) / (1 + sum(STORMS) / len(STORMS))) * 1.6
+        ran = at_ms - self._off_ms
+        rate = self._calm_wall / ran if ran > 300000 else 0.004 / 1000   # wall s per virtual ms
+        return max(0.05, (self.stop_ms - at_ms) / calm_left * rate)
+
+    def _watch(self, plan, proc, give_up_s):
+        """Kill the moment the journal grows: after one record is on flash, before whatever follows it."""
+        time.sleep(plan["after_s"])
+        before = sum(journal_sizes(self.data_dir).values())
+        end = time.time() + give_up_s
+        while time.time() < end and self._proc is proc and not self._fired:
+            size = sum(journal_sizes(self.data_dir).values())
+            if size != before:
+                plan["trigger"] = "journal %+d bytes" % (size - before)
+                plan["trigger_at"] = time.time()
+                self._kill(None)
+                return
+            time.sleep(0.0002)
+
+    def _timer(self, delay, tag):
+        t = threading.Timer(delay, self._kill, (tag,))
+        t.daemon = True
+        self._timers.append(t)
+        t.start()
+
+    def _kill(self, tag):
+        with self._lock:
+            proc = self._proc
+            if proc is None or self._fired or proc.poll() is not None:
+                return
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                return
+            self._fired = True
+            now = time.time()
+            k = dict(self._plan, wall_s=now - self._started, fallback=tag == "fallback")
+            k.pop("kinds", None)
+            if "trigger_at" in k:
+                k["trigger_s"] = now - k.pop("trigger_at")
+            if self._last is not None:
+                k["after"], k["since_s"] = self._last[0], now - self._last[1]
+            else:
+                k["after"], k["since_s"] = None, None   # before the firmware printed anything
+            self.kills.append(k)
+
+
+def journal_messages(data_dir, kind):
+    """The outbox messages of this kind ("started", "updated", "ended") on a data directory's journal,
+    read with the firmware's own reader, each once, in journal order."""
+    from firmware.journal import HAS_MSG, Journal   # tools/compat is on the path (scenario.py)
+
+    out, seen = [], set()
+    for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
+        if not rtype & HAS_MSG:
+            continue
+        lk, li, lt, lp = struct.unpack("<BBBH", body[:5])
+        p = 5 + lk + li + lt
+        mid = body[5 + lk:5 + lk + li].decode()
+        if body[5:5 + lk].decode() == kind and mid not in seen:
+            seen.add(mid)
+            out.append(json.loads(body[p:p + lp]))
+    return out
+
+
+RECORD_NAMES = {1: "boot", 2: "start", 3: "checkpoint", 4: "end", 5: "message", 6: "ack"}
+
+
+def journal_records(data_dir):
+    """(record type name, bytes on flash) of every good record of a data directory's journal."""
+    from firmware.journal import Journal
+
+    return [(RECORD_NAMES.get(rtype & 0x3F, "?"), 13 + len(body))
+            for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan()]
+
+
+def journal_sizes(data_dir):
+    """{segment name: size} of the journal directory (empty without one)."""
+    d = os.path.join(data_dir, "journal") if data_dir else None
+    try:
+        return dict((n, os.path.getsize(os.path.join(d, n))) for n in os.listdir(d) if n.endswith(".log"))
+    except OSError:
+        return {}
+
+
+def grown(before, after):
+    """Bytes appended between two listings of append-only files (deleted ones count as nothing)."""
+    return sum(size - before.get(n, 0) if size >= before.get(n, 0) else size for n, size in after.items())
+
+
+# -- the audit ---------------------------------------------------------------------------------
+def intervals(edges):
+    """(closed at ms, opened at ms, counts) for every stretch the contactor's poles were closed."""
+    out = []
+    start = None
+    for t, what, made in edges:
+        if what == "closed":
+            start = (t, made)
+        elif start is not None:   # "open", or "cut": the contactor drops with the board's supply
+            out.append((start[0], t, made - start[1]))
+            start = None
+    return out
+
+
+def audit(result, db, device):
+    """(figures, problems) of a finished simulation against the backend's store."""
+    problems = []
+    st = Store(db)
+    try:
+        rows = st.query("SELECT tx_id, seq, event, offline, record FROM session_events WHERE device = ? "
+                        "ORDER BY tx_id, seq", (device,))
+        gaps = st.query("SELECT tx_id, seq, kind FROM gaps WHERE device = ? AND resolved_s IS NULL", (device,))
+    finally:
+        st.close()
+    by_tx = {}
+    for tx, seq, event, offline, record in rows:
+        by_tx.setdefault(tx, []).append((seq, event, json.loads(record)))
+    started = sorted(set(ev["tx_id"] for _, ev in result.events if ev.get("ev") == "session_start"))
+    for tx in started:
+        if tx not in by_tx:
+            problems.append("session %d started (session_start line) but the backend has nothing of it" % tx)
+    sessions = []
+    for tx, evs in sorted(by_tx.items()):
+        seqs = [s for s, _, _ in evs]
+        ended = [r for _, e, r in evs if e == "ended"]
+        if seqs != list(range(len(seqs))):
+            problems.append("session %d: seqs %s are not 0..n" % (tx, seqs))
+        if not evs or evs[0][1] != "started":
+            problems.append("session %d: no started event" % tx)
+        if len(ended) != 1:
+            problems.append("session %d: %d ended events" % (tx, len(ended)))
+            continue
+        if seqs[-1] != ended[0]["seq"]:
+            problems.append("session %d: events after its ended event" % tx)
+        sessions.append(ended[0])
+    for tx, seq, kind in gaps:
+        problems.append("gap at the backend: session %s seq %s (%s)" % (tx, seq, kind))
+    # energy: what the chip counted while the poles were closed, session by session
+    start_utc = result.world["start_utc"]
+    spans = intervals(result.edges)
+    sessions.sort(key=lambda r: (epoch(r["started_at"]), r["tx_id"]))
+    truth = dict((r["tx_id"], 0) for r in sessions)
+    outside = 0
+    for closed, _, counts in spans:
+        at = start_utc + closed // 1000
+        owner = None
+        for r in sessions:
+            if epoch(r["started_at"]) <= at:
+                owner = r["tx_id"]
+        if owner is None:
+            outside += counts
+        else:
+            truth[owner] += counts
+    if outside:
+        problems.append("%d counts flowed outside any session" % outside)
+    billed = lost = uncertain = 0
+    worst = None
+    prev = None
+    for r in sessions:
+        true_wh = truth[r["tx_id"]] / COUNTS_PER_WH
+        short = true_wh - r["energy_wh"]
+        billed += r["energy_wh"]
+        if r.get("stop_reason") == "PowerLoss":
+            u = r.get("uncertain_wh") or 0
+            uncertain += u
+            lost += max(0.0, short)
+            if not -1 < short < u + 1:
+                problems.append("session %d (PowerLoss): billed %d Wh, the meter counted %.2f Wh: %.2f Wh short, "
+                                "%d Wh declared uncertain" % (r["tx_id"], r["energy_wh"], true_wh, short, u))
+            if worst is None or short - u > worst[0]:
+                worst = (short - u, r["tx_id"])
+        elif not -1 < short < 1:
+            problems.append("session %d (%s): billed %d Wh, the meter counted %.2f Wh"
+                            % (r["tx_id"], r.get("stop_reason"), r["energy_wh"], true_wh))
+        if prev is not None and r["meter_start_wh"] < prev["meter_stop_wh"]:
+            problems.append("session %d starts at register %d Wh, below session %d's stop at %d Wh"
+                            % (r["tx_id"], r["meter_start_wh"], prev["tx_id"], prev["meter_stop_wh"]))
+        prev = r
+    made = result.end["made_fwd"] if result.end else None
+    if made is None:
+        problems.append("the world did not report the meter's total at the end")
+    elif not -len(sessions) <= made / COUNTS_PER_WH - billed <= uncertain + len(sessions):
+        problems.append("billed %d Wh in all, the meter counted %.2f Wh, %d Wh declared uncertain"
+                        % (billed, made / COUNTS_PER_WH, uncertain))
+    # every life ended by a kill (or at the scenario's end), never by a crash
+    for life, rc in enumerate(result.exits):
+        if rc not in (0, -signal.SIGKILL) or (rc == 0 and life != len(result.exits) - 1):
+            problems.append("life %d exited with status %s" % (life, rc))
+    missing = sum(1 for tx in started if tx not in by_tx)
+    losses = missing + len(gaps) + sum(1 for tx, evs in by_tx.items() if not any(e == "ended" for _, e, _ in evs))
+    duplicates = sum(1 for tx, evs in by_tx.items() if sum(1 for _, e, _ in evs if e == "ended") > 1)
+    traces = [ev for _, ev in result.events if ev.get("ev") == "storage"]
+    power_loss = [r for r in sessions if r.get("stop_reason") == "PowerLoss"]
+    figures = {"losses": losses, "duplicates": duplicates,
+               "lives": len(result.exits), "cuts": len(result.cuts), "sessions": len(sessions),
+               "sessions_power_loss": len(power_loss), "started_lines": len(started),
+               "ended_events": sum(1 for r in rows if r[2] == "ended"), "events_stored": len(rows),
+               "offline_events": sum(1 for r in rows if r[3]), "gaps": len(gaps),
+               "meter_wh": round(made / COUNTS_PER_WH, 2) if made is not None else None,
+               "billed_wh": billed, "lost_wh": round(lost, 2), "uncertain_wh": uncertain,
+               "worst_margin_wh": round(-worst[0], 2) if worst else None,
+               "storage_events": len(traces), "storage_detail": [t.get("error") for t in traces][:8]}
+    return figures, problems
+
+
+def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, mpy=True, minutes=(5, 20)):
+    """A chaos run from start to audit: (figures, problems)."""
+    out = out or (lambda line: None)
+    work = keep or tempfile.mkdtemp(prefix="cp-chaos-")
+    os.makedirs(work, exist_ok=True)
+    run_dir = os.path.join(work, "run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    db = os.path.join(work, "backend.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.remove(db + suffix)
+    sc = busy_scenario(seed, sessions, minutes)
+    path = os.path.join(work, "scenario.json")
+    with open(path, "w") as f:
+        json.dump(sc, f, indent=1)
+    rng = random.Random(seed * 7919 + 1)
+    killer = Killer(rng, kills, (sc["end"] - 600) * 1000, os.path.join(run_dir, "data"))
+    t0 = time.time()
+    try:
+        with Broker() as broker:
+            backend = Backend(db, "127.0.0.1", broker.port, auth={}, ack_delay_s=ack_delay_s,
+                              out=lambda line: None).start()
+            backend.wait_connected()
+            try:
+                result = sim.simulate(path, broker="127.0.0.1:%d" % broker.port, site_key=bytes(range(32)),
+                                      run_dir=run_dir, out=out, mpy=mpy, killer=killer)
+                backend.wait_idle(1.0, timeout=30)
+            finally:
+                backend.stop()
+        wall = time.time() - t0
+        if result.rc is None or getattr(result, "exits", None) is None:
+            return {"wall_s": round(wall, 1)}, ["the scenario did not run (exit %s)" % result.rc]
+        figures, problems = audit(result, db, sc["device_id"])
+        near = [k for k in killer.kills if k.get("trigger_s") is not None and not k["fallback"]]
+        for k in near:
+            if k["trigger"].startswith("journal"):
+                k["trigger"] = "journal"
+        figures.update({
+            "kills": len(killer.kills), "scenario_cuts": sum(1 for c in result.cuts if c["cause"] == "scenario"),
+            "kills_before_first_line": sum(1 for k in killer.kills if k["after"] is None),
+            "kills_at_writes": len(near),
+            "kills_by_plan": dict((p, sum(1 for k in killer.kills if k["plan"] == p)) for p in PLAN_NAMES),
+            "kill_triggers": dict((w, sum(1 for k in near if k["trigger"] == w)) for w in WRITE_LINES + ("journal",)),
+            "kills_inside_a_state_write": sum(1 for k in killer.kills if k.get("state_tmp")),
+            "kills_mid_compaction": sum(1 for k in killer.kills if k.get("segments", 0) >= 8),
+            "meter_kept_cuts": sum(1 for c in result.cuts if c["meter_kept"]),
+            "duplicates_deduplicated": backend.counts["duplicates"],
+            "backend_stored": backend.counts["stored"], "backend_errors": backend.counts["errors"],
+            "journal_bytes": killer.flash,
+            "journal_bytes_per_session": killer.flash // max(1, figures["sessions"]),
+            "virtual_hours": round(sc["end"] / 3600, 2), "wall_s": round(wall, 1)})
+        if backend.counts["errors"]:
+            problems.append("the backend had %d store errors" % backend.counts["errors"])
+        if len(killer.kills) < min(kills, 100):
+            problems.append("only %d kills landed (wanted %d)" % (len(killer.kills), kills))
+        return figures, problems
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example: python3 tools/chaos.py --sessions 40 --kills 400 --seed 1")
+    ap.add_argument("--seed", type=int, default=1, help="scenario and kill schedule (default 1)")
+    ap.add_argument("--sessions", type=int, default=40, help="sessions in the scenario (default 40)")
+    ap.add_argument("--kills", type=int, default=400, help="power cuts at random moments (default 400)")
+    ap.add_argument("--keep", metavar="DIR", help="keep the scenario, data directory and backend store here")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print the simulator's lines")
+    args = ap.parse_args(argv)
+    figures, problems = run(args.seed, args.sessions, args.kills, args.keep,
+                            out=(lambda line: print(line, flush=True)) if args.verbose else None)
+    print(json.dumps(figures, indent=1))
+    for p in problems:
+        print("PROBLEM: %s" % p)
+    print("chaos: %s kills, %s sessions, losses %s, duplicates %s, %s journal bytes per session: %s" % (
+        figures.get("kills"), figures.get("sessions"), figures.get("losses"), figures.get("duplicates"),
+        figures.get("journal_bytes_per_session"), "PASS" if not problems else "FAIL (%d problems)" % len(problems)))
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
