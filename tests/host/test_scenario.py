@@ -28,6 +28,12 @@ def test_a_good_scenario_normalises_times_cards_and_allowlist():
     assert secrets == {"site_keys": {"1": KEY.hex()}, "site_key_current": 1}
 
 
+def test_the_checkpoint_policy_goes_into_the_device_config():
+    _, device, _, _, _ = normalise(_base(journal={"every_wh": 500, "min_s": 240}), KEY)
+    assert device["journal"] == {"every_wh": 500, "min_s": 240}
+    assert "journal" not in normalise(_base(), KEY)[1]
+
+
 def test_allow_entries_carry_preferences():
     sc = _base(allow=[{"card": "alice", "max_current_a": 16, "max_kwh": "10", "group": "fleet"}, "DEADBEEF"])
     _, device, _, _, _ = normalise(sc, KEY)
@@ -58,7 +64,8 @@ def test_bad_events_name_the_event_and_field(events, words):
 def test_bad_top_level_fields():
     for sc, word in [(_base(cards={"x": "123"}), "cards.x"), (_base(end=-1), "end"),
                      (_base(start="yesterday"), "start"), (_base(board="nope"), "board"),
-                     (_base(price_per_kwh=0.3), "price_per_kwh"), (_base(colour=1), "colour")]:
+                     (_base(price_per_kwh=0.3), "price_per_kwh"), (_base(colour=1), "colour"),
+                     (_base(journal={"every_wh": "250"}), "journal"), (_base(journal={"often": 1}), "journal")]:
         with pytest.raises(ScenarioError) as e:
             normalise(sc, KEY)
         assert word in str(e.value)
