@@ -35,8 +35,9 @@ lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto with apt-get"; $(call APT_INSTALL,mosquitto); }
 
-.test-tools:  # the report test renders HTML in headless Chromium; PostgreSQL proves the store on it
+.test-tools:  # the report test renders HTML in headless Chromium; PostgreSQL proves the store on it; openssl makes TLS certificates
 	@test -x /usr/bin/chromium || { echo "installing chromium with apt-get"; $(call APT_INSTALL,chromium); }
+	@command -v openssl >/dev/null 2>&1 || { echo "installing openssl with apt-get"; $(call APT_INSTALL,openssl); }
 	@command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql with apt-get"; $(call APT_INSTALL,postgresql); }
 

@@ -118,7 +118,8 @@ def main(argv):
 
         link = Link(settings.device_id, settings.mqtt_host, settings.mqtt_port, clock,
                     settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
-                    settings.mqtt_password)
+                    settings.mqtt_password, tls=settings.mqtt_tls)
+        link.tls_context()   # a bad certificate is a config error now, not a failed connect later
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
     updater = ota.from_config(device_cfg, secrets, clock, log=log, root=data if board_cfg.get("platform") == "sim" else "/",
                               on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))

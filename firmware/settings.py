@@ -50,6 +50,19 @@ class Settings:
         self.mqtt_user = setting(secrets, "mqtt_user", str, None)
         self.mqtt_password = setting(secrets, "mqtt_password", str, None)
         self.mqtt_timeout_ms = setting(board, "network.timeout_ms", int, 2000, lo=50, hi=30000)
+        self.mqtt_tls = None
+        if setting(device, "mqtt.tls", bool, False):
+            ca = setting(device, "mqtt.ca", str, None)
+            if not ca:
+                raise ValueError("config: mqtt.ca: TLS needs the broker's CA certificate file")
+            cert, key = secrets.get("tls_cert"), secrets.get("tls_key")   # null: no client certificate
+            for name, v in (("tls_cert", cert), ("tls_key", key)):
+                if v is not None and not isinstance(v, str):
+                    raise ValueError("secrets: %s must be a file name or null (got %r)" % (name, v))
+            if bool(cert) != bool(key):
+                raise ValueError("secrets: tls_cert and tls_key: give both the client certificate and its key, or neither")
+            self.mqtt_tls = {"ca": ca, "cert": cert, "key": key,
+                             "hostname": setting(device, "mqtt.tls_hostname", str, None)}
         self.outbox_size = setting(device, "outbox_size", int, 64, lo=4, hi=1024)
         # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
         self.checkpoint_wh = setting(device, "journal.every_wh", int, 250, lo=10, hi=100000)

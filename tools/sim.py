@@ -143,8 +143,8 @@ class Printer:
         return json.dumps(ev)
 
 
-def prepare(scenario_path, run_dir, site_key, broker, board_dir=None):
-    """Validate the scenario and write what the firmware reads into run_dir."""
+def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None):
+    """Validate the scenario and write what the firmware reads into run_dir (tls: see simulate)."""
     try:
         with open(scenario_path) as f:
             sc = json.load(f)
@@ -152,6 +152,9 @@ def prepare(scenario_path, run_dir, site_key, broker, board_dir=None):
         raise ScenarioError("%s: %s" % (scenario_path, e))
     world, device, secrets, board_path, names = normalise(sc, site_key, broker,
                                                           board_dir or os.path.join(ROOT, "board_configs"))
+    if tls and broker:
+        device["mqtt"].update(tls=True, ca=tls["ca"], tls_hostname=tls.get("hostname", "localhost"))
+        secrets.update(tls_cert=tls.get("cert"), tls_key=tls.get("key"))
     os.makedirs(run_dir, exist_ok=True)
     for name, content in (("scenario", world), ("config", device), ("secrets", secrets)):
         with open(os.path.join(run_dir, name + ".json"), "w") as f:
@@ -166,10 +169,13 @@ def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heap
 
 
 def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
-             mpy=False, killer=None, board_dir=None):
+             mpy=False, killer=None, board_dir=None, tls=None):
     """Run one scenario to its end through every power cut; returns the Simulation (its .rc, figures).
 
     board_dir: where the scenario's "board" config is looked up (default board_configs/).
+    tls: {"port", "ca", "cert", "key", "hostname"}: the firmware talks TLS to that port of the
+    broker's host (CA and client certificate files as the device config and secrets name them);
+    the runner's own backend client stays on the plain `broker` port.
 
     `killer` (see tools/chaos.py) cuts the power at moments of its own choosing, on top of the
     scenario's power_cut events: arm(proc, at_ms) as a process starts, line(event) for each `@`
@@ -184,10 +190,10 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
         real_broker = broker
         if broker:  # the firmware talks to the broker through a proxy the scenario can switch
             host, _, port = broker.rpartition(":")
-            proxy = Proxy(int(port), host).__enter__()
+            proxy = Proxy(tls["port"] if tls else int(port), host).__enter__()
             broker = "127.0.0.1:%d" % proxy.port
         try:
-            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker, board_dir)
+            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker, board_dir, tls)
         except ScenarioError as e:
             print("scenario error: %s" % e, file=sys.stderr)
             return Simulation.failed(2)
