@@ -4,7 +4,8 @@ Each iteration samples the meter and checks for emergencies, follows the EV (con
 plug contact or current), polls the card reader, handles the backend's commands, starts and
 stops sessions, journals them, sets the offered current, detects faults and reacts, drives the
 LED and lets the sync talk to the broker. Nothing in it waits on the network. The watchdog is
-fed only when every task of the loop ran within its deadline.
+fed only when every task of the loop ran within its deadline. Until the wall clock is known its
+records carry boot + uptime_s; they are re-stamped when it is (docs/journal.md).
 
     ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal)
     ctl.recover(journal.recover()); ctl.run(stop=lambda: False)
@@ -32,7 +33,8 @@ from firmware.tariff import Tariff
 from firmware.schedule import Every
 from firmware.session import Session
 from firmware.sync import parse_ack
-from firmware.timefmt import iso
+from firmware.timefmt import iso, parse_iso
+from firmware.timesync import TimeSync, synced
 
 _CONTROL_MS = 100
 _HOUSEKEEPING_MS = 1000
@@ -50,11 +52,27 @@ _PATTERNS = {"Available": "ready", "Preparing": "waiting", "Charging": "charging
              "Faulted": "fault", "Unavailable": "fault"}
 
 
+def _shift(rec, shift):
+    """Re-stamp a record made before the wall clock was known: its uptimes plus shift are UTC."""
+    rec["ts"] = iso(rec["uptime_s"] + shift)
+    if rec.get("event") == "started" and isinstance(rec.get("start_utc"), int):
+        rec["start_utc"] += shift
+    if rec.get("event") == "ended":
+        if rec.get("ended_at") is None:
+            rec["ended_at"] = rec["ts"]
+        up = rec.get("started_uptime_s")
+        if rec.get("started_at") is None and isinstance(up, int):
+            rec["started_at"] = iso(up + shift)
+        for p in rec.get("charging_periods") or ():   # built from seconds since boot as if 1970
+            p["start_date_time"] = iso(parse_iso(p["start_date_time"]) + shift)
+
+
 class Controller:
     def __init__(self, settings, board, clock, log, sync, outbox, state, auth, journal, data_dir, updater=None):
         self.s = settings
         self.board = board
         self.clock = clock
+        self.time = TimeSync(clock)   # wall clock known yet? seconds since boot until it is
         self.log = log
         self.sync = sync
         self.outbox = outbox
@@ -208,10 +226,12 @@ class Controller:
         wdt.feed()
 
     def _housekeep(self):
+        if self.time.check():
+            self._restamp()
         s = self.session
         if s is not None:
             m = self.metering
-            self._periods.update(self.clock.time(), m.forward.wh - s.meter_start_wh, m.i_sum_ma, m.p_w,
+            self._periods.update(self._now(), m.forward.wh - s.meter_start_wh, m.i_sum_ma, m.p_w,
                                  m.p_w > _CHARGING_W)
         if self.meter_ok:
             try:
@@ -351,7 +371,7 @@ class Controller:
 
     def _fault_event(self, f, event, **extra):
         n = self.state.next("fault")
-        rec = {"msg_id": "f-%d" % n, "event": event, "ts": iso(self.clock.time()),
+        rec = {"msg_id": "f-%d" % n, "event": event, "ts": self._ts(),
                "tx_id": self.session.tx_id if self.session is not None else None}
         if f is not None:
             rec.update({"code": f.code, "kind": f.kind, "stop_reason": f.stop_reason, "detail": f.detail,
@@ -359,8 +379,7 @@ class Controller:
             if event == "raised":
                 rec["samples"] = f.samples
         rec.update(extra)
-        if not self.sync.connected:
-            rec["offline"] = True
+        self._record(rec)
         self.outbox.put("fault", json.dumps(rec, separators=COMPACT), rec["msg_id"], "fault")
         if event != "raised":
             self.log.event("fault_" + event, code=rec.get("code"), info=rec.get("info"))
@@ -499,7 +518,7 @@ class Controller:
                 s.offpeak_only and not self.s.offpeak_now(self.clock.time()):
             amps = 0   # off-peak-only drivers wait (SuspendedEVSE) until the site's off-peak hours
         else:
-            amps = self.limits.offer_a(self.clock.time(), self._session_utc, s.max_current_a, self.temp_c)
+            amps = self.limits.offer_a(self._now(), self._session_utc, s.max_current_a, self.temp_c)
         old = self.ev.offered_a
         if amps != old:
             if amps < old:   # the EV may keep drawing the old offer for 5 s
@@ -511,15 +530,55 @@ class Controller:
     def _record(self, rec):
         if not self.sync.connected:
             rec["offline"] = True
+        if rec["ts"] is None and "boot" not in rec:   # made before the wall clock was known
+            rec["boot"] = self.journal.boot
+            rec["uptime_s"] = self.time.uptime_s()
         return rec
+
+    def _now(self):
+        """UTC seconds; until the wall clock is known seconds since boot (durations stay right)."""
+        return self.clock.time() if self.time.synced else self.time.uptime_s()
+
+    def _ts(self):
+        """The ISO time of now for a record, None until the wall clock is known."""
+        return iso(self.clock.time()) if self.time.synced else None
+
+    def _restamp(self):
+        """The wall clock just became known: this boot's waiting records and the open session get real
+        times (UTC = uptime_s + shift). Earlier boots' uptimes relate to nothing: those stay as they are."""
+        shift = self.time.shift()
+        boot = self.journal.boot
+        n = 0
+        for mid in self.outbox.pending():
+            raw = self.outbox.payload(mid)
+            if raw is None or b"uptime_s" not in raw:
+                continue
+            rec = json.loads(raw)
+            if not isinstance(rec, dict) or rec.get("ts") is not None or rec.get("boot") != boot \
+                    or "sig" in rec or not isinstance(rec.get("uptime_s"), int):
+                continue   # signed records keep what was signed: boot + uptime_s tell the time
+            _shift(rec, shift)
+            self.outbox.replace(mid, json.dumps(rec, separators=COMPACT))
+            n += 1
+        s = self.session
+        if s is not None and s.started_at is None:
+            self._session_utc += shift
+            s.started_at = iso(self._session_utc)
+            pb = self._periods   # its periods are relative to the start: only the start and the
+            pb.start += shift    # next clock boundary move
+            pb._next = pb._next_boundary(pb._t)
+            if self._aligned_slot is not None:
+                self._aligned_slot = self.clock.time() // self.s.meter_aligned_s
+        self.log.event("time_synced", restamped=n, shift_s=shift)
 
     def _start(self, d):
         self.metering.read_energy()  # the start reading includes everything counted so far
         tx = self.state.next_tx()
         m = self.metering.forward
-        self.session = s = Session(tx, d, iso(self.clock.time()), m.wh, self.tariff.id)
+        self._session_utc = self._now()
+        self.session = s = Session(tx, d, self._ts(), m.wh, self.tariff.id,
+                                   None if self.time.synced else self._session_utc)
         s.tariff = self.tariff       # the session keeps the tariff valid when it started
-        self._session_utc = self.clock.time()
         self._periods = PeriodBuilder(self.tariff, self.s.tz, self._session_utc)
         self.authorized = None
         self._finishing = False
@@ -543,9 +602,9 @@ class Controller:
         if s is None:
             return
         m = self.metering.forward
-        t = self.clock.time()
+        t = self._now()
         if self._updated is not None and self._updated.due(self.clock.ticks_ms()):
-            rec = self._record(s.updated(iso(t), m.wh))
+            rec = self._record(s.updated(self._ts(), m.wh))
             self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, m.rem, rec)
         elif self.journal.checkpoint_due(m.wh, t):
             self.journal.checkpoint(s.tx_id, m.wh, t, s.seq, m.rem)
@@ -574,20 +633,21 @@ class Controller:
         m.end_session()
         stop_wh = m.forward.wh
         energy = stop_wh - s.meter_start_wh
-        now = self.clock.time()
+        now = self._now()
+        at = self._ts()
         pb, self._periods = self._periods, None
         try:
             integral = m.integral_wh - self._integral0
             tolerance = max(energy * self.s.crosscheck_pct // 100, self.s.crosscheck_min_wh)
             periods = pb.finish(now, energy)
             cost = s.tariff.price_cdr(periods, self._session_utc, now, self.s.tz)
-            rec = s.ended(iso(now), stop_wh, reason, cost, charging_periods=periods, parking_s=pb.parking_s,
+            rec = s.ended(at, stop_wh, reason, cost, charging_periods=periods, parking_s=pb.parking_s,
                           profile=m.profile.record(), integral_wh=integral,
                           energy_mismatch=abs(energy - integral) > tolerance)
         except Exception as e:  # noqa: BLE001 - out of memory, a bug: the bill must still close
             print_exception(e)
             cost = s.tariff.price(energy, self._session_utc, max(0, now - self._session_utc), self.s.tz)
-            rec = s.ended(iso(now), stop_wh, reason, cost, detail="record reduced: %s" % type(e).__name__)
+            rec = s.ended(at, stop_wh, reason, cost, detail="record reduced: %s" % type(e).__name__)
         self._close_session(s, self._record(rec), energy, cost, reason)
 
     def _close_session(self, s, rec, energy, cost, reason):
@@ -635,10 +695,13 @@ class Controller:
         s = Session.resume(st, cp.get("seq", 1))
         energy = f.wh - s.meter_start_wh
         start_utc = st.get("start_utc", 0)
-        cost = self.tariff.price(energy, start_utc, max(0, last_t - start_utc) if last_t else 0, self.s.tz)
-        ended_at = iso(last_t) if last_t else s.started_at
-        rec = self._record(s.ended(ended_at, f.wh, "PowerLoss", cost, uncertain_wh=uncertain,
-                                   recovered_wh=f.wh - counted))
+        same = synced(start_utc) == synced(last_t)   # both UTC, or both uptimes of that boot
+        cost = self.tariff.price(energy, start_utc, max(0, last_t - start_utc) if last_t and same else 0, self.s.tz)
+        ended_at = (iso(last_t) if synced(last_t) else None) if last_t else s.started_at
+        rec = s.ended(ended_at, f.wh, "PowerLoss", cost, uncertain_wh=uncertain, recovered_wh=f.wh - counted)
+        if ended_at is None:   # the session's boot and uptime: never re-stamped (see _restamp)
+            rec["boot"], rec["uptime_s"] = st.get("boot"), last_t or st.get("uptime_s")
+        rec = self._record(rec)
         self.log.event("recovered", tx_id=s.tx_id, energy_wh=energy, uncertain_wh=uncertain)
         self._close_session(s, rec, energy, cost, "PowerLoss")
 
@@ -668,7 +731,7 @@ class Controller:
         s = self.session
         tx, token = (s.tx_id, s.token) if s is not None else (self.last_tx or (None, None))
         n = self.state.next("fb")
-        rec = self._record({"msg_id": "fb-%d" % n, "ts": iso(self.clock.time()), "tx_id": tx, "token": token,
+        rec = self._record({"msg_id": "fb-%d" % n, "ts": self._ts(), "tx_id": tx, "token": token,
                             "source": source, "text": text})
         self.outbox.put("feedback", json.dumps(rec, separators=COMPACT), rec["msg_id"], "feedback")
         self.log.event("feedback", source=source, tx_id=tx)

@@ -23,6 +23,8 @@ for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
 from firmware import fixed  # noqa: E402  (after the path set-up above)
 from firmware.pseudonym import pseudonym  # noqa: E402
 from firmware.tariff import Tariff, flat  # noqa: E402
+from firmware.timefmt import iso  # noqa: E402
+from firmware.timesync import VALID_AFTER, synced  # noqa: E402
 
 MAX_END_S = 30 * 24 * 3600
 MAX_OFF_S = 7 * 24 * 3600
@@ -91,6 +93,12 @@ def _choice(*allowed):
     return check
 
 
+def _true(value, ctx, where):
+    if value is not True:
+        raise ScenarioError("%s must be true (got %r)" % (where, value))
+    return value
+
+
 def _power_cut(value, ctx, where):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_OFF_S:
         raise ScenarioError("%s: seconds without power, a number within 0..%d (got %r)" % (where, MAX_OFF_S, value))
@@ -120,6 +128,8 @@ EVENTS = {
     "meter": (_choice("silent", "stuck_ffff", "brownout", "ok"), "the ATM90E32 stops answering, reads 0xFFFF, resets itself"),
     "power_cut": (_power_cut, "the board loses power for this many seconds: the firmware is killed hard and "
                               "started again; with \"meter_kept\": true the meter chip keeps its supply"),
+    "ntp": (_true, "NTP answers: the board's wall clock, unset since power-on (\"clock_unset\": true), "
+                           "is the real UTC from now on; after a power cut it is unset again"),
 }
 # options that ride along with an event kind in the same event: option -> (kind, validator)
 OPTIONS = {"meter_kept": ("power_cut", _bool)}
@@ -168,12 +178,28 @@ def _check_power_cuts(events, end):
             raise ScenarioError("%s: power returns at t=%s, not before the scenario's end (%s)" % (where, back / 1000, end))
 
 
+def _clock_unset(value, world):
+    """"clock_unset": true: the board's wall clock starts at 2000-01-01 until an `ntp` event."""
+    if not isinstance(value, bool):
+        raise ScenarioError("clock_unset: true (the board boots without the date, until an \"ntp\" event) "
+                            "or false (got %r)" % (value,))
+    ntp = [n for n, ev in enumerate(world["events"]) if "ntp" in ev]
+    if ntp and not value:
+        raise ScenarioError("events[%d].ntp: only with \"clock_unset\": true (the clock is set already)" % ntp[0])
+    if value:
+        if not synced(world["start_utc"]):
+            raise ScenarioError("start: with \"clock_unset\" the real time NTP brings must be a known wall "
+                                "clock, %s or later (got %s)" % (iso(VALID_AFTER), iso(world["start_utc"])))
+        world["clock_unset"] = True
+
+
 def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs")):
     """(world scenario, device config) from a parsed scenario; ScenarioError on bad input."""
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
-             "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal"}
+             "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal",
+             "clock_unset"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -230,6 +256,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         raise ScenarioError("realtime: true (virtual time follows the wall clock, for benchmarks) or false")
     world = {"start_utc": _parse_start(sc.get("start", "2026-01-01T00:00:00Z")), "end_ms": int(end * 1000),
              "events": out, "realtime": realtime}
+    _clock_unset(sc.get("clock_unset", False), world)
     retap = sc.get("retap_after_cut")
     if retap is not None:
         if isinstance(retap, bool) or not isinstance(retap, (int, float)) or not 1 <= retap <= 3600:

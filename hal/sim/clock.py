@@ -2,7 +2,8 @@
 
 Ticks wrap like an ESP32's (period 2**30 ms), so wrap handling is exercised in every long run.
 With `realtime=True` (benchmarks) virtual time follows the wall clock instead, so real stalls
-show up in the firmware's timestamps.
+show up in the firmware's timestamps. With `unset=True` the wall clock runs from 2000-01-01, as
+an ESP32's after power-on, until `sync()` (NTP) sets it to start_utc + elapsed time.
 
     clock = VirtualClock(start_utc=1772437800, on_advance=world.run_until)
     clock.sleep_ms(100)   # the world plays 100 ms of physics and scenario, at once
@@ -11,12 +12,14 @@ from micropython import const
 
 _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
+_EPOCH_2000 = const(946684800)   # 2000-01-01T00:00:00Z: where an ESP32's unset RTC starts
 
 
 class VirtualClock:
-    def __init__(self, start_utc=0, on_advance=None, ticks0=0, realtime=False):
+    def __init__(self, start_utc=0, on_advance=None, ticks0=0, realtime=False, unset=False):
         self.ms = 0  # virtual milliseconds since start
         self.start_utc = start_utc
+        self.unset = unset
         self._ticks0 = ticks0
         self.on_advance = on_advance
         self._real0 = None
@@ -81,5 +84,9 @@ class VirtualClock:
             self.on_advance(target)
         self.ms = target
 
+    def sync(self):
+        """NTP answered: from now on the wall clock is the real UTC."""
+        self.unset = False
+
     def time(self):
-        return self.start_utc + self.ms // 1000
+        return (_EPOCH_2000 if self.unset else self.start_utc) + self.ms // 1000

@@ -97,7 +97,8 @@ class World:
         resume = runner.get("resume")
         # after a power cut the ticks start from 0 again, as on a board
         self.clock = VirtualClock(scenario["start_utc"], self.run_until, ticks0=-resume["at_ms"] & _TICKS_MASK
-                                  if resume else 0, realtime=scenario.get("realtime", False))
+                                  if resume else 0, realtime=scenario.get("realtime", False),
+                                  unset=scenario.get("clock_unset", False))
         machine.use_clock(self.clock)
         phases = board["meter"]["phases"]
         v = self.grid_v = float(sim.get("grid_v", 230))
@@ -340,6 +341,12 @@ class World:
         if self._replaying and state == "brownout" and self.clock.ms <= self._cut_ms:
             return   # a one-off that the chip state saved at the cut already shows
         self.meter.fault = None if state == "ok" else state
+
+    def _on_ntp(self, value):
+        """NTP answers: the board's wall clock is the real UTC from now on. Not after a power cut:
+        the RTC starts from 2000-01-01 again and waits for the next `ntp` event."""
+        if not self._replaying:
+            self.clock.sync()
 
     def _on_reader(self, state):
         """The RFID reader chip stops answering ("offline") or comes back ("online")."""
