@@ -23,7 +23,7 @@ from umqtt import simple
 
 _SLICE_MS = const(10)
 _MAX_IN_PER_POLL = const(8)
-_MAX_SPINS = const(2000)   # ready-but-no-progress rounds of one connection before giving up
+_MAX_SPINS = const(2000)   # ready-but-no-progress rounds in a row before giving up
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLLFAIL = select.POLLERR | select.POLLHUP
@@ -113,6 +113,7 @@ class _Sock:
             n = self._s.write(mv[sent:])
             if n:                     # None: not now (TLS wants to read or write first)
                 sent += n
+                self._tries = 0
             else:
                 self._spun()
         return sent
@@ -149,6 +150,7 @@ class _Sock:
             if chunk is None:
                 self._spun()
                 continue
+            self._tries = 0
             if not chunk:
                 if data:
                     raise OSError(errno.ECONNRESET)
@@ -188,7 +190,7 @@ class Link:
         self.password = password
         self.idle = idle or (lambda: None)
         self.addr = None
-        self.tls = tls             # {"ca": DER file, "cert"/"key": DER files or None, "hostname"}
+        self.tls = tls             # {"ca": file, "cert"/"key": files or None, "hostname"}: PEM or DER
         self.tls_hostname = tls and tls.get("hostname") or host
         self._tls = None
         self._clock = clock
