@@ -11,7 +11,7 @@ import pytest
 
 from backend import Backend, load_auth
 from broker import Broker
-from store import Store, TempPostgres, postgres_available
+from store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN_A = "6f1c0e5d8a2b4c7e9f0a1b2c3d4e5f60"
@@ -22,22 +22,6 @@ TOKEN_B = "00112233445566778899aabbccddeeff"
 def broker():
     with Broker() as b:
         yield b
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): PostgreSQL runs skipped")
-    pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
-    with TempPostgres() as pg:
-        yield pg
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "backend.sqlite")
-    return request.getfixturevalue("postgres").url()
 
 
 class Peer:

@@ -14,7 +14,7 @@ import pytest
 
 from firmware.tariff import Tariff
 from report import build_report
-from store import Store, TempPostgres, postgres_available
+from store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUTPUT = os.environ.get("TEST_OUTPUT_DIR", os.path.join(ROOT, "out", "test-output"))
@@ -90,22 +90,6 @@ def fill(url, sessions, open_ones=2):
                                         "token": s0["token"], "source": "button", "text": None}, 0)
         st.add_feedback("cp-3", {"msg_id": "fb-2", "ts": iso(BASE + 3 * 86400), "tx_id": None, "token": None,
                                  "source": "button", "text": "screen dark"}, 0)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): PostgreSQL runs skipped")
-    pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
-    with TempPostgres() as pg:
-        yield pg
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "store.sqlite")
-    return request.getfixturevalue("postgres").url()
 
 
 @pytest.fixture(scope="module")
