@@ -535,6 +535,20 @@ class Controller:
             rec["uptime_s"] = self.time.uptime_s()
         return rec
 
+    def _rewrite_waiting(self, marker, change):
+        """Rewrite the waiting outbox records whose payload holds marker and that change(rec)
+        altered (in place, True); returns how many were rewritten."""
+        n = 0
+        for mid in self.outbox.pending():
+            raw = self.outbox.payload(mid)
+            if raw is None or marker not in raw:
+                continue
+            rec = json.loads(raw)
+            if isinstance(rec, dict) and change(rec):
+                self.outbox.replace(mid, json.dumps(rec, separators=COMPACT))
+                n += 1
+        return n
+
     def _now(self):
         """UTC seconds; until the wall clock is known seconds since boot (durations stay right)."""
         return self.clock.time() if self.time.synced else self.time.uptime_s()
@@ -548,18 +562,15 @@ class Controller:
         times (UTC = uptime_s + shift). Earlier boots' uptimes relate to nothing: those stay as they are."""
         shift = self.time.shift()
         boot = self.journal.boot
-        n = 0
-        for mid in self.outbox.pending():
-            raw = self.outbox.payload(mid)
-            if raw is None or b"uptime_s" not in raw:
-                continue
-            rec = json.loads(raw)
-            if not isinstance(rec, dict) or rec.get("ts") is not None or rec.get("boot") != boot \
-                    or "sig" in rec or not isinstance(rec.get("uptime_s"), int):
-                continue   # signed records keep what was signed: boot + uptime_s tell the time
+
+        def restamp(rec):
+            if rec.get("ts") is not None or rec.get("boot") != boot or "sig" in rec \
+                    or not isinstance(rec.get("uptime_s"), int):
+                return False   # signed records keep what was signed: boot + uptime_s tell the time
             _shift(rec, shift)
-            self.outbox.replace(mid, json.dumps(rec, separators=COMPACT))
-            n += 1
+            return True
+
+        n = self._rewrite_waiting(b"uptime_s", restamp)
         s = self.session
         if s is not None and s.started_at is None:
             self._session_utc += shift
@@ -771,17 +782,15 @@ class Controller:
                     raise ValueError("token: its session or authorization is in progress; stop it first")
         done = self.auth.purge(token, p.get("key"))
         token = done["token"]
-        n = 0
-        for mid in self.outbox.pending():
-            raw = self.outbox.payload(mid)
-            if raw is None or token.encode() not in raw:
-                continue
-            rec = json.loads(raw)
-            if isinstance(rec, dict) and rec.get("token") == token:
-                rec["token"] = None
-                rec["purged"] = True
-                self.outbox.replace(mid, json.dumps(rec, separators=COMPACT))
-                n += 1
+
+        def anonymize(rec):
+            if rec.get("token") != token:
+                return False
+            rec["token"] = None
+            rec["purged"] = True
+            return True
+
+        n = self._rewrite_waiting(token.encode(), anonymize)
         if self.last_tx is not None and self.last_tx[1] == token:
             self.last_tx = (self.last_tx[0], None)   # a later problem report names the session, not the card
         done["outbox"] = n
