@@ -575,9 +575,7 @@ class Controller:
         if s is not None and s.started_at is None:
             self._session_utc += shift
             s.started_at = iso(self._session_utc)
-            pb = self._periods   # its periods are relative to the start: only the start and the
-            pb.start += shift    # next clock boundary move
-            pb._next = pb._next_boundary(pb._t)
+            self._periods.rebase(shift)
             if self._aligned_slot is not None:
                 self._aligned_slot = self.clock.time() // self.s.meter_aligned_s
         self.log.event("time_synced", restamped=n, shift_s=shift)

@@ -90,6 +90,12 @@ class PeriodBuilder:
         """Seconds plugged in and not charging so far: the `parking_s` of the ended record."""
         return sum(p[_PARKING] for p in self.periods)
 
+    def rebase(self, shift):
+        """The wall clock became known: the start moves by shift seconds (periods are relative to it),
+        and the next tariff clock boundary is found again in real time."""
+        self.start += shift
+        self._next = self._next_boundary(self._t)
+
     def update(self, utc, energy_wh, current_ma, power_w, charging):
         """Account the time since the last update and cut periods where the tariff may switch."""
         t = utc - self.start
