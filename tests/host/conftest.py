@@ -1,5 +1,6 @@
 """Host tests: CPython drives real MicroPython processes, a real mosquitto and mpy-cross."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +11,11 @@ for p in (os.path.join(ROOT, "tools"), os.path.join(ROOT, "tools", "compat"), RO
         sys.path.insert(0, p)
 
 from store import TempPostgres, postgres_available  # noqa: E402  (tools/ is on the path now)
+
+# Several tests start processes from two threads at once. On the CI machine, an execve from a
+# vfork() child failed there with EFAULT ("Bad address: '/usr/sbin/mosquitto'"); the child of a
+# vfork shares the address space the other thread keeps changing. fork() gives it its own copy.
+subprocess._USE_VFORK = False
 
 
 @pytest.fixture(scope="module")
