@@ -14,9 +14,10 @@ import io
 import json
 import os
 import struct
-import sys
 
 from micropython import const
+
+from firmware.jsonpack import dump, unpack, unpack_tail
 
 # record types (the low 6 bits of the type byte)
 BOOT = const(1)        # body: u32 boot count
@@ -49,6 +50,14 @@ def message_section(kind, msg_id, topic, payload):
     if len(k) > 255 or len(i) > 255 or len(t) > 255 or "\n" in msg_id:
         raise ValueError("outbox: kind, msg_id and topic must be <= 255 bytes, msg_id without newline")
     return struct.pack("<BBBH", len(k), len(i), len(t), len(payload)) + k + i + t + payload
+
+
+def read_message(body):
+    """(kind, msg_id, plain JSON payload, end offset) of the message section a record body starts
+    with (for readers: tech, tools)."""
+    lk, li, lt, lp = struct.unpack_from("<BBBH", body, 0)
+    p = 5 + lk + li + lt
+    return str(body[5:5 + lk], "utf-8"), str(body[5 + lk:5 + lk + li], "utf-8"), unpack(body[p:p + lp]), p + lp
 
 
 def _tx_of(rec):
@@ -100,11 +109,8 @@ def _stream(n):
 _BLANK = bytes(_HDR)
 
 
-_STREAMS = sys.implementation.name == "micropython"   # json.dump into a byte stream, piece by piece
-
-
 class Journal:
-    def __init__(self, path, seg_bytes=4096, segments=8, every_wh=250, every_s=300, min_s=120,
+    def __init__(self, path, seg_bytes=4096, segments=8, every_wh=250, every_s=300, min_s=150,
                  max_record=None, opener=open):
         if segments < 2:
             raise ValueError("journal: segments must be >= 2 (one is the compaction spare)")
@@ -179,7 +185,7 @@ class Journal:
                     if base == START:
                         if not rtype & HAS_MSG:
                             raise ValueError("start without state")
-                        state = json.loads(_at(f, p, lp))
+                        state = json.loads(unpack(_at(f, p, lp)))
                         _tx_of(state)
                         opened, start_seq = state, seq
                     elif base == CHECKPOINT:
@@ -337,14 +343,12 @@ class Journal:
         b.write(i)
         b.write(t)
         p0 = b.tell()
-        if _STREAMS:
-            json.dump(rec, b, separators=COMPACT)
-        else:
-            b.write(json.dumps(rec, separators=COMPACT).encode())
+        plain = dump(rec, b)   # packed JSON: the common keys as one or two bytes each
         end = b.tell()
         lp = end - p0
-        if end - _HDR + len(data) > self.max_record or lp > 0xFFFF:
-            raise ValueError("journal: the %s record (%d bytes) exceeds max_record" % (kind, end - _HDR + len(data)))
+        if end - _HDR + len(data) > self.max_record or plain > self.max_record:
+            raise ValueError("journal: the %s record (%d bytes) exceeds max_record"
+                             % (kind, max(plain, end - _HDR + len(data))))
         b.seek(_HDR + 3)
         b.write(struct.pack("<H", lp))
         return mid, lp, end
@@ -367,7 +371,7 @@ class Journal:
             ram = None
             if loc is None:   # flash refused it: the payload waits in RAM (rare: copy it out)
                 b.seek(plan[2] - plan[1])
-                ram = b.read(plan[1])
+                ram = unpack(b.read(plan[1]))
             ob._add(seq, kind, plan[0], _TOPIC, loc, plan[1], ram, (END, data[-4:]) if base == END else None)
         return loc
 
@@ -418,8 +422,9 @@ class Journal:
             if r is not None and r[0] & HAS_MSG:
                 p, lp = _msg_at(f, off + _HDR, off + _HDR + r[2])[3:]
                 f.seek(p)
-                if lp <= len(self._pub) and f.readinto(self._pubmv[:lp]) == lp:
-                    return self._pubmv[:lp]
+                top = len(self._pub)
+                if lp <= top and f.readinto(self._pubmv[top - lp:]) == lp:
+                    return self._pubmv[:unpack_tail(self._pub, lp)]
         except (OSError, ValueError):
             pass
         finally:

@@ -66,7 +66,7 @@ class Settings:
         self.outbox_size = setting(device, "outbox_size", int, 64, lo=4, hi=1024)
         # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
         self.checkpoint_wh = setting(device, "journal.every_wh", int, 250, lo=10, hi=100000)
-        self.checkpoint_min_s = setting(device, "journal.min_s", int, 120, lo=10, hi=86400)
+        self.checkpoint_min_s = setting(device, "journal.min_s", int, 150, lo=10, hi=86400)
         self.checkpoint_max_s = setting(device, "journal.every_s", int, 300, lo=self.checkpoint_min_s, hi=86400)
         self.auth_timeout_s = setting(device, "auth_timeout_s", int, 60, lo=5, hi=600)
         self.data_dir = setting(device, "data_dir", str, "data")

@@ -19,7 +19,7 @@ import time
 from micropython import const
 
 from firmware.eventlog import EventLog
-from firmware.journal import ACK, BOOT, CHECKPOINT, DONE, END, HAS_MSG, Journal
+from firmware.journal import ACK, BOOT, CHECKPOINT, DONE, END, HAS_MSG, Journal, read_message
 
 _TYPE = const(0x3F)
 _RCD_TRIP_MS = const(200)      # the RCD module must trip within this on its test input
@@ -94,13 +94,6 @@ def _clock():
 
 
 # -- reading the journal ---------------------------------------------------------------------
-def _message(body):
-    """(kind, msg_id, payload bytes, end offset) of the message section a record body starts with."""
-    lk, li, lt, lp = struct.unpack_from("<BBBH", body, 0)
-    p = 5 + lk + li + lt
-    return str(body[5:5 + lk], "utf-8"), str(body[5 + lk:5 + lk + li], "utf-8"), body[p:p + lp], p + lp
-
-
 def _reader(d):
     """A Journal for reading only (never recover(): that would write a boot record)."""
     j = _current().get("journal")
@@ -123,7 +116,7 @@ def _history(d):
             pos = 0
             try:
                 if rtype & HAS_MSG:
-                    kind, mid, payload, pos = _message(body)
+                    kind, mid, payload, pos = read_message(body)
                     if not rtype & DONE:
                         pending[mid] = seq
                     if kind == "started" or kind == "ended":

@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -240,18 +239,16 @@ class Killer:
 def journal_messages(data_dir, kind):
     """The outbox messages of this kind ("started", "updated", "ended") on a data directory's journal,
     read with the firmware's own reader, each once, in journal order."""
-    from firmware.journal import HAS_MSG, Journal   # tools/compat is on the path (scenario.py)
+    from firmware.journal import HAS_MSG, Journal, read_message   # tools/compat is on the path (scenario.py)
 
     out, seen = [], set()
     for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
         if not rtype & HAS_MSG:
             continue
-        lk, li, lt, lp = struct.unpack("<BBBH", body[:5])
-        p = 5 + lk + li + lt
-        mid = body[5 + lk:5 + lk + li].decode()
-        if body[5:5 + lk].decode() == kind and mid not in seen:
+        k, mid, payload, _ = read_message(body)
+        if k == kind and mid not in seen:
             seen.add(mid)
-            out.append(json.loads(body[p:p + lp]))
+            out.append(json.loads(payload))
     return out
 
 

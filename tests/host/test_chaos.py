@@ -100,9 +100,6 @@ def test_an_hour_without_a_broker_delivers_everything_in_order_afterwards(name, 
 
 
 # -- flash bytes per typical session -----------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="over the issue's 2 KB budget: ~2.97 KB, of which the `ended` record "
-                                       "is 1.56 KB (charging_periods, power profile, cost breakdown from the "
-                                       "metering and tariff issues); see docs/journal.md, Measured costs")
 def test_flash_bytes_of_a_typical_one_hour_session(tmp_path):
     lines, first, rows = _outage("session_hour.json", tmp_path)
     events = [json.loads(line[2:]) for line in lines if line.startswith("@ ")]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from firmware.journal import HAS_MSG, Journal
+from chaos import journal_messages
 from ptyrun import PtyRun
 from scenario import ROOT
 
@@ -42,19 +42,6 @@ def mpremote(dev, *args):
 
 def tech(dev, call):
     return mpremote(dev, "exec", "from firmware import tech; tech.%s" % call)
-
-
-def ended_records(data):
-    """The `ended` session records in the journal, read on the PC."""
-    out = []
-    for rtype, _, body in Journal(os.path.join(data, "journal")).scan():
-        if rtype & HAS_MSG:
-            lk, li, lt = body[0], body[1], body[2]
-            lp = int.from_bytes(body[3:5], "little")
-            p = 5 + lk + li + lt
-            if body[5:5 + lk] == b"ended":
-                out.append(json.loads(body[p:p + lp]))
-    return out
 
 
 def all_files(d):
@@ -97,7 +84,7 @@ def test_ctrl_c_from_mpremote_stops_the_charger_safely(stopped):
     assert "commanded False" in stopped.first and "coil 0" in stopped.first   # the coil is de-energised
     shutdown = [json.loads(x[2:]) for x in out.splitlines() if x.startswith('@ {') and '"shutdown"' in x]
     assert shutdown and shutdown[0]["tx_id"] == 1
-    ended = ended_records(stopped.data)
+    ended = journal_messages(stopped.data, "ended")
     assert [(r["tx_id"], r["stop_reason"]) for r in ended] == [(1, "Other")]   # persisted, with its reason
     assert ended[0]["energy_wh"] > 0
     with open(os.path.join(stopped.data, "state.json")) as f:

@@ -2,14 +2,13 @@
 with real times, re-stamped from boot + uptime_s once the clock is known (docs/journal.md)."""
 import json
 import os
-import struct
 
 import pytest
 
 import sim
 from backend import Backend
 from broker import Broker
-from firmware.journal import HAS_MSG, Journal
+from firmware.journal import HAS_MSG, Journal, read_message
 from firmware.timefmt import iso, parse_iso
 from mqtt_watch import Watch
 from scenario import ScenarioError, normalise
@@ -34,9 +33,8 @@ def _last_payloads(data_dir):
     out = {}
     for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
         if rtype & HAS_MSG:
-            lk, li, lt, lp = struct.unpack("<BBBH", body[:5])
-            p = 5 + lk + li + lt
-            out[body[5 + lk:5 + lk + li].decode()] = json.loads(body[p:p + lp])
+            _, mid, payload, _ = read_message(body)
+            out[mid] = json.loads(payload)
     return out
 
 

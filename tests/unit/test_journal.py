@@ -4,6 +4,7 @@ Power-cut tests run over plain files and, under MicroPython, over littlefs (os.V
 flash chip simulated in RAM.
 """
 import binascii
+import json
 import os
 import sys
 
@@ -252,6 +253,25 @@ def test_compaction_keeps_the_open_session_and_pending_messages():
     each_fs(run)
 
 
+def test_session_records_are_packed_on_flash_and_published_as_the_same_json():
+    def run(path):
+        clock = VirtualClock()
+        j, ob, _ = opened(path, clock)
+        s, rec = started(4)
+        j.session_started(rec)
+        end = ended(s, 9000, T0 + 3600)
+        assert j.session_ended(4, end)
+        on_flash = dict((rtype & 0x3F, len(body)) for rtype, _, body in j.scan())
+        assert on_flash[START] < len(json.dumps(rec, separators=(",", ":")))
+        assert on_flash[END] < len(json.dumps(end, separators=(",", ":"))) * 2 // 3
+        for want in (rec, end):   # what the broker gets is JSON, byte for byte what it unpacks to
+            topic, payload, mid = ob.next_due(clock.ticks_ms())
+            assert mid == want["msg_id"] and json.loads(bytes(payload)) == want
+            assert payload == json.dumps(want, separators=(",", ":")).encode()
+            ob.ack([mid])
+    each_fs(run)
+
+
 def test_live_records_that_fill_every_segment_make_it_full_not_crash():
     def run(path):
         j, ob, _ = opened(path, seg_bytes=512, segments=2)
@@ -262,7 +282,7 @@ def test_live_records_that_fill_every_segment_make_it_full_not_crash():
         waiting = ob.ram_only
         for k in range(20):  # charging goes on: each checkpoint says whether it was stored
             assert j.checkpoint(1, 1100 + k, T0 + 60 + k, 1) is not j.full
-        assert ob.ack(["f-0", "f-1", "f-2"]) == 3
+        assert ob.ack(["f-%d" % n for n in range(7)]) == 7
         assert ob.ram_only < waiting  # acknowledged records made room for those waiting in RAM
         assert j.checkpoint(1, 1200, T0 + 120, 1)
     each_fs(run)
@@ -547,7 +567,7 @@ def test_the_checkpoint_policy_comes_from_the_device_config():
     secrets = {"site_keys": {"1": "00" * 32}, "site_key_current": 1}
     dev = {"device_id": "cp-test", "tariff": flat("0.30", "EUR", "20")}
     s = Settings(board_config(), dev, secrets)
-    assert (s.checkpoint_wh, s.checkpoint_min_s, s.checkpoint_max_s) == (250, 120, 300)
+    assert (s.checkpoint_wh, s.checkpoint_min_s, s.checkpoint_max_s) == (250, 150, 300)
     dev["journal"] = {"every_wh": 500, "min_s": 240, "every_s": 600}
     s = Settings(board_config(), dev, secrets)
     assert (s.checkpoint_wh, s.checkpoint_min_s, s.checkpoint_max_s) == (500, 240, 600)
