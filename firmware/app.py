@@ -86,6 +86,9 @@ def main(argv):
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
+    gc.collect()   # the journal's two record buffers (4 KB each) first, while the heap is least fragmented
+    journal = Journal(data + "/journal", every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
+                      min_s=settings.checkpoint_min_s)
     log.store = EventLog(data, clock)
     current.update(data=data, log=log, clock=clock, machine=machine, board_cfg=board_cfg)
     if _exists(data + "/hold"):
@@ -106,8 +109,6 @@ def main(argv):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
-    journal = Journal(data + "/journal", every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
-                      min_s=settings.checkpoint_min_s)
     outbox = Outbox(settings.outbox_size, journal, clock)
     boot = journal.recover()
     if boot["bad"]:
