@@ -8,7 +8,7 @@ back unchanged. Packed records outlive firmware updates: the table only ever gro
 (a test pins its start).
 
     n = dump({"tx_id": 7, "event": "ended"}, stream)     # n: bytes once unpacked
-    unpack(b'{\\x10 7,\\x11"ended"}') == b'{"tx_id":7,"event":"ended"}'
+    unpack(b'{\\x107,\\x11"ended"}') == b'{"tx_id":7,"event":"ended"}'
 """
 import array
 import json
@@ -41,7 +41,7 @@ _TABLE = (
 )
 _AT = array.array("H", (i + 1 for i in range(len(_TABLE)) if _TABLE[i] == _NL))  # word starts, then the end
 _WORDS = memoryview(_TABLE)
-LONGEST = max(_AT[i + 1] - _AT[i] - 1 for i in range(len(_AT) - 1))
+_LONGEST = max(_AT[i + 1] - _AT[i] - 1 for i in range(len(_AT) - 1))
 
 
 def words():
@@ -134,7 +134,7 @@ def unpack_tail(buf, n):
 def unpack(data):
     """Packed JSON bytes -> plain JSON bytes (a new object: for readers off the sampling path)."""
     n = len(data)
-    size = n + LONGEST * sum(1 for c in data if c < 0x20)   # no code unpacks to more
+    size = n + _LONGEST * sum(1 for c in data if c < 0x20)   # no code unpacks to more
     buf = bytearray(size)
     buf[size - n:] = data
     return bytes(buf[:unpack_tail(buf, n)])
