@@ -1,6 +1,6 @@
 """Runs first at power-up on the board: picks the firmware slot, counts trial boots, rolls back.
 
-firmware/ota.py writes a new version into slots/a or slots/b and names the active one in
+firmware/link/ota.py writes a new version into slots/a or slots/b and names the active one in
 slots/state.json. This file (never updated over the air) puts that slot first on sys.path, so
 `import firmware.app` loads it, ahead of the filesystem root and of frozen modules. A version
 on trial must import cleanly and confirm within `max_boots` boots; otherwise its predecessor
@@ -19,7 +19,7 @@ _REASON_MAX = 160
 
 
 def rolled_back(st, reason):
-    """Give up the active slot for its predecessor (same rule as firmware/ota.py)."""
+    """Give up the active slot for its predecessor (same rule as firmware/link/ota.py)."""
     info = st["slots"].pop(st["active"], None) or {}
     prev = st.get("previous")
     st["active"] = prev if prev in st["slots"] else None

@@ -13,24 +13,24 @@ import json
 import os
 import sys
 
-from firmware import ota
-from firmware.auth import from_config as auth_from_config
-from firmware.config import load
+from firmware.link import ota
+from firmware.auth.authorize import from_config as auth_from_config
+from firmware.core.config import load
 from firmware.controller import Controller
-from firmware.eventlog import EventLog
-from firmware.journal import Journal
-from firmware.log import Log, print_exception
-from firmware.outbox import Outbox
-from firmware.settings import Settings
-from firmware.state import State, ensure_dir
-from firmware.sync import Sync
+from firmware.storage.eventlog import EventLog
+from firmware.storage.journal import Journal
+from firmware.core.log import Log, print_exception
+from firmware.storage.outbox import Outbox
+from firmware.core.settings import Settings
+from firmware.storage.state import State, ensure_dir
+from firmware.link.sync import Sync
 from firmware.version import VERSION
 from hal.board import Board
 
 DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
             "data": None}
 RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
-current = {}   # the running charger's parts, for the technician's REPL helpers (firmware/tech.py)
+current = {}   # the running charger's parts, for the technician's REPL helpers (firmware/ops/tech.py)
 
 
 def parse_args(argv):
@@ -59,7 +59,7 @@ def _platform(board_cfg, args):
         return machine, world.clock, world.finished
     import machine
 
-    from firmware.clock import Clock
+    from firmware.core.clock import Clock
 
     return machine, Clock(), lambda: False
 
@@ -93,7 +93,7 @@ def main(argv):
     current.update(data=data, log=log, clock=clock, machine=machine, board_cfg=board_cfg)
     if _exists(data + "/hold"):
         print("Technician hold: the charger stays off (contactor open). "
-              "from firmware import tech; tech.status() ... tech.resume() to charge again.")
+              "from firmware.ops import tech; tech.status() ... tech.resume() to charge again.")
         return
     board = Board(board_cfg, machine, clock.sleep_ms)
     auth = auth_from_config(device_cfg, clock, settings.keys, data)
@@ -115,7 +115,7 @@ def main(argv):
         log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
     link = None
     if settings.mqtt_host:
-        from firmware.mqtt import Link
+        from firmware.link.mqtt import Link
 
         link = Link(settings.device_id, settings.mqtt_host, settings.mqtt_port, clock,
                     settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
@@ -169,7 +169,7 @@ def _stopped(ctl, board, data, why):
           % (why, "session #%d closed" % tx if tx else "no session was running"))
     if board.wdt is not None:
         print("The watchdog restarts the board in a few seconds into technician hold (no charging).")
-    print("Technician: from firmware import tech; tech.status(), tech.log(20), tech.faults()")
+    print("Technician: from firmware.ops import tech; tech.status(), tech.log(20), tech.faults()")
     print("Resume charging: import main   (or machine.reset())")
     print("=" * 64)
 

@@ -13,28 +13,28 @@ records carry boot + uptime_s; they are re-stamped when it is (docs/journal.md).
 import gc
 import json
 
-from firmware.auth import may_stop
-from firmware.cardreader import COLLISION, CardReader
-from firmware.commands import Commands
-from firmware.evsense import CurrentSense, PilotSense, PinSense
-from firmware.faults import Faults
-from firmware.feedback import Feedback
-from firmware.journal import COMPACT
-from firmware.limits import KINDS
-from firmware.log import print_exception
-from firmware import jsonx
-from firmware.metering import Metering
-from firmware.periods import PeriodBuilder
-from firmware.revenue import Revenue
-from firmware.safety import Safety
-from firmware.signing import Chain
-from firmware.state import write_atomic
-from firmware.tariff import Tariff
-from firmware.schedule import Every
-from firmware.session import Session
-from firmware.sync import parse_ack
-from firmware.timefmt import iso, parse_iso
-from firmware.timesync import TimeSync, synced
+from firmware.auth.authorize import may_stop
+from firmware.auth.cardreader import COLLISION, CardReader
+from firmware.link.commands import Commands
+from firmware.charging.evsense import CurrentSense, PilotSense, PinSense
+from firmware.safety.faults import Faults
+from firmware.ops.feedback import Feedback
+from firmware.storage.journal import COMPACT
+from firmware.charging.limits import KINDS
+from firmware.core.log import print_exception
+from firmware.core import jsonx
+from firmware.metering.meter import Metering
+from firmware.billing.periods import PeriodBuilder
+from firmware.billing.revenue import Revenue
+from firmware.safety.checks import Safety
+from firmware.billing.signing import Chain
+from firmware.storage.state import write_atomic
+from firmware.billing.tariff import Tariff
+from firmware.core.schedule import Every
+from firmware.charging.session import Session
+from firmware.link.sync import parse_ack
+from firmware.core.timefmt import iso, parse_iso
+from firmware.core.timesync import TimeSync, synced
 
 _CONTROL_MS = 100
 _HOUSEKEEPING_MS = 1000
@@ -102,7 +102,7 @@ class Controller:
         if settings.device_key is not None:
             self.chain = Chain(settings.device_key, state.values["chain_prev"], state.values["chain_n"])
         self._periods = None        # the running session's OCPI charging periods
-        self.updater = updater      # over-the-air updates (firmware/ota.py)
+        self.updater = updater      # over-the-air updates (firmware/link/ota.py)
         self.reset_requested = None  # "install" / "rollback": the loop ends, the board resets
         self.safety = Safety(settings.board, board, self.metering, self.faults, clock)
         self._sample = Every(clock, settings.sample_ms)
@@ -746,7 +746,7 @@ class Controller:
         self.log.event("feedback", source=source, tx_id=tx)
         self.feedback.flash("accepted")
 
-    # -- commands from the backend (firmware/commands.py calls these) --------------------------
+    # -- commands from the backend (firmware/link/commands.py calls these) --------------------------
     def cmd_remote_start(self, p):
         if self.session is not None:
             raise ValueError("ConcurrentTx: a session is running")

@@ -4,7 +4,7 @@ Readings come back as small integers in the chip's own units (centivolts, millia
 thousandths, centi-hertz, degrees Celsius) and allocate nothing, so they can run at 10 Hz on an
 ESP32 under `micropython.heap_lock()`. Billing energy comes from the clear-on-read per-phase
 energy registers (320 counts per Wh), which the caller must read often enough that none wraps
-(see firmware/energy.py `max_read_interval_ms`).
+(see firmware/metering/energy.py `max_read_interval_ms`).
 
     meter = ATM90E32(spi, cs, sleep_ms=clock.sleep_ms)   # spi built with polarity=1, phase=1
     meter.init(board["meter"]); volts_x100 = meter.urms(0); counts = meter.forward_counts()

@@ -9,7 +9,7 @@ input), "watchdog" (machine.WDT).
     board = Board(load("board.json"), machine, sleep_ms=clock.sleep_ms)
     board.meter.urms(0); board.contactor.close(); board.pilot.offer(266)
 """
-from firmware.config import setting
+from firmware.core.config import setting
 from hal.atm90e32 import ATM90E32
 from hal.contactor import Contactor
 from hal.led import Led

@@ -16,14 +16,14 @@ The high level is the mean of the samples within 600 mV of the highest one, the 
 the mean of those within 600 mV of the lowest one (a plain max/min would carry the ADC
 noise of one sample). Limits: a phase shorter than the time between two reads can be
 missed (5 % duty = 50 us high; 96 % = 40 us low); a sample taken on an edge can stand
-alone as the extreme and is then reported as the level. Callers debounce (firmware/pilot.py).
+alone as the extreme and is then reported as the level. Callers debounce (firmware/charging/pilot.py).
 No allocation: the sample buffer is made once and the results are stored, not returned.
 """
 from array import array
 
 from micropython import const
 
-from firmware.pilot import OFF
+from firmware.charging.pilot import OFF
 
 _BAND_MV = const(600)       # samples this close to the extreme belong to its plateau
 _SLOPE_MAX = const(16383)   # fixed-point slope bound: code x slope stays below 2**30

@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-from firmware.bundle import ROOTS, Reader, pack  # noqa: E402
-from firmware.ota import check_command, parse_update_key, sign  # noqa: E402
+from firmware.link.bundle import ROOTS, Reader, pack  # noqa: E402
+from firmware.link.ota import check_command, parse_update_key, sign  # noqa: E402
 
 VERSION_FILE = "firmware/version.py"
 DEFAULT_MAX = 1 << 20     # the firmware's default ota.max_size

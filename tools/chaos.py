@@ -239,7 +239,7 @@ class Killer:
 def journal_messages(data_dir, kind):
     """The outbox messages of this kind ("started", "updated", "ended") on a data directory's journal,
     read with the firmware's own reader, each once, in journal order."""
-    from firmware.journal import HAS_MSG, Journal, read_message   # tools/compat is on the path (scenario.py)
+    from firmware.storage.journal import HAS_MSG, Journal, read_message   # tools/compat is on the path (scenario.py)
 
     out, seen = [], set()
     for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
@@ -257,7 +257,7 @@ RECORD_NAMES = {1: "boot", 2: "start", 3: "checkpoint", 4: "end", 5: "message", 
 
 def journal_records(data_dir):
     """(record type name, bytes on flash) of every good record of a data directory's journal."""
-    from firmware.journal import Journal
+    from firmware.storage.journal import Journal
 
     return [(RECORD_NAMES.get(rtype & 0x3F, "?"), 13 + len(body))
             for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan()]

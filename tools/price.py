@@ -15,11 +15,11 @@ sys.path.insert(0, _here + "/..")                  # the project root (no os.pat
 if sys.implementation.name != "micropython":
     sys.path.insert(0, _here + "/compat")          # CPython: the `micropython` shim
 
-from firmware.fixed import round_div, text  # noqa: E402
-from firmware.jsonx import loads  # noqa: E402
-from firmware.localtime import LocalTime  # noqa: E402
-from firmware.tariff import Tariff, periods_from_cdr  # noqa: E402
-from firmware.timefmt import parse_iso  # noqa: E402
+from firmware.billing.fixed import round_div, text  # noqa: E402
+from firmware.core.jsonx import loads  # noqa: E402
+from firmware.billing.localtime import LocalTime  # noqa: E402
+from firmware.billing.tariff import Tariff, periods_from_cdr  # noqa: E402
+from firmware.core.timefmt import parse_iso  # noqa: E402
 
 USAGE = """usage: price.py TARIFF.json CDR.json [--tz-offset MINUTES] [--dst EU|US]
 

@@ -26,10 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-from firmware.fixed import parse  # noqa: E402
-from firmware.pseudonym import parse_key, pseudonym  # noqa: E402
-from firmware.tariff import Tariff  # noqa: E402
-from firmware.timefmt import parse_iso  # noqa: E402
+from firmware.billing.fixed import parse  # noqa: E402
+from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
+from firmware.billing.tariff import Tariff  # noqa: E402
+from firmware.core.timefmt import parse_iso  # noqa: E402
 
 BOARDS = os.path.join(ROOT, "board_configs")
 MAX_CARDS = 1000          # the charger loads the whole list at boot: keep it bounded

@@ -5,7 +5,7 @@ This is the PC stand-in for a board on a USB cable: the firmware runs a simulato
 appears as a serial device that `mpremote` drives like a board's, Ctrl-C and raw REPL included.
 
     python3 tools/ptyrun.py demo/two_drivers.json --keep out/pty      # prints the device path
-    mpremote connect /dev/pts/7 resume exec "from firmware import tech; tech.status()"
+    mpremote connect /dev/pts/7 resume exec "from firmware.ops import tech; tech.status()"
 
 How: the firmware's terminal and the device mpremote opens are two pty pairs in raw mode, like a
 UART on both sides; a thread copies bytes between their master sides, like a USB-serial bridge,
@@ -208,7 +208,7 @@ def _kept_key(run_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="then: mpremote connect DEVICE resume exec \"from firmware import tech; "
+                                 epilog="then: mpremote connect DEVICE resume exec \"from firmware.ops import tech; "
                                         "tech.status()\"",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario JSON file (see README: Scenario contract)")
@@ -232,7 +232,7 @@ def main():
     except ScenarioError as e:
         print("scenario error: %s" % e, file=sys.stderr)
         sys.exit(2)
-    print("firmware console: %s   (data: %s)\n  mpremote connect %s resume exec \"from firmware import tech; "
+    print("firmware console: %s   (data: %s)\n  mpremote connect %s resume exec \"from firmware.ops import tech; "
           "tech.status()\"" % (run.device, run.data, run.device), file=sys.stderr)
     try:
         while run.proc.poll() is None:

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-from firmware.fixed import round_div, text  # noqa: E402
+from firmware.billing.fixed import round_div, text  # noqa: E402
 from store import DECIMALS, Store, money  # noqa: E402
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

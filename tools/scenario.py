@@ -20,11 +20,11 @@ for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from firmware import fixed  # noqa: E402  (after the path set-up above)
-from firmware.pseudonym import pseudonym  # noqa: E402
-from firmware.tariff import Tariff, flat  # noqa: E402
-from firmware.timefmt import iso  # noqa: E402
-from firmware.timesync import VALID_AFTER, synced  # noqa: E402
+from firmware.billing import fixed  # noqa: E402  (after the path set-up above)
+from firmware.auth.pseudonym import pseudonym  # noqa: E402
+from firmware.billing.tariff import Tariff, flat  # noqa: E402
+from firmware.core.timefmt import iso  # noqa: E402
+from firmware.core.timesync import VALID_AFTER, synced  # noqa: E402
 
 MAX_END_S = 30 * 24 * 3600
 MAX_OFF_S = 7 * 24 * 3600

@@ -1,4 +1,4 @@
-"""Check a stream of signed session records (firmware/signing.py) for tampering.
+"""Check a stream of signed session records (firmware/billing/signing.py) for tampering.
 
     python3 tools/verify.py records.jsonl --key 00112233…   [--partial] [--count N]
 
@@ -21,7 +21,7 @@ for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from firmware.signing import GENESIS, record_hash, signature  # noqa: E402
+from firmware.billing.signing import GENESIS, record_hash, signature  # noqa: E402
 
 USAGE = "usage: verify.py RECORDS.jsonl --key HEX [--partial] [--count N]\n"
 

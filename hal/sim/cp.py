@@ -10,7 +10,7 @@ through the board config's calibration points, the same ones hal/pilot.py conver
     cp = SimCP(ev, pwm_pin=25, cal=[[4000, -12000], [60000, 12000]])
     machine.adc_source(36, cp.read_u16); cp.offered_a()   # what the EV reads from the duty
 """
-from firmware.pilot import current_for_duty
+from firmware.charging.pilot import current_for_duty
 from hal.sim import machine
 
 _LOAD_OHM = {"B": 2740, "C": 882, "D": 246}

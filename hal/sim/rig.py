@@ -5,7 +5,7 @@ Used by tests and benchmarks that exercise the sampling path without the whole c
     m, line, chip, clock = meter_rig(phases=3)
     line.amps = [16.0] * 3; clock.sleep_ms(100); m.sample()
 """
-from firmware.metering import Metering
+from firmware.metering.meter import Metering
 from hal.atm90e32 import ATM90E32
 from hal.sim import machine
 from hal.sim.atm90e32 import SimATM90E32

@@ -292,7 +292,7 @@ class World:
             self.rfid.remove(card)
 
     def _on_ev_current_a(self, amps):
-        self.ev.wants_a = float(amps)   # decimals arrive as exact strings (firmware/jsonx.py)
+        self.ev.wants_a = float(amps)   # decimals arrive as exact strings (firmware/core/jsonx.py)
 
     def _on_ev_phases(self, n):
         self.ev.phases = n

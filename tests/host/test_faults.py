@@ -26,7 +26,7 @@ from mqtt_watch import Watch
 from scenario import ROOT
 from store import Store
 
-from firmware.metering import Metering
+from firmware.metering.meter import Metering
 from hal.sim.clock import VirtualClock
 
 KEY = bytes(range(100, 132))

@@ -21,7 +21,7 @@ import pytest
 import sim
 from scenario import ROOT
 
-from firmware.bundle import Reader
+from firmware.link.bundle import Reader
 
 KEY_HEX = bytes(range(40, 72)).hex()
 OTHER_KEY_HEX = bytes(range(80, 112)).hex()
@@ -32,8 +32,8 @@ OTA_CFG = {"device": {"ota": {"confirm_after_s": 0, "trial_s": 60, "max_boots": 
 DRIVER = r'''
 import json, sys, time
 exec(open("boot.py").read(), {"__name__": "__main__"})   # as at power-up on a board
-from firmware.clock import Clock
-from firmware.ota import from_config
+from firmware.core.clock import Clock
+from firmware.link.ota import from_config
 
 
 def out(tag, obj):
@@ -454,7 +454,7 @@ def test_bundle_tool_payload_matches_the_file(tmp_path):
     p = json.loads(r.stdout)
     data = out.read_bytes()
     assert p["size"] == len(data) and p["sha256"] == hashlib.sha256(data).hexdigest()
-    from firmware.ota import sign
+    from firmware.link.ota import sign
     assert p["sig"] == sign(bytes.fromhex(KEY_HEX), "4.1.0", len(data), p["sha256"])
     assert (p["id"], p["url"], p["version"]) == ("update-4.1.0", "https://updates.example.org/b.bin", "4.1.0")
 

@@ -136,9 +136,9 @@ FUZZ = r'''
 import sys
 if sys.implementation.name != "micropython":
     sys.path[:0] = [sys.argv[1] + "/tools/compat", sys.argv[1]]
-from firmware.localtime import LocalTime
-from firmware.periods import PeriodBuilder
-from firmware.tariff import Tariff
+from firmware.billing.localtime import LocalTime
+from firmware.billing.periods import PeriodBuilder
+from firmware.billing.tariff import Tariff
 
 x = [12345]
 def rnd(n):

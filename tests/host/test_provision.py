@@ -14,7 +14,7 @@ import tty
 import pytest
 
 import provision
-from firmware.tariff import Tariff
+from firmware.billing.tariff import Tariff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_KEY = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
@@ -31,7 +31,7 @@ PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE K
 
 
 def token(uid_hex, key=SITE_KEY):
-    """HMAC-SHA256(site key, UID) computed here independently of firmware.pseudonym."""
+    """HMAC-SHA256(site key, UID) computed here independently of firmware.auth.pseudonym."""
     return hmac.new(bytes.fromhex(key), bytes.fromhex(uid_hex), hashlib.sha256).hexdigest()[:32]
 
 

@@ -41,7 +41,7 @@ def mpremote(dev, *args):
 
 
 def tech(dev, call):
-    return mpremote(dev, "exec", "from firmware import tech; tech.%s" % call)
+    return mpremote(dev, "exec", "from firmware.ops import tech; tech.%s" % call)
 
 
 def all_files(d):
@@ -80,7 +80,7 @@ def stopped(tmp_path_factory):
 def test_ctrl_c_from_mpremote_stops_the_charger_safely(stopped):
     out = stopped.transcript()
     assert "Charger stopped safely (interrupted at the console): contactor open, session #1 closed" in out
-    assert "from firmware import tech" in out and "import main" in out
+    assert "from firmware.ops import tech" in out and "import main" in out
     assert "commanded False" in stopped.first and "coil 0" in stopped.first   # the coil is de-energised
     shutdown = [json.loads(x[2:]) for x in out.splitlines() if x.startswith('@ {') and '"shutdown"' in x]
     assert shutdown and shutdown[0]["tx_id"] == 1
@@ -110,7 +110,7 @@ def test_tech_helpers_at_the_repl_after_the_stop(stopped):
     assert "L1  230.00 V    0.000 A       0 W" in meter and "50.00 Hz" in meter
     selftest = tech(dev, "selftest()")
     assert selftest.count("PASS") == 6 and "FAIL" not in selftest, selftest
-    data = json.loads(mpremote(dev, "exec", "from firmware import tech; import json; tech.say = lambda s: None; "
+    data = json.loads(mpremote(dev, "exec", "from firmware.ops import tech; import json; tech.say = lambda s: None; "
                                             "print(json.dumps(tech.status())); tech.say = print"))
     assert data["mode"] == "stopped" and data["last_tx"] == 1 and data["contactor_closed"] is False
 

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from firmware.tariff import Tariff
+from firmware.billing.tariff import Tariff
 from report import build_report
 from store import Store
 

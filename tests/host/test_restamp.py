@@ -8,8 +8,8 @@ import pytest
 import sim
 from backend import Backend
 from broker import Broker
-from firmware.journal import HAS_MSG, Journal, read_message
-from firmware.timefmt import iso, parse_iso
+from firmware.storage.journal import HAS_MSG, Journal, read_message
+from firmware.core.timefmt import iso, parse_iso
 from mqtt_watch import Watch
 from scenario import ScenarioError, normalise
 

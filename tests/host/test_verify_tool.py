@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from firmware.signing import Chain
+from firmware.billing.signing import Chain
 from scenario import ROOT
 
 KEY = bytes(range(40, 72))

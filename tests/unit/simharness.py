@@ -8,15 +8,15 @@ import json
 import os
 
 from fakes import FakeLink, ListLog
-from firmware.auth import from_config as auth_from_config
+from firmware.auth.authorize import from_config as auth_from_config
 from firmware.controller import Controller
-from firmware.journal import Journal
-from firmware.outbox import Outbox
-from firmware.pseudonym import pseudonym
-from firmware.settings import Settings
-from firmware.state import State, ensure_dir
-from firmware.sync import Sync
-from firmware.tariff import flat
+from firmware.storage.journal import Journal
+from firmware.storage.outbox import Outbox
+from firmware.auth.pseudonym import pseudonym
+from firmware.core.settings import Settings
+from firmware.storage.state import State, ensure_dir
+from firmware.link.sync import Sync
+from firmware.billing.tariff import flat
 from hal.board import Board
 from hal.sim import machine
 from hal.sim.world import World

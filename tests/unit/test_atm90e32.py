@@ -2,7 +2,7 @@
 import sys
 
 from check import raises
-from firmware.energy import EnergyCounter, max_read_interval_ms
+from firmware.metering.energy import EnergyCounter, max_read_interval_ms
 from hal import atm90e32
 from hal.atm90e32 import ATM90E32, COUNTS_PER_WH, MeterFault, faults
 from hal.sim import machine

@@ -5,10 +5,10 @@ import json
 import os
 
 from check import raises
-from firmware.auth import AuthCache, Authorizer, LocalList, from_config, may_stop
-from firmware.keys import Keys
-from firmware.pseudonym import pseudonym
-from firmware.timefmt import parse_iso
+from firmware.auth.authorize import AuthCache, Authorizer, LocalList, from_config, may_stop
+from firmware.auth.keys import Keys
+from firmware.auth.pseudonym import pseudonym
+from firmware.core.timefmt import parse_iso
 from hal.sim.clock import VirtualClock
 
 K1 = b"\x11" * 16

@@ -1,7 +1,7 @@
 """The bundle format: what pack() writes, Reader rebuilds, whatever the chunking; unsafe or oversized
 bundles are refused."""
 from check import raises
-from firmware.bundle import MAGIC, MAX_FILES, Reader, check_name, pack
+from firmware.link.bundle import MAGIC, MAX_FILES, Reader, check_name, pack
 
 FILES = [("firmware/__init__.py", b""), ("firmware/app.py", b"import sys\n" * 50),
          ("hal/board.py", bytes(range(256)) * 3), ("firmware/version.py", b'VERSION = "2.0"\n')]

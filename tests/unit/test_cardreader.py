@@ -1,7 +1,7 @@
 """CardReader over the real MFRC522 driver on the simulated chip, in virtual time."""
 import micropython
 
-from firmware.cardreader import COLLISION, CardReader
+from firmware.auth.cardreader import COLLISION, CardReader
 from hal.mfrc522 import MFRC522
 from hal.sim import machine
 from hal.sim.clock import VirtualClock

@@ -5,10 +5,10 @@ import binascii
 import json
 import os
 
-from firmware.auth import LocalList
-from firmware.keys import keys_from_config
-from firmware.pseudonym import pseudonym
-from firmware.timefmt import iso
+from firmware.auth.authorize import LocalList
+from firmware.auth.keys import keys_from_config
+from firmware.auth.pseudonym import pseudonym
+from firmware.core.timefmt import iso
 from hal.sim import machine
 from simharness import KEY, Harness, board_config, entry
 
@@ -583,8 +583,8 @@ def test_purge_forgets_a_pseudonym_in_list_and_cache_and_anonymizes_unsent_recor
 
 
 def test_purge_survives_a_reboot_of_the_outbox():
-    from firmware.journal import Journal
-    from firmware.outbox import Outbox
+    from firmware.storage.journal import Journal
+    from firmware.storage.outbox import Outbox
 
     h = offline(Harness(CARDS, ["alice"], charge("alice", stop_at=20000), 30000))
     h.run()                                     # offline: both records wait in the outbox

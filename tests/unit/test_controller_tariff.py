@@ -2,8 +2,8 @@
 signed records, revenue stats and the off-peak-only preference (in-process, both interpreters)."""
 import json
 
-from firmware.signing import GENESIS, record_hash, signature
-from firmware.tariff import Tariff
+from firmware.billing.signing import GENESIS, record_hash, signature
+from firmware.billing.tariff import Tariff
 from simharness import KEY, Harness, entry
 
 CARDS = {"alice": "04A1B2C3D4E5F6"}
@@ -100,7 +100,7 @@ def test_offpeak_only_drivers_wait_for_the_offpeak_hours():
     # local 21:30 start, off-peak from 22:00: SuspendedEVSE for 30 min, then charging
     h = Harness(CARDS, [], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"}, {"t": 3000, "ev_current_a": 16},
                             {"t": 3600000, "tap": "alice"}], 3700000, start_utc=1772483400,
-                entries=[entry(__import__("firmware.pseudonym", None, None, ["pseudonym"]).pseudonym(
+                entries=[entry(__import__("firmware.auth.pseudonym", None, None, ["pseudonym"]).pseudonym(
                     KEY, bytes.fromhex(CARDS["alice"])), offpeak_only=True)],
                 device={"site": {"utc_offset_min": 60, "dst": "EU", "offpeak": [["22:00", "06:00"]]}})
     h.run(until_ms=1000000)

@@ -2,7 +2,7 @@
 import sys
 
 from check import raises
-from firmware.energy import EnergyCounter, max_read_interval_ms
+from firmware.metering.energy import EnergyCounter, max_read_interval_ms
 
 
 def test_counts_become_whole_wh_and_an_exact_remainder():

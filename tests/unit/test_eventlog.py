@@ -4,7 +4,7 @@ import os
 import sys
 
 from check import raises
-from firmware.eventlog import URGENT, EventLog
+from firmware.storage.eventlog import URGENT, EventLog
 from hal.sim.clock import VirtualClock
 
 MP = sys.implementation.name == "micropython"
@@ -112,7 +112,7 @@ def test_files_rotate_and_never_exceed_their_bound():
 def test_rotation_on_littlefs_and_batching_saves_flash_writes():
     if not MP:
         return   # littlefs in RAM needs os.VfsLfs2 (MicroPython)
-    from firmware.flashfs import RamFlash, mount
+    from firmware.storage.flashfs import RamFlash, mount
 
     at = "/lfs" + binascii.hexlify(os.urandom(3)).decode()
     mount(RamFlash(512, 128), at, fresh=True)

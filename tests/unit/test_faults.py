@@ -1,5 +1,5 @@
 """Fault policies: retry with backoff, latch after too many trips, persistence, blocking."""
-from firmware.faults import POLICIES, Faults
+from firmware.safety.faults import POLICIES, Faults
 from hal.sim.clock import VirtualClock
 
 

@@ -1,6 +1,6 @@
 """Decimal parsing and rounding stay exact in integers."""
 from check import raises
-from firmware.fixed import parse, round_div, text
+from firmware.billing.fixed import parse, round_div, text
 
 
 def test_parse_strings_and_ints():

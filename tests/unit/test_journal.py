@@ -9,9 +9,9 @@ import os
 import sys
 
 from check import raises
-from firmware.journal import BOOT, CHECKPOINT, END, START, Journal
-from firmware.outbox import Outbox
-from firmware.timefmt import iso
+from firmware.storage.journal import BOOT, CHECKPOINT, END, START, Journal
+from firmware.storage.outbox import Outbox
+from firmware.core.timefmt import iso
 from hal.sim.clock import VirtualClock
 
 MP = sys.implementation.name == "micropython"
@@ -48,7 +48,7 @@ def each_fs(fn, block_size=512, blocks=256):
     finally:
         rmtree(d)
     if MP:
-        from firmware.flashfs import RamFlash, mount
+        from firmware.storage.flashfs import RamFlash, mount
 
         at = "/lfs" + _name()
         mount(RamFlash(block_size, blocks), at, fresh=True)
@@ -461,7 +461,7 @@ def test_a_full_filesystem_is_reported_and_the_session_goes_on():
 def test_a_full_littlefs_volume_is_reported_not_raised():
     if not MP:
         return  # os.VfsLfs2 exists only on MicroPython; FullFlash covers CPython
-    from firmware.flashfs import RamFlash, mount
+    from firmware.storage.flashfs import RamFlash, mount
 
     at = "/lfs" + _name()
     mount(RamFlash(512, 16), at, fresh=True)
@@ -489,7 +489,7 @@ def test_a_full_littlefs_volume_is_reported_not_raised():
 def test_a_power_cut_inside_littlefs_keeps_every_committed_record():
     if not MP:
         return  # needs os.VfsLfs2 (MicroPython)
-    from firmware.flashfs import RamFlash, mount
+    from firmware.storage.flashfs import RamFlash, mount
 
     at = "/lfs" + _name()
     dev = RamFlash(512, 64)
@@ -560,8 +560,8 @@ def test_flash_writes_per_one_hour_session_stay_within_2_kb():
 
 
 def test_the_checkpoint_policy_comes_from_the_device_config():
-    from firmware.settings import Settings
-    from firmware.tariff import flat
+    from firmware.core.settings import Settings
+    from firmware.billing.tariff import flat
     from simharness import board_config
 
     secrets = {"site_keys": {"1": "00" * 32}, "site_key_current": 1}

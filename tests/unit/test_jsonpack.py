@@ -4,7 +4,7 @@ import io
 import json
 
 from check import raises
-from firmware.jsonpack import dump, unpack, unpack_tail, words
+from firmware.storage.jsonpack import dump, unpack, unpack_tail, words
 
 # A shape like a real `ended` record: cost breakdown, OCPI charging periods, power profile.
 ENDED = {

@@ -1,6 +1,6 @@
 """jsonx keeps non-integer JSON numbers exact (as decimal strings) on both interpreters."""
 from check import raises
-from firmware.jsonx import loads, plain, quote_decimals
+from firmware.core.jsonx import loads, plain, quote_decimals
 
 
 def test_fractions_and_exponents_become_plain_decimal_strings():

@@ -1,7 +1,7 @@
 """Versioned site keys: pseudonyms under every accepted version, validation naming the field."""
 from check import raises
-from firmware.keys import Keys, keys_from_config
-from firmware.pseudonym import pseudonym
+from firmware.auth.keys import Keys, keys_from_config
+from firmware.auth.pseudonym import pseudonym
 
 K1 = b"\x11" * 16
 K2 = b"\x22" * 20

@@ -1,6 +1,6 @@
 """The offered current: the lowest of board, cable, card, thermal ladder and charging schedules."""
 from check import raises
-from firmware.limits import Limits, limits_from_config
+from firmware.charging.limits import Limits, limits_from_config
 
 T0 = 1772438400  # 2026-03-02T08:00:00Z
 

@@ -1,7 +1,7 @@
 """Local time with a fixed offset and EU/US daylight saving, in integers, without a tz database."""
 from check import raises
-from firmware.localtime import LocalTime, weekday
-from firmware.timefmt import days_from_civil, parse_iso
+from firmware.billing.localtime import LocalTime, weekday
+from firmware.core.timefmt import days_from_civil, parse_iso
 
 
 def test_eu_transitions_are_last_sundays_at_0100_utc():

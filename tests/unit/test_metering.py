@@ -6,7 +6,7 @@ import sys
 
 import micropython
 
-from firmware.profile import Profile
+from firmware.metering.profile import Profile
 from hal.sim.clock import VirtualClock
 from hal.sim.rig import meter_rig as _rig
 

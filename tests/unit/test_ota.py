@@ -12,9 +12,9 @@ import sys
 
 import boot
 from check import raises
-from firmware.bundle import pack
-from firmware.hmacsha256 import hmac_sha256
-from firmware.ota import Updater, check_command, from_config, load_state, sign, signed_bytes
+from firmware.link.bundle import pack
+from firmware.core.hmacsha256 import hmac_sha256
+from firmware.link.ota import Updater, check_command, from_config, load_state, sign, signed_bytes
 from hal.sim.clock import VirtualClock
 
 MP = sys.implementation.name == "micropython"
@@ -409,7 +409,7 @@ def test_full_flash_refuses_the_update_and_keeps_the_running_version():
 def test_real_littlefs_running_out_of_space():
     if not MP:
         return  # os.VfsLfs2 exists only on MicroPython; FullFlash covers CPython
-    from firmware.flashfs import RamFlash, mount
+    from firmware.storage.flashfs import RamFlash, mount
 
     at = "/ota" + _hex(os.urandom(3))
     mount(RamFlash(512, 48), at, fresh=True)

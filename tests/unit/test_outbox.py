@@ -4,8 +4,8 @@ import json
 import os
 
 from check import raises
-from firmware.journal import Journal
-from firmware.outbox import Outbox
+from firmware.storage.journal import Journal
+from firmware.storage.outbox import Outbox
 from hal.sim.clock import VirtualClock
 from test_journal import FullFlash, each_fs, files, plain_dir, restore, rmtree
 

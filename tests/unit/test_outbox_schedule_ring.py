@@ -1,8 +1,8 @@
 """Small building blocks of the loop: outbox bounds, periodic schedule, sample ring."""
 from check import raises
-from firmware.outbox import Outbox
-from firmware.ring import SampleRing
-from firmware.schedule import Every
+from firmware.storage.outbox import Outbox
+from firmware.metering.ring import SampleRing
+from firmware.core.schedule import Every
 from hal.sim.clock import VirtualClock
 
 

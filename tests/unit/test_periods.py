@@ -2,10 +2,10 @@
 import gc
 
 from check import raises
-from firmware.localtime import LocalTime
-from firmware.periods import PeriodBuilder
-from firmware.tariff import Tariff, periods_from_cdr
-from firmware.timefmt import iso, parse_iso
+from firmware.billing.localtime import LocalTime
+from firmware.billing.periods import PeriodBuilder
+from firmware.billing.tariff import Tariff, periods_from_cdr
+from firmware.core.timefmt import iso, parse_iso
 
 CET = LocalTime(60, "EU")
 

@@ -4,7 +4,7 @@ import sys
 
 import micropython
 from check import raises
-from firmware.pilot import (MAX_DA, MIN_DA, OFF, PilotMonitor, classify, connector_status,
+from firmware.charging.pilot import (MAX_DA, MIN_DA, OFF, PilotMonitor, classify, connector_status,
                             current_for_duty, duty_for_current)
 from hal.pilot import Pilot
 from hal.sim import machine

@@ -2,8 +2,8 @@
 import binascii
 
 from check import raises
-from firmware.hmacsha256 import hmac_sha256
-from firmware.pseudonym import parse_key, pseudonym
+from firmware.core.hmacsha256 import hmac_sha256
+from firmware.auth.pseudonym import parse_key, pseudonym
 
 
 def _hex(b):

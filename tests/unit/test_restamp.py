@@ -1,9 +1,9 @@
 """Records made before the wall clock was known carry boot + uptime_s and get real times at sync."""
 import json
 
-from firmware.clock import VALID_AFTER
-from firmware.timefmt import iso, parse_iso
-from firmware.timesync import TimeSync, synced
+from firmware.core.clock import VALID_AFTER
+from firmware.core.timefmt import iso, parse_iso
+from firmware.core.timesync import TimeSync, synced
 from hal.sim.clock import VirtualClock
 from simharness import Harness
 

@@ -3,8 +3,8 @@ import binascii
 import json
 import os
 
-from firmware.revenue import Revenue
-from firmware.timefmt import civil, days_from_civil
+from firmware.billing.revenue import Revenue
+from firmware.core.timefmt import civil, days_from_civil
 
 
 def _tmpdir():

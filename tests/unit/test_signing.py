@@ -2,8 +2,8 @@
 import hashlib
 
 from check import raises
-from firmware.hmacsha256 import hmac_sha256
-from firmware.signing import GENESIS, Chain, canonical, record_hash, signature
+from firmware.core.hmacsha256 import hmac_sha256
+from firmware.billing.signing import GENESIS, Chain, canonical, record_hash, signature
 
 KEY = bytes(range(32))
 

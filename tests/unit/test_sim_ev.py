@@ -1,7 +1,7 @@
 """The simulated EV follows the pilot's offer as IEC 61851-1 asks, and the simulated PWM/ADC
 let the world see what the firmware drives and feed what it reads."""
 from check import raises
-from firmware.pilot import PilotMonitor, connector_status, duty_for_current
+from firmware.charging.pilot import PilotMonitor, connector_status, duty_for_current
 from hal.pilot import Pilot
 from hal.sim import machine
 from hal.sim.clock import VirtualClock

@@ -3,8 +3,8 @@ re-sends the rest, and backs off (with jitter) while the broker is away."""
 import json
 
 from fakes import FakeLink, ListLog
-from firmware.outbox import Outbox
-from firmware.sync import Sync, parse_ack
+from firmware.storage.outbox import Outbox
+from firmware.link.sync import Sync, parse_ack
 from hal.sim.clock import VirtualClock
 
 from check import raises

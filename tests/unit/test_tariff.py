@@ -1,6 +1,6 @@
 """The Tariff object: exact parsing, errors that name the field, the flat-rate convenience."""
 from check import raises
-from firmware.tariff import Tariff, decimal, flat, scaled
+from firmware.billing.tariff import Tariff, decimal, flat, scaled
 
 
 def _tariff(*elements, **top):

@@ -5,9 +5,9 @@ PARKING_TIME Tariff Elements are both used, step_size is only taken into account
 total parking duration") disagree, the rule wins and the comment says so.
 """
 from check import raises
-from firmware.localtime import LocalTime
-from firmware.tariff import Tariff, periods_from_cdr
-from firmware.timefmt import iso, parse_iso
+from firmware.billing.localtime import LocalTime
+from firmware.billing.tariff import Tariff, periods_from_cdr
+from firmware.core.timefmt import iso, parse_iso
 
 CEST = LocalTime(60, "EU")
 MONDAY = parse_iso("2019-06-03T00:00:00Z")      # a Monday; local (CEST) midnight is 2019-06-02T22:00Z

@@ -2,9 +2,10 @@
 import json
 import os
 
-from firmware import app, tech
-from firmware.eventlog import EventLog
-from firmware.log import Log
+from firmware import app
+from firmware.ops import tech
+from firmware.storage.eventlog import EventLog
+from firmware.core.log import Log
 from simharness import Harness
 
 CARDS = {"alice": "04A1B2C3D4E5F6", "bob": "DEADBEEF"}
@@ -172,8 +173,8 @@ def test_records_this_view_cannot_read_are_skipped():
     import binascii
     import struct
 
-    from firmware.journal import HAS_MSG, MESSAGE, Journal
-    from firmware.outbox import Outbox
+    from firmware.storage.journal import HAS_MSG, MESSAGE, Journal
+    from firmware.storage.outbox import Outbox
     from hal.sim.clock import VirtualClock
 
     d = _new_dir()

@@ -1,6 +1,6 @@
 """UTC formatting agrees with known dates on both interpreters."""
 from check import raises
-from firmware.timefmt import civil, days_from_civil, iso, parse_iso
+from firmware.core.timefmt import civil, days_from_civil, iso, parse_iso
 
 
 def test_known_instants():

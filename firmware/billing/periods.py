@@ -16,9 +16,9 @@ inside the period's tariff band, so pricing the CDR gives exactly what the charg
 """
 from micropython import const
 
-from firmware.fixed import round_div, text
-from firmware.localtime import LocalTime
-from firmware.timefmt import iso
+from firmware.billing.fixed import round_div, text
+from firmware.billing.localtime import LocalTime
+from firmware.core.timefmt import iso
 
 _START = const(0)     # seconds since the session start
 _WH = const(1)        # session energy at the period start

@@ -10,7 +10,7 @@ Three kinds of board, one interface for the controller:
     ev = PilotSense(board.pilot, clock, debounce_ms=20)
     if ev.poll(): ...react to ev.state...;  ev.offer(16);  ev.plugged, ev.requesting, ev.fault
 """
-from firmware.pilot import PilotMonitor, connector_status, duty_for_current
+from firmware.charging.pilot import PilotMonitor, connector_status, duty_for_current
 
 _DEMAND_MA = 500   # CurrentSense: above this the EV is drawing
 

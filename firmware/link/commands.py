@@ -8,7 +8,7 @@ Anything malformed, oversized or unknown is rejected and changes nothing.
 """
 import json
 
-from firmware import jsonx
+from firmware.core import jsonx
 
 NAMES = ("remote_start", "remote_stop", "list_update", "purge", "charging_profile", "report_problem",
          "tariff", "clear_fault", "update")

@@ -1,7 +1,7 @@
 """Fault detection: grid, meter, contactor, temperature and residual-current checks.
 
 Reads what the meter already sampled and the contactor's feedback, decides which faults are
-present (firmware/faults.py holds what they mean and how to react) and runs the RCD module's
+present (firmware/safety/faults.py holds what they mean and how to react) and runs the RCD module's
 periodic self-test. Thresholds come from the board config's "safety" object and are checked
 at boot: an out-of-range value stops the boot with the key's name.
 
@@ -9,7 +9,7 @@ at boot: an out-of-range value stops the boot with the key's name.
     new = safety.fast(offer_limit_ma) + safety.rcd()   # every sample / iteration: emergencies
     new += safety.check(session_running)     # every control step: the rest
 """
-from firmware.config import setting
+from firmware.core.config import setting
 
 _RCD_TEST_MS = 200       # the RCD module must trip within this while its test input is driven
 _SETTLE_MS = 1000        # after the meter starts, its readings need this long to mean anything

@@ -17,7 +17,7 @@ import struct
 
 from micropython import const
 
-from firmware.jsonpack import dump, unpack, unpack_tail
+from firmware.storage.jsonpack import dump, unpack, unpack_tail
 
 # record types (the low 6 bits of the type byte)
 BOOT = const(1)        # body: u32 boot count

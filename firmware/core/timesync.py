@@ -6,7 +6,7 @@ record carries `"ts": null`, the boot count and `uptime_s`; the controller re-st
     ts = TimeSync(clock); rec["uptime_s"] = ts.uptime_s()
     if ts.check(): shift = ts.shift()   # just synced: UTC = uptime_s + shift
 """
-from firmware.clock import VALID_AFTER
+from firmware.core.clock import VALID_AFTER
 
 
 def synced(utc):

@@ -18,10 +18,10 @@ import os
 
 from micropython import const
 
-from firmware.bundle import Reader
-from firmware.config import setting
-from firmware.hmacsha256 import hmac_sha256
-from firmware.state import ensure_dir, write_atomic
+from firmware.link.bundle import Reader
+from firmware.core.config import setting
+from firmware.core.hmacsha256 import hmac_sha256
+from firmware.storage.state import ensure_dir, write_atomic
 
 SLOTS = ("a", "b")
 MIN_KEY = 32             # update key bytes

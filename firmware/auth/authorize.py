@@ -1,6 +1,6 @@
 """Card authorization with OCPP semantics: local list, authorization cache, online check, policies.
 
-A tap's pseudonyms (firmware/keys.py) go to the provisioned local list first, then to the cache
+A tap's pseudonyms (firmware/auth/keys.py) go to the provisioned local list first, then to the cache
 of earlier online answers, then to the backend; the offline switches decide without it. Only
 pseudonyms are held; both stores are bounded and written to flash atomically.
 
@@ -14,10 +14,10 @@ import struct
 
 from micropython import const
 
-from firmware import fixed
-from firmware.config import setting
-from firmware.keys import check_version
-from firmware.timefmt import iso, parse_iso
+from firmware.billing import fixed
+from firmware.core.config import setting
+from firmware.auth.keys import check_version
+from firmware.core.timefmt import iso, parse_iso
 
 ACCEPTED = "Accepted"
 LIST_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid")

@@ -1,6 +1,6 @@
 """The current the charger offers: the lowest of the board, cable, card, thermal and schedule limits.
 
-Whole amperes per phase, integers throughout (the pilot table in firmware/pilot.py takes tenths:
+Whole amperes per phase, integers throughout (the pilot table in firmware/charging/pilot.py takes tenths:
 `duty_for_current(amps * 10)`). An offer below 6 A cannot be signalled, so it becomes 0 (do
 not offer); `reason` names the limit that bound ("board", "cable", "card", "thermal",
 "schedule"; on a tie the earlier one in that order).
@@ -29,7 +29,7 @@ Smart-charging profiles (a minimal subset of OCPP's), one dict per stack level a
 """
 from micropython import const
 
-from firmware.config import setting
+from firmware.core.config import setting
 
 KINDS = ("station_max", "tx_default")
 MIN_OFFER_A = const(6)

@@ -6,7 +6,7 @@ the firmware never started; then they read what it persisted in the data directo
 (state.json, the journal, the event log files). Each helper prints for a person and returns
 the data. Drivers appear by pseudonym only: no raw card UID is ever stored to show.
 
-    >>> from firmware import tech
+    >>> from firmware.ops import tech
     >>> tech.status(); tech.log(20); tech.sessions(5); tech.faults(); tech.meter(); tech.selftest()
 """
 import gc
@@ -18,8 +18,8 @@ import time
 
 from micropython import const
 
-from firmware.eventlog import EventLog
-from firmware.journal import ACK, BOOT, CHECKPOINT, DONE, END, HAS_MSG, Journal, read_message
+from firmware.storage.eventlog import EventLog
+from firmware.storage.journal import ACK, BOOT, CHECKPOINT, DONE, END, HAS_MSG, Journal, read_message
 
 _TYPE = const(0x3F)
 _RCD_TRIP_MS = const(200)      # the RCD module must trip within this on its test input
@@ -87,7 +87,7 @@ def _board_cfg():
 def _clock():
     c = _current().get("clock")
     if c is None:
-        from firmware.clock import Clock
+        from firmware.core.clock import Clock
 
         c = Clock()
     return c
@@ -176,8 +176,8 @@ def _kwh(wh):
 def _money(cost):
     if not isinstance(cost, dict) or "total_incl_vat_minor" not in cost:
         return "?"
-    from firmware import fixed
-    from firmware.tariff import MINOR_DIGITS
+    from firmware.billing import fixed
+    from firmware.billing.tariff import MINOR_DIGITS
 
     cur = cost.get("currency", "")
     digits = MINOR_DIGITS.get(cur, 2)
@@ -418,8 +418,8 @@ def clear_fault(data=None):
     if ctl is not None:
         kinds = ctl.clear_fault()
     else:
-        from firmware.faults import Faults
-        from firmware.state import State
+        from firmware.safety.faults import Faults
+        from firmware.storage.state import State
 
         d = _data(data)
         st = State(d + "/state.json")
@@ -428,7 +428,7 @@ def clear_fault(data=None):
         if kinds:
             st.values["faults"] = fs.persist()
             st.save()
-            from firmware.timefmt import iso
+            from firmware.core.timefmt import iso
 
             EventLog(d).append("@ " + json.dumps({"ev": "fault_reset", "kinds": kinds, "by": "tech",
                                                   "ts": iso(_clock().time())}), True)
@@ -585,7 +585,7 @@ def _pilot(board, item):
     if p is None:
         item("pilot", None, "no control pilot on this board")
         return
-    from firmware.pilot import OFF, level_state
+    from firmware.charging.pilot import OFF, level_state
 
     duty = p.duty
     try:

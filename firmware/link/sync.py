@@ -14,7 +14,7 @@ import os
 
 from micropython import const
 
-from firmware.timefmt import iso
+from firmware.core.timefmt import iso
 
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)

@@ -6,12 +6,12 @@ ValueError naming its key, so the charger never runs on guesses.
 
     s = Settings(load("board.json"), load("config.json"), load("secrets.json"))
 """
-from firmware.config import setting
-from firmware.keys import keys_from_config
-from firmware.limits import limits_from_config
-from firmware.localtime import LocalTime
-from firmware.pseudonym import parse_key
-from firmware.tariff import Tariff
+from firmware.core.config import setting
+from firmware.auth.keys import keys_from_config
+from firmware.charging.limits import limits_from_config
+from firmware.billing.localtime import LocalTime
+from firmware.auth.pseudonym import parse_key
+from firmware.billing.tariff import Tariff
 
 
 def _hhmm(text, where):

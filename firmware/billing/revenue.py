@@ -12,7 +12,7 @@ import os
 
 from micropython import const
 
-from firmware.state import write_atomic
+from firmware.storage.state import write_atomic
 
 _SESSIONS = const(0)
 _WH = const(1)

@@ -7,7 +7,7 @@ site key (a secret per site, rotatable by version) prevents that.
 """
 import binascii
 
-from firmware.hmacsha256 import hmac_sha256
+from firmware.core.hmacsha256 import hmac_sha256
 
 TOKEN_BYTES = 16  # 128 bits of the HMAC: collisions are out of reach for any fleet
 

@@ -1,7 +1,7 @@
 """The event log: one line per notable event, printed for the technician, kept in RAM and on flash.
 
 Lines are `@ {json}` so the simulator and tools can parse them; fields never hold a raw
-card UID (only pseudonyms). With a `store` (firmware/eventlog.py) each line is also kept in the
+card UID (only pseudonyms). With a `store` (firmware/storage/eventlog.py) each line is also kept in the
 bounded log files of the data directory.
 
     log = Log(clock); log.event("tap", token="3f2a...", result="accepted")
@@ -9,8 +9,8 @@ bounded log files of the data directory.
 import json
 import sys
 
-from firmware.eventlog import URGENT
-from firmware.timefmt import iso
+from firmware.storage.eventlog import URGENT
+from firmware.core.timefmt import iso
 
 
 def print_exception(e):
@@ -29,7 +29,7 @@ class Log:
         self._out = out
         self._keep = keep
         self.recent = []  # the last `keep` lines, newest last
-        self.store = None  # the persistent copy (firmware/eventlog.py), once the data directory is known
+        self.store = None  # the persistent copy (firmware/storage/eventlog.py), once the data directory is known
 
     def event(self, ev, **fields):
         fields["ev"] = ev

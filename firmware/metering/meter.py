@@ -11,9 +11,9 @@ runs the per-sample threshold checks, all without allocating.
 """
 from micropython import const
 
-from firmware.energy import EnergyCounter, max_read_interval_ms
-from firmware.profile import Profile
-from firmware.ring import SampleRing
+from firmware.metering.energy import EnergyCounter, max_read_interval_ms
+from firmware.metering.profile import Profile
+from firmware.metering.ring import SampleRing
 
 _WMS_PER_WH = const(3600000)   # W·ms in one Wh
 _MAX_GAP_MS = const(2000)      # a longer gap between samples is not integrated (loop stalled)

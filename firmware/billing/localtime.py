@@ -10,7 +10,7 @@ local daylight time, +60 min) or None. Southern-hemisphere rules are not covered
 """
 from micropython import const
 
-from firmware.timefmt import civil, days_from_civil
+from firmware.core.timefmt import civil, days_from_civil
 
 _DAY = const(86400)
 _HOUR = const(3600)

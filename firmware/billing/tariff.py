@@ -15,9 +15,9 @@ currency's minor unit, half away from zero.
 """
 from micropython import const
 
-from firmware.fixed import round_div
-from firmware.localtime import weekday
-from firmware.timefmt import civil, days_from_civil, parse_iso
+from firmware.billing.fixed import round_div
+from firmware.billing.localtime import weekday
+from firmware.core.timefmt import civil, days_from_civil, parse_iso
 
 PRICE_PLACES = 6   # prices in millionths of the currency unit (per kWh, per hour, per session)
 VAT_PLACES = 2     # VAT in hundredths of a percent
@@ -75,7 +75,7 @@ def decimal(value, where):
         return value, 0
     if isinstance(value, float):
         raise ValueError("%s: %r is a float, so its exact value is lost; send it as a decimal "
-                         "string or parse the JSON with firmware.jsonx" % (where, value))
+                         "string or parse the JSON with firmware.core.jsonx" % (where, value))
     if not isinstance(value, str) or len(value) > _MAX_NUMBER:
         raise ValueError("%s: %r is not a decimal number" % (where, value))
     s = value

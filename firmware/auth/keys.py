@@ -7,8 +7,8 @@ to compute the pseudonyms and is never kept.
     keys = Keys({1: old_key, 2: new_key}, current=2, accept=(1, 2))
     pairs = keys.tap(uid)        # [(2, "3f2a…"), (1, "9c0d…")], current version first
 """
-from firmware.config import setting
-from firmware.pseudonym import parse_key, pseudonym
+from firmware.core.config import setting
+from firmware.auth.pseudonym import parse_key, pseudonym
 
 MAX_VERSION = 255  # versions fit in one byte of the packed local list
 

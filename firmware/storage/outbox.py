@@ -12,7 +12,7 @@ import random
 
 from micropython import const
 
-from firmware.journal import ACK, HAS_MSG, MESSAGE, message_section
+from firmware.storage.journal import ACK, HAS_MSG, MESSAGE, message_section
 
 # an entry is a list (smaller than an object on MicroPython): these are its fields
 _SEQ = const(0)    # order number: the journal sequence of the record that first held it

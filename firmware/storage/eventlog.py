@@ -1,4 +1,4 @@
-"""The persistent event log: the `@ {json}` lines of firmware/log.py in a few bounded files.
+"""The persistent event log: the `@ {json}` lines of firmware/core/log.py in a few bounded files.
 
 `log.0` is the newest file, `log.1` the one before, and so on; a file never grows past
 `file_bytes`: when the next lines would not fit, the oldest file is deleted, the others move

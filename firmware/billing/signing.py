@@ -14,7 +14,7 @@ import binascii
 import io
 import hashlib
 
-from firmware.hmacsha256 import hmac_sha256
+from firmware.core.hmacsha256 import hmac_sha256
 
 GENESIS = "0" * 64
 FIELDS = ("chain_n", "chain_prev", "sig")

@@ -3,7 +3,7 @@
     port = setting(cfg, "mqtt.port", int, lo=1, hi=65535)
     rate = setting(cfg, "sampling.rate_hz", int, 10, lo=1, hi=50)     # with a default
 """
-from firmware import jsonx
+from firmware.core import jsonx
 
 _MISSING = object()
 
