@@ -40,6 +40,7 @@ MAX_ID = 64
 _MAX_IDS = const(16)      # accepted command ids remembered against replays
 _ENOSPC = const(28)
 _RETRY_MS = const(5000)   # between attempts to deliver a final answer
+_CHECK_GAP_MS = const(1000)  # between signature checks: each blocks the loop for tens of ms on an ESP32
 _VERSION_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-"
 _HEX = "0123456789abcdef"
 _DIGITS = "0123456789."
@@ -368,6 +369,7 @@ class Updater:
         self._restart = None      # "install" or "rollback" once the state names another slot
         self._final = None        # a final answer not yet delivered: (ack, persisted in state)
         self._final_at = None
+        self._checked = None      # ticks of the last signature check (at most one per _CHECK_GAP_MS)
         # slots neither running nor installable hold leftovers (an interrupted download, a
         # rolled-back version): remove them, one entry per tick
         self._wipe = [self.slot_dir(s) for s in SLOTS
@@ -415,6 +417,11 @@ class Updater:
         self._check_fresh(m)
         if len(sig) != self.key.k:
             raise ValueError("sig must be %d hex digits for this RSA-%d key" % (2 * self.key.k, 8 * self.key.k))
+        now = self.clock.ticks_ms()
+        if self._checked is not None and self.clock.ticks_diff(now, self._checked) < _CHECK_GAP_MS:
+            raise ValueError("another update signature was checked less than %d ms ago: send the command again"
+                             % _CHECK_GAP_MS)
+        self._checked = now
         if not verify(self.key, digest, sig):
             raise ValueError("sig does not verify under the update public key")
         self._remember(m)   # first: if the flash fails here, nothing else has changed

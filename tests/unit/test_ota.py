@@ -277,8 +277,15 @@ def test_payload_validation_names_the_field():
     assert check_command(upper, 1000)[1].sha256 == good["sha256"]
 
 
+def _start(up, p):
+    """start() a second after the last one: the updater checks at most one signature per second."""
+    up.clock.sleep_ms(1000)
+    return up.start(p)
+
+
 def _refused(up, root, p, words):
     """start() refuses p with words in the reason and changes nothing on flash or in the updater."""
+    up.clock.sleep_ms(1000)
     before = _tree(root) if _exists(root) else {}
     working, ready = up.working, up.ready_to_switch()
     e = raises(ValueError, up.start, p)
@@ -325,7 +332,7 @@ def test_one_flipped_bit_in_any_signed_field_or_the_signature_is_refused():
         for p in altered:
             words = "is for device cp-0000" if p["target"] == "cp-0000" else "sig does not verify"
             _refused(up, root, p, words)
-        up.start(good)
+        _start(up, good)
         assert up.working
     finally:
         _rmtree(root)
@@ -343,6 +350,27 @@ def test_a_valid_signature_is_accepted_with_either_key_size():
             assert up.ready_to_switch()
         finally:
             _rmtree(root)
+
+
+def test_at_most_one_signature_check_per_second():
+    """Each check blocks the loop (tens of ms on an ESP32): a burst of commands cannot add them up."""
+    root = _tmp()
+    try:
+        blob = pack(_files("2.0.0"))
+        clock = _clock()
+        up = _updater(root, clock, Acks(), Server())
+        e = raises(ValueError, up.start, _cmd(blob, key=KEY_B))
+        assert "sig does not verify" in str(e)
+        clock.sleep_ms(999)
+        before = _tree(root) if _exists(root) else {}
+        e = raises(ValueError, up.start, _cmd(blob))
+        assert str(e) == "another update signature was checked less than 1000 ms ago: send the command again"
+        assert (_tree(root) if _exists(root) else {}) == before and not up.working
+        clock.sleep_ms(1)
+        up.start(_cmd(blob))
+        assert up.working and up.start(_cmd(blob)) is None     # a duplicate is not checked again
+    finally:
+        _rmtree(root)
 
 
 def test_a_manifest_for_another_device_is_refused():
@@ -366,13 +394,13 @@ def test_an_expired_manifest_or_an_unknown_clock_is_refused():
         blob = pack(_files("2.0.0"))
         up = _updater(root, _clock(), Acks(), Server())
         reason = _refused(up, root, _cmd(blob, expires=NOW - 3600), "expired")
-        assert reason == "update expired at 2026-05-28T19:26:40Z (now 2026-05-28T20:26:40Z)"
+        assert reason == "update expired at 2026-05-28T19:26:40Z (now 2026-05-28T20:26:41Z)"
         _refused(up, root, _cmd(blob, expires=NOW), "expired at")
         unset = VirtualClock(start_utc=NOW, unset=True)          # an ESP32 before NTP: 2000-01-01
         early = _updater(root, unset, Acks(), Server())
         _refused(early, root, _cmd(blob, expires=NOW + WEEK), "wall clock is not set")
         unset.sync()
-        early.start(_cmd(blob, expires=NOW + 1))
+        early.start(_cmd(blob, expires=NOW + 60))
         assert early.working
     finally:
         _rmtree(root)
@@ -464,7 +492,7 @@ def test_a_replayed_rollback_is_refused():
         assert up.ready_to_switch()
         newer = pack(_files("2.1.0"))
         up._opener = Server(ok(newer))
-        up.start(_cmd(newer, "2.1.0", "u-21"))                   # replaces the waiting rollback
+        _start(up, _cmd(newer, "2.1.0", "u-21"))                 # replaces the waiting rollback
         _run(up, clock)
         _refused(up, root, dict(back, url="http://elsewhere/x.bin"), "accepted before")
     finally:
@@ -548,7 +576,7 @@ def test_connection_dropped_midway_then_a_retry_works():
         up, clock, acks = _untouched_after(root, [(200, len(blob), body(blob[:1000]))],
                                            "connection closed after 1000 of %d bytes" % len(blob), blob=blob)
         up.on_status = acks
-        up.start(_cmd(blob, "3.0.0", "u-3"))
+        _start(up, _cmd(blob, "3.0.0", "u-3"))
         up._opener = Server(ok(blob))
         _run(up, clock)
         assert up.ready_to_switch() and acks.got[-1]["percent"] == 100
@@ -671,7 +699,7 @@ def test_one_update_at_a_time_and_duplicates_are_harmless():
         assert len(server.calls) == 1 and up.ready_to_switch()
         blob2 = pack(_files("2.0.1"))                       # a newer one replaces the waiting one
         up._opener = Server(ok(blob2))
-        up.start(_cmd(blob2, "2.0.1", "u-2"))
+        _start(up, _cmd(blob2, "2.0.1", "u-2"))
         _run(up, clock)
         assert _state(root)["slots"]["a"]["version"] == "2.0.1"
         assert _tree(root + "/slots/a")["firmware/version.py"] == b'VERSION = "2.0.1"\n'
