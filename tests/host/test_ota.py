@@ -1,6 +1,7 @@
-"""Over-the-air update end to end: bundles built by tools/bundle.py, served over HTTP on loopback,
-downloaded by the firmware on the MicroPython unix port into a board's slots, then "reboots" (a
-new micropython process running boot.py) into the new version, or back to the old one.
+"""Over-the-air update end to end: bundles built and signed by tools/bundle.py with keys from its
+`keygen`, served over HTTP on loopback, downloaded by the firmware on the MicroPython unix port into
+a board's slots, then "reboots" (a new micropython process running boot.py) into the new version,
+or back to the old one. Replays, downgrades, other targets and expired manifests are refused.
 
 Each test has its own board root (what `/` is on a board): the base firmware (as `make deploy`
 leaves it), boot.py and a small driver script standing in for main.py.
@@ -15,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -23,11 +25,8 @@ from scenario import ROOT
 
 from firmware.link.bundle import Reader
 
-KEY_HEX = bytes(range(40, 72)).hex()
-OTHER_KEY_HEX = bytes(range(80, 112)).hex()
-OTA_CFG = {"device": {"ota": {"confirm_after_s": 0, "trial_s": 60, "max_boots": 3, "timeout_ms": 2000,
-                              "stall_s": 5}},
-           "secrets": {"update_key": KEY_HEX}}
+DEVICE = "cp-0001"
+OTA = {"confirm_after_s": 0, "trial_s": 60, "max_boots": 3, "timeout_ms": 2000, "stall_s": 5}
 
 DRIVER = r'''
 import json, sys, time
@@ -107,6 +106,25 @@ class Files(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Keys:
+    """The operator's signing key and a stranger's, made by `tools/bundle.py keygen` (outside the repo)."""
+
+    def __init__(self, folder):
+        self.path, self.public = _keygen(folder / "cp-update.pem")
+        self.other, _ = _keygen(folder / "other.pem")
+
+
+def _keygen(path, *extra, env=None):
+    r = _tool("keygen", "--out", str(path), *extra, env=env)
+    assert r.returncode == 0, r.stderr
+    return str(path), json.loads(r.stdout)["ota"]["public_key"]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
 @pytest.fixture(scope="module")
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
@@ -140,19 +158,29 @@ def tls_server(tmp_path_factory):
 class Board:
     """A board root on disk with the base firmware, and the ways to run it."""
 
-    def __init__(self, tmp, server):
+    def __init__(self, tmp, server, keys):
         self.tmp = tmp
         self.root = tmp / "board"
         self.server = server
+        self.keys = keys
         _copy_tree(ROOT, self.root)
         (self.root / "firmware" / "version.py").write_text('VERSION = "1.0.0-base"\n')
         shutil.copy(os.path.join(ROOT, "boot.py"), self.root / "boot.py")
         (self.root / "ota_driver.py").write_text(DRIVER)
         self.cfg = tmp / "ota.json"
-        self.cfg.write_text(json.dumps(OTA_CFG))
+        self.configure()
+        self.commands = []   # the cmd/update payloads installed, as an eavesdropper keeps them
 
-    def bundle(self, version, mpy=None, key=KEY_HEX, breaks=None, name=None, scheme="http", server=None):
-        """Build a bundle of this project's firmware with tools/bundle.py; returns (payload, bytes)."""
+    def configure(self, **ota):
+        """The charger's config: its device id, the operator's public key, the ota settings."""
+        cfg = {"device": {"device_id": DEVICE, "ota": dict(OTA, public_key=self.keys.public, **ota)},
+               "secrets": {}}
+        self.cfg.write_text(json.dumps(cfg))
+
+    def bundle(self, version, mpy=None, key=None, breaks=None, name=None, scheme="http", server=None, cid=None,
+               sign=("--fleet",)):
+        """Build and sign a bundle of this project's firmware with tools/bundle.py; returns (payload, bytes).
+        sign: the target and the other manifest options (--device ID, --rollback, --expires UTC)."""
         src = self.tmp / ("src-" + version)
         if not src.exists():
             _copy_tree(ROOT, src)
@@ -162,9 +190,9 @@ class Board:
         path = "/" + (name or "cp-%s.bin" % version)
         out = self.tmp / path[1:]
         port = (server or self.server).server_address[1]
-        cmd = [sys.executable, os.path.join(ROOT, "tools", "bundle.py"), "--version", version, "--key", key,
-               "--url", "%s://127.0.0.1:%d%s" % (scheme, port, path), "--src", str(src),
-               "--out", str(out), "--id", "u-" + version]
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "bundle.py"), "--version", version,
+               "--key", key or self.keys.path, "--url", "%s://127.0.0.1:%d%s" % (scheme, port, path),
+               "--src", str(src), "--out", str(out), "--id", cid or "u-" + version] + list(sign)
         if mpy:
             cmd += ["--mpy", mpy]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -212,6 +240,7 @@ class Board:
         self.serve(payload, data)
         seen = self.update(payload)
         assert seen["SWITCH"] == ["install"], seen
+        self.commands.append(payload)
         seen = self.boot(confirm=True)
         assert seen["BOOT"][0]["version"] == version and seen["CONFIRMED"] == [True], seen
         st = self.state()
@@ -228,8 +257,8 @@ def _copy_tree(src_root, dst):
 
 
 @pytest.fixture
-def board(tmp_path, server):
-    return Board(tmp_path, server)
+def board(tmp_path, server, keys):
+    return Board(tmp_path, server, keys)
 
 
 def _final(seen):
@@ -299,8 +328,7 @@ def test_a_silent_server_costs_one_bounded_step_then_a_stall(board, head):
     payload, data = board.bundle("2.0.0")
     srv = Silent(head and head % len(data))
     try:
-        payload["url"] = "http://127.0.0.1:%d/cp.bin" % srv.port
-        payload["sig"] = board.bundle("2.0.0")[0]["sig"]     # the url is not signed: same bundle
+        payload["url"] = "http://127.0.0.1:%d/cp.bin" % srv.port   # the url is not signed: same manifest
         seen = board.update(payload)
     finally:
         srv.close()
@@ -337,12 +365,11 @@ def test_a_failed_update_leaves_the_running_version_untouched(board, case):
         data[len(data) // 2] ^= 0x40
         data = bytes(data)
     elif case == "bad_signature":
-        payload["sig"] = board.bundle("3.0.0", key=OTHER_KEY_HEX, name="other.bin")[0]["sig"]
+        payload["sig"] = board.bundle("3.0.0", key=board.keys.other, name="other.bin")[0]["sig"]
     elif case == "dropped":
         drop = 50000
     else:
-        board.cfg.write_text(json.dumps(dict(OTA_CFG, device={"ota": dict(OTA_CFG["device"]["ota"],
-                                                                         max_size=len(data) - 1)})))
+        board.configure(max_size=len(data) - 1)
     board.serve(payload, data, drop)
     seen = board.update(payload)
     reasons = {"corrupt": "sha256 mismatch", "bad_signature": "sig does not verify",
@@ -422,41 +449,147 @@ def test_a_slot_shadows_frozen_modules(board):
     assert r.stdout.split() == ["frozen"], r.stdout + r.stderr
 
 
+# -- signed manifests, end to end --------------------------------------------------------------
+def _refusal(seen):
+    acks = seen.get("ACK", [])
+    assert len(acks) == 1 and acks[0]["status"] == "rejected" and "SWITCH" not in seen, seen
+    return acks[0]["reason"]
+
+
+def test_replays_downgrades_other_targets_and_expired_manifests_are_refused(board):
+    """Each refusal is one cmd_ack `rejected` with the reason; the slots, the state and the remembered
+    commands stay exactly as they were. A downgrade signed as a rollback installs."""
+    board.install("2.0.0")
+    board.install("3.0.0")
+    old_payload = board.commands[0]                               # the command that installed 2.0.0
+    assert board.state()["active"] == "b"
+    cases = [
+        (dict(old_payload, url="http://127.0.0.1:9/elsewhere.bin"), "update u-2.0.0 was accepted before"),
+        (board.bundle("1.5.0")[0], "version 1.5.0 is not above the running 3.0.0"),
+        (board.bundle("4.0.0", sign=("--device", "cp-0002"), name="other-device.bin")[0],
+         "update is for device cp-0002, this charger is cp-0001"),
+        (board.bundle("4.0.0", key=board.keys.other, name="stranger.bin")[0], "sig does not verify"),
+    ]
+    expiring = board.bundle("4.0.0", cid="u-4-soon", name="soon.bin",
+                            sign=("--fleet", "--expires", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                        time.gmtime(time.time() + 2))))[0]
+    before = {s: board.tree(s) for s in ("a", "b")}
+    st, seen_file = board.state(), (board.root / "slots" / "seen.json").read_text()
+    time.sleep(max(0, _epoch(expiring["expires"]) - time.time() + 0.2))
+    cases.append((expiring, "update expired at %s" % expiring["expires"]))
+    for payload, words in cases:
+        assert words in _refusal(board.update(payload)), words
+        assert {s: board.tree(s) for s in ("a", "b")} == before and board.state() == st
+        assert (board.root / "slots" / "seen.json").read_text() == seen_file
+    payload, data = board.bundle("2.0.0", cid="u-back-2.0.0", sign=("--fleet", "--rollback"), name="back.bin")
+    assert payload["rollback"] is True
+    board.serve(payload, data)
+    assert board.update(payload)["SWITCH"] == ["install"]
+    assert board.boot(confirm=True)["BOOT"][0]["version"] == "2.0.0"
+    board.install("3.1.0")                                        # the fix; then the rollback cannot be replayed
+    assert "update u-back-2.0.0 was accepted before" in _refusal(board.update(payload))
+
+
+def _epoch(utc):
+    from firmware.core.timefmt import parse_iso
+    return parse_iso(utc)
+
+
+def test_a_charger_on_the_old_hmac_key_refuses_updates(board):
+    board.cfg.write_text(json.dumps({"device": {"device_id": DEVICE, "ota": OTA},
+                                     "secrets": {"update_key": bytes(range(40, 72)).hex()}}))
+    payload, data = board.bundle("2.0.0")
+    board.serve(payload, data)
+    assert "the HMAC update_key is no longer accepted" in _refusal(board.update(payload))
+    assert board.state() is None
+
+
 # -- tools/bundle.py --------------------------------------------------------------------------
-def _tool(*args):
+def _tool(*args, env=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bundle.py")] + list(args),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_bundle_tool_help_has_an_example():
     r = _tool("--help")
-    assert r.returncode == 0 and "example:" in r.stdout and "--keys secrets.json" in r.stdout
+    assert r.returncode == 0 and "example:" in r.stdout and "--key ~/keys/cp-update.pem" in r.stdout
+    assert "keygen --out FILE" in r.stdout
 
 
-def test_bundle_tool_refuses_bad_keys_and_versions(tmp_path):
+def test_keygen_keeps_the_private_key_out_of_the_repo_and_prints_the_public_key(tmp_path, keys):
+    from cryptography.hazmat.primitives import serialization
+
+    from firmware.core.rsa import parse_public_key
+
+    pem = open(keys.path, "rb").read()
+    assert os.stat(keys.path).st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in pem
+    priv = serialization.load_pem_private_key(pem, password=None)
+    assert priv.key_size == 2048 and parse_public_key(keys.public).n == priv.public_key().public_numbers().n
+    r = _tool("pubkey", "--key", keys.path)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"ota": {"public_key": keys.public}}
+    for path, words in ((os.path.join(ROOT, "update-key.pem"), "inside the project tree"),
+                        (os.path.join(ROOT, "tools", "..", "build", "k.pem"), "inside the project tree"),
+                        (keys.path, "exists")):
+        r = _tool("keygen", "--out", path)
+        assert r.returncode == 2 and words in r.stderr and "nothing written" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(ROOT, "update-key.pem")) and open(keys.path, "rb").read() == pem
+    r = _tool("keygen", "--out", str(tmp_path / "k.pem"), "--bits", "1024")
+    assert r.returncode == 2 and "--bits must be one of 2048, 3072" in r.stderr
+    env = dict(os.environ, CP_UPDATE_KEY_PASSPHRASE="correct horse")
+    path, pub = _keygen(tmp_path / "k3072.pem", "--bits", "3072", env=env)
+    assert b"ENCRYPTED" in open(path, "rb").read() and parse_public_key(pub).k == 384
+    base = ["--version", "1.0.0", "--url", "http://h/b.bin", "--fleet", "--key", path, "--out", str(tmp_path / "b.bin")]
+    assert "encrypted keys need CP_UPDATE_KEY_PASSPHRASE" in _tool(*base).stderr
+    r = _tool(*base, env=env)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["sig"]) == 768, r.stderr
+
+
+def test_bundle_tool_refuses_bad_keys_and_versions(tmp_path, keys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     out = tmp_path / "b.bin"
-    for args, words in ((["--key", "ab" * 16], "at least 32 bytes"), (["--key", "00" * 32], "placeholder"),
-                        (["--keys", str(tmp_path / "none.json")], "cannot read update_key"),
-                        ([], "--key HEX or --keys"), (["--key", KEY_HEX, "--version", "1.0/x"], "version must be")):
+    (tmp_path / "secrets.json").write_text(json.dumps({"update_key": "ab" * 32}))
+    small = tmp_path / "small.pem"
+    small.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key = ["--key", keys.path]
+    for args, words in ((["--fleet", "--key", str(tmp_path / "none.pem")], "cannot read"),
+                        (["--fleet", "--key", str(tmp_path / "secrets.json")], "not a usable PEM private key"),
+                        (["--fleet", "--key", str(small)], "must be an RSA-2048 or RSA-3072 key"),
+                        (["--fleet", "--keys", str(tmp_path / "secrets.json")], "HMAC update_key is no longer used"),
+                        (["--fleet"], "give the private key: --key FILE.pem"), (key, "--fleet"),
+                        (key + ["--fleet", "--device", "cp-1"], "--fleet"),
+                        (key + ["--device", "cp/1"], "target must be"),
+                        (key + ["--fleet", "--expires", "2020-01-01T00:00:00Z"], "is in the past"),
+                        (key + ["--fleet", "--expires", "tomorrow"], "--expires must be a UTC time"),
+                        (key + ["--fleet", "--version", "1.0/x"], "version must be"),
+                        (key + ["--fleet", "--version", "dev"], "dot-separated numbers")):
         base = ["--version", "1.0.0", "--url", "http://h/b.bin", "--out", str(out)]
         r = _tool(*(base + args))
-        assert r.returncode == 2 and words in r.stderr and "nothing written" in r.stderr, r.stderr
+        assert r.returncode == 2 and words in r.stderr and "nothing written" in r.stderr, (args, r.stderr)
         assert not out.exists()
 
 
-def test_bundle_tool_payload_matches_the_file(tmp_path):
-    keys = tmp_path / "secrets.json"
-    keys.write_text(json.dumps({"update_key": KEY_HEX}))
+def test_bundle_tool_payload_matches_the_file(tmp_path, keys):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from firmware.link.ota import check_command
+
     out = tmp_path / "b.bin"
-    r = _tool("--version", "4.1.0", "--url", "https://updates.example.org/b.bin", "--keys", str(keys),
-              "--out", str(out))
+    r = _tool("--version", "4.1.0", "--url", "https://updates.example.org/b.bin", "--key", keys.path,
+              "--device", DEVICE, "--valid-days", "3", "--out", str(out))
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     data = out.read_bytes()
     assert p["size"] == len(data) and p["sha256"] == hashlib.sha256(data).hexdigest()
-    from firmware.link.ota import sign
-    assert p["sig"] == sign(bytes.fromhex(KEY_HEX), "4.1.0", len(data), p["sha256"])
-    assert (p["id"], p["url"], p["version"]) == ("update-4.1.0", "https://updates.example.org/b.bin", "4.1.0")
+    _, m, sig = check_command(p, 1 << 21)
+    pub = serialization.load_pem_private_key(open(keys.path, "rb").read(), None).public_key()
+    pub.verify(sig, m.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())   # raises if it does not verify
+    assert abs(m.expires - (time.time() + 3 * 86400)) < 60 and (p["target"], p["rollback"]) == (DEVICE, False)
+    assert (p["url"], p["version"]) == ("https://updates.example.org/b.bin", "4.1.0")
+    assert p["id"].startswith("u-4.1.0-") and len(p["id"]) == len("u-4.1.0-") + 8
 
     class Names:
         def __init__(self):

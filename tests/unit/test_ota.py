@@ -1,8 +1,10 @@
-"""Over-the-air update: signature and payload checks, the streamed download into the inactive slot,
-every way it can fail (the running version untouched), the switch, trial boots and rollback.
+"""Over-the-air update: the signed manifest (RSA, bound to a target, an expiry and a version; replays
+and downgrades refused), the streamed download into the inactive slot, every way it can fail (the
+running version untouched), the switch, trial boots and rollback.
 
 The HTTP side is a hand-written fake (scripted body pieces); files go to a temporary directory;
-under MicroPython one test fills a real littlefs volume (a flash chip simulated in RAM).
+under MicroPython one test fills a real littlefs volume (a flash chip simulated in RAM). Manifests
+are signed with the fixed test keys of testkeys.py, in plain integers (both interpreters).
 """
 import binascii
 import hashlib
@@ -12,14 +14,16 @@ import sys
 
 import boot
 from check import raises
+from firmware.core.timefmt import iso
 from firmware.link.bundle import pack
-from firmware.core.hmacsha256 import hmac_sha256
-from firmware.link.ota import Updater, check_command, from_config, load_state, sign, signed_bytes
+from firmware.link.ota import Manifest, Updater, check_command, from_config, load_state, version_key
 from hal.sim.clock import VirtualClock
+from testkeys import KEY_A, KEY_B, KEY_C, sign
 
 MP = sys.implementation.name == "micropython"
-KEY = bytes(range(1, 33))
-OTHER_KEY = bytes(range(2, 34))
+NOW = 1780000000            # 2026-05-28T20:26:40Z: a wall clock that is set
+WEEK = 7 * 86400
+DEVICE = "cp-0001"
 
 
 def _files(version, extra=0):
@@ -32,10 +36,17 @@ def _hex(b):
     return binascii.hexlify(b).decode()
 
 
-def _cmd(blob, version="2.0.0", cid="u-1", key=KEY, **over):
+def _clock(utc=NOW):
+    return VirtualClock(start_utc=utc)
+
+
+def _cmd(blob, version="2.0.0", cid="u-1", key=KEY_A, target="*", expires=NOW + WEEK, rollback=False, **over):
+    """A cmd/update as tools/bundle.py makes it, signed with key; `over` changes fields after signing."""
     sha = _hex(hashlib.sha256(blob).digest())
-    p = {"id": cid, "url": "http://10.0.0.2/cp.bin", "version": version, "size": len(blob), "sha256": sha,
-         "sig": sign(key, version, len(blob), sha)}
+    m = Manifest(cid, version, target, expires, rollback, len(blob), sha)
+    p = {"id": cid, "url": "http://10.0.0.2/cp.bin", "version": version, "target": target,
+         "expires": iso(expires), "rollback": rollback, "size": len(blob), "sha256": sha,
+         "sig": _hex(sign(key, m.signed_bytes()))}
     p.update(over)
     return p
 
@@ -159,9 +170,9 @@ def _tree(p):
 
 def _updater(root, clock, acks, opener, **kw):
     params = {"max_size": 1 << 16, "trial_s": 600, "confirm_after_s": 60, "stall_s": 30, "chunk": 256,
-              "root": root, "opener": opener}
+              "root": root, "opener": opener, "device_id": DEVICE, "base_version": "1.0.0"}
     params.update(kw)
-    return Updater(KEY, clock, acks, **params)
+    return Updater(params.pop("key", KEY_A.public), clock, acks, **params)
 
 
 def _run(up, clock, busy=False, limit=5000):
@@ -188,7 +199,7 @@ def _install(root, clock, files, version, cid="u-1"):
 
 def _install_confirmed(root, files, version):
     """A version installed, booted and confirmed: what runs when the next update comes."""
-    _install(root, VirtualClock(), files, version)
+    _install(root, _clock(), files, version)
     _reboot(root)
     st = _state(root)
     st["trial"] = None
@@ -212,34 +223,76 @@ def _reboot(root):
     return trial
 
 
-# -- signature and payload ------------------------------------------------------------------
-def test_signature_covers_version_size_and_hash():
+# -- the signed manifest --------------------------------------------------------------------
+def test_signed_bytes_cover_every_field_but_the_url():
     sha = "ab" * 32
-    assert signed_bytes("1.2.0", 4096, sha) == b"cp-update/1\n1.2.0\n4096\n" + sha.encode()
-    assert sign(KEY, "1.2.0", 4096, sha) == _hex(hmac_sha256(KEY, signed_bytes("1.2.0", 4096, sha)))
-    sigs = {sign(KEY, "1.2.0", 4096, sha), sign(KEY, "1.2.1", 4096, sha), sign(KEY, "1.2.0", 4097, sha),
-            sign(KEY, "1.2.0", 4096, "cd" * 32), sign(OTHER_KEY, "1.2.0", 4096, sha)}
-    assert len(sigs) == 5
+    m = Manifest("u-7", "1.2.0", "*", NOW, False, 4096, sha)
+    assert m.signed_bytes() == (b"cp-update/2\nid=u-7\nversion=1.2.0\ntarget=*\nexpires=2026-05-28T20:26:40Z\n"
+                                b"rollback=0\nsize=4096\nsha256=" + sha.encode())
+    variants = {m.signed_bytes()}
+    for args in (("u-8", "1.2.0", "*", NOW, False, 4096, sha), ("u-7", "1.2.1", "*", NOW, False, 4096, sha),
+                 ("u-7", "1.2.0", DEVICE, NOW, False, 4096, sha), ("u-7", "1.2.0", "*", NOW + 1, False, 4096, sha),
+                 ("u-7", "1.2.0", "*", NOW, True, 4096, sha), ("u-7", "1.2.0", "*", NOW, False, 4097, sha),
+                 ("u-7", "1.2.0", "*", NOW, False, 4096, "cd" * 32)):
+        variants.add(Manifest(*args).signed_bytes())
+    assert len(variants) == 8
+
+
+def test_versions_are_ordered_by_their_numbers():
+    order = ["0.9", "1.0.0-rc1", "1.0.0-rc2", "1.0.0", "1.0.1", "1.2.0", "1.10.0", "2.0.0-beta", "2.0.0", "2.0.0.1"]
+    keys = [version_key(v) for v in order]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert version_key("1.4") == version_key("1.4.0") and version_key("1.4.0+b7") > version_key("1.4.0-rc9")
+    for bad in ("dev", "v1.0", "1..2", "1.2.3.4.5", "1.0_x", ".1", "1234567.0"):
+        assert "1 to 4 dot-separated numbers" in str(raises(ValueError, version_key, bad)), bad
 
 
 def test_payload_validation_names_the_field():
     good = _cmd(b"x" * 100)
-    assert check_command(good, 1000) == (good["url"], "2.0.0", 100, good["sha256"], good["sig"])
+    url, m, sig = check_command(good, 1000)
+    assert (url, m.id, m.version, m.target, m.expires, m.rollback, m.size, m.sha256) == (
+        good["url"], "u-1", "2.0.0", "*", NOW + WEEK, False, 100, good["sha256"])
+    assert sig == binascii.unhexlify(good["sig"]) and len(sig) == 256
     cases = [({"url": None}, "url must be a string"), ({"url": "ftp://h/x"}, "http:// or https://"),
              ({"url": "file:///etc/passwd"}, "http:// or https://"), ({"url": "http:///x"}, "no host"),
              ({"url": "http://h/a b"}, "spaces"), ({"url": "http://h/" + "a" * 300}, "1..256"),
              ({"version": ""}, "version must be"), ({"version": "1.0/../x"}, "version must be"),
-             ({"version": 2}, "version must be"), ({"size": "100"}, "size must be a positive integer"),
+             ({"version": 2}, "version must be"), ({"version": "dev"}, "dot-separated numbers"),
+             ({"size": "100"}, "size must be a positive integer"),
              ({"size": True}, "size must be"), ({"size": 0}, "size must be"),
              ({"size": 1001}, "exceeds the maximum of 1000"), ({"sha256": "abc"}, "sha256 must be 64 hex"),
-             ({"sha256": "zz" * 32}, "sha256 must be 64 hex"), ({"sig": None}, "sig must be 64 hex")]
+             ({"sha256": "zz" * 32}, "sha256 must be 64 hex"), ({"sig": None}, "sig must be 512 or 768 hex"),
+             ({"sig": "ab" * 32}, "sig must be 512 or 768 hex"), ({"id": "u 1"}, "id must be"),
+             ({"id": "u-1\nversion=9"}, "id must be"), ({"target": None}, "target must be"),
+             ({"target": "cp/1"}, "target must be"), ({"target": "a\nb"}, "target must be"),
+             ({"expires": NOW + WEEK}, "expires must be a UTC time"),
+             ({"expires": "2026-06-04T20:26:40+00:00"}, "expires must be"), ({"expires": "soon"}, "expires must"),
+             ({"rollback": None}, "rollback must be true or false"), ({"rollback": 0}, "rollback must be")]
     for change, words in cases:
         p = dict(good)
         p.update(change)
         e = raises(ValueError, check_command, p, 1000)
         assert words in str(e), (change, str(e))
     upper = dict(good, sha256=good["sha256"].upper())
-    assert check_command(upper, 1000)[3] == good["sha256"]
+    assert check_command(upper, 1000)[1].sha256 == good["sha256"]
+
+
+def _start(up, p):
+    """start() a second after the last one: the updater checks at most one signature per second."""
+    up.clock.sleep_ms(1000)
+    return up.start(p)
+
+
+def _refused(up, root, p, words):
+    """start() refuses p with words in the reason and changes nothing on flash or in the updater."""
+    up.clock.sleep_ms(1000)
+    before = _tree(root) if _exists(root) else {}
+    working, ready = up.working, up.ready_to_switch()
+    e = raises(ValueError, up.start, p)
+    assert words in str(e), (words, str(e))
+    assert (_tree(root) if _exists(root) else {}) == before
+    assert (up.working, up.ready_to_switch()) == (working, ready)
+    return str(e)
 
 
 def test_bad_signature_or_altered_metadata_is_rejected_and_changes_nothing():
@@ -247,16 +300,201 @@ def test_bad_signature_or_altered_metadata_is_rejected_and_changes_nothing():
     try:
         blob = pack(_files("2.0.0"))
         server = Server()
-        up = _updater(root, VirtualClock(), Acks(), server)
+        up = _updater(root, _clock(), Acks(), server)
         good = _cmd(blob)
-        for p in (_cmd(blob, key=OTHER_KEY), dict(good, version="2.0.1"), dict(good, size=len(blob) + 1),
-                  dict(good, sha256="0" * 64), dict(good, sig="0" * 64)):
-            e = raises(ValueError, up.start, p)
-            assert "sig does not verify" in str(e), str(e)
+        for p in (_cmd(blob, key=KEY_B), dict(good, version="2.0.1"), dict(good, size=len(blob) + 1),
+                  dict(good, sha256="0" * 64), dict(good, sig="0" * 512)):
+            _refused(up, root, p, "sig does not verify")
+        _refused(up, root, dict(good, sig="ab" * 384), "sig must be 512 hex digits for this RSA-2048 key")
         assert not up.working and server.calls == [] and os.listdir(root) == []
-        nokey = Updater(None, VirtualClock(), None, root=root)
-        assert "no update key" in str(raises(ValueError, nokey.start, good))
-        assert "at least 32 bytes" in str(raises(ValueError, Updater, KEY[:31], VirtualClock()))
+        nokey = Updater(None, _clock(), None, root=root)
+        _refused(nokey, root, good, "no update public key configured")
+    finally:
+        _rmtree(root)
+
+
+def test_one_flipped_bit_in_any_signed_field_or_the_signature_is_refused():
+    """Under the HMAC scheme id, target, expiry and the rollback flag were not signed at all."""
+    root = _tmp()
+    try:
+        blob = pack(_files("2.0.0"))
+        up = _updater(root, _clock(), Acks(), Server())
+        good = _cmd(blob, target=DEVICE, expires=NOW + WEEK)
+
+        def flip(text, i):   # one bit of one hex digit
+            return text[:i] + "0123456789abcdef"[int(text[i], 16) ^ 1] + text[i + 1:]
+
+        sig = good["sig"]
+        altered = [dict(good, id="u-0"), dict(good, version="3.0.0"), dict(good, target="cp-0000"),
+                   dict(good, expires=iso(NOW + WEEK + 1)), dict(good, rollback=True), dict(good, size=good["size"] ^ 1),
+                   dict(good, sha256=flip(good["sha256"], 0)), dict(good, sha256=flip(good["sha256"], 63))]
+        altered += [dict(good, sig=flip(sig, i)) for i in (0, 1, 100, 255, 256, 400, 510, 511)]
+        for p in altered:
+            words = "is for device cp-0000" if p["target"] == "cp-0000" else "sig does not verify"
+            _refused(up, root, p, words)
+        _start(up, good)
+        assert up.working
+    finally:
+        _rmtree(root)
+
+
+def test_a_valid_signature_is_accepted_with_either_key_size():
+    for key in (KEY_A, KEY_C):
+        root = _tmp()
+        try:
+            blob = pack(_files("2.0.0"))
+            clock = _clock()
+            up = _updater(root, clock, Acks(), Server(ok(blob)), key=key.public)
+            up.start(_cmd(blob, key=key))
+            _run(up, clock)
+            assert up.ready_to_switch()
+        finally:
+            _rmtree(root)
+
+
+def test_at_most_one_signature_check_per_second():
+    """Each check blocks the loop (tens of ms on an ESP32): a burst of commands cannot add them up."""
+    root = _tmp()
+    try:
+        blob = pack(_files("2.0.0"))
+        clock = _clock()
+        up = _updater(root, clock, Acks(), Server())
+        e = raises(ValueError, up.start, _cmd(blob, key=KEY_B))
+        assert "sig does not verify" in str(e)
+        clock.sleep_ms(999)
+        before = _tree(root) if _exists(root) else {}
+        e = raises(ValueError, up.start, _cmd(blob))
+        assert str(e) == "another update signature was checked less than 1000 ms ago: send the command again"
+        assert (_tree(root) if _exists(root) else {}) == before and not up.working
+        clock.sleep_ms(1)
+        up.start(_cmd(blob))
+        assert up.working and up.start(_cmd(blob)) is None     # a duplicate is not checked again
+    finally:
+        _rmtree(root)
+
+
+def test_a_manifest_for_another_device_is_refused():
+    root = _tmp()
+    try:
+        blob = pack(_files("2.0.0"))
+        up = _updater(root, _clock(), Acks(), Server())
+        reason = _refused(up, root, _cmd(blob, target="cp-0002"), "is for device cp-0002")
+        assert reason == "update is for device cp-0002, this charger is cp-0001"
+        unnamed = _updater(root, _clock(), Acks(), Server(), device_id=None)
+        _refused(unnamed, root, _cmd(blob, target=DEVICE), "this charger is unnamed")
+        up.start(_cmd(blob, target=DEVICE))
+        assert up.working
+    finally:
+        _rmtree(root)
+
+
+def test_an_expired_manifest_or_an_unknown_clock_is_refused():
+    root = _tmp()
+    try:
+        blob = pack(_files("2.0.0"))
+        up = _updater(root, _clock(), Acks(), Server())
+        reason = _refused(up, root, _cmd(blob, expires=NOW - 3600), "expired")
+        assert reason == "update expired at 2026-05-28T19:26:40Z (now 2026-05-28T20:26:41Z)"
+        _refused(up, root, _cmd(blob, expires=NOW), "expired at")
+        unset = VirtualClock(start_utc=NOW, unset=True)          # an ESP32 before NTP: 2000-01-01
+        early = _updater(root, unset, Acks(), Server())
+        _refused(early, root, _cmd(blob, expires=NOW + WEEK), "wall clock is not set")
+        unset.sync()
+        early.start(_cmd(blob, expires=NOW + 60))
+        assert early.working
+    finally:
+        _rmtree(root)
+
+
+def test_a_downgrade_is_refused_unless_signed_as_a_rollback():
+    root = _tmp()
+    try:
+        _install_confirmed(root, _files("2.0.0"), "2.0.0")
+        clock = _clock()
+        old = pack(_files("1.9.0"))
+        up = _updater(root, clock, Acks(), Server(ok(old)))
+        reason = _refused(up, root, _cmd(old, "1.9.0", "u-19"), "not above the running 2.0.0")
+        assert "signed as a rollback" in reason
+        _refused(up, root, _cmd(pack(_files("2.0.0-rc1")), "2.0.0-rc1", "u-20rc"), "not above the running 2.0.0")
+        same = pack(_files("2.0.0", extra=1))                      # another bundle with the same number
+        _refused(up, root, _cmd(same, "2.0.0", "u-20b"), "not above the running 2.0.0")
+        up.start(_cmd(old, "1.9.0", "u-19", rollback=True))
+        _run(up, clock)
+        assert up.ready_to_switch() and _state(root)["slots"]["b"]["version"] == "1.9.0"
+        up.switch()
+        _reboot(root)
+        assert _updater(root, _clock(), Acks(), Server()).version == "1.9.0"
+    finally:
+        _rmtree(root)
+
+
+def test_the_base_firmware_version_is_a_floor_too():
+    root = _tmp()
+    try:
+        blob = pack(_files("1.0.0"))
+        up = _updater(root, _clock(), Acks(), Server(), base_version="1.0.0")
+        _refused(up, root, _cmd(blob, "1.0.0"), "not above the running 1.0.0")
+        dev = _updater(root, _clock(), Acks(), Server(), base_version="dev")   # a bench build: any version
+        dev.start(_cmd(blob, "1.0.0"))
+        assert dev.working
+    finally:
+        _rmtree(root)
+
+
+def test_a_replayed_old_command_with_another_url_is_refused():
+    root = _tmp()
+    try:
+        clock = _clock()
+        b2 = pack(_files("2.0.0"))
+        up = _updater(root, clock, Acks(), Server(ok(b2)))
+        c2 = _cmd(b2, "2.0.0", "u-2")
+        up.start(c2)
+        _run(up, clock)
+        up.switch()
+        _reboot(root)
+        clock = _clock()
+        up = _updater(root, clock, Acks(), Server())
+        clock.sleep_ms(60000)
+        up.confirm()
+        b3 = pack(_files("3.0.0"))
+        up._opener = Server(ok(b3))
+        up.start(_cmd(b3, "3.0.0", "u-3"))
+        _run(up, clock)
+        assert up.ready_to_switch()                              # 3.0.0 verified, waiting for its switch
+        b25 = pack(_files("2.5.0"))                              # signed earlier, never sent, still valid
+        c25 = _cmd(b25, "2.5.0", "u-25", url="http://evil.example/cp-2.5.0.bin")
+        _refused(up, root, c25, "version 2.5.0 is not above 3.0.0, accepted before")
+        assert _state(root)["slots"]["b"]["version"] == "3.0.0"  # the verified update is not replaced
+        up.switch()
+        _reboot(root)
+        clock = _clock()
+        up = _updater(root, clock, Acks(), Server())
+        clock.sleep_ms(60000)
+        assert up.confirm() and up.version == "3.0.0"
+        evil = dict(c2, url="http://evil.example/cp-2.0.0.bin")
+        _refused(up, root, evil, "update u-2 was accepted before: a replayed command is refused")
+        _refused(up, root, c25, "not above the running 3.0.0")
+        _refused(up, root, dict(c25, version="3.0.1"), "sig does not verify")   # a higher number is not signed
+    finally:
+        _rmtree(root)
+
+
+def test_a_replayed_rollback_is_refused():
+    root = _tmp()
+    try:
+        _install_confirmed(root, _files("2.0.0"), "2.0.0")
+        clock = _clock()
+        old = pack(_files("1.9.0"))
+        up = _updater(root, clock, Acks(), Server(ok(old)))
+        back = _cmd(old, "1.9.0", "u-back", rollback=True)
+        up.start(back)
+        _run(up, clock)
+        assert up.ready_to_switch()
+        newer = pack(_files("2.1.0"))
+        up._opener = Server(ok(newer))
+        _start(up, _cmd(newer, "2.1.0", "u-21"))                 # replaces the waiting rollback
+        _run(up, clock)
+        _refused(up, root, dict(back, url="http://elsewhere/x.bin"), "accepted before")
     finally:
         _rmtree(root)
 
@@ -265,7 +503,7 @@ def test_bad_signature_or_altered_metadata_is_rejected_and_changes_nothing():
 def test_update_streams_into_slot_a_and_switches():
     root = _tmp()
     try:
-        clock = VirtualClock()
+        clock = _clock()
         files = _files("2.0.0")
         blob = pack(files)
         acks = Acks()
@@ -295,7 +533,7 @@ def test_update_streams_into_slot_a_and_switches():
 
 def _failed(root, answers, blob=None, cmd=None, **kw):
     """Run one update meant to fail; returns (rejection reason, updater, clock, acks)."""
-    clock = VirtualClock()
+    clock = _clock()
     acks = Acks()
     blob = blob or pack(_files("3.0.0"))
     up = _updater(root, clock, acks, Server(*answers), **kw)
@@ -338,7 +576,7 @@ def test_connection_dropped_midway_then_a_retry_works():
         up, clock, acks = _untouched_after(root, [(200, len(blob), body(blob[:1000]))],
                                            "connection closed after 1000 of %d bytes" % len(blob), blob=blob)
         up.on_status = acks
-        up.start(_cmd(blob, "3.0.0", "u-3"))
+        _start(up, _cmd(blob, "3.0.0", "u-3"))
         up._opener = Server(ok(blob))
         _run(up, clock)
         assert up.ready_to_switch() and acks.got[-1]["percent"] == 100
@@ -428,7 +666,7 @@ def test_real_littlefs_running_out_of_space():
 def test_download_during_a_session_waits_only_for_the_connect():
     root = _tmp()
     try:
-        clock = VirtualClock()
+        clock = _clock()
         blob = pack(_files("2.0.0"))
         server = Server(ok(blob))
         up = _updater(root, clock, Acks(), server)
@@ -447,7 +685,7 @@ def test_download_during_a_session_waits_only_for_the_connect():
 def test_one_update_at_a_time_and_duplicates_are_harmless():
     root = _tmp()
     try:
-        clock = VirtualClock()
+        clock = _clock()
         blob = pack(_files("2.0.0"))
         server = Server(ok(blob, piece=100))
         up = _updater(root, clock, Acks(), server)
@@ -461,7 +699,7 @@ def test_one_update_at_a_time_and_duplicates_are_harmless():
         assert len(server.calls) == 1 and up.ready_to_switch()
         blob2 = pack(_files("2.0.1"))                       # a newer one replaces the waiting one
         up._opener = Server(ok(blob2))
-        up.start(_cmd(blob2, "2.0.1", "u-2"))
+        _start(up, _cmd(blob2, "2.0.1", "u-2"))
         _run(up, clock)
         assert _state(root)["slots"]["a"]["version"] == "2.0.1"
         assert _tree(root + "/slots/a")["firmware/version.py"] == b'VERSION = "2.0.1"\n'
@@ -474,7 +712,7 @@ def test_trial_boots_are_counted_then_the_previous_slot_comes_back():
     root = _tmp()
     try:
         _install_confirmed(root, _files("2.0.0"), "2.0.0")
-        _install(root, VirtualClock(), _files("3.0.0"), "3.0.0", "u-3")
+        _install(root, _clock(), _files("3.0.0"), "3.0.0", "u-3")
         st = _state(root)
         assert (st["active"], st["previous"], st["trial"]) == ("b", "a", 0)
         for n in (1, 2, 3):
@@ -487,7 +725,7 @@ def test_trial_boots_are_counted_then_the_previous_slot_comes_back():
                                  "reason": "not confirmed after 3 boots"}
         assert _reboot(root) is False and _state(root) == st  # no longer on trial: nothing written
         acks = Acks()
-        up = _updater(root, VirtualClock(), acks, Server())
+        up = _updater(root, _clock(), acks, Server())
         assert up.version == "2.0.0" and not up.trial
         for _ in range(300):
             up.tick()
@@ -512,9 +750,9 @@ def test_boot_plan_leaves_base_and_unknown_states_alone():
 def test_confirm_ends_the_trial_and_installed_is_delivered_once():
     root = _tmp()
     try:
-        _install(root, VirtualClock(), _files("2.0.0"), "2.0.0")
+        _install(root, _clock(), _files("2.0.0"), "2.0.0")
         assert _reboot(root)
-        clock = VirtualClock()
+        clock = _clock()
         acks = Acks()
         acks.refuse = 1                                     # offline at first
         up = _updater(root, clock, acks, Server())
@@ -536,7 +774,7 @@ def test_confirm_ends_the_trial_and_installed_is_delivered_once():
         assert acks.final() == [{"id": "u-1", "cmd": "update", "status": "installed", "version": "2.0.0"}]
         assert _state(root)["outcome"] is None
         again = Acks()
-        up2 = _updater(root, VirtualClock(), again, Server())
+        up2 = _updater(root, _clock(), again, Server())
         up2.tick()
         assert again.got == [] and not up2.trial and _reboot(root) is False
     finally:
@@ -546,9 +784,9 @@ def test_confirm_ends_the_trial_and_installed_is_delivered_once():
 def test_no_confirmation_within_trial_time_rolls_back_without_waiting_for_a_reboot():
     root = _tmp()
     try:
-        _install(root, VirtualClock(), _files("2.0.0"), "2.0.0")
+        _install(root, _clock(), _files("2.0.0"), "2.0.0")
         assert _reboot(root)
-        clock = VirtualClock()
+        clock = _clock()
         acks = Acks()
         up = _updater(root, clock, acks, Server())
         up.tick()
@@ -570,9 +808,9 @@ def test_the_running_bundle_is_not_installed_again():
     root = _tmp()
     try:
         files = _files("2.0.0")
-        _install(root, VirtualClock(), files, "2.0.0")
+        _install(root, _clock(), files, "2.0.0")
         _reboot(root)
-        clock = VirtualClock()
+        clock = _clock()
         up = _updater(root, clock, Acks(), Server())
         clock.sleep_ms(60000)
         up.confirm()
@@ -585,14 +823,14 @@ def test_the_running_bundle_is_not_installed_again():
 def test_leftovers_of_an_interrupted_download_are_removed_at_startup():
     root = _tmp()
     try:
-        _install(root, VirtualClock(), _files("2.0.0"), "2.0.0")
+        _install(root, _clock(), _files("2.0.0"), "2.0.0")
         _reboot(root)
         os.mkdir(root + "/slots/b")
         os.mkdir(root + "/slots/b/firmware")
         with open(root + "/slots/b/firmware/app.py", "w") as f:
             f.write("half a file")
         before = _tree(root + "/slots/a")
-        up = _updater(root, VirtualClock(), Acks(), Server())
+        up = _updater(root, _clock(), Acks(), Server())
         assert up.working
         for _ in range(20):
             up.tick()
@@ -601,18 +839,47 @@ def test_leftovers_of_an_interrupted_download_are_removed_at_startup():
         _rmtree(root)
 
 
+class Events:
+    def __init__(self):
+        self.got = []
+
+    def event(self, ev, **fields):
+        self.got.append((ev, fields))
+
+
 def test_from_config_reads_the_ota_section_and_the_key():
-    clock = VirtualClock()
-    up = from_config({}, {"update_key": _hex(KEY)}, clock)
-    assert (up.key, up.max_size, up.max_boots, up.trial_ms, up.confirm_after_ms) == (KEY, 1 << 20, 3, 600000, 60000)
+    clock = _clock()
+    up = from_config({"device_id": DEVICE, "ota": {"public_key": KEY_A.hex}}, {}, clock)
+    assert (up.key.n, up.key.k, up.device_id, up.max_size, up.max_boots, up.trial_ms, up.confirm_after_ms) == (
+        KEY_A.n, 256, DEVICE, 1 << 20, 3, 600000, 60000)
+    assert up.base_version == "dev"     # firmware/version.py of this tree
     up = from_config({"ota": {"max_size": 65536, "max_boots": 5, "trial_s": 120, "confirm_after_s": 10}}, {}, clock)
-    assert (up.key, up.max_size, up.max_boots, up.trial_ms) == (None, 65536, 5, 120000)
-    for device, secrets, words in (({}, {"update_key": _hex(KEY[:16])}, "update_key must be at least 32 bytes"),
-                                   ({}, {"update_key": "xyz"}, "update_key must be hex"),
+    assert (up.key, up.device_id, up.max_size, up.max_boots, up.trial_ms) == (None, None, 65536, 5, 120000)
+    for device, secrets, words in (({"ota": {"public_key": KEY_A.hex[:64]}}, {}, "config: ota.public_key: public key "
+                                     "must be an RSA-2048 or RSA-3072 modulus"),
+                                   ({"ota": {"public_key": "xy" * 256}}, {}, "ota.public_key: public key must be hex"),
+                                   ({"ota": {"public_key": 5}}, {}, "ota.public_key must be a str"),
                                    ({"ota": {"max_boots": 0}}, {}, "ota.max_boots must be within 1..10"),
                                    ({"ota": {"trial_s": 60, "confirm_after_s": 60}}, {}, "shorter than trial_s")):
         e = raises(ValueError, from_config, device, secrets, clock)
         assert words in str(e), str(e)
+
+
+def test_the_old_hmac_update_key_is_no_longer_accepted():
+    """A charger configured the old way (secrets.json update_key, no public key) refuses every update,
+    even one carrying an HMAC signature under that key, and says why at boot and in the answer."""
+    root = _tmp()
+    try:
+        log = Events()
+        up = from_config({"device_id": DEVICE}, {"update_key": "11" * 32}, _clock(), root=root, log=log)
+        assert up.key is None
+        assert log.got == [("update", {"status": "config", "reason": "secrets: update_key (HMAC) is no longer "
+                                                                     "accepted: updates need ota.public_key"})]
+        blob = pack(_files("2.0.0"))
+        _refused(up, root, _cmd(blob), "no update public key configured (config: ota.public_key); "
+                                       "the HMAC update_key is no longer accepted")
+    finally:
+        _rmtree(root)
 
 
 def test_the_bundle_is_never_held_in_ram():
@@ -622,7 +889,7 @@ def test_the_bundle_is_never_held_in_ram():
 
     root = _tmp()
     try:
-        clock = VirtualClock()
+        clock = _clock()
         blob = pack(_files("2.0.0") + [("firmware/big.py", b"#" * 131072)])
         up = _updater(root, clock, Acks(), Server(ok(blob, piece=1024)), max_size=1 << 18, chunk=1024)
         up.start(_cmd(blob))
