@@ -112,7 +112,6 @@ class Controller:
         self.temp_c = None
         self.freq_chz = None
         self.meter_ok = True
-        self._storage_told = False
         self._init_meter()
         self._update_status()
         self.status.publish_stats()
@@ -226,12 +225,7 @@ class Controller:
             self.reactions.trip("reader", self.reader.error)
         else:
             self.faults.gone("reader")
-        if self.journal.full and not self._storage_told:
-            self._storage_told = True
-            self.log.event("storage", state="full", error=self.journal.error,
-                           note="charging goes on; intermediate updates are dropped first")
-        elif not self.journal.full:
-            self._storage_told = False
+        self.status.storage()
         if self.updater is not None and self.sync.connected:
             self.updater.confirm()   # a version on trial proved itself: connected, loop running
         if _mem_alloc is not None:
@@ -321,9 +315,8 @@ class Controller:
             now = self.clock.ticks_ms()
             if self.metering.i_max_ma > _DRAWING_MA:
                 s.drew(now)
-            elif not s.idle_told and self.clock.ticks_diff(now, s.drawing_at) > self.s.ev_idle_report_s * 1000:
-                s.idle_told = True     # a battery-side matter, not a station fault
-                self.reactions.event(None, "notice", info="ev_not_charging",
+            elif self.clock.ticks_diff(now, s.drawing_at) > self.s.ev_idle_report_s * 1000 and s.idle_reported():
+                self.reactions.event(None, "notice", info="ev_not_charging",   # a battery-side matter
                                      detail="authorized and plugged, no current for %d s" % self.s.ev_idle_report_s)
 
     def clear_fault(self):
@@ -529,7 +522,7 @@ class Controller:
 
     def _finish(self, reason):
         s = self.session
-        s.stopping = None
+        s.finishing()
         self.open()
         if self.meter_ok:
             try:

@@ -56,6 +56,15 @@ class Session:
     def drew(self, now_ms):
         self.drawing_at = now_ms
 
+    def idle_reported(self):
+        """True the first time only: "plugged, no current" is reported once per session."""
+        told, self.idle_told = self.idle_told, True
+        return not told
+
+    def finishing(self):
+        """The session is being closed: a soft stop in progress is over."""
+        self.stopping = None
+
     def tick(self, utc, register_wh, i_sum_ma, p_w, charging):
         """Once a second: account the time since the last tick into the charging periods."""
         self.periods.update(utc, register_wh - self.meter_start_wh, i_sum_ma, p_w, charging)

@@ -1,5 +1,5 @@
 """What the charger shows: the OCPP connector status and error code, the LED pattern, meter values
-while a session runs, and the retained revenue/usage stats.
+while a session runs, the retained revenue/usage stats, and a full journal.
 
 Derived each control step from the faults, the EV and the session; published only on change
 (the status topic is retained, firmware/link/sync.py sends it).
@@ -34,6 +34,7 @@ class Status:
         self._meter_values = Every(clock, settings.meter_values_s * 1000)
         self._aligned_s = settings.meter_aligned_s
         self._aligned_slot = None   # the clock-aligned interval last reported, None: no aligned values
+        self._storage_told = False
 
     def update(self, session, waiting, finishing):
         """session: one runs; waiting: a driver is authorized or being asked about; finishing: a
@@ -55,6 +56,16 @@ class Status:
             self.sync.set_connector(status, error)
             self.log.event("status", connector=status, error=error)
         self.feedback.steady(_PATTERNS[status])
+
+    def storage(self):
+        """Tell once that the journal is full (every second; again after it had room)."""
+        j = self.journal
+        if j.full and not self._storage_told:
+            self._storage_told = True
+            self.log.event("storage", state="full", error=j.error,
+                           note="charging goes on; intermediate updates are dropped first")
+        elif not j.full:
+            self._storage_told = False
 
     def halted(self):
         """The loop ended (shutdown): nothing is offered until the next boot."""

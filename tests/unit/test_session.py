@@ -121,6 +121,9 @@ def test_soft_stop_and_drawing_are_the_sessions_own():
     s.soft_stop("Local", 6000)
     s.drew(2500)
     assert s.stopping == ("Local", 6000) and s.drawing_at == 2500 and s.energy_wh(1500) == 300
+    assert s.idle_reported() and not s.idle_reported()   # once per session
+    s.finishing()
+    assert s.stopping is None
 
 
 def test_recovered_session_ends_with_power_loss_at_the_last_checkpoint():
