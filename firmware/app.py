@@ -134,7 +134,7 @@ def main(argv):
               version=updater.version or VERSION,
               reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
-    log.event("tariff", id=ctl.tariff.id, version=ctl.tariff_version, text=ctl.price_text())
+    log.event("tariff", id=ctl.tariffs.current.id, version=ctl.tariffs.version, text=ctl.tariffs.price_text())
     ctl.recover(boot)
     try:
         ctl.run(stop)

@@ -14,6 +14,10 @@ class Contactor:
         self.cycles = 0  # close operations since boot: contactor wear
         coil(0)
 
+    def restore(self, cycles):
+        """Continue counting from the persisted lifetime count."""
+        self.cycles = cycles
+
     def close(self):
         if not self.commanded:
             self.cycles += 1

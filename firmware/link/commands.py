@@ -1,49 +1,58 @@
 """Commands from the backend (`cmd/<name>`), authorization answers and acknowledgements.
 
-Every command is a JSON object with an `id`; it is validated, handed to the controller's
-`cmd_<name>` method, and answered on `cmd_ack` with `accepted` or `rejected` and a reason.
-Anything malformed, oversized or unknown is rejected and changes nothing.
+Every command is a JSON object with an `id`; it is validated, handed to the handler its name
+maps to in an explicit route table (firmware/link/handlers.py builds it) and answered on
+`cmd_ack` with `accepted` or `rejected` and a reason. Anything malformed, oversized or unknown
+is rejected and changes nothing. At most `per_pass` messages are handled per loop pass; the
+rest wait in the inbox for the next one, so a burst cannot stall the loop.
 
-    commands = Commands(ctl, sync, log); commands.handle_inbox()   # every loop iteration
+    commands = Commands({"remote_stop": h.remote_stop}, {"ack": h.ack}, sync, log)
+    commands.handle_inbox()   # every control step
 """
 import json
 
+from micropython import const
+
 from firmware.core import jsonx
 
-NAMES = ("remote_start", "remote_stop", "list_update", "purge", "charging_profile", "report_problem",
-         "tariff", "clear_fault", "update")
-_MAX_ID = 64
+_MAX_ID = const(64)
+PER_PASS = 4
 
 
 class Commands:
-    def __init__(self, ctl, sync, log):
-        self.ctl = ctl
+    def __init__(self, routes, answers, sync, log, per_pass=PER_PASS):
+        """routes: command name -> handler(payload) returning extra ack fields or None, raising
+        ValueError to reject; answers: topic suffix (auth/resp, ack) -> handler(payload)."""
+        self.routes = routes
+        self.answers = answers
         self.sync = sync
         self.log = log
+        self.per_pass = per_pass
 
     def handle_inbox(self):
+        """Handle what the broker delivered, at most per_pass messages."""
         inbox = self.sync.inbox
-        while inbox:
+        n = 0
+        while inbox and n < self.per_pass:
             suffix, raw = inbox.pop(0)
             self.handle(suffix, raw)
+            n += 1
 
     def handle(self, suffix, raw):
         try:
             payload = jsonx.loads(raw)   # prices stay exact decimals, never floats
         except ValueError:
             payload = None
-        if suffix == "auth/resp":
-            self._guard("auth/resp", lambda: self.ctl.auth_answer(payload))
-        elif suffix == "ack":
-            self._guard("ack", lambda: self.ctl.backend_ack(payload))
-        elif suffix.startswith("cmd/"):
+        if suffix.startswith("cmd/"):
             self._command(suffix[4:], payload)
-
-    def _guard(self, what, fn):
+            return
+        fn = self.answers.get(suffix)
+        if fn is None:
+            return
         try:
-            fn()
+            fn(payload)
         except ValueError as e:
-            self.log.event("command", topic=what, result="ignored", reason=str(e))
+            self.log.event("command", topic=suffix, result="ignored", reason=str(e))
 
     def _command(self, name, p):
         cid = p.get("id") if isinstance(p, dict) else None
@@ -51,7 +60,7 @@ class Commands:
             return self.answer(None, name, "rejected", "payload must be a JSON object")
         if not isinstance(cid, str) or not 0 < len(cid) <= _MAX_ID:
             return self.answer(None, name, "rejected", "id must be a string of 1..%d characters" % _MAX_ID)
-        handler = getattr(self.ctl, "cmd_" + name, None) if name in NAMES else None
+        handler = self.routes.get(name)
         if handler is None:
             return self.answer(cid, name, "rejected", "unknown command %r" % name[:32])
         try:

@@ -120,6 +120,38 @@ class Metering:
         self.forward.add(self.meter.forward_counts())
         self.reverse.add(self.meter.reverse_counts())
 
+    def register_wh(self):
+        """The billing register: whole Wh imported over the charger's life."""
+        return self.forward.wh
+
+    def register(self):
+        """(whole Wh, sub-Wh counts) of the billing register, to persist."""
+        return self.forward.wh, self.forward.rem
+
+    def restore(self, wh, rem):
+        """Continue the billing register from a persisted (wh, rem) if it is ahead (never back)."""
+        if (wh, rem) > (self.forward.wh, self.forward.rem):
+            self.forward.restore(wh, rem)
+
+    def latest(self):
+        """The last sample's (U cV, I mA) per phase, as lists (for reports, not the hot path)."""
+        b = 3 * self.ring.index(0)
+        r = self.ring
+        return list(r.u[b:b + 3]), list(r.i[b:b + 3])
+
+    def forensics(self, n):
+        """The last n samples, oldest first, frozen: [ms before the newest, U cV, I mA, P W per phase…]."""
+        r = self.ring
+        n = min(r.count, n)
+        t0 = r.t[r.index(0)] if n else 0
+        out = []
+        for age in range(n - 1, -1, -1):
+            i = r.index(age)
+            b = 3 * i
+            out.append([self.clock.ticks_diff(r.t[i], t0)] + list(r.u[b:b + 3]) + list(r.i[b:b + 3])
+                       + list(r.p[b:b + 3]))
+        return out
+
     def start_session(self):
         """Reset the profile and return the integral mark the session's cross-check starts from."""
         self.profile.reset()

@@ -4,6 +4,7 @@ A write goes to a temporary file that is then renamed over the old one, so a pow
 leaves either the old or the new state, never a torn one.
 
     st = State("data/state.json"); tx = st.next_tx()
+    st.set_meter(1200, 17); st.set_cycles(3); st.save()   # one write for what changed together
 """
 import json
 import os
@@ -53,3 +54,32 @@ class State:
 
     def next_tx(self):
         return self.next("tx")
+
+    # each value has one writer (named): set_* only changes RAM, save() writes them together
+    def meter(self):
+        """(whole Wh, sub-Wh counts) of the billing register at the last save (metering)."""
+        return self.values["meter_wh"], self.values["meter_rem"]
+
+    def set_meter(self, wh, rem):
+        self.values["meter_wh"], self.values["meter_rem"] = wh, rem
+
+    def cycles(self):
+        """Contactor close operations over the charger's life."""
+        return self.values["cycles"]
+
+    def set_cycles(self, n):
+        self.values["cycles"] = n
+
+    def chain(self):
+        """(previous record hash, records signed) of the signing chain."""
+        return self.values["chain_prev"], self.values["chain_n"]
+
+    def set_chain(self, prev_hash, n):
+        self.values["chain_prev"], self.values["chain_n"] = prev_hash, n
+
+    def faults(self):
+        """Fault trip counts and latches (Faults.persist()), None before the first fault."""
+        return self.values["faults"]
+
+    def set_faults(self, saved):
+        self.values["faults"] = saved

@@ -80,7 +80,7 @@ def test_tariff_update_applies_to_new_sessions_and_bad_updates_change_nothing():
     ended = h.sessions()[-1]
     assert ended["tariff_id"] == "flat"                     # the running session kept its tariff
     assert ended["cost"]["total_excl_vat_minor"] == (ended["energy_wh"] * 30 + 500) // 1000
-    assert h.ctl.tariff.id == "cheap" and h.ctl.tariff_version == 2
+    assert h.ctl.tariffs.current.id == "cheap" and h.ctl.tariffs.version == 2
 
 
 def test_revenue_stats_are_published_retained_after_each_session():

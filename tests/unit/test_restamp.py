@@ -15,7 +15,7 @@ def _unset(events, end_ms, device=None):
     """A charger whose wall clock starts at 2000-01-01 (a power-on ESP32) until an ntp event."""
     h = Harness(CARDS, ["alice"], events, end_ms, start_utc=START, device=device)
     h.clock.unset = True
-    h.ctl.time = TimeSync(h.clock)
+    h.ctl.stamp.time = TimeSync(h.clock)
     h.acking = False   # the backend is slow: every record is still waiting when the time comes
     return h
 
@@ -116,7 +116,7 @@ def test_signed_records_keep_what_was_signed():
               {"t": 60000, "ntp": True}]
     h = Harness(CARDS, ["alice"], events, 70000, start_utc=START, secrets={"device_key": "ab" * 32})
     h.clock.unset = True
-    h.ctl.time = TimeSync(h.clock)
+    h.ctl.stamp.time = TimeSync(h.clock)
     h.acking = False
     h.run()
     recs = _waiting(h)

@@ -1,0 +1,47 @@
+"""The tariff for new sessions: the config's, or a newer one received over MQTT (kept on flash).
+
+A running session keeps the tariff it started with (firmware/charging/session.py); a new one
+applies from the next session. Versions only grow; a bad tariff is rejected and the old one stays.
+
+    tariffs = Tariffs(data_dir + "/tariff.json", settings.tariff, log)
+    tariffs.replace({"version": 2, "tariff": {...OCPI Tariff...}}); tariffs.current.id
+"""
+import json
+
+from firmware.billing.tariff import Tariff
+from firmware.core import jsonx
+from firmware.storage.state import write_atomic
+
+
+class Tariffs:
+    def __init__(self, path, default, log):
+        self.path = path
+        self.current, self.version = self._load(default, log)
+
+    def _load(self, default, log):
+        """The newest tariff: one received over MQTT (persisted) if any, else the config's."""
+        try:
+            with open(self.path) as f:
+                saved = jsonx.loads(f.read())
+            return Tariff(saved["tariff"]), saved["version"]
+        except OSError:
+            return default, 0
+        except (ValueError, KeyError, TypeError) as e:
+            log.event("storage", file="tariff", error="unusable, config tariff used (%s)" % e)
+            return default, 0
+
+    def replace(self, p):
+        """A new tariff for new sessions: {"version", "tariff": {OCPI Tariff}}; ValueError names what
+        is wrong and changes nothing."""
+        version = p.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version <= self.version:
+            raise ValueError("version must be an integer above the current %d" % self.version)
+        t = Tariff(p.get("tariff"))   # ValueError names the field: the old tariff stays
+        write_atomic(self.path, json.dumps({"version": version, "tariff": p["tariff"]}))
+        self.current, self.version = t, version
+        return t
+
+    def price_text(self):
+        """The tariff's driver-facing text (OCPI tariff_alt_text), for the display and the REPL."""
+        alt = self.current.alt_text or []
+        return alt[0].get("text") if alt and isinstance(alt[0], dict) else None
