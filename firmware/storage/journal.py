@@ -93,6 +93,8 @@ class Journal:
     def recover(self):
         """Scan once at boot: rebuild the open session, the counters and the outbox; count this boot."""
         log, ob = self.log, self.outbox
+        if self not in log.clients or ob not in log.clients:   # compaction would drop their records
+            raise ValueError("journal: attach the journal and its outbox to the record log before recover()")
         ob.reset()
         log.open()
         records = 0

@@ -207,6 +207,11 @@ def test_bad_calls_raise_value_error_naming_the_problem():
         assert "energy_wh" in str(raises(ValueError, j.checkpoint, 1, -1, T0))
         assert j.session == rec  # nothing was lost
         assert "segments" in str(raises(ValueError, RecordLog, d, segments=1))
+        log = RecordLog(d + "/k")
+        ob = Outbox(4, log)
+        j = Journal(log, ob)
+        log.attach(ob)                               # wired without the journal: its records would not be kept
+        assert "attach" in str(raises(ValueError, j.recover))
     finally:
         rmtree(d)
 
