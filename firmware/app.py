@@ -21,6 +21,7 @@ from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import Journal
 from firmware.core.log import Log, print_exception
 from firmware.storage.outbox import Outbox
+from firmware.storage.recordlog import RecordLog
 from firmware.core.settings import Settings
 from firmware.storage.state import State, ensure_dir
 from firmware.link.sync import Sync
@@ -86,9 +87,8 @@ def main(argv):
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
-    gc.collect()   # the journal's two record buffers (4 KB each) first, while the heap is least fragmented
-    journal = Journal(data + "/journal", every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
-                      min_s=settings.checkpoint_min_s)
+    gc.collect()   # the record log's two record buffers (4 KB each) first, while the heap is least fragmented
+    records = RecordLog(data + "/journal")
     log.store = EventLog(data, clock)
     current.update(data=data, log=log, clock=clock, machine=machine, board_cfg=board_cfg)
     if _exists(data + "/hold"):
@@ -109,7 +109,10 @@ def main(argv):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
-    outbox = Outbox(settings.outbox_size, journal, clock)
+    outbox = Outbox(settings.outbox_size, records, clock)
+    journal = Journal(records, outbox, every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
+                      min_s=settings.checkpoint_min_s)
+    records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
     if boot["bad"]:
         log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
@@ -151,7 +154,7 @@ def main(argv):
     sync.flush()
     log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
               max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total,
-              journal_bytes=journal.written)
+              journal_bytes=records.written)
     if ctl.reset_requested is not None:   # a new version (or back to the old one): restart now
         log.event("reset", why=ctl.reset_requested)
         if hasattr(machine, "reset"):

@@ -239,10 +239,10 @@ class Killer:
 def journal_messages(data_dir, kind):
     """The outbox messages of this kind ("started", "updated", "ended") on a data directory's journal,
     read with the firmware's own reader, each once, in journal order."""
-    from firmware.storage.journal import HAS_MSG, Journal, read_message   # tools/compat is on the path (scenario.py)
+    from firmware.storage.recordlog import HAS_MSG, RecordLog, read_message   # tools/compat is on the path (scenario.py)
 
     out, seen = [], set()
-    for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
+    for rtype, _, body in RecordLog(os.path.join(data_dir, "journal")).scan():
         if not rtype & HAS_MSG:
             continue
         k, mid, payload, _ = read_message(body)
@@ -257,10 +257,10 @@ RECORD_NAMES = {1: "boot", 2: "start", 3: "checkpoint", 4: "end", 5: "message", 
 
 def journal_records(data_dir):
     """(record type name, bytes on flash) of every good record of a data directory's journal."""
-    from firmware.storage.journal import Journal
+    from firmware.storage.recordlog import HEADER, TYPE, RecordLog
 
-    return [(RECORD_NAMES.get(rtype & 0x3F, "?"), 13 + len(body))
-            for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan()]
+    return [(RECORD_NAMES.get(rtype & TYPE, "?"), HEADER + len(body))
+            for rtype, _, body in RecordLog(os.path.join(data_dir, "journal")).scan()]
 
 
 def journal_sizes(data_dir):

@@ -12,24 +12,22 @@ the data. Drivers appear by pseudonym only: no raw card UID is ever stored to sh
 import gc
 import json
 import os
-import struct
 import sys
 import time
 
 from micropython import const
 
 from firmware.storage.eventlog import EventLog
-from firmware.storage.journal import ACK, BOOT, CHECKPOINT, DONE, END, HAS_MSG, Journal, read_message
+from firmware.storage.journal import BOOT, CHECKPOINT, END, START, read_session
+from firmware.storage.outbox import ACK, read_ack
+from firmware.storage.recordlog import DONE, HAS_MSG, TYPE, UNREADABLE, RecordLog, read_message
 
-_TYPE = const(0x3F)
 _RCD_TRIP_MS = const(200)      # the RCD module must trip within this on its test input
 _RCD_RELEASE_MS = const(1000)  # ... and release within this once the test ends
 _POLL_MS = const(10)
 _SETTLE_MS = const(250)        # the meter's RMS and mean values: averages refreshed a few times a second
 _BAND_F_MV = const(-10500)     # a constant -12 V pilot reads below this (state F)
 
-# what a CRC-valid record this view does not understand raises (CPython's struct has its own error)
-_UNREADABLE = (ValueError, KeyError, TypeError, IndexError) + ((struct.error,) if hasattr(struct, "error") else ())
 _board_cache = []   # the board built for checks when the firmware did not build one
 say = print         # where the helpers write (tests collect the lines)
 
@@ -95,11 +93,12 @@ def _clock():
 
 # -- reading the journal ---------------------------------------------------------------------
 def _reader(d):
-    """A Journal for reading only (never recover(): that would write a boot record)."""
+    """A record log for reading only (never open(): only the firmware writes)."""
     j = _current().get("journal")
     if j is not None:
-        return Journal(j.path, j.seg_bytes, j.segments, max_record=j.max_record)
-    return Journal(d + "/journal")
+        log = j.log
+        return RecordLog(log.path, log.seg_bytes, log.segments, max_record=log.max_record)
+    return RecordLog(d + "/journal")
 
 
 def _history(d):
@@ -109,14 +108,13 @@ def _history(d):
     acked = set()
     boot = [-1, 0]
     fault = [-1, None]
-    j = _reader(d)
+    log = _reader(d)
     try:
-        for rtype, seq, body in j.scan():
-            base = rtype & _TYPE
-            pos = 0
+        for rtype, seq, body, _ in log.records():
+            base = rtype & TYPE
             try:
                 if rtype & HAS_MSG:
-                    kind, mid, payload, pos = read_message(body)
+                    kind, mid, payload, _ = read_message(body)
                     if not rtype & DONE:
                         pending[mid] = seq
                     if kind == "started" or kind == "ended":
@@ -125,26 +123,27 @@ def _history(d):
                         rec = json.loads(payload)
                         if rec.get("event") == "raised":
                             fault[0], fault[1] = seq, rec
-                if base == END and not rtype & HAS_MSG:
-                    s = sessions.setdefault(struct.unpack_from("<I", body, pos)[0], {})
-                    s["state"] = "ended"
-                elif base == CHECKPOINT:
-                    tx, wh = struct.unpack_from("<II", body, pos)
-                    s = sessions.get(tx)
-                    if s is not None and s.get("state") == "open" and "meter_start_wh" in s:
-                        s["energy_wh"] = max(s.get("energy_wh", 0), wh - s["meter_start_wh"])
-                elif base == BOOT and seq > boot[0]:
-                    boot[0], boot[1] = seq, struct.unpack_from("<I", body, pos)[0]
-                elif base == ACK:
-                    for mid in str(body, "utf-8").split("\n"):
+                if base == ACK:
+                    for mid in read_ack(body):
                         acked.add(mid)
-            except _UNREADABLE:
+                elif base != START:   # the journal's decoding; a start's state is its message
+                    v = read_session(rtype, body)
+                    if base == END and not rtype & HAS_MSG:
+                        s = sessions.setdefault(v, {})
+                        s["state"] = "ended"
+                    elif base == CHECKPOINT:
+                        s = sessions.get(v[0])
+                        if s is not None and s.get("state") == "open" and "meter_start_wh" in s:
+                            s["energy_wh"] = max(s.get("energy_wh", 0), v[1] - s["meter_start_wh"])
+                    elif base == BOOT and seq > boot[0]:
+                        boot[0], boot[1] = seq, v
+            except UNREADABLE:
                 pass   # skipped here; the firmware's own boot scan reports it
     except OSError:
         pass       # no journal yet
     for mid in acked:
         pending.pop(mid, None)
-    return {"sessions": sessions, "boot": boot[1], "pending": len(pending), "fault": fault[1], "bad": j.bad}
+    return {"sessions": sessions, "boot": boot[1], "pending": len(pending), "fault": fault[1], "bad": log.bad}
 
 
 def _session_event(sessions, rec):

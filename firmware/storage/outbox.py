@@ -1,21 +1,21 @@
-"""Outbox: messages for the backend, kept in order on the journal until the backend acknowledges them.
+"""Outbox: messages for the backend, kept in order on the record log until the backend acknowledges them.
 
 A message leaves only when the backend's `ack` names its msg_id: a broker PUBACK says nothing
 about the backend. Unacknowledged messages are offered again with exponential backoff and
 jitter. Under pressure `updated` and `meter` messages go first, other kinds next; `started` and
 `ended` are never dropped (if the flash cannot take them they wait in RAM: see `ram_only`).
 
-    ob = Outbox(64, journal, clock); journal.recover()
+    ob = Outbox(64, log, clock)   # log: a RecordLog (wired with the journal: journal.py), None: RAM only
     m = ob.next_due(now)     # (topic, payload bytes, msg_id) or None; publish it, then ob.sent(m[2], now)
 """
 import random
 
 from micropython import const
 
-from firmware.storage.journal import ACK, HAS_MSG, MESSAGE, message_section
+from firmware.storage.recordlog import DONE, HAS_MSG, KEEP_MESSAGE, MESSAGE, TYPE, message_at, message_section
 
 # an entry is a list (smaller than an object on MicroPython): these are its fields
-_SEQ = const(0)    # order number: the journal sequence of the record that first held it
+_SEQ = const(0)    # order number: the log sequence of the record that first held it
 _ID = const(1)
 _KIND = const(2)
 _TOPIC = const(3)
@@ -29,6 +29,7 @@ _REDO = const(10)  # (record type, data) to write it with once flash has room, i
 _MAX_SHIFT = const(16)
 _ACK_BYTES = const(256)  # ACK records stay small: the boot scan reads each one whole
 _NAMES = const(16)
+ACK = const(6)           # record type: msg_ids no longer pending, joined by "\n"
 
 _CHEAP = ("updated", "meter")  # intermediate values: dropped first
 _KEEP = ("started", "ended")   # never dropped
@@ -39,16 +40,21 @@ def tier(kind):
     return 0 if kind in _CHEAP else 2 if kind in _KEEP else 1
 
 
+def read_ack(body):
+    """The msg_ids an ACK record's body names (for the boot scan and readers such as tech)."""
+    return str(body, "utf-8").split("\n")
+
+
 def _jitter(n):
     return random.getrandbits(24) % n
 
 
 class Outbox:
-    def __init__(self, max_msgs=64, journal=None, clock=None, max_bytes=None, retry_ms=5000,
+    def __init__(self, max_msgs=64, log=None, clock=None, max_bytes=None, retry_ms=5000,
                  retry_max_ms=300000, rand=_jitter):
         if max_msgs < 1:
             raise ValueError("outbox: max_msgs must be >= 1")
-        usable = 16384 if journal is None else (journal.segments - 1) * journal.seg_bytes // 2
+        usable = 16384 if log is None else (log.segments - 1) * log.seg_bytes // 2
         if max_bytes is None:
             max_bytes = usable
         if not 1 <= max_bytes <= usable:
@@ -57,7 +63,7 @@ class Outbox:
             raise ValueError("outbox: need 1 <= retry_ms <= retry_max_ms")
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
-        self.journal = journal
+        self.log = log
         self.clock = clock
         self.retry_ms = retry_ms
         self.retry_max_ms = retry_max_ms
@@ -65,11 +71,9 @@ class Outbox:
         self.dropped = 0   # messages dropped under pressure
         self.corrupt = 0   # messages whose record went bad on flash before they were acknowledged
         self.bytes = 0     # payload bytes queued
-        self._clear()
-        self._n = 0        # order numbers when there is no journal
+        self.reset()
+        self._n = 0        # order numbers when there is no log
         self._names = {}
-        if journal is not None:
-            journal.outbox = self
 
     def __len__(self):
         return len(self._q)
@@ -87,22 +91,21 @@ class Outbox:
         old = self._ids.get(msg_id)
         if old is not None:
             return old[_SEG] is not None
-        j = self.journal
-        if j is None:
+        log = self.log
+        if log is None:
             seq, self._n = self._n, self._n + 1
         else:
-            j._ready()
-            seq = j._next()
+            seq = log.next_seq()
         mid = msg_id or "#%d" % seq
         body = None
-        if j is not None:
+        if log is not None:
             body = message_section(kind, mid, topic, payload)
-            if len(body) > j.max_record:
+            if len(body) > log.max_record:
                 raise ValueError("outbox: message %s of %d bytes exceeds the journal's max_record" % (mid, len(body)))
-        if not self._admit(mid, kind, len(payload)):
+        if not self.admit(mid, kind, len(payload)):
             return False
-        loc = None if j is None else j._append(MESSAGE | HAS_MSG, seq, body, tier(kind))
-        self._add(seq, kind, mid, topic, loc, len(payload), payload)
+        loc = None if log is None else log.append(MESSAGE | HAS_MSG, seq, body, tier(kind))
+        self.queue(seq, kind, mid, topic, loc, len(payload), payload)
         return loc is not None
 
     def next_due(self, now_ms):
@@ -152,8 +155,7 @@ class Outbox:
                 n += 1
                 if e[_SEG] is not None:
                     gone.append(i)
-        j = self.journal
-        if j is not None:
+        if self.log is not None:
             if gone:
                 self._log_ack(gone)
                 self._gone = []
@@ -180,11 +182,11 @@ class Outbox:
             return False
         if isinstance(payload, str):
             payload = payload.encode()
-        j = self.journal
-        if j is not None and e[_SEG] is not None:
+        log = self.log
+        if log is not None and e[_SEG] is not None:
             self._log_ack([msg_id])   # written first: a boot scan then keeps only the new record
-            seq = j._next()
-            loc = j._append(MESSAGE | HAS_MSG, seq, message_section(e[_KIND], msg_id, e[_TOPIC], payload), -1)
+            seq = log.next_seq()
+            loc = log.append(MESSAGE | HAS_MSG, seq, message_section(e[_KIND], msg_id, e[_TOPIC], payload))
             e[_SEQ] = seq
             e[_SEG], e[_OFF] = loc if loc is not None else (None, 0)
             e[_RAM] = None if loc is not None else bytes(payload)
@@ -198,14 +200,14 @@ class Outbox:
     @property
     def ram_only(self):
         """Messages that should be on flash but are only in RAM (a power cut loses them)."""
-        if self.journal is None:
+        if self.log is None:
             return 0
         return sum(1 for e in self._q if e[_SEG] is None)
 
     @property
     def full(self):
         """The next `started`/`ended` may not survive a power cut: a controller can refuse new sessions."""
-        if self.ram_only or (self.journal is not None and self.journal.full):
+        if self.ram_only or (self.log is not None and self.log.full):
             return True
         return sum(1 for e in self._q if tier(e[_KIND]) == 2) >= self.max_msgs
 
@@ -229,8 +231,9 @@ class Outbox:
             raise ValueError("outbox: next_due() and sent() need the clock")
         return self.clock
 
-    def _admit(self, mid, kind, size):
-        """Make room under the caps for a new message; False if it must not be queued."""
+    def admit(self, mid, kind, size):
+        """Make room under the caps for a new message; False if it must not be queued (the journal
+        asks before it writes a session record that carries one)."""
         if mid in self._ids:
             return False
         t = tier(kind)
@@ -258,8 +261,9 @@ class Outbox:
         """One shared string object per kind and topic name (RAM: they repeat in every entry)."""
         return self._names.setdefault(s, s) if len(self._names) < _NAMES else s
 
-    def _add(self, seq, kind, mid, topic, loc, size, payload=None, redo=None):
-        """Queue an entry: on flash at loc, or (loc None) kept in RAM as `payload`."""
+    def queue(self, seq, kind, mid, topic, loc, size, payload=None, redo=None):
+        """Queue an admitted message: on flash at loc (segment, offset), or (loc None) kept in RAM as
+        `payload`; `redo` (record type, data) rewrites it with its carrier record once flash has room."""
         on_flash = loc is not None
         e = [seq, mid, self._name(kind), self._name(topic), loc[0] if on_flash else None, loc[1] if on_flash else 0,
              size, None if on_flash else bytes(payload), 0, 0, None if on_flash else redo]
@@ -287,7 +291,7 @@ class Outbox:
         """The payload, read back from flash; a record gone bad removes its message (None)."""
         if e[_RAM] is not None:
             return e[_RAM]
-        p = self.journal._load(e[_SEG], e[_OFF])
+        p = self.log.message(e[_SEG], e[_OFF])
         if p is None:
             self._remove(e)
             self.corrupt += 1
@@ -295,52 +299,59 @@ class Outbox:
 
     def _log_ack(self, ids):
         """ACK records (small ones) so a reboot does not resend these."""
-        j = self.journal
+        log = self.log
         body = b""
         for i in ids:
             b = i.encode()
             if body and len(body) + 1 + len(b) > _ACK_BYTES:
-                j._append(ACK, j._next(), body, -1)
+                log.append(ACK, log.next_seq(), body)
                 body = b""
             body = body + b"\n" + b if body else b
-        j._append(ACK, j._next(), body, -1)
+        log.append(ACK, log.next_seq(), body)
 
     def _persist_ram(self):
         """Write RAM-only messages in order, an `ended` one with the end of its session."""
-        j = self.journal
         for e in self._q:
             if e[_SEG] is None:
                 rtype, data = e[_REDO] or (MESSAGE, b"")
                 body = message_section(e[_KIND], e[_ID], e[_TOPIC], e[_RAM]) + data
-                loc = j._append(rtype | HAS_MSG, e[_SEQ], body, -1)
+                loc = self.log.append(rtype | HAS_MSG, e[_SEQ], body)
                 if loc is None:
                     return
                 e[_SEG], e[_OFF] = loc
                 e[_RAM] = e[_REDO] = None
 
-    # -- called by the journal --------------------------------------------------------------
-    def _clear(self):
+    # -- boot scan (driven by the journal) ----------------------------------------------------
+    def reset(self):
+        """Forget the queue (before a boot scan rebuilds it)."""
         self._q = []      # entries, oldest first
         self._ids = {}    # msg_id -> entry
         self._gone = []   # dropped msg_ids still on flash: written with the next ACK record
         self.bytes = 0
         self._wake = None
 
-    def _found(self, seq, kind, mid, topic, n, off, size):
-        """A pending message seen by the boot scan (file order; sorted by _loaded)."""
-        if mid not in self._ids:
-            e = [seq, mid, self._name(kind), self._name(topic), n, off, size, None, 0, 0, None]
-            self._q.append(e)
-            self._ids[mid] = e
-            self.bytes += size
+    def load(self, rtype, seq, body, loc, carried=False):
+        """Take the pending message or the ACK of one scanned record; False if the record is neither
+        the outbox's own (MESSAGE, ACK) nor `carried` by one another client understood."""
+        base = rtype & TYPE
+        if base == ACK:
+            for i in read_ack(body):
+                e = self._ids.get(i)
+                if e is not None:
+                    self._remove(e)
+            return True
+        if base != MESSAGE and not carried:
+            return False
+        if rtype & HAS_MSG:
+            kind, mid, topic, p, end = message_at(body)
+            if not rtype & DONE and mid not in self._ids:  # file order; sorted by loaded()
+                e = [seq, mid, self._name(kind), self._name(topic), loc[0], loc[1], end - p, None, 0, 0, None]
+                self._q.append(e)
+                self._ids[mid] = e
+                self.bytes += end - p
+        return True
 
-    def _acked(self, ids):
-        for i in ids:
-            e = self._ids.get(i)
-            if e is not None:
-                self._remove(e)
-
-    def _loaded(self):
+    def loaded(self):
         """End of the boot scan: restore the order, then the caps."""
         self._q.sort(key=lambda e: e[_SEQ])
         while len(self._q) > self.max_msgs or self.bytes > self.max_bytes:
@@ -349,19 +360,25 @@ class Outbox:
                 break
             self._drop(e)
 
-    def _persisted(self):
-        return set(e[_SEQ] for e in self._q if e[_SEG] is not None)
+    # -- record log client -------------------------------------------------------------------
+    def live(self, rtype, seq):
+        """Compaction: KEEP_MESSAGE while the message a record carries is pending."""
+        if rtype & HAS_MSG and not rtype & DONE:
+            for e in self._q:
+                if e[_SEQ] == seq and e[_SEG] is not None:
+                    return KEEP_MESSAGE
+        return 0
 
-    def _moved(self, n, moves):
-        """Compaction copied these records (seq, offset) into segment n."""
+    def moved(self, seg, moves):
+        """Compaction copied these records (seq, offset) into segment seg."""
         at = dict(moves)
         for e in self._q:
             off = at.get(e[_SEQ])
             if off is not None and e[_SEG] is not None:
-                e[_SEG], e[_OFF] = n, off
+                e[_SEG], e[_OFF] = seg, off
 
-    def _shed(self, max_tier):
-        """Journal pressure: drop every message of the lowest droppable tier present; False if none."""
+    def shed(self, max_tier):
+        """The log refused a write: drop every message of the lowest droppable tier present; False if none."""
         e = self._victim(min(max_tier, 1))
         if e is None:
             return False

@@ -8,7 +8,7 @@ import pytest
 import sim
 from backend import Backend
 from broker import Broker
-from firmware.storage.journal import HAS_MSG, Journal, read_message
+from firmware.storage.recordlog import HAS_MSG, RecordLog, read_message
 from firmware.core.timefmt import iso, parse_iso
 from mqtt_watch import Watch
 from scenario import ScenarioError, normalise
@@ -31,7 +31,7 @@ def _scenario(**extra):
 def _last_payloads(data_dir):
     """msg_id -> the newest payload the journal holds for it (a re-stamp appends a new one)."""
     out = {}
-    for rtype, _, body in Journal(os.path.join(data_dir, "journal")).scan():
+    for rtype, _, body in RecordLog(os.path.join(data_dir, "journal")).scan():
         if rtype & HAS_MSG:
             _, mid, payload, _ = read_message(body)
             out[mid] = json.loads(payload)

@@ -12,6 +12,7 @@ from firmware.auth.authorize import from_config as auth_from_config
 from firmware.controller import Controller
 from firmware.storage.journal import Journal
 from firmware.storage.outbox import Outbox
+from firmware.storage.recordlog import RecordLog
 from firmware.auth.pseudonym import pseudonym
 from firmware.core.settings import Settings
 from firmware.storage.state import State, ensure_dir
@@ -81,8 +82,10 @@ class Harness:
         self.online_answers = {}   # pseudonym -> auth/resp payload; unknown cards get Invalid
         self.answer_auth = True
         self.acking = True         # a healthy backend acknowledges every message it receives
-        self.journal = Journal(data + "/journal")
-        self.outbox = Outbox(self.settings.outbox_size, self.journal, self.clock)
+        self.records = RecordLog(data + "/journal")     # wired as firmware/app.py wires them
+        self.outbox = Outbox(self.settings.outbox_size, self.records, self.clock)
+        self.journal = Journal(self.records, self.outbox)
+        self.records.attach(self.journal, self.outbox)
         self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
         self.auth = auth_from_config(dev, self.clock, self.settings.keys, data)

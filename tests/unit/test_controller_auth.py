@@ -565,8 +565,8 @@ def test_purge_forgets_a_pseudonym_in_list_and_cache_and_anonymizes_unsent_recor
     assert h.acks() == [{"id": "p-1", "cmd": "purge", "status": "accepted", "token": eve, "list": 0, "cache": 1,
                          "pending": 0, "outbox": 2, "journal": True}]
     assert eve.encode() not in _file(h.auth.cache.path)
-    for name in os.listdir(h.journal.path):    # the journal's older records left the flash too
-        assert eve.encode() not in _file(h.journal.path + "/" + name), name
+    for name in os.listdir(h.records.path):    # the journal's older records left the flash too
+        assert eve.encode() not in _file(h.records.path + "/" + name), name
     recs = [json.loads(p) for p in _queued(h.outbox)]
     assert [(r["tx_id"], r["event"], r["token"], r.get("purged")) for r in recs] == [
         (1, "started", None, True), (1, "ended", None, True), (2, "started", alice, None)]
@@ -585,6 +585,7 @@ def test_purge_forgets_a_pseudonym_in_list_and_cache_and_anonymizes_unsent_recor
 def test_purge_survives_a_reboot_of_the_outbox():
     from firmware.storage.journal import Journal
     from firmware.storage.outbox import Outbox
+    from firmware.storage.recordlog import RecordLog
 
     h = offline(Harness(CARDS, ["alice"], charge("alice", stop_at=20000), 30000))
     h.run()                                     # offline: both records wait in the outbox
@@ -592,8 +593,10 @@ def test_purge_survives_a_reboot_of_the_outbox():
     cmd(h, "purge", id="p-1", token=alice)
     h.run(until_ms=31000)
     assert [(e["id"], e["result"]) for e in h.events("command")] == [("p-1", "accepted")]
-    journal = Journal(h.journal.path)           # the next boot, on the same flash
-    outbox = Outbox(h.settings.outbox_size, journal, h.clock)
+    log = RecordLog(h.records.path)             # the next boot, on the same flash
+    outbox = Outbox(h.settings.outbox_size, log, h.clock)
+    journal = Journal(log, outbox)
+    log.attach(journal, outbox)
     boot = journal.recover()
     assert boot["session"] is None and boot["bad"] == 0
     queued = [json.loads(p) for p in _queued(outbox)]

@@ -11,6 +11,7 @@ import sys
 from check import raises
 from firmware.storage.journal import BOOT, CHECKPOINT, END, START, Journal
 from firmware.storage.outbox import Outbox
+from firmware.storage.recordlog import RecordLog
 from firmware.core.timefmt import iso
 from hal.sim.clock import VirtualClock
 
@@ -82,10 +83,18 @@ def restore(path, saved, cut=None, at=None):
             f.write(data[:cut] if n == at else data)
 
 
+def wire(path, clock=None, n=32, seg_bytes=4096, segments=8, opener=open, max_bytes=None, **kw):
+    """A record log with a journal and an outbox on it, wired as firmware/app.py does: (journal, outbox)."""
+    log = RecordLog(path, seg_bytes, segments, opener=opener)
+    ob = Outbox(n, log, clock or VirtualClock(), max_bytes)
+    j = Journal(log, ob, **kw)
+    log.attach(j, ob)
+    return j, ob
+
+
 def opened(path, clock=None, **kw):
     """A journal with its outbox, recovered: (journal, outbox, recover() result)."""
-    j = Journal(path, **kw)
-    ob = Outbox(32, j, clock or VirtualClock())
+    j, ob = wire(path, clock, **kw)
     return j, ob, j.recover()
 
 
@@ -124,7 +133,7 @@ def test_records_come_back_in_order_and_the_boot_count_grows():
         assert j.session_ended(1, ended(s, 1300, T0 + 300))
         j2, ob2, boot2 = opened(path)
         assert boot2["boot"] == 2 and boot2["session"] is None and boot2["bad"] == 0
-        got = [(t & 0x3F, seq) for t, seq, body in j2.scan()]
+        got = [(t & 0x3F, seq) for t, seq, body in j2.log.scan()]
         assert [t for t, seq in got] == [BOOT, START, CHECKPOINT, CHECKPOINT, CHECKPOINT, END, BOOT]
         assert [seq for t, seq in got] == sorted(seq for t, seq in got)
         assert ob2.pending() == ["1-0", "1-1"]
@@ -178,7 +187,7 @@ def test_checkpoints_are_due_by_energy_or_time_and_never_too_often():
         assert not j.checkpoint_due(1150, T0 + 359)
         assert j.checkpoint_due(1150, T0 + 360)     # every_s with little energy
         assert j.checkpoint_due(1100, T0 - 300)     # a clock step backwards counts as time passed
-        assert "min_s" in str(raises(ValueError, Journal, d + "/k", every_s=60, min_s=120))
+        assert "min_s" in str(raises(ValueError, Journal, j.log, ob, every_s=60, min_s=120))
     finally:
         rmtree(d)
 
@@ -186,7 +195,7 @@ def test_checkpoints_are_due_by_energy_or_time_and_never_too_often():
 def test_bad_calls_raise_value_error_naming_the_problem():
     d = plain_dir()
     try:
-        j = Journal(d + "/j")
+        j, ob = wire(d + "/j")
         assert "recover" in str(raises(ValueError, j.session_started, started(1)[1]))
         j.recover()
         assert "tx_id" in str(raises(ValueError, j.session_started, {"msg_id": "x"}))
@@ -197,7 +206,12 @@ def test_bad_calls_raise_value_error_naming_the_problem():
         assert "tx_id" in str(raises(ValueError, j.checkpoint, 2, 10, T0))
         assert "energy_wh" in str(raises(ValueError, j.checkpoint, 1, -1, T0))
         assert j.session == rec  # nothing was lost
-        assert "segments" in str(raises(ValueError, Journal, d, segments=1))
+        assert "segments" in str(raises(ValueError, RecordLog, d, segments=1))
+        log = RecordLog(d + "/k")
+        ob = Outbox(4, log)
+        j = Journal(log, ob)
+        log.attach(ob)                               # wired without the journal: its records would not be kept
+        assert "attach" in str(raises(ValueError, j.recover))
     finally:
         rmtree(d)
 
@@ -216,7 +230,7 @@ def _day(j, ob, tx, cps=6):
 def _check_caps(path, j):
     names = [n for n in os.listdir(path) if n.endswith(".log")]
     sizes = [os.stat(path + "/" + n)[6] for n in names]
-    assert len(names) <= j.segments and max(sizes) <= j.seg_bytes, (names, sizes)
+    assert len(names) <= j.log.segments and max(sizes) <= j.log.seg_bytes, (names, sizes)
     return sum(sizes)
 
 
@@ -227,7 +241,7 @@ def test_segments_rotate_and_the_total_stays_under_the_cap():
         for tx in range(1, 31):
             _day(j, ob, tx)
             total = max(total, _check_caps(path, j))
-        assert j.written > 5 * 3 * 1024  # it really went round many times
+        assert j.log.written > 5 * 3 * 1024  # it really went round many times
         assert total <= 3 * 1024 and not j.full
         j2, ob2, boot = opened(path, seg_bytes=1024, segments=3)
         assert boot["session"] is None and boot["boot"] == 2 and len(ob2) == 0
@@ -245,7 +259,7 @@ def test_compaction_keeps_the_open_session_and_pending_messages():
         for k in range(200):  # 200 checkpoints of 29 bytes: the 3 x 512 bytes turn over many times
             assert j.checkpoint(9, 1000 + k, T0 + k, 1)
             _check_caps(path, j)
-        assert j.written > 10 * 512
+        assert j.log.written > 10 * 512
         j2, ob2, boot = opened(path, clock, seg_bytes=512, segments=3)
         assert boot["session"] == rec and boot["checkpoint"]["energy_wh"] == 1199
         assert ob2.pending() == ["f-0", "f-1", "f-2", "f-3", "9-0"]
@@ -261,7 +275,7 @@ def test_session_records_are_packed_on_flash_and_published_as_the_same_json():
         j.session_started(rec)
         end = ended(s, 9000, T0 + 3600)
         assert j.session_ended(4, end)
-        on_flash = dict((rtype & 0x3F, len(body)) for rtype, _, body in j.scan())
+        on_flash = dict((rtype & 0x3F, len(body)) for rtype, _, body in j.log.scan())
         assert on_flash[START] < len(json.dumps(rec, separators=(",", ":")))
         assert on_flash[END] < len(json.dumps(end, separators=(",", ":"))) * 2 // 3
         for want in (rec, end):   # what the broker gets is JSON, byte for byte what it unpacks to
@@ -349,7 +363,7 @@ def test_bit_flips_cost_at_most_the_record_they_hit():
         j, ob, _ = opened(path, seg_bytes=1024, segments=4)
         for tx in range(1, 4):
             _day(j, ob, tx, cps=3)
-        good = set((t, seq, body) for t, seq, body in j.scan())
+        good = set((t, seq, body) for t, seq, body in j.log.scan())
         saved = files(path)
         names = sorted(saved)
         rnd = _lcg(7)
@@ -362,9 +376,9 @@ def test_bit_flips_cost_at_most_the_record_they_hit():
             bad = dict(saved)
             bad[name] = bytes(data)
             restore(path, bad)
-            j2 = Journal(path)
-            got = set((t, seq, body) for t, seq, body in j2.scan())
-            assert got <= good and len(good - got) == 1 and j2.bad == 1
+            log = RecordLog(path)
+            got = set((t, seq, body) for t, seq, body in log.scan())
+            assert got <= good and len(good - got) == 1 and log.bad == 1
             opened(path)  # recovery does not raise either
             hits += 1
         assert hits == 150
@@ -377,7 +391,7 @@ def test_garbage_and_empty_files_are_skipped_and_good_records_survive():
         s, rec = started(5)
         j.session_started(rec)
         j.checkpoint(5, 1100, T0 + 60, 1)
-        good = list(j.scan())
+        good = list(j.log.scan())
         n = int(newest(path)[:-4])
         rnd = _lcg(3)
         junk = bytes(next(rnd) & 0xFF for _ in range(700)) + b"\xa5\xc3\x02\x10"
@@ -391,7 +405,7 @@ def test_garbage_and_empty_files_are_skipped_and_good_records_survive():
             f.write(b"\xa5\xc3")  # a torn header as the newest file
         j2, ob2, boot = opened(path, seg_bytes=1024, segments=6)
         assert boot["session"] == rec and boot["checkpoint"]["energy_wh"] == 1100 and boot["bad"] >= 2
-        assert [r for r in j2.scan() if r[0] & 0x3F != BOOT] == [r for r in good if r[0] & 0x3F != BOOT]
+        assert [r for r in j2.log.scan() if r[0] & 0x3F != BOOT] == [r for r in good if r[0] & 0x3F != BOOT]
         assert j2.checkpoint(5, 1200, T0 + 120, 1)  # appends go to a fresh segment, not after garbage
         assert newest(path) == "%08d.log" % (n + 4)
         assert opened(path, seg_bytes=1024, segments=6)[2]["checkpoint"]["energy_wh"] == 1200
@@ -439,8 +453,7 @@ def test_a_full_filesystem_is_reported_and_the_session_goes_on():
     try:
         flash = FullFlash(400)
         clock = VirtualClock()
-        j = Journal(d + "/j", opener=flash)
-        ob = Outbox(16, j, clock)
+        j, ob = wire(d + "/j", clock, 16, opener=flash)
         j.recover()
         s, rec = started(1)
         assert j.session_started(rec)
@@ -527,7 +540,7 @@ def test_a_power_cut_inside_littlefs_keeps_every_committed_record():
 # -- flash budget -----------------------------------------------------------------------------
 def _charge(j, ob, tx, watts, meter_wh, t):
     """One hour at `watts`, energy read every 10 s as the controller does; returns bytes written."""
-    w0 = j.written
+    w0 = j.log.written
     s, rec = started(tx, wh=meter_wh, t=t)
     j.session_started(rec)
     ob.ack(["%d-0" % tx])
@@ -540,7 +553,7 @@ def _charge(j, ob, tx, watts, meter_wh, t):
     end = ended(s, wh, t + 3600)
     j.session_ended(tx, end)
     ob.ack([end["msg_id"]])
-    return j.written - w0, wh
+    return j.log.written - w0, wh
 
 
 def test_flash_writes_per_one_hour_session_stay_within_2_kb():
@@ -550,10 +563,10 @@ def test_flash_writes_per_one_hour_session_stay_within_2_kb():
         small, wh = _charge(j, ob, 1, 7400, 0, T0)
         big, wh = _charge(j, ob, 2, 22000, wh, T0 + 7200)
         assert 700 < small <= 2048 and 700 < big <= 2048, (small, big)
-        w0 = j.written
+        w0 = j.log.written
         for tx in range(3, 43):  # 40 more: compaction copies are part of the bill
             wh = _charge(j, ob, tx, 7400, wh, T0 + tx * 7200)[1]
-        avg = (j.written - w0) // 40
+        avg = (j.log.written - w0) // 40
         assert avg <= 2048, avg
     finally:
         rmtree(d)

@@ -4,10 +4,9 @@ import json
 import os
 
 from check import raises
-from firmware.storage.journal import Journal
 from firmware.storage.outbox import Outbox
 from hal.sim.clock import VirtualClock
-from test_journal import FullFlash, each_fs, files, plain_dir, restore, rmtree
+from test_journal import FullFlash, each_fs, files, plain_dir, restore, rmtree, wire
 
 
 def _ram(n=8, **kw):
@@ -16,8 +15,7 @@ def _ram(n=8, **kw):
 
 
 def _on(path, clock, n=32, **kw):
-    j = Journal(path, seg_bytes=kw.pop("seg_bytes", 4096), segments=kw.pop("segments", 8))
-    ob = Outbox(n, j, clock, **kw)
+    j, ob = wire(path, clock, n, **kw)
     j.recover()
     return j, ob
 
@@ -121,8 +119,7 @@ def test_journal_pressure_sheds_updates_and_keeps_what_cannot_be_stored_in_ram()
     try:
         flash = FullFlash(10 ** 6)
         clock = VirtualClock()
-        j = Journal(d + "/j", opener=flash)
-        ob = Outbox(64, j, clock)
+        j, ob = wire(d + "/j", clock, 64, opener=flash)
         j.recover()
         for n in range(5):
             assert ob.put("session", "u" * 50, "u-%d" % n, "updated")
@@ -132,8 +129,7 @@ def test_journal_pressure_sheds_updates_and_keeps_what_cannot_be_stored_in_ram()
         assert ob.put("meter", "m", "m-1", "meter") is False and ob.ram_only == 2  # bounded by the caps
         flash.room = 10 ** 6
         assert ob.ack(["unknown"]) == 0 and ob.ram_only == 0  # any ack retries the flash
-        j2 = Journal(d + "/j")
-        ob2 = Outbox(64, j2, clock)
+        j2, ob2 = wire(d + "/j", clock, 64)
         j2.recover()
         assert ob2.pending() == ["2-0", "m-1"] and ob2.next_due(0)[1] == b"s" * 50
     finally:
@@ -148,7 +144,7 @@ def test_acknowledged_messages_stay_gone_after_a_reboot_and_compaction_keeps_the
             ob.put("fault", '{"n": %d}' % n, "f-%d" % n, "fault")
             if n % 3 != 2:
                 ob.ack(["f-%d" % n])  # every third message stays pending through many compactions
-        assert j.written > 6 * 512
+        assert j.log.written > 6 * 512
         j2, ob2 = _on(path, clock, 64, seg_bytes=512, segments=3, max_bytes=512)
         assert ob2.pending() == ["f-%d" % n for n in range(2, 60, 3)]
         assert ob2.next_due(0)[1] == b'{"n": 2}'
@@ -185,7 +181,7 @@ def test_bad_input_is_refused_with_the_field_named():
         j, ob = _on(d + "/j", clock)
         assert "max_record" in str(raises(ValueError, ob.put, "t", "x" * 5000, "big"))
         assert "msg_id" in str(raises(ValueError, ob.put, "t", "x", "a\nb"))
-        assert "max_bytes" in str(raises(ValueError, Outbox, 8, j, clock, 10 ** 6))
+        assert "max_bytes" in str(raises(ValueError, Outbox, 8, j.log, clock, 10 ** 6))
         assert len(ob) == 0
     finally:
         rmtree(d)
