@@ -124,6 +124,10 @@ class Metering:
         """The billing register: whole Wh imported over the charger's life."""
         return self.forward.wh
 
+    def export_wh(self):
+        """Whole Wh exported (reverse flow), for the technician's meter check."""
+        return self.reverse.wh
+
     def register(self):
         """(whole Wh, sub-Wh counts) of the billing register, to persist."""
         return self.forward.wh, self.forward.rem

@@ -233,9 +233,9 @@ def status(data=None):
                    aux_closed=k.feedback(), offered_a=ctl.ev.offered_a, broker=cur["sync"].connected,
                    queued=len(ctl.outbox), faults_active=sorted(ctl.faults.active),
                    faults_latched=list(ctl.faults.latched),
-                   energy_wh=ctl.metering.forward.wh, boot=ctl.journal.boot, cycles=k.cycles,
+                   energy_wh=ctl.metering.register_wh(), boot=ctl.journal.boot, cycles=k.cycles,
                    session=None if s is None else {"tx_id": s.tx_id, "token": s.token, "started_at": s.started_at,
-                                                  "energy_wh": ctl.metering.forward.wh - s.meter_start_wh},
+                                                  "energy_wh": ctl.metering.register_wh() - s.meter_start_wh},
                    last_tx=ctl.last_tx[0] if ctl.last_tx else None)
         board = cur.get("board")
         cause = board.reset_cause if board is not None else None
@@ -332,7 +332,7 @@ def sessions(n=10, data=None):
         if state == "open":
             if live is not None and live.tx_id == s.get("tx_id"):
                 state = "running"
-                s["energy_wh"] = ctl.metering.forward.wh - live.meter_start_wh
+                s["energy_wh"] = ctl.metering.register_wh() - live.meter_start_wh
             else:
                 state = "open"   # cut by a reset: the next boot closes it (PowerLoss)
         s["state"] = state
@@ -422,10 +422,10 @@ def clear_fault(data=None):
 
         d = _data(data)
         st = State(d + "/state.json")
-        fs = Faults(None, st.values.get("faults"))
+        fs = Faults(None, st.faults())
         kinds = fs.clear_latched()
         if kinds:
-            st.values["faults"] = fs.persist()
+            st.set_faults(fs.persist())
             st.save()
             from firmware.core.timefmt import iso
 
@@ -477,7 +477,7 @@ def meter():
         ctl = _current().get("ctl")
         if ctl is not None and ctl.meter_ok:
             ctl.metering.read_energy()   # clear-on-read registers: counted into the billing counter
-            out["energy_wh"], out["export_wh"] = ctl.metering.forward.wh, ctl.metering.reverse.wh
+            out["energy_wh"], out["export_wh"] = ctl.metering.register_wh(), ctl.metering.export_wh()
             out["energy_saved"] = False
         else:
             saved = _load(_data(None) + "/state.json") or {}
