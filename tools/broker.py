@@ -121,6 +121,7 @@ class Broker:
         self.dir = tempfile.mkdtemp(prefix="cp-broker-")
         self.proc = None
         self._accounts = {}       # user name -> (password, role: "device", "backend" or "observer")
+        self._appended = ["", ""]   # password_file and acl_file text an operator appended (append())
         self._lock = threading.Lock()
 
     @property
@@ -151,25 +152,44 @@ class Broker:
         """host, port, username, password for tools/backend.py's Backend and paho clients."""
         return dict(host="127.0.0.1", port=self.port, **self.login(role))
 
+    def append(self, passwd, acl):
+        """Appends entries as an operator does (tools/provision.py's broker/passwd and broker/acl)
+        and reloads; returns once mosquitto has read them."""
+        with self._lock:
+            self._appended[0] += passwd
+            self._appended[1] += "\n" + acl
+            self._reload()
+
     def _add(self, user, role):
         password = new_password()
         self._accounts[user] = (password, role)
-        if not self.open:
-            self._write_security()
-            if self.proc is not None:   # running: reload, and wait until the account works
-                self.proc.send_signal(signal.SIGHUP)
-                deadline = time.time() + 10
-                while mqtt_connect("127.0.0.1", self.port, user, password, user) != 0:
-                    if time.time() > deadline or self.proc.poll() is not None:
-                        raise RuntimeError("broker: mosquitto did not take the new account %s" % user)
-                    time.sleep(0.02)
+        self._reload((user, password))
         return {"username": user, "password": password}
+
+    def _reload(self, probe=None):
+        """Rewrites the files and, when running, has mosquitto read them (SIGHUP); an account to
+        probe is tried until the broker takes it, else a reload a client can see is waited for."""
+        if self.open:
+            return
+        self._write_security()
+        if self.proc is None:
+            return
+        if probe is None:   # a throw-away account: it works once the reload happened
+            probe = ("reload-probe-%d" % len(self._accounts), new_password())
+            self._accounts[probe[0]] = (probe[1], "observer")
+            self._write_security()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while mqtt_connect("127.0.0.1", self.port, probe[0], probe[1], probe[0]) != 0:
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("broker: mosquitto did not take the new account %s" % probe[0])
+            time.sleep(0.02)
 
     def _write_security(self):
         """password_file and acl_file from the accounts, each replaced whole."""
         acl = device_acl() + "".join("\n" + role_acl(u, r) for u, (_, r) in sorted(self._accounts.items())
-                                     if r != "device")
-        pw = "".join(password_line(u, p) for u, (p, _) in sorted(self._accounts.items()))
+                                     if r != "device") + self._appended[1]
+        pw = "".join(password_line(u, p) for u, (p, _) in sorted(self._accounts.items())) + self._appended[0]
         for name, text in (("passwd", pw), ("acl", acl)):
             path = os.path.join(self.dir, name)
             with open(path + ".tmp", "w") as f:
