@@ -204,12 +204,14 @@ class Broker:
             lines.append("allow_anonymous true")
         else:
             lines += ["allow_anonymous false", "password_file %s" % os.path.join(self.dir, "passwd"),
-                      "acl_file %s" % os.path.join(self.dir, "acl"), "use_username_as_clientid true"]
+                      "acl_file %s" % os.path.join(self.dir, "acl")]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("user root")   # as root it would drop to `mosquitto`, who cannot read our files
-        lines.append("listener %d 127.0.0.1" % self.port)
+        # use_username_as_clientid is a listener option: given before the listener lines it does nothing
+        own_id = [] if self.open else ["use_username_as_clientid true"]
+        lines += ["listener %d 127.0.0.1" % self.port] + own_id
         if self.tls:
-            lines += ["listener %d 127.0.0.1" % self.tls_port, "cafile %s" % self.tls["ca"],
+            lines += ["listener %d 127.0.0.1" % self.tls_port] + own_id + ["cafile %s" % self.tls["ca"],
                       "certfile %s" % self.tls["cert"], "keyfile %s" % self.tls["key"],
                       "require_certificate %s" % ("true" if self.tls.get("require_client") else "false")]
         return "\n".join(lines) + "\n"
