@@ -160,6 +160,13 @@ class Broker:
             self._appended[1] += "\n" + acl
             self._reload()
 
+    def remove(self, user):
+        """Revokes an account as an operator does (its password_file line deleted, then a reload):
+        mosquitto 2 also ends its open connection."""
+        with self._lock:
+            del self._accounts[user]
+            self._reload()
+
     def _add(self, user, role):
         password = new_password()
         self._accounts[user] = (password, role)

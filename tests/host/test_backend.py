@@ -332,6 +332,15 @@ def test_command_line_runs_until_idle_and_prints_one_line_per_event(tmp_path, br
     assert rows(str(db), "SELECT state, connector FROM status_current") == [("online", "Available")]
 
 
+def test_a_user_without_its_password_stops_at_once(tmp_path):
+    env = dict(os.environ)
+    env.pop("CP_BACKEND_PASSWORD", None)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker", "127.0.0.1:1",
+                        "--user", "backend-1", "--db", str(tmp_path / "b.sqlite")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30, text=True, env=env)
+    assert r.returncode == 2 and "--user backend-1 needs its password in $CP_BACKEND_PASSWORD" in r.stdout
+
+
 def test_help_shows_an_example():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--help"],
                        stdout=subprocess.PIPE, text=True, timeout=30)

@@ -4,7 +4,10 @@ charger's account, the read-only observer and a client-id takeover.
 
 Every test runs twice: on the locked-down broker, where the attack must fail, and on an open broker
 (`Broker(open=True)`), where the same check must see the attack work (so each test can fail)."""
+import base64
 import json
+import shutil
+import subprocess
 import threading
 import time
 
@@ -13,7 +16,7 @@ import pytest
 
 import sim
 from backend import Backend
-from broker import Broker, mqtt_connect
+from broker import Broker, mqtt_connect, password_line
 from mqtt_watch import Watch
 from store import Store
 
@@ -193,3 +196,64 @@ def test_the_chargers_client_id_cannot_be_taken_over(attacked):
     assert (attacked.attack.wrong_password == 5) is attacked.locked
     if attacked.locked:
         assert [e["state"] for e in attacked.events if e["ev"] == "mqtt"] == ["connected"]
+
+
+def test_password_lines_are_mosquitto_passwd_lines(tmp_path):
+    """tools/broker.py writes the password_file without mosquitto_passwd (an operator's machine may
+    lack it): the same salt gives byte for byte the line mosquitto_passwd writes."""
+    exe = shutil.which("mosquitto_passwd")
+    if exe is None:
+        pytest.skip("mosquitto_passwd is not installed (it comes with the mosquitto package)")
+    path = tmp_path / "passwd"
+    subprocess.run([exe, "-b", "-c", str(path), "cp-0001", "s3cret-pw"], check=True, timeout=30)
+    line = path.read_text()
+    salt = base64.b64decode(line.split("$")[3])
+    assert password_line("cp-0001", "s3cret-pw", salt) == line
+    assert password_line("cp-0001", "s3cret-pw") != line   # a new salt each time
+    with pytest.raises(ValueError):
+        password_line("cp:0001", "s3cret-pw")
+
+
+def test_a_revoked_account_is_disconnected_and_refused():
+    """docs/security.md: delete the line, reload mosquitto; the device's open connection ends too."""
+    with Broker() as broker:
+        login = broker.device(OTHER)
+        ended = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=OTHER)
+        c.username_pw_set(login["username"], login["password"])
+        c.on_disconnect = lambda *a: ended.set()
+        c.reconnect_delay_set(30, 60)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        try:
+            time.sleep(0.3)
+            assert c.is_connected() and not ended.is_set()
+            broker.remove(OTHER)
+            assert ended.wait(5)
+            assert mqtt_connect("127.0.0.1", broker.port, OTHER, login["password"]) == 5
+        finally:
+            c.loop_stop()
+
+
+def test_a_charger_with_a_wrong_password_is_refused_and_keeps_its_records(tmp_path):
+    """As between a password rotation on the broker and the charger's new secrets.json: refused,
+    it charges on and keeps every record for later (docs/security.md, Rotation)."""
+    sc = {"board": "sim", "start": "2026-03-02T07:00:00Z", "device_id": DEVICE, "cards": {"alice": "04A1B2C3D4E5F6"},
+          "allow": ["alice"], "events": [{"t": 10, "plug": True}, {"t": 15, "tap": "alice"}, {"t": 20, "ev_current_a": 16},
+                                         {"t": 600, "tap": "alice"}, {"t": 620, "plug": False}], "end": 660}
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(sc))
+    lines = []
+    with Broker() as broker:
+        broker.device(DEVICE)
+        runner = broker.login("backend")
+        rc = sim.run(str(path), sim.Logins(broker.address, "an-old-password", runner["username"], runner["password"]),
+                     raw=True, out=lines.append)
+    events = [json.loads(line[2:]) for line in lines if line.startswith("@ ")]
+    assert rc == 0, "\n".join(lines[-20:])
+    mqtt_states = [e["state"] for e in events if e["ev"] == "mqtt"]
+    assert mqtt_states and set(mqtt_states) == {"unreachable"}
+    ended = [e for e in events if e["ev"] == "session_end"]
+    assert len(ended) == 1 and ended[0]["energy_wh"] > 0
+    halt = [e for e in events if e["ev"] == "halt"][0]
+    assert halt["delivered"] == 0 and halt["queued"] == 2   # started and ended, kept in the outbox
