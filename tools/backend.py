@@ -449,8 +449,10 @@ def main(argv=None):
     ap.add_argument("--share", metavar="GROUP", help="subscribe as $share/GROUP/... to split load between instances")
     ap.add_argument("--auth", metavar="FILE",
                     help="JSON {pseudonym: auth/resp answer}; without it auth/req is not answered")
-    ap.add_argument("--client-id", help="MQTT client id (default: unique per process)")
-    ap.add_argument("--user", help="MQTT user name (password from $CP_BACKEND_PASSWORD)")
+    ap.add_argument("--client-id", help="MQTT client id (default: unique per process; a broker with "
+                                        "use_username_as_clientid uses --user instead)")
+    ap.add_argument("--user", help="MQTT account, one per instance (password from $CP_BACKEND_PASSWORD); "
+                                   "docs/security.md")
     ap.add_argument("--ca", help="CA certificate: connect with TLS")
     ap.add_argument("--cert", help="client certificate (TLS)")
     ap.add_argument("--key", help="client private key (TLS)")
@@ -458,10 +460,13 @@ def main(argv=None):
     ap.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit after this long without messages")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print duplicates and meter values")
     args = ap.parse_args(argv)
+    password = os.environ.get("CP_BACKEND_PASSWORD")
+    if args.user and not password:   # a locked-down broker would refuse it, again and again
+        print("backend: --user %s needs its password in $CP_BACKEND_PASSWORD" % args.user, file=sys.stderr)
+        return 2
     try:
         backend = Backend(args.db, args.broker[0], args.broker[1], share=args.share, auth=args.auth,
-                          client_id=args.client_id, username=args.user,
-                          password=os.environ.get("CP_BACKEND_PASSWORD"),
+                          client_id=args.client_id, username=args.user, password=password,
                           tls={"ca": args.ca, "cert": args.cert, "key": args.key} if args.ca else None,
                           ack_delay_s=args.ack_delay_ms / 1000, verbose=args.verbose)
         backend.start()

@@ -79,7 +79,7 @@ def figures(samples):
     rows.append(("smallest heap margin above boot that runs the long day (transients, fragmentation)",
                  "%s" % ("%d KB" % margin if margin else "> 192 KB"), "runs in 64 KB", margin == 64))
     with Broker() as b:
-        _, halt_rt, _ = run_scenario("realtime_silent.json", broker="127.0.0.1:%d" % b.port)
+        _, halt_rt, _ = run_scenario("realtime_silent.json", broker=b)
     gap = halt_rt["max_gap_ms"]
     rows.append(("worst gap between samples, 10 Hz, real clock, broker accepting TCP and never answering",
                  "%d ms%s" % (gap, " (timestamps are whole ms: 100 ms + rounding)" if gap == 101 else ""),

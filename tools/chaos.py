@@ -412,11 +412,11 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
     t0 = time.time()
     try:
         with Broker() as broker:
-            backend = Backend(db, "127.0.0.1", broker.port, auth={}, ack_delay_s=ack_delay_s,
+            backend = Backend(db, **broker.client_args("backend"), auth={}, ack_delay_s=ack_delay_s,
                               out=lambda line: None).start()
             backend.wait_connected()
             try:
-                result = sim.simulate(path, broker="127.0.0.1:%d" % broker.port, site_key=bytes(range(32)),
+                result = sim.simulate(path, broker=broker, site_key=bytes(range(32)),
                                       run_dir=run_dir, out=out, mpy=mpy, killer=killer)
                 backend.wait_idle(1.0, timeout=30)
             finally:

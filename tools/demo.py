@@ -47,8 +47,9 @@ def main():
     if os.path.exists(db):
         os.remove(db)
     with Broker() as broker:
-        print("broker: mosquitto on 127.0.0.1:%d; backend storing into %s" % (broker.port, db))
-        backend = Backend(db, "127.0.0.1", broker.port, auth={}, out=lambda line: None).start()
+        print("broker: mosquitto on 127.0.0.1:%d, locked down (accounts and ACL, docs/security.md); "
+              "backend storing into %s" % (broker.port, db))
+        backend = Backend(db, **broker.client_args("backend"), auth={}, out=lambda line: None).start()
         backend.wait_connected()
         got = []
         lock = threading.Lock()
@@ -62,11 +63,12 @@ def main():
                 print("    >> broker: " + _record_line(msg.topic, rec), flush=True)
 
         watch = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-watch")
+        watch.username_pw_set(**broker.login("observer"))   # read-only: the broker is locked down
         watch.on_message = on_message
         watch.connect("127.0.0.1", broker.port)
         watch.subscribe("cp/v1/#", qos=1)
         watch.loop_start()
-        rc = sim.run(args.scenario, broker="127.0.0.1:%d" % broker.port, out=lambda line: print(line, flush=True))
+        rc = sim.run(args.scenario, broker=broker, out=lambda line: print(line, flush=True))
         backend.wait_idle(0.5, timeout=10)
         backend.stop()
         watch.loop_stop()

@@ -5,11 +5,17 @@ HMAC-SHA256(site key, UID) here, on the operator's machine, and never written an
 Everything is checked before anything is written: a missing or unsafe input stops with a
 message naming the field, and no file is created or changed (locally or on the board).
 
+The charger's MQTT user name is its device id; its password is random (or $CP_MQTT_PASSWORD).
+With --out, DIR/broker/ receives the broker's side for it: `passwd` (one password_file line)
+and `acl` (its ACL lines), for the operator to append to mosquitto's files (docs/security.md);
+they never go onto the board.
+
     python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\
         --broker mqtt.example.org:8883 --ca ca.pem --tariff tariff.json --cards cards.csv --out out/cp-0001
     python3 tools/provision.py ... --port /dev/ttyUSB0     # straight onto the board (mpremote)
 
 Functions: build(args) -> {file name: bytes}; write_dir(files, dir); write_board(files, port).
+File names under broker/ are the broker's entries, not the charger's.
 """
 import argparse
 import binascii
@@ -23,13 +29,14 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
+for _p in (os.path.join(ROOT, "tools", "compat"), os.path.join(ROOT, "tools"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 from firmware.billing.fixed import parse  # noqa: E402
 from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
 from firmware.billing.tariff import Tariff  # noqa: E402
 from firmware.core.timefmt import parse_iso  # noqa: E402
+from broker import device_acl, new_password, password_line  # noqa: E402
 
 BOARDS = os.path.join(ROOT, "board_configs")
 MAX_CARDS = 1000          # the charger loads the whole list at boot: keep it bounded
@@ -251,8 +258,14 @@ def build(args):
     _hex_key(device_key, "device_key")
     update_key = args.update_key or args.keys_data.get("update_key")
     _hex_key(update_key, "update_key", 32)   # the firmware's OTA check wants 32 bytes
-    user = args.mqtt_user if args.mqtt_user is not None else args.keys_data.get("mqtt_user")
+    user = args.keys_data.get("mqtt_user")
+    if user is not None and user != dev:   # the broker's ACL gives each account cp/v1/<its user name>/
+        raise ProvisionError("mqtt_user: the MQTT user name is the device id (%s), not %r: remove it from %s"
+                             % (dev, user, args.keys))
     password = os.environ.get("CP_MQTT_PASSWORD") or args.keys_data.get("mqtt_password")
+    if password is not None and (not isinstance(password, str) or not 8 <= len(password) <= 256
+                                 or any(c.isspace() or not c.isprintable() for c in password)):
+        raise ProvisionError("mqtt_password: give 8..256 printable characters without spaces")
 
     if not args.broker:
         raise ProvisionError("mqtt.host: --broker HOST[:PORT] is missing")
@@ -279,6 +292,11 @@ def build(args):
         mqtt["ca"] = "ca.pem"
     elif password:
         raise ProvisionError("mqtt_password: sending a password over plain TCP is unsafe: use TLS (--ca)")
+    if tls and password is None:
+        if not args.out:
+            raise ProvisionError("mqtt_password: no password given; a new one is generated only with --out DIR, "
+                                 "where the broker's entry for it is written")
+        password = new_password()
     if bool(args.cert) != bool(args.key):
         raise ProvisionError("tls_cert/tls_key: give both the client certificate and its key, or neither")
     if args.cert and not tls:
@@ -316,15 +334,25 @@ def build(args):
               "site": {"utc_offset_min": args.utc_offset_min, "dst": args.dst}}
     secrets = {"site_keys": {str(v): binascii.hexlify(k).decode() for v, k in sorted(keys.items())},
                "site_key_current": current, "device_key": device_key.strip().lower(),
-               "update_key": update_key.strip().lower(), "mqtt_user": user,
-               "mqtt_password": password, "tls_cert": "cert.pem" if args.cert else None,
-               "tls_key": "key.pem" if args.cert else None}
+               "update_key": update_key.strip().lower(), "mqtt_user": dev}
+    if password is not None:   # optional secrets are left out, never written as null
+        secrets["mqtt_password"] = password
+        files[BROKER_DIR + "passwd"] = password_line(dev, password).encode()
+        files[BROKER_DIR + "acl"] = device_acl(dev).encode()
+    if args.cert:
+        secrets.update(tls_cert="cert.pem", tls_key="key.pem")
     files["config.json"] = (json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n").encode()
     files["secrets.json"] = (json.dumps(secrets, sort_keys=True, indent=1) + "\n").encode()
     return files
 
 
-SECRET_FILES = ("secrets.json", "key.pem")
+BROKER_DIR = "broker/"   # the broker's entries for the charger: written with --out, never onto the board
+SECRET_FILES = ("secrets.json", "key.pem", BROKER_DIR + "passwd")
+
+
+def board_files(files):
+    """The files that go onto the charger (not the broker's entries)."""
+    return dict((n, d) for n, d in files.items() if not n.startswith(BROKER_DIR))
 
 
 def write_dir(files, out_dir):
@@ -332,7 +360,9 @@ def write_dir(files, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     for name, data in sorted(files.items()):
         path = os.path.join(out_dir, name)
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + name)
+        folder, base = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + base)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o600 if name in SECRET_FILES else 0o644)
@@ -373,6 +403,7 @@ def board_commands(files, port, staging, mpremote=None):
 
 def write_board(files, port, mpremote=None, timeout=60):
     """Copies the files to the board's filesystem root; an unreachable board changes nothing."""
+    files = board_files(files)
     staging = tempfile.mkdtemp(prefix="cp-provision-")
     try:
         probe, copy, swap = board_commands(files, port, staging, mpremote)
@@ -394,7 +425,10 @@ def parse_args(argv=None):
                "      --broker mqtt.example.org:8883 --ca ca.pem --cert cp-0001.crt --key cp-0001.key \\\n"
                "      --tariff tariff.json --cards cards.csv --utc-offset-min 60 --dst EU --out out/cp-0001\n"
                "cards.csv: header uid,status,expiry,group,max_current_a,max_kwh,offpeak_only (only uid required).\n"
-               "The MQTT password comes from --keys (mqtt_password) or $CP_MQTT_PASSWORD.")
+               "MQTT: the user name is the device id; the password is random (with --out), or from\n"
+               "$CP_MQTT_PASSWORD or --keys (mqtt_password). OUT/broker/passwd and OUT/broker/acl are the\n"
+               "broker's entries for it: append them to mosquitto's password_file and acl_file, then reload\n"
+               "mosquitto (kill -HUP); see docs/security.md.")
     ap.add_argument("--board", required=True, help="name of board_configs/<board>.json")
     ap.add_argument("--device-id", required=True, help="charger id, part of its MQTT topics (e.g. cp-0001)")
     ap.add_argument("--keys", metavar="FILE", help="secrets in the format of secrets.example.json")
@@ -408,7 +442,6 @@ def parse_args(argv=None):
     ap.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (PEM)")
     ap.add_argument("--cert", metavar="FILE", help="client certificate (PEM)")
     ap.add_argument("--key", metavar="FILE", help="client private key (PEM)")
-    ap.add_argument("--mqtt-user", help="MQTT user name")
     ap.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive, seconds (default 60)")
     ap.add_argument("--tariff", metavar="FILE", help="OCPI 2.2.1 tariff (JSON)")
     ap.add_argument("--cards", metavar="FILE", help="cards with raw UIDs, CSV or JSON (hashed here, never copied)")
@@ -436,10 +469,14 @@ def main(argv=None):
         if args.out:
             write_dir(files, args.out)
             written = args.out
-            print("provision: wrote %s into %s" % (", ".join(sorted(files)), args.out))
+            print("provision: wrote %s into %s" % (", ".join(sorted(board_files(files))), args.out))
+            if BROKER_DIR + "passwd" in files:
+                print("provision: the broker's entries for %s are in %s: append passwd to mosquitto's password_file "
+                      "and acl to its acl_file, then reload mosquitto (docs/security.md)"
+                      % (args.device_id, os.path.join(args.out, BROKER_DIR)))
         if args.port:
             write_board(files, args.port, args.mpremote)
-            print("provision: wrote %s onto the board at %s" % (", ".join(sorted(files)), args.port))
+            print("provision: wrote %s onto the board at %s" % (", ".join(sorted(board_files(files))), args.port))
     except ProvisionError as e:
         print("provision: %s; %s" % (e, "the board was left as it was (files are in %s)" % written if written
                                      else "nothing written"), file=sys.stderr)

@@ -5,6 +5,8 @@ scenario's world (grid, EV, cards) plays in virtual time, so an hour of charging
 seconds. One line is printed per notable event.
 
     python3 tools/sim.py demo/two_drivers.json --broker 127.0.0.1:1883
+    CP_MQTT_PASSWORD=... CP_BACKEND_PASSWORD=... python3 tools/sim.py demo/two_drivers.json \
+        --broker mqtt.lan:1883 --backend-user backend     # a locked-down broker (docs/security.md)
     python3 tools/sim.py my.json --keep out/run1 --raw        # keep files, show firmware lines
 
 Exit status: the firmware's (0 at the scenario's end), 2 for a malformed scenario.
@@ -143,8 +145,33 @@ class Printer:
         return json.dumps(ev)
 
 
-def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None):
-    """Validate the scenario and write what the firmware reads into run_dir (tls: see simulate)."""
+class Logins:
+    """A broker started elsewhere and its accounts: the charger's password (its user name is its
+    device id) and the backend's account; None: that client connects without one."""
+
+    def __init__(self, address, device_password=None, backend_user=None, backend_password=None):
+        self.address = address
+        self.device_password = device_password
+        self.backend = {"username": backend_user, "password": backend_password} if backend_user else {}
+
+    def device(self, device_id):
+        return {"username": device_id, "password": self.device_password} if self.device_password else {}
+
+    def login(self, role):
+        return self.backend
+
+
+def _endpoint(broker):
+    """(HOST:PORT, accounts) of `broker`: an address (no accounts), a Logins, or a tools/broker.py
+    Broker (it makes the accounts)."""
+    if broker is None or isinstance(broker, str):
+        return broker, Logins(broker)
+    return broker.address, broker
+
+
+def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None, logins=None):
+    """Validate the scenario and write what the firmware reads into run_dir (tls: see simulate;
+    logins: where the charger's MQTT account comes from, see _endpoint)."""
     try:
         with open(scenario_path) as f:
             sc = json.load(f)
@@ -155,6 +182,9 @@ def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None):
     if tls and broker:
         device["mqtt"].update(tls=True, ca=tls["ca"], tls_hostname=tls.get("hostname", "localhost"))
         secrets.update(tls_cert=tls.get("cert"), tls_key=tls.get("key"))
+    login = logins.device(device["device_id"]) if broker and logins is not None else {}
+    if login:   # as tools/provision.py writes them: the user name is the device id
+        secrets.update(mqtt_user=login["username"], mqtt_password=login["password"])
     os.makedirs(run_dir, exist_ok=True)
     for name, content in (("scenario", world), ("config", device), ("secrets", secrets)):
         with open(os.path.join(run_dir, name + ".json"), "w") as f:
@@ -164,7 +194,8 @@ def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None):
 
 def run(scenario_path, broker=None, site_key=None, run_dir=None, raw=False, heapsize=None, out=print,
         mpy=False):
-    """Run one scenario to its end; returns the firmware's exit status (2: bad scenario)."""
+    """Run one scenario to its end; returns the firmware's exit status (2: bad scenario).
+    broker: HOST:PORT, or a tools/broker.py Broker (the charger and the runner log in with its accounts)."""
     return simulate(scenario_path, broker, site_key, run_dir, raw, heapsize, out, mpy).rc
 
 
@@ -172,6 +203,7 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
              mpy=False, killer=None, board_dir=None, tls=None):
     """Run one scenario to its end through every power cut; returns the Simulation (its .rc, figures).
 
+    broker: as for run(), or a Logins (accounts on a broker started elsewhere).
     board_dir: where the scenario's "board" config is looked up (default board_configs/).
     tls: {"port", "ca", "cert", "key", "hostname"}: the firmware talks TLS to that port of the
     broker's host (CA and client certificate files as the device config and secrets name them);
@@ -186,6 +218,7 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
     if run_dir is None:
         tmp = run_dir = tempfile.mkdtemp(prefix="cp-sim-")
     proxy = backend = None
+    broker, logins = _endpoint(broker)
     try:
         real_broker = broker
         if broker:  # the firmware talks to the broker through a proxy the scenario can switch
@@ -193,7 +226,8 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
             proxy = Proxy(tls["port"] if tls else int(port), host).__enter__()
             broker = "127.0.0.1:%d" % proxy.port
         try:
-            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker, board_dir, tls)
+            world, device, board_path, names = prepare(scenario_path, run_dir, site_key, broker, board_dir, tls,
+                                                       logins)
         except ScenarioError as e:
             print("scenario error: %s" % e, file=sys.stderr)
             return Simulation.failed(2)
@@ -207,7 +241,7 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
-        backend = Backend(real_broker, device["device_id"], site_key) if real_broker else None
+        backend = Backend(real_broker, device["device_id"], site_key, logins.login("backend")) if real_broker else None
         sim = Simulation(world, run_dir, cmd, micropython_env(mpy_dir), printer, proxy, backend, raw, out, killer)
         sim.run()
         return sim
@@ -382,7 +416,7 @@ def _hms(t):
 class Backend:
     """The backend's side of scenario events: publishes commands to the charger (paho)."""
 
-    def __init__(self, broker, device_id, site_key):
+    def __init__(self, broker, device_id, site_key, login=None):
         import paho.mqtt.client as mqtt
 
         host, _, port = broker.rpartition(":")
@@ -390,6 +424,8 @@ class Backend:
         self.key = site_key
         self.n = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-backend-%d" % os.getpid())
+        if login:
+            self.client.username_pw_set(login["username"], login["password"])
         self.client.connect(host, int(port))
         self.client.loop_start()
 
@@ -427,6 +463,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario JSON file (see README: Scenario contract)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker; without it the charger runs offline")
+    ap.add_argument("--backend-user", metavar="NAME",
+                    help="the runner's account for scenario commands (password from $CP_BACKEND_PASSWORD); "
+                         "the charger's password comes from $CP_MQTT_PASSWORD, its user name is its device id")
     ap.add_argument("--site-key", metavar="HEX", help="site key for pseudonyms (default: random per run)")
     ap.add_argument("--keep", metavar="DIR", help="write the run's config, scenario and data here and keep them")
     ap.add_argument("--raw", action="store_true", help="print the firmware's own lines instead of summaries")
@@ -435,7 +474,9 @@ def main():
                     help="run precompiled bytecode (build/mpy-host) as a board does; needed for small heaps")
     args = ap.parse_args()
     key = bytes.fromhex(args.site_key) if args.site_key else None
-    sys.exit(run(args.scenario, args.broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy))
+    broker = Logins(args.broker, os.environ.get("CP_MQTT_PASSWORD"), args.backend_user,
+                    os.environ.get("CP_BACKEND_PASSWORD")) if args.broker else None
+    sys.exit(run(args.scenario, broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,13 @@ class Injector:
     scenario command at one of the `batches` times ("HH:MM:SS" into the scenario; the world waits for
     it, then runs at the wall clock's pace for 0.5 s), publishes that batch of raw MQTT messages."""
 
-    def __init__(self, port, device_id, batches):
+    def __init__(self, broker, device_id, batches):
         self.prefix = "cp/v1/%s/" % device_id
         self.batches = dict(batches)
         self.lines = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-injector-%d" % os.getpid())
-        self.client.connect("127.0.0.1", port)
+        self.client.username_pw_set(**broker.login("backend"))   # commands come from the backend's side
+        self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
 
     def __call__(self, line):
@@ -97,11 +98,11 @@ def e2e(scenario, tmp_path, auth=None, batches=None, broker=True):
     run_dir = str(tmp_path / "run")
     backend_lines = []
     with Broker() as b:
-        backend = Backend(db, "127.0.0.1", b.port, auth=auth, out=backend_lines.append).start()
+        backend = Backend(db, **b.client_args("backend"), auth=auth, out=backend_lines.append).start()
         backend.wait_connected()
-        watch = Watch(b.port, topic="#")
-        inject = Injector(b.port, "cp-auth-0001", batches or {})
-        rc = sim.run(os.path.join(SCENARIOS, scenario), broker="127.0.0.1:%d" % b.port if broker else None,
+        watch = Watch(b, topic="#")
+        inject = Injector(b, "cp-auth-0001", batches or {})
+        rc = sim.run(os.path.join(SCENARIOS, scenario), broker=b if broker else None,
                      site_key=KEY, run_dir=run_dir, raw=True, out=inject)
         backend.wait_idle(0.5, timeout=10)
         backend.stop()

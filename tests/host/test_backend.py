@@ -25,25 +25,37 @@ def broker():
 
 
 class Peer:
-    """A charger stand-in: publishes contract messages and collects what the backend sends back."""
+    """Charger stand-ins: publish contract messages, each device logged in with its own account
+    (the broker lets it use only its own topics), and collect what the backend sends back."""
 
-    def __init__(self, port):
+    def __init__(self, broker):
+        self.broker = broker
         self.got = []
         self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="peer-%d" % id(self))
-        self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe([("cp/v1/+/ack", 1), ("cp/v1/+/auth/resp", 1)])
-        self.c.loop_start()
-        time.sleep(0.2)
+        self.clients = {}   # device -> paho client logged in as that device
 
     def _on_message(self, client, userdata, msg):
         with self.lock:
             self.got.append((msg.topic, json.loads(msg.payload)))
 
+    def client(self, device):
+        """The device's connection, opened with its subscriptions in place on first use."""
+        if device not in self.clients:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
+            c.username_pw_set(**self.broker.device(device))
+            c.on_message = self._on_message
+            subscribed = threading.Event()
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.connect("127.0.0.1", self.broker.port)
+            c.loop_start()
+            c.subscribe([("cp/v1/%s/ack" % device, 1), ("cp/v1/%s/auth/resp" % device, 1)])
+            assert subscribed.wait(5)
+            self.clients[device] = c
+        return self.clients[device]
+
     def send(self, device, kind, payload, retain=False):
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.c.publish("cp/v1/%s/%s" % (device, kind), data, qos=1, retain=retain).wait_for_publish(5)
+        self.client(device).publish("cp/v1/%s/%s" % (device, kind), data, qos=1, retain=retain).wait_for_publish(5)
 
     def acked(self, device):
         with self.lock:
@@ -54,20 +66,21 @@ class Peer:
             return [p for t, p in self.got if t == "cp/v1/%s/auth/resp" % device]
 
     def close(self):
-        self.c.disconnect()
-        self.c.loop_stop()
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_stop()
 
 
 @pytest.fixture
 def peer(broker):
-    p = Peer(broker.port)
+    p = Peer(broker)
     yield p
     p.close()
 
 
 def start_backend(url, broker, **kw):
     lines = []
-    b = Backend(url, "127.0.0.1", broker.port, out=lines.append, ack_delay_s=0.1, **kw).start()
+    b = Backend(url, **broker.client_args("backend"), out=lines.append, ack_delay_s=0.1, **kw).start()
     assert b.wait_connected(10)
     time.sleep(0.2)  # subscriptions in place
     b.lines = lines
@@ -234,8 +247,8 @@ def test_faults_feedback_status_and_stats_are_stored(backend, peer, db_url):
     assert [tuple(r) for r in st] == [("2026-03-02", 6746, 243, 2, 1)]
     m = rows(db_url, "SELECT tx_id, register_wh, p_w FROM meter_values WHERE device = ?", ("cp-f",))
     assert [tuple(r) for r in m] == [(7, 18231, 3676)]
-    for c in ("cp/v1/cp-f/status", "cp/v1/cp-f/stats"):   # clean up retained messages for later tests
-        peer.c.publish(c, b"", qos=1, retain=True).wait_for_publish(5)
+    for kind in ("status", "stats"):   # clean up retained messages for later tests
+        peer.send("cp-f", kind, b"", retain=True)
 
 
 def test_auth_requests_are_answered_from_the_auth_table(backend, peer):
@@ -298,23 +311,34 @@ def test_two_shared_instances_split_the_load_and_store_each_message_once(db_url,
     finally:
         a.stop()
         b.stop()
-        peer.c.publish("cp/v1/cp-s/status", b"", qos=1, retain=True).wait_for_publish(5)
+        peer.send("cp-s", "status", b"", retain=True)
 
 
 def test_command_line_runs_until_idle_and_prints_one_line_per_event(tmp_path, broker, peer):
     peer.send("cp-cli", "status", {"state": "online", "connector": "Available", "ts": "2026-03-02T07:00:00Z"},
               retain=True)
     db = tmp_path / "cli.sqlite"
+    login = broker.login("backend")
     try:
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker",
-                            "127.0.0.1:%d" % broker.port, "--db", str(db), "--until-idle", "1.5"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30, text=True)
+                            "127.0.0.1:%d" % broker.port, "--user", login["username"], "--db", str(db),
+                            "--until-idle", "1.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+                           text=True, env=dict(os.environ, CP_BACKEND_PASSWORD=login["password"]))
     finally:
-        peer.c.publish("cp/v1/cp-cli/status", b"", qos=1, retain=True).wait_for_publish(5)
+        peer.send("cp-cli", "status", b"", retain=True)
     assert r.returncode == 0, r.stdout
     assert "cp-cli status online Available" in r.stdout
     assert "backend: 1 stored, 0 duplicates" in r.stdout
     assert rows(str(db), "SELECT state, connector FROM status_current") == [("online", "Available")]
+
+
+def test_a_user_without_its_password_stops_at_once(tmp_path):
+    env = dict(os.environ)
+    env.pop("CP_BACKEND_PASSWORD", None)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker", "127.0.0.1:1",
+                        "--user", "backend-1", "--db", str(tmp_path / "b.sqlite")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30, text=True, env=env)
+    assert r.returncode == 2 and "--user backend-1 needs its password in $CP_BACKEND_PASSWORD" in r.stdout
 
 
 def test_help_shows_an_example():

@@ -58,10 +58,10 @@ def _outage(name, tmp_path):
     db = str(tmp_path / "backend.sqlite")
     lines = []
     with Broker() as broker:
-        backend = Backend(db, "127.0.0.1", broker.port, auth={}, ack_delay_s=0.05, out=lambda line: None).start()
+        backend = Backend(db, **broker.client_args("backend"), auth={}, ack_delay_s=0.05, out=lambda line: None).start()
         backend.wait_connected()
-        watch = Watch(broker.port)
-        rc = sim.run(os.path.join(SCENARIOS, name), broker="127.0.0.1:%d" % broker.port, site_key=KEY,
+        watch = Watch(broker)
+        rc = sim.run(os.path.join(SCENARIOS, name), broker=broker, site_key=KEY,
                      run_dir=str(tmp_path / "run"), raw=True, out=lines.append)
         backend.wait_idle(0.5, timeout=20)
         backend.stop()

@@ -26,16 +26,16 @@ def run_with_backend(scenario, tmp_path, late_watch=False):
     """Broker + backend + a subscriber; returns (exit status, runner lines, watch, store rows)."""
     db = str(tmp_path / "backend.sqlite")
     with Broker() as broker:
-        backend = Backend(db, "127.0.0.1", broker.port, auth={}, out=lambda line: None).start()
+        backend = Backend(db, **broker.client_args("backend"), auth={}, out=lambda line: None).start()
         backend.wait_connected()
-        watch = Watch(broker.port)
+        watch = Watch(broker)
         lines = []
-        rc = sim.run(scenario, broker="127.0.0.1:%d" % broker.port, site_key=KEY, out=lines.append)
+        rc = sim.run(scenario, broker=broker, site_key=KEY, out=lines.append)
         backend.wait_idle(0.5, timeout=10)
         backend.stop()
         watch.close()
         if late_watch:
-            late = Watch(broker.port)   # subscribes after the run: sees only retained messages
+            late = Watch(broker)   # subscribes after the run: sees only retained messages
             late.close()
             watch.late = late.messages
     store = Store(db)

@@ -137,12 +137,13 @@ def run_scenario(name, tmp, clear_when=None):
     db = os.path.join(tmp, "backend.sqlite")
     lines = []
     with Broker() as broker:
-        backend = Backend(db, "127.0.0.1", broker.port, auth={}, out=lambda line: None).start()
+        backend = Backend(db, **broker.client_args("backend"), auth={}, out=lambda line: None).start()
         backend.wait_connected()
-        watch = Watch(broker.port)
+        watch = Watch(broker)
         tech = None
         if clear_when is not None:
             tech = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tech-%s" % name)
+            tech.username_pw_set(**broker.login("backend"))   # the technician's tool sends as the backend
             tech.connect("127.0.0.1", broker.port)
             tech.loop_start()
         sent = []
@@ -154,7 +155,7 @@ def run_scenario(name, tmp, clear_when=None):
                 tech.publish("cp/v1/%s/cmd/clear_fault" % device, json.dumps({"id": "tech-1"}),
                              qos=1).wait_for_publish(5)
 
-        rc = sim.run(path, broker="127.0.0.1:%d" % broker.port, site_key=KEY, raw=True, out=out,
+        rc = sim.run(path, broker=broker, site_key=KEY, raw=True, out=out,
                      run_dir=os.path.join(tmp, "run"))
         backend.wait_idle(0.5, timeout=10)
         backend.stop()

@@ -1,4 +1,5 @@
 """Provisioning: round trip, every refusal writes nothing, raw UIDs never reach a file or a board."""
+import base64
 import hashlib
 import hmac
 import json
@@ -14,7 +15,11 @@ import tty
 import pytest
 
 import provision
+import sim
+from backend import Backend
+from broker import Broker, mqtt_connect
 from firmware.billing.tariff import Tariff
+from firmware.core.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_KEY = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
@@ -86,7 +91,9 @@ def test_round_trip(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     rc, stdout, err = run(args(inputs, out), capsys)
     assert rc == 0, err
-    assert sorted(os.listdir(out)) == ["board.json", "ca.pem", "cert.pem", "config.json", "key.pem", "secrets.json"]
+    assert sorted(os.listdir(out)) == ["board.json", "broker", "ca.pem", "cert.pem", "config.json", "key.pem",
+                                       "secrets.json"]
+    assert sorted(os.listdir(out / "broker")) == ["acl", "passwd"]
     cfg = json.loads((out / "config.json").read_text())
     sec = json.loads((out / "secrets.json").read_text())
     assert cfg["device_id"] == "cp-0001"
@@ -115,7 +122,7 @@ def test_round_trip(inputs, tmp_path, capsys):
     assert (out / "ca.pem").read_text() == PEM_CERT and (out / "key.pem").read_text() == PEM_KEY
     assert os.stat(out / "secrets.json").st_mode & 0o077 == 0 and os.stat(out / "key.pem").st_mode & 0o077 == 0
     assert "3 cards" in stdout
-    assert_no_raw_uid([(out / n).read_text() for n in os.listdir(out)] + [stdout, err])
+    assert_no_raw_uid([p.read_text() for p in out.rglob("*") if p.is_file()] + [stdout, err])
 
 
 def test_json_cards_give_the_same_list(inputs, tmp_path, capsys):
@@ -140,10 +147,108 @@ def test_plain_network_and_site_key_on_the_command_line(inputs, tmp_path, capsys
     sec = json.loads((out / "secrets.json").read_text())
     assert cfg["mqtt"] == {"host": "10.0.0.5", "port": 1884, "tls": False, "keepalive_s": 60}
     assert cfg["auth"]["AllowOfflineTxForUnknownId"] is True
-    assert sec["site_keys"] == {"1": SITE_KEY} and sec["tls_cert"] is None and sec["mqtt_password"] is None
+    assert sec["site_keys"] == {"1": SITE_KEY} and "tls_cert" not in sec and "mqtt_password" not in sec
+    assert "tls_key" not in sec and sec["mqtt_user"] == "cp-0001"
+    assert None not in sec.values()   # settings.py refuses a present null
     assert len(sec["device_key"]) == 64 and sec["device_key"] != DEVICE_KEY   # generated, kept in --out
     assert sorted(os.listdir(out)) == ["board.json", "config.json", "secrets.json"]
     assert {e["key"] for e in cfg["local_list"]["entries"]} == {1}
+
+
+def _pbkdf2_ok(line, user, password):
+    """A mosquitto 2 password_file line checked here independently of tools/broker.py."""
+    name, _, rest = line.rstrip("\n").partition(":")
+    _, kind, rounds, salt, digest = rest.split("$")
+    return name == user and kind == "7" and base64.b64decode(digest) == hashlib.pbkdf2_hmac(
+        "sha512", password.encode(), base64.b64decode(salt), int(rounds))
+
+
+def test_the_mqtt_password_is_random_and_the_broker_gets_its_entry(inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CP_MQTT_PASSWORD", raising=False)
+    keys = json.loads((inputs / "keys.json").read_text())
+    del keys["mqtt_password"]
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    got = []
+    for name in ("a", "b"):
+        rc, stdout, err = run(args(inputs, tmp_path / name), capsys)
+        assert rc == 0, err
+        sec = json.loads((tmp_path / name / "secrets.json").read_text())
+        assert sec["mqtt_user"] == "cp-0001" and len(sec["mqtt_password"]) >= 20
+        passwd = (tmp_path / name / "broker" / "passwd").read_text()
+        assert passwd.count("\n") == 1 and _pbkdf2_ok(passwd, "cp-0001", sec["mqtt_password"])
+        assert os.stat(tmp_path / name / "broker" / "passwd").st_mode & 0o077 == 0
+        assert sec["mqtt_password"] not in stdout + err + passwd
+        acl = (tmp_path / name / "broker" / "acl").read_text().splitlines()
+        assert acl[0] == "user cp-0001"
+        assert sorted(acl[1:]) == sorted(["topic write cp/v1/cp-0001/%s" % t for t in (
+            "status", "session", "fault", "feedback", "meter", "stats", "auth/req", "cmd_ack")] + [
+            "topic read cp/v1/cp-0001/%s" % t for t in ("cmd/+", "ack", "auth/resp")])
+        assert "broker/" in stdout and "docs/security.md" in stdout
+        got.append(sec["mqtt_password"])
+    assert got[0] != got[1]
+    monkeypatch.setenv("CP_MQTT_PASSWORD", "from-the-environment")
+    assert run(args(inputs, tmp_path / "env"), capsys)[0] == 0
+    assert json.loads((tmp_path / "env" / "secrets.json").read_text())["mqtt_password"] == "from-the-environment"
+
+
+def test_the_secrets_never_hold_a_null(inputs, tmp_path, capsys):
+    """firmware/core/settings.py refuses `"mqtt_user": null` (the charger did not boot)."""
+    keys = json.loads((inputs / "keys.json").read_text())
+    keys.update(mqtt_user=None, mqtt_password=None, device_key=None)   # as in secrets.example.json
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    for name, extra, change in (("tls", (), {"cert": None, "key": None}),
+                                ("plain", ("--no-tls",), {"ca": None, "cert": None, "key": None})):
+        rc, _, err = run(args(inputs, tmp_path / name, *extra, **change), capsys)
+        assert rc == 0, err
+        sec = json.loads((tmp_path / name / "secrets.json").read_text())
+        assert None not in sec.values() and sec["mqtt_user"] == "cp-0001", sec
+        s = Settings(*(json.loads((tmp_path / name / n).read_text())
+                       for n in ("board.json", "config.json", "secrets.json")))   # the charger boots on them
+        assert s.mqtt_user == "cp-0001" and (s.mqtt_password is None) == (name == "plain")
+    with open(os.path.join(ROOT, "secrets.example.json")) as f:
+        assert None not in json.load(f).values()
+
+
+def test_another_mqtt_user_is_refused(inputs, tmp_path, capsys):
+    keys = json.loads((inputs / "keys.json").read_text())
+    keys["mqtt_user"] = "backend"
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    rc, _, err = run(args(inputs, tmp_path / "out"), capsys)
+    assert rc == 2 and "mqtt_user: the MQTT user name is the device id (cp-0001)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_broker_entry_lets_the_charger_in_and_a_wrong_password_is_refused(inputs, tmp_path, capsys):
+    """The files as an operator appends them to a locked-down mosquitto; the firmware connects with
+    the secrets provision wrote; a wrong password, or the password under another name, is refused."""
+    keys = json.loads((inputs / "keys.json").read_text())
+    del keys["mqtt_password"], keys["mqtt_user"]
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    out = tmp_path / "out"
+    assert run(args(inputs, out, device_id="cp-prov-0001"), capsys)[0] == 0
+    password = json.loads((out / "secrets.json").read_text())["mqtt_password"]
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"board": "sim", "start": "2026-03-02T07:00:00Z", "device_id": "cp-prov-0001",
+                                    "cards": {}, "allow": [], "events": [{"t": 10, "plug": True}], "end": 60}))
+    lines = []
+    with Broker() as broker:
+        broker.append((out / "broker" / "passwd").read_text(), (out / "broker" / "acl").read_text())
+        assert mqtt_connect("127.0.0.1", broker.port, "cp-prov-0001", password) == 0
+        assert mqtt_connect("127.0.0.1", broker.port, "cp-prov-0001", password[:-1] + "!") == 5
+        assert mqtt_connect("127.0.0.1", broker.port, "cp-prov-0002", password) == 5
+        assert mqtt_connect("127.0.0.1", broker.port, "cp-prov-0001") == 5
+        db = str(tmp_path / "backend.sqlite")
+        backend = Backend(db, **broker.client_args("backend"), auth={}, out=lambda line: None).start()
+        assert backend.wait_connected()
+        runner = broker.login("backend")
+        rc = sim.run(str(scenario), sim.Logins(broker.address, password, runner["username"], runner["password"]),
+                     raw=True, out=lines.append)
+        assert backend.wait_idle(0.5, timeout=20)
+        backend.stop()
+        assert backend.counts["stored"] >= 1   # the charger's retained online status, at least
+    events = [json.loads(line[2:]) for line in lines if line.startswith("@ ")]
+    assert rc == 0, "\n".join(lines[-20:])
+    assert [e["state"] for e in events if e["ev"] == "mqtt"][:1] == ["connected"]
 
 
 def _write(path, text):

@@ -45,11 +45,11 @@ def run(tmp_path_factory):
     path.write_text(json.dumps(_scenario()))
     lines = []
     with Broker() as broker:
-        backend = Backend(str(tmp / "backend.sqlite"), "127.0.0.1", broker.port, auth={},
+        backend = Backend(str(tmp / "backend.sqlite"), **broker.client_args("backend"), auth={},
                           out=lambda line: None).start()
         backend.wait_connected()
-        watch = Watch(broker.port)
-        result = sim.simulate(str(path), broker="127.0.0.1:%d" % broker.port, site_key=KEY,
+        watch = Watch(broker)
+        result = sim.simulate(str(path), broker=broker, site_key=KEY,
                               run_dir=str(tmp / "run"), raw=True, out=lines.append)
         backend.wait_idle(0.5, timeout=10)
         backend.stop()

@@ -60,10 +60,10 @@ def _run(tmp_path, pki, tls):
     lines = []
     with Broker(tls={"ca": str(pki / "ca.pem"), "cert": str(pki / "broker.pem"), "key": str(pki / "broker.key"),
                      "require_client": True}) as broker:
-        backend = Backend(db, "127.0.0.1", broker.port, auth={}, ack_delay_s=0.05, out=lambda line: None).start()
+        backend = Backend(db, **broker.client_args("backend"), auth={}, ack_delay_s=0.05, out=lambda line: None).start()
         backend.wait_connected()
         tls["port"] = broker.tls_port
-        result = sim.simulate(str(path), broker="127.0.0.1:%d" % broker.port, site_key=KEY,
+        result = sim.simulate(str(path), broker=broker, site_key=KEY,
                               run_dir=str(tmp_path / "run"), raw=True, out=lines.append, tls=tls)
         backend.wait_idle(0.5, timeout=20)
         backend.stop()
