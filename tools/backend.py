@@ -25,6 +25,7 @@ import time
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from downlink import to_device  # noqa: E402
 from store import Store, money  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req")
@@ -389,7 +390,7 @@ class Backend:
         answer = self.auth.get(rec["token"].lower(), {"status": "Invalid"})
         resp = dict(answer)
         resp["id"] = rec["id"]
-        self.client.publish("cp/v1/%s/auth/resp" % device, json.dumps(resp), qos=1)
+        to_device(self.client, device, "auth/resp", resp)
         self.counts["auth"] += 1
         self.out("%s %s auth %s token %s… -> %s" % (ts, device, rec["id"], rec["token"][:12], resp["status"]))
 
@@ -408,7 +409,7 @@ class Backend:
             del self._acks[device]
             for i in range(0, len(ids), MAX_ACK_IDS):
                 chunk = ids[i:i + MAX_ACK_IDS]
-                self.client.publish("cp/v1/%s/ack" % device, json.dumps({"msg_ids": chunk}), qos=1)
+                to_device(self.client, device, "ack", {"msg_ids": chunk})
                 self.counts["acked"] += len(chunk)
 
     def _recover(self):
