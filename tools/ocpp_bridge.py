@@ -607,10 +607,11 @@ class Link:
 
     # -- from the charger ---------------------------------------------------------------------
     def on_status(self, rec):
+        back = rec.get("state") == "online" and (self.status or {}).get("state") == "offline"
         self.status = rec
         cp = self.cp
-        if cp is not None and rec.get("state") == "online":
-            self.bridge.spawn(self.send_status(cp))
+        if cp is not None and rec.get("state") == "online":   # back from a reboot or a lost link: boot again
+            self.bridge.spawn(self.boot() if back else self.send_status(cp))
 
     def on_meter(self, rec):
         cp = self.cp
@@ -693,12 +694,14 @@ class Bridge:
 
     def stop(self):
         """Disconnects MQTT, closes every CSMS link; the queue stays in the database file."""
+        if self._thread is None:
+            return
         self.client.disconnect()
         self.client.loop_stop()
         if self.loop is not None and self._stopping is not None:
             self.loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join(10)
+        self._thread = None
 
     async def _main(self):
         self.loop = asyncio.get_running_loop()

@@ -238,3 +238,216 @@ def test_commands_the_charger_does_not_know_yet_are_answered_from_its_rejection(
         assert ch.of("cmd/availability")[0]["type"] == "Inoperative" and ch.of("cmd/reset")[0]["type"] == "soft"
     finally:
         rig.close()
+
+
+# -- the real firmware (MicroPython unix port, simulated silicon) through the bridge ---------------
+KEY = bytes(range(50, 82))
+UIDS = {"alice": "04A1B2C3D4E5F6", "bob": "DEADBEEF", "mallory": "0BADCAFE"}
+
+
+def token(alias):
+    return hmac.new(KEY, bytes.fromhex(UIDS[alias]), hashlib.sha256).hexdigest()[:32]
+
+
+def tag(alias):
+    return token(alias)[:20]
+
+
+class Scripted:
+    """The runner's output callback. Each scenario `remote_stop` event with tx_id 9000 + n is a sync
+    point: while the simulated world waits for the runner, the test's step n runs (the CSMS calls,
+    the bridge restarts, the CSMS goes away); a CALL is waited for until its cmd/* reached the broker,
+    so the charger reads it as soon as virtual time moves on."""
+
+    def __init__(self, steps):
+        self.steps = dict(steps)
+        self.lines = []
+        self.errors = []
+
+    def __call__(self, line):
+        self.lines.append(line)
+        if " backend " in line and " sent remote_stop " in line:
+            n = len([l for l in self.lines if " sent remote_stop " in l])
+            step = self.steps.pop(n, None)
+            if step is not None:
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001 - reported by the test, the run goes on
+                    self.errors.append("step %d: %r" % (n, e))
+
+    def events(self, kind, **match):
+        evs = [json.loads(l[2:]) for l in self.lines if l.startswith("@ ")]
+        return [e for e in evs if e["ev"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+
+def marker(t, n):
+    return {"t": t, "remote_stop": {"tx_id": 9000 + n}}
+
+
+class FirmwareRig:
+    """Broker, CSMS, bridge (knowing the cards' idTags, as exported by tools/provision.py --ocpp-ids),
+    a watch on every MQTT message, and the firmware running a scenario."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.broker = Broker().__enter__()
+        self.csms = CSMS().__enter__()
+        self.csms.auth.update({tag("alice"): "Accepted", tag("bob"): "Accepted"})
+        self.bridge_lines = []
+        self.bridge = self.new_bridge()
+        self.watch = Watch(self.broker.port, topic="#")
+        self.futures = {}
+
+    def new_bridge(self):
+        cards = [{"idTag": tag(a), "token": token(a), "key": 1} for a in UIDS]
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), cards=cards,
+                   vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
+                   out=self.bridge_lines.append).start()
+        assert b.wait_connected()
+        return b
+
+    def restart_bridge(self):
+        self.bridge.stop()
+        self.bridge = self.new_bridge()
+
+    def cmds(self, name):
+        return [json.loads(p) for t, p, _ in self.watch.messages if t.endswith("/cmd/" + name)]
+
+    def csms_call(self, name, payload, cmd=None):
+        """A CALL from the CSMS to the charger; waits until the charger's command is on the broker (the
+        CSMS sends one CALL at a time: a second one waits for the charger's answer to the first)."""
+        wait(lambda: DEV in self.csms.stations, what="the charge point connected")
+        before = len(self.cmds(cmd)) if cmd else 0
+        self.futures[name] = self.csms.call(DEV, payload)
+        if cmd:
+            wait(lambda: len(self.cmds(cmd)) > before, what="cmd/%s on the broker" % cmd)
+
+    def run(self, scenario):
+        import sim
+        path = self.tmp / "scenario.json"
+        path.write_text(json.dumps(scenario))
+        out = Scripted(self.steps)
+        rc = sim.run(str(path), broker="127.0.0.1:%d" % self.broker.port, site_key=KEY,
+                     run_dir=str(self.tmp / "run"), raw=True, out=out)
+        self.out = out
+        return rc
+
+    def ended(self):
+        seen, out = set(), []
+        for t, p, _ in self.watch.messages:
+            if t.endswith("/session"):
+                r = json.loads(p)
+                if r["event"] == "ended" and r["msg_id"] not in seen:
+                    seen.add(r["msg_id"])
+                    out.append(r)
+        return out
+
+    def close(self):
+        self.watch.close()
+        self.bridge.stop()
+        self.csms.__exit__()
+        self.broker.__exit__()
+
+
+def _scenario(events, end):
+    return {"board": "sim", "start": "2026-03-02T07:00:00Z", "device_id": DEV,
+            "cards": dict((a, u) for a, u in UIDS.items()), "allow": [], "events": events, "end": end}
+
+
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory):
+    """Local list pushed by the CSMS, an unknown card refused by it, a station-max profile, a
+    power cut in the middle of alice's session, then a remote start and stop from the CSMS."""
+    rig = FirmwareRig(tmp_path_factory.mktemp("ocpp_cut"))
+    profile = {"charging_profile_id": 5, "stack_level": 1, "charging_profile_purpose": "ChargePointMaxProfile",
+               "charging_profile_kind": "Absolute", "charging_schedule": {
+                   "charging_rate_unit": "A", "start_schedule": "2026-03-02T07:00:00Z",
+                   "charging_schedule_period": [{"start_period": 0, "limit": 10}]}}
+
+    def remote_stop():
+        wait(lambda: len(rig.csms.of("StartTransaction")) == 2, what="bob's StartTransaction")
+        rig.csms_call("stop", call.RemoteStopTransaction(transaction_id=1002), "remote_stop")
+
+    rig.steps = {
+        1: lambda: (rig.csms_call("list", call.SendLocalList(
+            list_version=2, update_type="Full",
+            local_authorization_list=[{"idTag": tag("alice"), "idTagInfo": {"status": "Accepted"}}]), "list_update"),
+            rig.csms_call("availability", call.ChangeAvailability(connector_id=1, type="Inoperative")),
+            rig.csms_call("reset", call.Reset(type="Soft"))),   # these two go after the first is answered
+        2: lambda: rig.csms_call("profile", call.SetChargingProfile(connector_id=0, cs_charging_profiles=profile),
+                                 "charging_profile"),
+        3: lambda: rig.csms_call("start", call.RemoteStartTransaction(id_tag=tag("bob")), "remote_start"),
+        4: remote_stop,
+    }
+    events = [marker(10, 1), {"t": 20, "tap": "mallory"}, {"t": 30, "plug": True}, {"t": 35, "tap": "alice"},
+              {"t": 40, "ev_current_a": 16}, marker(100, 2), {"t": 400.5, "power_cut": 30, "meter_kept": True},
+              marker(500, 3), marker(800, 4), {"t": 850, "plug": False}]
+    try:
+        rig.rc = rig.run(_scenario(events, 900))
+        rig.results = dict((k, f.result(15)) for k, f in rig.futures.items())
+        rig.bridge.stop()   # everything it had to do is done: the sequence below is complete
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_the_firmware_run_ends_cleanly_with_every_record_acknowledged_through_the_csms(cut_run):
+    assert cut_run.rc == 0, "\n".join(cut_run.out.lines[-40:])
+    assert cut_run.out.errors == []
+    assert [e for e in cut_run.out.events("halt")][-1]["queued"] == 0
+
+
+def test_the_csms_receives_the_exact_transaction_sequence(cut_run):
+    csms = cut_run.csms
+    tx = [(a, p.get("idTag"), p.get("reason")) for _, a, p in csms.received
+          if a in ("Authorize", "StartTransaction", "StopTransaction")]
+    assert tx == [("Authorize", tag("mallory"), None),
+                  ("StartTransaction", tag("alice"), None), ("StopTransaction", tag("alice"), "PowerLoss"),
+                  ("StartTransaction", tag("bob"), None), ("StopTransaction", tag("bob"), "Remote")]
+    assert csms.actions(DEV)[0] == "BootNotification"
+    assert csms.actions(DEV).count("BootNotification") == 2   # again after the charger's reboot
+    assert [json.loads(p["data"])["transactionId"] for p in csms.of("DataTransfer")] == [1001, 1002]
+
+
+def test_meter_start_and_stop_are_the_chargers_billing_register(cut_run):
+    ended = cut_run.ended()
+    starts, stops = cut_run.csms.of("StartTransaction"), cut_run.csms.of("StopTransaction")
+    assert [r["tx_id"] for r in ended] == [1, 2]                     # no transaction lost or duplicated
+    assert [s["meterStart"] for s in starts] == [r["meter_start_wh"] for r in ended]
+    assert [s["meterStop"] for s in stops] == [r["meter_stop_wh"] for r in ended]
+    assert [s["transactionId"] for s in stops] == [1001, 1002]
+    assert ended[0]["stop_reason"] == "PowerLoss" and ended[0]["energy_wh"] > 0
+    cost = json.loads(cut_run.csms.of("DataTransfer")[0]["data"])
+    assert cost["total_incl_vat_minor"] == ended[0]["cost"]["total_incl_vat_minor"]
+
+
+def test_the_unknown_card_is_refused_by_the_csms(cut_run):
+    assert cut_run.out.events("tap", token=token("mallory"), result="refused", status="Invalid", auth="online")
+
+
+def test_the_local_list_push_lets_alice_in_from_the_list(cut_run):
+    assert cut_run.results["list"].status == "Accepted"
+    assert cut_run.cmds("list_update")[0]["entries"] == [{"token": token("alice"), "key": 1, "status": "Accepted"}]
+    assert cut_run.out.events("tap", token=token("alice"), result="accepted", auth="local_list")
+
+
+def test_the_station_max_profile_limits_the_offer(cut_run):
+    assert cut_run.results["profile"].status == "Accepted"
+    assert cut_run.out.events("offer", amps=10, limit="schedule")
+    amps = [float(v["value"]) for p in cut_run.csms.of("MeterValues") if p.get("transactionId") == 1001
+            for v in p["meterValue"][0]["sampledValue"] if v["measurand"] == "Current.Import"]
+    assert amps[0] == 16.0 and amps[-1] == 10.0     # alice's session, before and after the profile
+
+
+def test_remote_start_and_stop_from_the_csms(cut_run):
+    assert cut_run.results["start"].status == "Accepted" and cut_run.results["stop"].status == "Accepted"
+    bob = cut_run.ended()[1]
+    assert (bob["token"], bob["auth"], bob["stop_reason"]) == (token("bob"), "remote", "Remote")
+
+
+def test_commands_the_firmware_does_not_have_yet_are_rejected_by_it_and_answered_rejected(cut_run):
+    assert cut_run.results["availability"].status == "Rejected"
+    assert cut_run.results["reset"].status == "Rejected"
+    acks = [json.loads(p) for t, p, _ in cut_run.watch.messages if t.endswith("/cmd_ack")]
+    assert {a["cmd"]: a["reason"] for a in acks if a["cmd"] in ("availability", "reset")} == {
+        "availability": "unknown command 'availability'", "reset": "unknown command 'reset'"}
