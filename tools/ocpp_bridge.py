@@ -29,7 +29,7 @@ import urllib.parse
 
 import paho.mqtt.client as mqtt
 import websockets
-from ocpp.exceptions import NotSupportedError
+from ocpp.exceptions import NotSupportedError, OCPPError
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -72,7 +72,8 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS done (device TEXT NOT NULL, msg_id TEXT NOT NULL, outcome TEXT,
         PRIMARY KEY (device, msg_id))""",
     """CREATE TABLE IF NOT EXISTS txmap (device TEXT NOT NULL, tx_id INTEGER NOT NULL,
-        transaction_id INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0, cost_sent INTEGER NOT NULL DEFAULT 0,
+        transaction_id INTEGER NOT NULL, meter_start INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,
+        cost_sent INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (device, tx_id))""",
     """CREATE TABLE IF NOT EXISTS idtags (id_tag TEXT PRIMARY KEY, token TEXT NOT NULL, key INTEGER)""",
     """CREATE TABLE IF NOT EXISTS profiles (device TEXT NOT NULL, profile_id INTEGER NOT NULL,
@@ -484,11 +485,11 @@ class Link:
             rec = json.loads(record)
             try:
                 outcome = await self._deliver(cp, kind, rec)
-            except Exception as e:  # noqa: BLE001
-                from ocpp.exceptions import OCPPError
-                if not isinstance(e, OCPPError):
-                    raise   # timeout or connection lost: the record stays first in line
-                attempts += 1
+            except (KeyError, TypeError, ValueError) as e:   # a record that can never be sent: not a CALLERROR
+                outcome = "set aside, unusable record: %s: %s" % (type(e).__name__, e)
+                self.say("%s %s %s" % (kind, msg_id, outcome))
+            except OCPPError as e:
+                attempts += 1   # timeouts and a lost connection are not caught: the record stays first in line
                 if attempts < MAX_ATTEMPTS:
                     db.execute("UPDATE queue SET attempts = ? WHERE n = ?", (attempts, n))
                     db.commit()
@@ -506,15 +507,19 @@ class Link:
     async def _deliver(self, cp, kind, rec):
         """Send what one queued record means in OCPP; returns a short outcome once the CSMS confirmed."""
         if kind == "session":
-            tid = await self._started(cp, rec)
-            if rec["event"] == "updated" and rec.get("energy_wh") is not None:
-                if not self._stopped(rec["tx_id"]):
-                    await cp.call(call.MeterValues(connector_id=1, transaction_id=tid, meter_value=[{
-                        "timestamp": ocpp_time(rec.get("ts")), "sampled_value": [{
-                            "value": str(rec["meter_start_wh"] + rec["energy_wh"]),
+            if rec["event"] == "updated":   # no meter_start_wh in it: a StartTransaction cannot come from it
+                row = self.bridge.db.execute("SELECT transaction_id, meter_start, stopped FROM txmap WHERE device = ? "
+                                             "AND tx_id = ?", (self.device, rec["tx_id"])).fetchone()
+                if row is None or row[2] or not isinstance(rec.get("energy_wh"), int):
+                    return "not sent (transaction not started or already stopped)"
+                await cp.call(call.MeterValues(connector_id=1, transaction_id=row[0], meter_value=[{
+                    "timestamp": ocpp_time(rec.get("ts")), "sampled_value": [{
+                            "value": str(row[1] + rec["energy_wh"]),
                             "measurand": "Energy.Active.Import.Register", "unit": "Wh",
                             "context": "Sample.Periodic"}]}]), suppress=False)
-            elif rec["event"] == "ended":
+                return "transaction %d" % row[0]
+            tid = await self._started(cp, rec)
+            if rec["event"] == "ended":
                 await self._stop(cp, rec, tid)
             return "transaction %d" % tid
         if kind == "fault":
@@ -560,8 +565,8 @@ class Link:
             connector_id=1, id_tag=id_tag(rec.get("token")), meter_start=rec["meter_start_wh"],
             timestamp=ocpp_time(rec.get("started_at") or rec.get("ts"))), suppress=False)
         with db:
-            db.execute("INSERT INTO txmap (device, tx_id, transaction_id) VALUES (?, ?, ?)",
-                       (self.device, rec["tx_id"], res.transaction_id))
+            db.execute("INSERT INTO txmap (device, tx_id, transaction_id, meter_start) VALUES (?, ?, ?, ?)",
+                       (self.device, rec["tx_id"], res.transaction_id, rec["meter_start_wh"]))
         if (res.id_tag_info or {}).get("status") != "Accepted":
             self.say("tx %d: the CSMS answered StartTransaction with %s (the charger's offline rules had "
                      "authorized it)" % (rec["tx_id"], (res.id_tag_info or {}).get("status")))

@@ -451,3 +451,72 @@ def test_commands_the_firmware_does_not_have_yet_are_rejected_by_it_and_answered
     acks = [json.loads(p) for t, p, _ in cut_run.watch.messages if t.endswith("/cmd_ack")]
     assert {a["cmd"]: a["reason"] for a in acks if a["cmd"] in ("availability", "reset")} == {
         "availability": "unknown command 'availability'", "reset": "unknown command 'reset'"}
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    """Alice's session starts with the CSMS up; the bridge restarts mid-transaction; the CSMS is
+    then away for an hour of virtual time, during which her session ends and a second one runs
+    from start to end; then it comes back and gets everything, in order, once."""
+    rig = FirmwareRig(tmp_path_factory.mktemp("ocpp_offline"))
+    seen = {}
+
+    def restart():
+        wait(lambda: rig.csms.of("StartTransaction"), what="the first StartTransaction")
+        rig.restart_bridge()
+        wait(lambda: rig.csms.actions(DEV).count("BootNotification") == 2, what="the new bridge's boot")
+
+    def down():
+        rig.csms.go_down()
+        seen["n"] = len(rig.csms.received)
+
+    def up():
+        assert rig.bridge.queued(DEV) == 4 and rig.csms.of("StopTransaction") == []   # updated, ended, started, ended
+        rig.csms.come_up()
+        wait(lambda: rig.bridge.queued(DEV) == 0, timeout=20, what="the queue drained into the CSMS")
+
+    rig.steps = {1: restart, 2: down, 3: up}
+    events = [{"t": 10, "plug": True}, {"t": 15, "tap": "alice"}, {"t": 20, "ev_current_a": 16}, marker(60, 1),
+              marker(120, 2), {"t": 3000, "tap": "alice"}, {"t": 3100, "tap": "alice"}, {"t": 3700, "tap": "alice"},
+              marker(3800, 3), {"t": 3850, "plug": False}]
+    sc = _scenario(events, 3900)
+    sc["allow"] = ["alice"]
+    try:
+        rig.rc = rig.run(sc)
+        rig.after_down = rig.csms.received[seen.get("n", 0):]
+        rig.bridge.stop()
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_an_hour_without_the_csms_and_a_bridge_restart_lose_and_duplicate_nothing(offline_run):
+    rig = offline_run
+    assert rig.rc == 0, "\n".join(rig.out.lines[-40:])
+    assert rig.out.errors == [], "\n".join(rig.bridge_lines)
+    assert rig.out.events("halt")[-1]["queued"] == 0            # the charger got every ack in the end
+    ended = rig.ended()
+    assert [(r["tx_id"], r.get("offline", False)) for r in ended] == [(1, False), (2, False)]
+    # what the CSMS received once it was back, in order: boot, status, then the queue
+    replay = [(a, p.get("transactionId"), p.get("meterStop"), p.get("meterStart")) for _, a, p in rig.after_down
+              if a not in ("Heartbeat", "StatusNotification")]
+    assert replay == [("BootNotification", None, None, None),
+                      ("MeterValues", 1001, None, None),                       # alice's `updated` at 30 min
+                      ("StopTransaction", 1001, ended[0]["meter_stop_wh"], None),
+                      ("DataTransfer", None, None, None),
+                      ("StartTransaction", None, None, ended[1]["meter_start_wh"]),
+                      ("StopTransaction", 1002, ended[1]["meter_stop_wh"], None),
+                      ("DataTransfer", None, None, None)]
+    assert rig.csms.actions(DEV).count("StartTransaction") == 2 and rig.csms.actions(DEV).count("StopTransaction") == 2
+    mv = rig.csms.of("MeterValues")
+    periodic = [p for p in mv if len(p["meterValue"][0]["sampledValue"]) == 1]
+    assert [int(p["meterValue"][0]["sampledValue"][0]["value"]) for p in periodic] == [
+        ended[0]["meter_start_wh"] + [r for r in rig.watch.records("session") if r["event"] == "updated"][0]["energy_wh"]]
+    stops = rig.csms.of("StopTransaction")
+    assert [s["timestamp"] for s in stops] == [r["ended_at"] for r in ended]    # when it happened, not when sent
+
+
+def test_the_bridge_keeps_its_queue_and_the_transaction_map_in_its_file(offline_run):
+    rows = offline_run.bridge.db_query("SELECT tx_id, transaction_id, stopped FROM txmap ORDER BY tx_id")
+    assert rows == [(1, 1001, 1), (2, 1002, 1)]
+    assert offline_run.bridge.db_query("SELECT COUNT(*) FROM queue") == [(0,)]
