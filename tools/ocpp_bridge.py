@@ -677,6 +677,7 @@ class Bridge:
         self.loop = None
         self._n = 0
         self._tasks = set()
+        self._ignored = set()      # chargers without a password under security profile 2
         self._thread = None
         self._ready = threading.Event()
         self._stopping = None
@@ -822,6 +823,11 @@ class Bridge:
         link = self.links.get(device)
         if link is None:
             if kind == "cmd_ack" or (kind == "status" and rec.get("state") != "online"):
+                return
+            if self.basic and device not in self.passwords:
+                if device not in self._ignored:
+                    self._ignored.add(device)
+                    self.say("%s ignored: no password for it (--passwords)" % device)
                 return
             if len(self.links) >= MAX_DEVICES:
                 self.say("%s ignored: %d chargers already" % (device, MAX_DEVICES))

@@ -523,3 +523,40 @@ def test_the_bridge_keeps_its_queue_and_the_transaction_map_in_its_file(offline_
     rows = offline_run.bridge.db_query("SELECT tx_id, transaction_id, stopped FROM txmap ORDER BY tx_id")
     assert rows == [(1, 1001, 1), (2, 1002, 1)]
     assert offline_run.bridge.db_query("SELECT COUNT(*) FROM queue") == [(0,)]
+
+
+# -- security profile 2: TLS to the CSMS, HTTP Basic per charge point ------------------------------
+def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
+    import ssl
+
+    from test_tls import _ca, _signed
+    _ca(tmp_path, "ca")
+    _ca(tmp_path, "other-ca")
+    _signed(tmp_path, "csms", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tmp_path / "csms.pem"), str(tmp_path / "csms.key"))
+    with pytest.raises(ValueError, match="TLS"):
+        Bridge("127.0.0.1", 1, "ws://127.0.0.1:1/ocpp", str(tmp_path / "x.sqlite"), passwords={DEV: "x" * 20})
+    lines = []
+    with Broker() as broker, CSMS(ssl=ctx, credentials={DEV: "correct-horse-0001", "cp-2": "correct-horse-0002"}) as csms:
+        assert csms.url.startswith("wss://")
+        bridges = [Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "b.sqlite"), ca=str(tmp_path / "ca.pem"),
+                          passwords={DEV: "correct-horse-0001", "cp-2": "wrong-password-0002"}, retry_s=0.2,
+                          retry_max_s=0.5, out=lines.append).start(),
+                   Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "c.sqlite"),
+                          ca=str(tmp_path / "other-ca.pem"), passwords={"cp-3": "correct-horse-0003"},
+                          retry_s=0.2, retry_max_s=0.5, out=lines.append).start()]
+        try:
+            chargers = [Charger(broker.port, device=d) for d in (DEV, "cp-2", "cp-3")]
+            for ch in chargers:
+                ch.pub("status", {"state": "online", "connector": "Available"}, retain=True)
+            wait(lambda: csms.actions(DEV) == ["BootNotification", "StatusNotification"], what="boot over TLS")
+            wait(lambda: any("cp-2" in l and "401" in l for l in lines), what="cp-2 refused")
+            wait(lambda: any("cp-3" in l and "CERTIFICATE_VERIFY_FAILED" in l for l in lines), what="cp-3 refused")
+            assert [c for c, _, _ in csms.received] == [DEV, DEV]    # only the charger with the right password
+            assert any("cp-3 ignored: no password" in l for l in lines)
+            for ch in chargers:
+                ch.close()
+        finally:
+            for b in bridges:
+                b.stop()
