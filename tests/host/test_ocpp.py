@@ -560,3 +560,36 @@ def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
         finally:
             for b in bridges:
                 b.stop()
+
+
+# -- the same ids on both sides: tools/provision.py --ocpp-ids for the CSMS and the bridge ----------
+def test_provision_exports_the_idtags_the_bridge_sends_and_the_pseudonyms_it_maps_them_back_to(tmp_path):
+    import provision
+    from ocpp_bridge import load_cards
+
+    site_key = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
+    uids = ["DEADBEEF", "04A1B2C3D4E5F6"]
+    (tmp_path / "tariff.json").write_text(json.dumps({"id": "flat", "currency": "EUR", "elements": [
+        {"price_components": [{"type": "ENERGY", "price": "0.30", "vat": "20", "step_size": 1}]}]}))
+    (tmp_path / "cards.csv").write_text("uid,status,expiry,group\n%s,,,\n%s,Blocked,2027-01-01T00:00:00Z,fleet-a\n"
+                                        % tuple(uids))
+    ids = tmp_path / "ocpp-ids.json"
+    argv = ["--board", "esp32_devkit", "--device-id", "cp-0001", "--site-key", "1:" + site_key,
+            "--update-key", "c0ffee00" * 8, "--broker", "mqtt.example.org", "--no-tls",
+            "--tariff", str(tmp_path / "tariff.json"), "--cards", str(tmp_path / "cards.csv"),
+            "--out", str(tmp_path / "out")]
+    assert provision.main(argv + ["--ocpp-ids", str(ids)]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["board.json", "config.json", "secrets.json"]   # board unchanged
+    tokens = sorted(hmac.new(bytes.fromhex(site_key), bytes.fromhex(u), hashlib.sha256).hexdigest()[:32] for u in uids)
+    exported = json.loads(ids.read_text())["cards"]
+    assert [c["token"] for c in exported] == tokens and [c["key"] for c in exported] == [1, 1]
+    assert [c["idTag"] for c in exported] == [id_tag(t) for t in tokens]   # what the bridge sends for these cards
+    infos = sorted((c["idTagInfo"] for c in exported), key=lambda i: i["status"])
+    assert infos == [{"status": "Accepted"},
+                     {"status": "Blocked", "expiryDate": "2027-01-01T00:00:00Z", "parentIdTag": "fleet-a"}]
+    text = ids.read_text().lower()
+    assert not any(u.lower() in text for u in uids)                          # pseudonyms only
+    assert load_cards(str(ids)) == exported
+    (tmp_path / "cards.csv").write_text("uid,group\nDEADBEEF,a-group-name-longer-than-20\n")
+    os.remove(ids)
+    assert provision.main(argv + ["--ocpp-ids", str(ids)]) == 2 and not ids.exists()
