@@ -567,9 +567,11 @@ class Link:
         with db:
             db.execute("INSERT INTO txmap (device, tx_id, transaction_id, meter_start) VALUES (?, ?, ?, ?)",
                        (self.device, rec["tx_id"], res.transaction_id, rec["meter_start_wh"]))
-        if (res.id_tag_info or {}).get("status") != "Accepted":
-            self.say("tx %d: the CSMS answered StartTransaction with %s (the charger's offline rules had "
-                     "authorized it)" % (rec["tx_id"], (res.id_tag_info or {}).get("status")))
+        status = (res.id_tag_info or {}).get("status")
+        if status != "Accepted" and rec["event"] == "started":   # StopTransactionOnInvalidId: stop it if it runs
+            self.say("tx %d: the CSMS answered StartTransaction with %s: asking the charger to stop it"
+                     % (rec["tx_id"], status))
+            self.bridge.spawn(self.command("remote_stop", {"tx_id": rec["tx_id"]}))
         return res.transaction_id
 
     async def _stop(self, cp, rec, tid):

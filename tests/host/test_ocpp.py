@@ -91,6 +91,7 @@ class Rig:
         self.tmp = tmp_path
         self.broker = Broker().__enter__()
         self.csms = CSMS().__enter__()
+        self.csms.auth[TOKEN[:20]] = "Accepted"
         self.lines = []
         self.bridge_kw = bridge_kw
         self.bridge = self.new_bridge()
@@ -123,6 +124,16 @@ def test_meter_values_carry_register_power_and_per_phase_current_and_voltage():
         ("Energy.Active.Import.Register", None, "18231", "Wh"), ("Power.Active.Import", None, "3676", "W"),
         ("Voltage", "L1-N", "230.10", "V"), ("Current.Import", "L1", "15.980", "A"),
         ("Voltage", "L2-N", "231.00", "V"), ("Current.Import", "L2", "0.020", "A")]
+
+
+def test_stop_reasons_map_to_ocpp_16_and_never_to_deauthorized():
+    from ocpp.v16.enums import Reason
+    from ocpp_bridge import STOP_REASONS
+    assert STOP_REASONS["PowerLoss"] == "PowerLoss" and STOP_REASONS["Remote"] == "Remote"
+    assert set(STOP_REASONS.values()) <= set(r.value for r in Reason) - {"DeAuthorized"}
+    firmware = ("Local", "Remote", "EVDisconnected", "EnergyLimitReached", "StoppedByEV", "PowerLoss",
+                "OvercurrentFault", "GroundFault", "PowerQuality", "Other")          # docs/mqtt.md
+    assert all(r in STOP_REASONS for r in firmware)
 
 
 def test_charging_profiles_map_to_the_chargers_kinds_and_refuse_what_it_cannot_do():
@@ -202,6 +213,11 @@ def test_offline_csms_queues_in_order_a_restart_keeps_the_queue_and_start_goes_b
         assert csms.actions(DEV)[-3:] == ["StartTransaction", "StopTransaction", "DataTransfer"]
         starts = csms.of("StartTransaction")
         assert len(starts) == 2 and csms.of("StopTransaction")[-1]["transactionId"] == 1002
+        # the CSMS refuses the card of a session the charger started offline: the bridge asks to stop it
+        csms.auth[TOKEN[:20]] = "Blocked"
+        ch.pub("session", session(3, 0, "started"))
+        wait(lambda: ch.of("cmd/remote_stop"), what="remote_stop after a refused StartTransaction")
+        assert ch.of("cmd/remote_stop")[0]["tx_id"] == 3
     finally:
         rig.close()
 
