@@ -5,6 +5,7 @@ to_device(), so a change to what such a message carries (a MAC, docs/mqtt.md) la
 
     to_device(client, "cp-0001", "ack", {"msg_ids": ["7-0"]})
 """
+import argparse
 import json
 
 DEVICE_TOPICS = ("ack", "auth/resp")   # besides cmd/<name>
@@ -15,3 +16,11 @@ def to_device(client, device, suffix, payload):
     if suffix not in DEVICE_TOPICS and not suffix.startswith("cmd/"):
         raise ValueError("%r is not a backend -> device topic" % suffix)
     return client.publish("cp/v1/%s/%s" % (device, suffix), json.dumps(payload), qos=1)
+
+
+def broker_arg(text):
+    """argparse type for --broker HOST:PORT -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("--broker must be HOST:PORT")
+    return host, int(port)

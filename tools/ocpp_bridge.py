@@ -35,12 +35,11 @@ from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from backend import CHECKS, MAX_ID_LEN, Malformed, _broker  # noqa: E402
-from downlink import to_device  # noqa: E402
+from backend import CHECKS, MAX_ID_LEN, Malformed  # noqa: E402
+from downlink import broker_arg, to_device  # noqa: E402
 from store import epoch  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "meter", "auth/req", "cmd_ack")
-QUEUED = ("session", "fault", "feedback")
 ID_TAG_LEN = 20            # OCPP 1.6 idTag is CiString20: 20 hex digits = 80 bits of the pseudonym
 MAX_DEVICES = 10000
 MAX_ATTEMPTS = 3           # CALLERRORs on one queued record before it is set aside (never on timeouts)
@@ -255,7 +254,7 @@ class Station(ChargePoint):
     @after(Action.trigger_message)
     async def after_trigger_message(self, requested_message, connector_id=None):
         if requested_message == "BootNotification":
-            await self.link.boot()
+            await self.link.boot(self)
         elif requested_message == "Heartbeat":
             await self.call(call.Heartbeat(), suppress=False)
 
@@ -430,8 +429,8 @@ class Link:
             cp = Station(self, ws)
             reader = asyncio.ensure_future(cp.start())
             try:
-                self.cp = cp
-                await self.boot()
+                await self.boot(cp)
+                self.cp = cp          # nothing else goes to the CSMS before it accepted the boot
                 self.say("CSMS link up")
                 worker = asyncio.ensure_future(self._drain(cp))
                 beat = asyncio.ensure_future(self._heartbeat(cp))
@@ -444,9 +443,8 @@ class Link:
                 self.cp = None
                 reader.cancel()
 
-    async def boot(self):
+    async def boot(self, cp):
         """BootNotification until Accepted, then the connector's status (OCPP: after every boot)."""
-        cp = self.cp
         st = self.status or {}
         while True:
             res = await cp.call(call.BootNotification(
@@ -463,9 +461,8 @@ class Link:
         st = self.status
         if st is None or st.get("state") != "online" or not st.get("connector"):
             return
-        await cp.call(call.StatusNotification(connector_id=1, status=st["connector"],
-                                              error_code=st.get("error") or "NoError", timestamp=ocpp_time(st.get("ts"))),
-                      suppress=False)
+        await cp.call(call.StatusNotification(connector_id=1, status=st["connector"], error_code=st.get("error") or
+                                              "NoError", timestamp=ocpp_time(st.get("ts"))), suppress=False)
 
     async def _heartbeat(self, cp):
         while True:
@@ -514,9 +511,8 @@ class Link:
                     return "not sent (transaction not started or already stopped)"
                 await cp.call(call.MeterValues(connector_id=1, transaction_id=row[0], meter_value=[{
                     "timestamp": ocpp_time(rec.get("ts")), "sampled_value": [{
-                            "value": str(row[1] + rec["energy_wh"]),
-                            "measurand": "Energy.Active.Import.Register", "unit": "Wh",
-                            "context": "Sample.Periodic"}]}]), suppress=False)
+                        "value": str(row[1] + rec["energy_wh"]), "measurand": "Energy.Active.Import.Register",
+                        "unit": "Wh", "context": "Sample.Periodic"}]}]), suppress=False)
                 return "transaction %d" % row[0]
             tid = await self._started(cp, rec)
             if rec["event"] == "ended":
@@ -618,7 +614,7 @@ class Link:
         self.status = rec
         cp = self.cp
         if cp is not None and rec.get("state") == "online":   # back from a reboot or a lost link: boot again
-            self.bridge.spawn(self.boot() if back else self.send_status(cp))
+            self.bridge.spawn(self.boot(cp) if back else self.send_status(cp))
 
     def on_meter(self, rec):
         cp = self.cp
@@ -773,7 +769,8 @@ class Bridge:
             if kind is None:
                 self.db.execute("DELETE FROM profiles WHERE device = ? AND profile_id = ?", (device, profile_id))
             else:
-                self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)", (device, profile_id, kind, level))
+                self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)",
+                                (device, profile_id, kind, level))
 
     def profile(self, device, profile_id):
         row = self.db.execute("SELECT kind, stack_level FROM profiles WHERE device = ? AND profile_id = ?",
@@ -891,7 +888,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="docs/ocpp.md has the message-by-message mapping.")
-    ap.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883), help="MQTT HOST:PORT")
+    ap.add_argument("--broker", type=broker_arg, default=("127.0.0.1", 1883), help="MQTT HOST:PORT")
     ap.add_argument("--csms", required=True, help="ws(s)://HOST:PORT/PATH of the central system")
     ap.add_argument("--db", default=os.path.join("out", "ocpp_bridge.sqlite"), help="the bridge's SQLite file")
     ap.add_argument("--ca", help="CA certificate of the CSMS (wss://); default: the system's")

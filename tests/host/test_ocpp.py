@@ -554,7 +554,8 @@ def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
     with pytest.raises(ValueError, match="TLS"):
         Bridge("127.0.0.1", 1, "ws://127.0.0.1:1/ocpp", str(tmp_path / "x.sqlite"), passwords={DEV: "x" * 20})
     lines = []
-    with Broker() as broker, CSMS(ssl=ctx, credentials={DEV: "correct-horse-0001", "cp-2": "correct-horse-0002"}) as csms:
+    passwords = {DEV: "correct-horse-0001", "cp-2": "correct-horse-0002"}
+    with Broker() as broker, CSMS(ssl=ctx, credentials=passwords) as csms:
         assert csms.url.startswith("wss://")
         bridges = [Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "b.sqlite"), ca=str(tmp_path / "ca.pem"),
                           passwords={DEV: "correct-horse-0001", "cp-2": "wrong-password-0002"}, retry_s=0.2,
