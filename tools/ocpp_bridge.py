@@ -93,8 +93,11 @@ def ocpp_time(iso):
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _utc(s):
-    return datetime.datetime.fromtimestamp(s, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _utc(iso):
+    """An OCPP dateTime (any offset, fractions) as the charger's UTC form, or None if unreadable."""
+    s = epoch(iso)
+    return None if s is None else datetime.datetime.fromtimestamp(s, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
 
 def meter_values(rec):
@@ -206,8 +209,8 @@ class Station(ChargePoint):
                 e["remove"] = True
             else:
                 e["status"] = info["status"]
-                if info.get("expiry_date"):
-                    e["expiry"] = _utc(epoch(info["expiry_date"]))
+                if _utc(info.get("expiry_date")):
+                    e["expiry"] = _utc(info["expiry_date"])
                 if info.get("parent_id_tag"):
                     e["group"] = info["parent_id_tag"]
             entries.append(e)
@@ -636,8 +639,8 @@ class Link:
         res = await cp.call(call.Authorize(id_tag=id_tag(rec["token"])), suppress=False)
         info = res.id_tag_info or {}
         answer = {"id": rec["id"], "status": info.get("status", "Invalid")}
-        if info.get("expiry_date"):
-            answer["expiry"] = _utc(epoch(info["expiry_date"]))
+        if _utc(info.get("expiry_date")):
+            answer["expiry"] = _utc(info["expiry_date"])
         if info.get("parent_id_tag"):
             answer["group"] = info["parent_id_tag"]
         self.bridge.send(self.device, "auth/resp", answer)
@@ -688,6 +691,8 @@ class Bridge:
 
     # -- life ---------------------------------------------------------------------------------
     def start(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.db_path)), exist_ok=True)
+        sqlite3.connect(self.db_path).close()   # an unusable file fails here, with its name
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="ocpp-bridge", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -902,8 +907,13 @@ def main(argv=None):
     try:
         passwords = None
         if args.passwords:
-            with open(args.passwords) as f:
-                passwords = json.load(f)
+            try:
+                with open(args.passwords) as f:
+                    passwords = json.load(f)
+            except ValueError as e:
+                raise ValueError("--passwords %s: %s" % (args.passwords, e))
+            if not isinstance(passwords, dict) or not all(isinstance(v, str) for v in passwords.values()):
+                raise ValueError("--passwords %s: must hold {device_id: password}" % args.passwords)
         cards = load_cards(args.cards) if args.cards else None
         bridge = Bridge(args.broker[0], args.broker[1], args.csms, args.db, passwords, args.ca, cards,
                         args.vendor, args.model, args.vendor_id).start()
