@@ -25,6 +25,7 @@ import time
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from downlink import broker_arg, to_device  # noqa: E402
 from store import Store, money  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req")
@@ -389,7 +390,7 @@ class Backend:
         answer = self.auth.get(rec["token"].lower(), {"status": "Invalid"})
         resp = dict(answer)
         resp["id"] = rec["id"]
-        self.client.publish("cp/v1/%s/auth/resp" % device, json.dumps(resp), qos=1)
+        to_device(self.client, device, "auth/resp", resp)
         self.counts["auth"] += 1
         self.out("%s %s auth %s token %s… -> %s" % (ts, device, rec["id"], rec["token"][:12], resp["status"]))
 
@@ -408,7 +409,7 @@ class Backend:
             del self._acks[device]
             for i in range(0, len(ids), MAX_ACK_IDS):
                 chunk = ids[i:i + MAX_ACK_IDS]
-                self.client.publish("cp/v1/%s/ack" % device, json.dumps({"msg_ids": chunk}), qos=1)
+                to_device(self.client, device, "ack", {"msg_ids": chunk})
                 self.counts["acked"] += len(chunk)
 
     def _recover(self):
@@ -429,13 +430,6 @@ class Backend:
             self.out("backend: store still unreachable: %s" % e)
 
 
-def _broker(text):
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError("--broker must be HOST:PORT")
-    return host, int(port)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -443,7 +437,7 @@ def main(argv=None):
                "  python3 tools/backend.py --broker mqtt.example.org:8883 --ca ca.pem --user backend \\\n"
                "      --db postgresql://cp@localhost/cp --share backends --auth auth.json\n"
                "  (the MQTT password is read from the environment variable CP_BACKEND_PASSWORD)")
-    ap.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883), help="HOST:PORT (default 127.0.0.1:1883)")
+    ap.add_argument("--broker", type=broker_arg, default=("127.0.0.1", 1883), help="HOST:PORT (default 127.0.0.1:1883)")
     ap.add_argument("--db", default=os.path.join("out", "backend.sqlite"),
                     help="SQLite file or postgresql:// URL (default out/backend.sqlite)")
     ap.add_argument("--share", metavar="GROUP", help="subscribe as $share/GROUP/... to split load between instances")

@@ -355,6 +355,22 @@ def board_files(files):
     return dict((n, d) for n, d in files.items() if not n.startswith(BROKER_DIR))
 
 
+def ocpp_ids(entries):
+    """The local list as a CSMS's authorization list (OCPP 1.6 idTag = the pseudonym's first 20 hex
+    digits, as tools/ocpp_bridge.py sends it) with the pseudonym beside it for the bridge's --cards."""
+    cards = []
+    for e in entries:
+        info = {"status": e["status"]}
+        if e.get("expiry"):
+            info["expiryDate"] = e["expiry"]
+        if e.get("group"):
+            if len(e["group"]) > 20:
+                raise ProvisionError("cards: group %r is longer than OCPP's 20-character parentIdTag" % e["group"])
+            info["parentIdTag"] = e["group"]
+        cards.append({"idTag": e["token"][:20], "idTagInfo": info, "token": e["token"], "key": e["key"]})
+    return {"cards": cards}
+
+
 def write_dir(files, out_dir):
     """Writes the files into out_dir, each replaced whole (secrets readable by the owner only)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -451,6 +467,8 @@ def parse_args(argv=None):
     ap.add_argument("--utc-offset-min", type=int, default=0, help="site's standard-time offset from UTC, minutes")
     ap.add_argument("--dst", default="none", help="daylight-saving rule: EU, US or none (default none)")
     ap.add_argument("--out", metavar="DIR", help="write the files into DIR")
+    ap.add_argument("--ocpp-ids", metavar="FILE",
+                    help="also write the cards' OCPP idTags (for the CSMS) and pseudonyms (for tools/ocpp_bridge.py)")
     ap.add_argument("--port", metavar="DEVICE", help="write the files onto the board at DEVICE with mpremote")
     ap.add_argument("--mpremote", metavar="PATH", help="mpremote to use (default: the .venv one)")
     return ap.parse_args(argv)
@@ -463,6 +481,7 @@ def main(argv=None):
         if not args.out and not args.port:
             raise ProvisionError("output: give --out DIR, --port DEVICE or both")
         files = build(args)
+        ids = ocpp_ids(json.loads(files["config.json"])["local_list"]["entries"]) if args.ocpp_ids else None
         if args.port:  # reach the board before anything is written anywhere
             _mpremote(board_commands(files, args.port, "", args.mpremote)[0],
                       "reaching the board at %s" % args.port, 60)
@@ -477,6 +496,10 @@ def main(argv=None):
         if args.port:
             write_board(files, args.port, args.mpremote)
             print("provision: wrote %s onto the board at %s" % (", ".join(sorted(board_files(files))), args.port))
+        if ids is not None:
+            with open(args.ocpp_ids, "w") as f:
+                json.dump(ids, f, indent=1)
+            print("provision: wrote %d OCPP idTags into %s" % (len(ids["cards"]), args.ocpp_ids))
     except ProvisionError as e:
         print("provision: %s; %s" % (e, "the board was left as it was (files are in %s)" % written if written
                                      else "nothing written"), file=sys.stderr)
