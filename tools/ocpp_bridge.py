@@ -656,7 +656,7 @@ class Bridge:
 
     def __init__(self, host, port, csms_url, db_path, passwords=None, ca=None, cards=None, vendor="OpenCP",
                  model="cp-mpy", vendor_id=None, command_timeout_s=10, response_timeout_s=10, retry_s=1,
-                 retry_max_s=30, client_id=None, out=None):
+                 retry_max_s=30, client_id=None, out=None, username=None, password=None):
         self.host, self.port = host, port
         self.csms_url = csms_url
         self.db_path = db_path
@@ -684,6 +684,8 @@ class Bridge:
         self._stopping = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=client_id or "cp-ocpp-bridge-%d-%d" % (os.getpid(), id(self) % 100000))
+        if username is not None:   # a locked-down broker (docs/security.md): the backend role's account
+            self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
@@ -903,7 +905,12 @@ def main(argv=None):
     ap.add_argument("--model", default="cp-mpy", help="chargePointModel in BootNotification")
     ap.add_argument("--vendor-id", metavar="ID",
                     help="send each session's cost, notices and problem reports as DataTransfer with this vendorId")
+    ap.add_argument("--user", help="MQTT account with the backend's rights (password from $CP_BACKEND_PASSWORD)")
     args = ap.parse_args(argv)
+    mqtt_password = os.environ.get("CP_BACKEND_PASSWORD")
+    if args.user and mqtt_password is None:
+        print("ocpp_bridge: --user %s needs its password in $CP_BACKEND_PASSWORD" % args.user, file=sys.stderr)
+        return 2
     try:
         passwords = None
         if args.passwords:
@@ -916,7 +923,8 @@ def main(argv=None):
                 raise ValueError("--passwords %s: must hold {device_id: password}" % args.passwords)
         cards = load_cards(args.cards) if args.cards else None
         bridge = Bridge(args.broker[0], args.broker[1], args.csms, args.db, passwords, args.ca, cards,
-                        args.vendor, args.model, args.vendor_id).start()
+                        args.vendor, args.model, args.vendor_id, username=args.user,
+                        password=mqtt_password if args.user else None).start()
     except (OSError, ValueError, RuntimeError) as e:
         print("ocpp_bridge: %s" % e, file=sys.stderr)
         return 2

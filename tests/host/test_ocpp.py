@@ -33,14 +33,15 @@ def wait(cond, timeout=10.0, what="condition"):
 class Charger:
     """A scripted charger: publishes what the firmware would, answers commands as told."""
 
-    def __init__(self, port, device=DEV, answers=None):
+    def __init__(self, broker, device=DEV, answers=None):
         self.prefix = "cp/v1/%s/" % device
         self.answers = answers or {}   # command name -> extra ack fields (default: unknown command)
         self.got = []                  # (suffix, payload) received
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-charger-%s" % device)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
+        self.c.username_pw_set(**broker.device(device))
         self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port)
+        self.c.connect("127.0.0.1", broker.port)
         self.c.subscribe([(self.prefix + "cmd/#", 1), (self.prefix + "ack", 1), (self.prefix + "auth/resp", 1)])
         self.c.loop_start()
         time.sleep(0.2)
@@ -95,12 +96,12 @@ class Rig:
         self.lines = []
         self.bridge_kw = bridge_kw
         self.bridge = self.new_bridge()
-        self.charger = Charger(self.broker.port, answers=answers)
+        self.charger = Charger(self.broker, answers=answers)
 
     def new_bridge(self):
         kw = dict(retry_s=0.2, retry_max_s=0.5, command_timeout_s=5, response_timeout_s=5, vendor_id="cp-mpy")
         kw.update(self.bridge_kw)
-        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"),
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"),
                    out=self.lines.append, **kw).start()
         assert b.wait_connected()
         return b
@@ -311,12 +312,12 @@ class FirmwareRig:
         self.csms.auth.update({tag("alice"): "Accepted", tag("bob"): "Accepted"})
         self.bridge_lines = []
         self.bridge = self.new_bridge()
-        self.watch = Watch(self.broker.port, topic="#")
+        self.watch = Watch(self.broker, topic="#")
         self.futures = {}
 
     def new_bridge(self):
         cards = [{"idTag": tag(a), "token": token(a), "key": 1} for a in UIDS]
-        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), cards=cards,
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"), cards=cards,
                    vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
                    out=self.bridge_lines.append).start()
         assert b.wait_connected()
@@ -343,7 +344,7 @@ class FirmwareRig:
         path = self.tmp / "scenario.json"
         path.write_text(json.dumps(scenario))
         out = Scripted(self.steps)
-        rc = sim.run(str(path), broker="127.0.0.1:%d" % self.broker.port, site_key=KEY,
+        rc = sim.run(str(path), broker=self.broker, site_key=KEY,
                      run_dir=str(self.tmp / "run"), raw=True, out=out)
         self.out = out
         return rc
@@ -575,12 +576,12 @@ def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
         assert csms.url.startswith("wss://")
         bridges = [Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "b.sqlite"), ca=str(tmp_path / "ca.pem"),
                           passwords={DEV: "correct-horse-0001", "cp-2": "wrong-password-0002"}, retry_s=0.2,
-                          retry_max_s=0.5, out=lines.append).start(),
-                   Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "c.sqlite"),
+                          retry_max_s=0.5, out=lines.append, **broker.login("backend")).start(),
+                   Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "c.sqlite"), **broker.login("backend"),
                           ca=str(tmp_path / "other-ca.pem"), passwords={"cp-3": "correct-horse-0003"},
                           retry_s=0.2, retry_max_s=0.5, out=lines.append).start()]
         try:
-            chargers = [Charger(broker.port, device=d) for d in (DEV, "cp-2", "cp-3")]
+            chargers = [Charger(broker, device=d) for d in (DEV, "cp-2", "cp-3")]
             for ch in chargers:
                 ch.pub("status", {"state": "online", "connector": "Available"}, retain=True)
             wait(lambda: csms.actions(DEV) == ["BootNotification", "StatusNotification"], what="boot over TLS")
