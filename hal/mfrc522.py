@@ -4,7 +4,7 @@ Hardware: the common "RC522" module on SPI (mode 0, up to 10 MHz), chip-select a
 optional NRSTPD reset pin. The driver only identifies cards (REQA/WUPA, anticollision and
 SELECT over cascade levels 1-3, HLTA); it never authenticates or reads card memory.
 
-    rfid = MFRC522(SPI(1, baudrate=1000000), Pin(15, Pin.OUT, value=1)); rfid.init()
+    rfid = MFRC522(SPI(1, baudrate=1000000), Pin(15, Pin.OUT, value=1), gain=4); rfid.init()
     uid = rfid.select() if rfid.request(wakeup=True) is not None else None
 """
 from micropython import const
@@ -139,9 +139,13 @@ def crc_a(buf, start=0, stop=None):
 
 
 class MFRC522:
-    """spi: a machine.SPI in mode 0; cs: output Pin, active low; rst: NRSTPD Pin or None."""
+    """spi: a machine.SPI in mode 0; cs: output Pin, active low; rst: NRSTPD Pin or None;
+    gain: receiver gain 0..7 (RFCfgReg RxGain: 18, 23, 18, 23, 33, 38, 43, 48 dB), None keeps the chip's."""
 
-    def __init__(self, spi, cs, rst=None):
+    def __init__(self, spi, cs, rst=None, gain=None):
+        if gain is not None and (not isinstance(gain, int) or isinstance(gain, bool) or not 0 <= gain <= 7):
+            raise ValueError("MFRC522 gain must be 0..7, got %r" % (gain,))
+        self._gain = gain
         self._spi = spi
         self._cs = cs
         self._rst = rst
@@ -202,10 +206,9 @@ class MFRC522:
 
     # --- chip set-up ----------------------------------------------------------------------
 
-    def init(self, gain=None):
+    def init(self):
         """Reset, check VersionReg, set timer/ASK/CRC preset/gain and switch the field on."""
-        if gain is not None and not 0 <= gain <= 7:
-            raise ValueError("MFRC522 gain must be 0..7, got %r" % (gain,))
+        gain = self._gain
         if self._rst is not None:
             self._rst(0)  # NRSTPD low: hard power-down; the rising edge resets the chip
             self._rst(1)

@@ -23,8 +23,7 @@ from array import array
 
 from micropython import const
 
-from firmware.charging.pilot import OFF
-
+OFF = const(1000)           # 100 % duty in permille: constant +12 V, no charging offered
 _BAND_MV = const(600)       # samples this close to the extreme belong to its plateau
 _SLOPE_MAX = const(16383)   # fixed-point slope bound: code x slope stays below 2**30
 

@@ -19,7 +19,6 @@ import os
 from micropython import const
 
 from firmware.link.bundle import Reader
-from firmware.core.config import setting
 from firmware.core.hmacsha256 import hmac_sha256
 from firmware.storage.state import ensure_dir, write_atomic
 
@@ -581,13 +580,8 @@ class Updater:
         self._event("rejected", version=job.version, reason=reason)
 
 
-def from_config(device, secrets, clock, on_status=None, root="", log=None):
-    """An Updater from the device config's `ota` section and secrets' `update_key`."""
-    key = setting(secrets, "update_key", str, None)
-    return Updater(parse_update_key(key) if key else None, clock, on_status, root, log,
-                   max_size=setting(device, "ota.max_size", int, 1 << 20, lo=4096, hi=4 << 20),
-                   max_boots=setting(device, "ota.max_boots", int, 3, lo=1, hi=10),
-                   trial_s=setting(device, "ota.trial_s", int, 600, lo=60, hi=86400),
-                   confirm_after_s=setting(device, "ota.confirm_after_s", int, 60, lo=0, hi=3600),
-                   timeout_ms=setting(device, "ota.timeout_ms", int, 2000, lo=100, hi=10000),
-                   stall_s=setting(device, "ota.stall_s", int, 30, lo=5, hi=600))
+def from_settings(ota, clock, on_status=None, root="", log=None):
+    """An Updater from the device's ota record (firmware/core/settings.py), key included."""
+    return Updater(ota.key, clock, on_status, root, log, max_size=ota.max_size, max_boots=ota.max_boots,
+                   trial_s=ota.trial_s, confirm_after_s=ota.confirm_after_s, timeout_ms=ota.timeout_ms,
+                   stall_s=ota.stall_s)

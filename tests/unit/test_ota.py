@@ -14,7 +14,8 @@ import boot
 from check import raises
 from firmware.link.bundle import pack
 from firmware.core.hmacsha256 import hmac_sha256
-from firmware.link.ota import Updater, check_command, from_config, load_state, sign, signed_bytes
+from configs import settings
+from firmware.link.ota import Updater, check_command, from_settings, load_state, sign, signed_bytes
 from hal.sim.clock import VirtualClock
 
 MP = sys.implementation.name == "micropython"
@@ -601,17 +602,21 @@ def test_leftovers_of_an_interrupted_download_are_removed_at_startup():
         _rmtree(root)
 
 
-def test_from_config_reads_the_ota_section_and_the_key():
+def _from_settings(device, secrets, clock):
+    return from_settings(settings(device, secrets).ota, clock)
+
+
+def test_from_settings_reads_the_ota_section_and_the_key():
     clock = VirtualClock()
-    up = from_config({}, {"update_key": _hex(KEY)}, clock)
+    up = _from_settings({}, {"update_key": _hex(KEY)}, clock)
     assert (up.key, up.max_size, up.max_boots, up.trial_ms, up.confirm_after_ms) == (KEY, 1 << 20, 3, 600000, 60000)
-    up = from_config({"ota": {"max_size": 65536, "max_boots": 5, "trial_s": 120, "confirm_after_s": 10}}, {}, clock)
+    up = _from_settings({"ota": {"max_size": 65536, "max_boots": 5, "trial_s": 120, "confirm_after_s": 10}}, {}, clock)
     assert (up.key, up.max_size, up.max_boots, up.trial_ms) == (None, 65536, 5, 120000)
     for device, secrets, words in (({}, {"update_key": _hex(KEY[:16])}, "update_key must be at least 32 bytes"),
                                    ({}, {"update_key": "xyz"}, "update_key must be hex"),
                                    ({"ota": {"max_boots": 0}}, {}, "ota.max_boots must be within 1..10"),
                                    ({"ota": {"trial_s": 60, "confirm_after_s": 60}}, {}, "shorter than trial_s")):
-        e = raises(ValueError, from_config, device, secrets, clock)
+        e = raises(ValueError, _from_settings, device, secrets, clock)
         assert words in str(e), str(e)
 
 
