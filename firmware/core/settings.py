@@ -1,7 +1,7 @@
 """The charger's settings, parsed once at boot: board config (hardware), device config (identity,
 tariff, list, policies) and device secrets (keys, credentials), as written by tools/provision.py.
 
-Every key has one row in BOARD, DEVICE or SECRETS below: its type, its one default and its one
+Every key has one row in board_rows(), device_rows() or secret_rows() below: its type, its one default and its one
 bound (docs/settings.md lists them). A missing or out-of-range value stops the boot with a
 ValueError naming its key, so the charger never runs on guesses. The values end up in small
 records, one per concern, that are handed to whoever needs them (`hw.reader.gain`,
@@ -33,153 +33,161 @@ def _line(pct_of_hz, add=0):
     return lambda v: v["meter.line_hz"] * pct_of_hz + add
 
 
-# (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, or a tuple of
+# Rows: (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, or a tuple of
 # the allowed values. A default or bound may depend on keys above it (a function of the values).
-BOARD = (
-    ("name", str, "?"),
-    ("platform", ("esp32", "sim"), "esp32"),
-    ("spi.meter.id", int, REQUIRED, 0, 3),
-    ("spi.meter.baudrate", int, 1000000, 100000, 10000000),
-    ("spi.meter.polarity", (0, 1), REQUIRED),
-    ("spi.meter.phase", (0, 1), REQUIRED),
-    ("spi.meter.sck", PIN, REQUIRED),
-    ("spi.meter.mosi", PIN, REQUIRED),
-    ("spi.meter.miso", PIN, REQUIRED),
-    ("spi.reader.id", int, REQUIRED, 0, 3),
-    ("spi.reader.baudrate", int, 1000000, 100000, 10000000),
-    ("spi.reader.polarity", (0, 1), REQUIRED),
-    ("spi.reader.phase", (0, 1), REQUIRED),
-    ("spi.reader.sck", PIN, REQUIRED),
-    ("spi.reader.mosi", PIN, REQUIRED),
-    ("spi.reader.miso", PIN, REQUIRED),
-    ("limits.max_current_a", int, REQUIRED, 6, 80),
-    ("limits.nominal_v", int, 230, 100, 277),
-    ("limits.cable_max_a", int, None, 6, 80),
-    ("limits.thermal.t1_c", int, 70, -40, 150),
-    ("limits.thermal.t2_c", int, 85, lambda v: v["limits.thermal.t1_c"] + 1, 150),
-    ("limits.thermal.reduced_a", int, 16, 0, 80),
-    ("limits.thermal.hyst_c", int, 5, 1, 50),
-    ("meter.cs", PIN, REQUIRED),
-    ("meter.phases", (1, 3), REQUIRED),
-    ("meter.line_hz", (50, 60), REQUIRED),
-    ("meter.pga", (1, 2, 4), REQUIRED),
-    ("meter.ugain", "triple", REQUIRED, 1, 0xFFFF),
-    ("meter.igain", "triple", REQUIRED, 1, 0xFFFF),
-    ("meter.uoffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
-    ("meter.ioffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
-    ("meter.pmean_lsb_per_w", int, 3125, 4, 1 << 22),
-    ("meter.ov_cv", int, _nominal(11500), 1, 0xFFFF),
-    ("meter.sag_cv", int, _nominal(8000), 1, 0xFFFF),
-    ("meter.loss_cv", int, _nominal(4000), 1, 0xFFFF),
-    ("meter.oi_ma", int, 40000, 1, 0xFFFF),
-    ("meter.freq_hi_chz", int, _line(100, 300), 1000, 10000),
-    ("meter.freq_lo_chz", int, _line(100, -300), 1000, lambda v: v["meter.freq_hi_chz"] - 1),
-    ("meter.sag_peak_cfg", int, 0x143F, 0, 0xFFFF),
-    ("reader.cs", PIN, REQUIRED),
-    ("reader.rst", PIN, None),
-    ("reader.poll_ms", int, 200, 50, 2000),
-    ("reader.gain", int, None, 0, 7),
-    ("contactor.coil", PIN, REQUIRED),
-    ("contactor.aux", PIN, None),
-    ("contactor.aux_closed", (0, 1), 1),
-    ("led.pin", PIN, REQUIRED),
-    ("led.active", (0, 1), 1),
-    ("buzzer.pin", PIN, REQUIRED),
-    ("buzzer.active", (0, 1), 1),
-    ("ev_sense", ("pilot", "pin", "current"), REQUIRED),
-    ("ev_idle_end_s", int, 0, 0, 86400),
-    ("pilot.pwm", PIN, None),                # required with ev_sense "pilot"
-    ("pilot.adc", PIN, None),                # required with ev_sense "pilot"
-    ("pilot.cal", list, None),               # required with ev_sense "pilot" (hal/pilot.py checks the pairs)
-    ("pilot.invert", (0, 1), 0),
-    ("pilot.samples", int, 64, 8, 512),
-    ("pilot.poll_ms", int, 25, 5, 50),
-    ("pilot.debounce_ms", int, 20, 0, DEBOUNCE_MAX_MS),
-    ("pilot.soft_stop_ms", int, 5000, 0, 10000),  # IEC 61851-1: the EV has 5 s to follow
-    ("plug.pin", PIN, None),                 # required with ev_sense "pin"
-    ("plug.active", (0, 1), 1),
-    ("rcd.trip", PIN, REQUIRED),
-    ("rcd.test", PIN, REQUIRED),
-    ("rcd.active", (0, 1), 1),
-    ("watchdog.timeout_ms", int, REQUIRED, 1000, 60000),
-    ("button.pin", PIN, REQUIRED),
-    ("button.active", (0, 1), 0),
-    ("sampling.rate_hz", int, 10, 1, 50),
-    ("sampling.ring_samples", int, 256, 16, 4096),
-    ("metering.crosscheck_pct", int, 3, 1, 50),
-    ("metering.crosscheck_min_wh", int, 20, 1, 1000),
-    ("metering.profile_bucket_s", int, 300, 10, 3600),
-    ("safety.forensics_samples", int, 50, 0, 200),
-    ("safety.overcurrent_margin_pct", int, 10, 0, 50),
-    ("safety.overcurrent_ms", int, 1000, 100, 10000),
-    ("safety.voltage_min_v", int, _nominal(85), 80, lambda v: v["limits.nominal_v"]),
-    ("safety.voltage_max_v", int, _nominal(110), lambda v: v["limits.nominal_v"], 320),
-    ("safety.voltage_ms", int, 2000, 100, 60000),
-    ("safety.phase_loss_v", int, _nominal(40), 10, lambda v: v["limits.nominal_v"]),
-    ("safety.frequency_min_chz", int, _line(100, -200), _line(90), _line(100)),
-    ("safety.frequency_max_chz", int, _line(100, 150), _line(100), _line(110)),
-    ("safety.contactor_settle_ms", int, 1000, 100, 5000),
-    ("safety.open_current_ma", int, 500, 50, 5000),
-    ("safety.rcd_selftest_s", int, 86400, 60, 7 * 86400),
-    ("network.timeout_ms", int, 2000, 50, 30000),
-    # the simulated world (platform "sim" only; tools/sim.py)
-    ("sim.grid_v", int, 230, 0, 400),
-    ("sim.grid_hz", int, 50, 40, 70),
-    ("sim.card_hold_ms", int, 1000, 0, 600000),
-    ("sim.ev_follow_delay_ms", int, 2000, 0, 5000),
-    ("sim.cp_step_us", int, 23, 1, 1000),
-    ("sim.cp_noise_mv", int, 0, 0, 5000),
-)
+def board_rows():
+    """The board config's rows (a function: the table lives only while it is read)."""
+    return (
+        ("name", str, "?"),
+        ("platform", ("esp32", "sim"), "esp32"),
+        ("spi.meter.id", int, REQUIRED, 0, 3),
+        ("spi.meter.baudrate", int, 1000000, 100000, 10000000),
+        ("spi.meter.polarity", (0, 1), REQUIRED),
+        ("spi.meter.phase", (0, 1), REQUIRED),
+        ("spi.meter.sck", PIN, REQUIRED),
+        ("spi.meter.mosi", PIN, REQUIRED),
+        ("spi.meter.miso", PIN, REQUIRED),
+        ("spi.reader.id", int, REQUIRED, 0, 3),
+        ("spi.reader.baudrate", int, 1000000, 100000, 10000000),
+        ("spi.reader.polarity", (0, 1), REQUIRED),
+        ("spi.reader.phase", (0, 1), REQUIRED),
+        ("spi.reader.sck", PIN, REQUIRED),
+        ("spi.reader.mosi", PIN, REQUIRED),
+        ("spi.reader.miso", PIN, REQUIRED),
+        ("limits.max_current_a", int, REQUIRED, 6, 80),
+        ("limits.nominal_v", int, 230, 100, 277),
+        ("limits.cable_max_a", int, None, 6, 80),
+        ("limits.thermal.t1_c", int, 70, -40, 150),
+        ("limits.thermal.t2_c", int, 85, lambda v: v["limits.thermal.t1_c"] + 1, 150),
+        ("limits.thermal.reduced_a", int, 16, 0, 80),
+        ("limits.thermal.hyst_c", int, 5, 1, 50),
+        ("meter.cs", PIN, REQUIRED),
+        ("meter.phases", (1, 3), REQUIRED),
+        ("meter.line_hz", (50, 60), REQUIRED),
+        ("meter.pga", (1, 2, 4), REQUIRED),
+        ("meter.ugain", "triple", REQUIRED, 1, 0xFFFF),
+        ("meter.igain", "triple", REQUIRED, 1, 0xFFFF),
+        ("meter.uoffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.ioffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.pmean_lsb_per_w", int, 3125, 4, 1 << 22),
+        ("meter.ov_cv", int, _nominal(11500), 1, 0xFFFF),
+        ("meter.sag_cv", int, _nominal(8000), 1, 0xFFFF),
+        ("meter.loss_cv", int, _nominal(4000), 1, 0xFFFF),
+        ("meter.oi_ma", int, 40000, 1, 0xFFFF),
+        ("meter.freq_hi_chz", int, _line(100, 300), 1000, 10000),
+        ("meter.freq_lo_chz", int, _line(100, -300), 1000, lambda v: v["meter.freq_hi_chz"] - 1),
+        ("meter.sag_peak_cfg", int, 0x143F, 0, 0xFFFF),
+        ("reader.cs", PIN, REQUIRED),
+        ("reader.rst", PIN, None),
+        ("reader.poll_ms", int, 200, 50, 2000),
+        ("reader.gain", int, None, 0, 7),
+        ("contactor.coil", PIN, REQUIRED),
+        ("contactor.aux", PIN, None),
+        ("contactor.aux_closed", (0, 1), 1),
+        ("led.pin", PIN, REQUIRED),
+        ("led.active", (0, 1), 1),
+        ("buzzer.pin", PIN, REQUIRED),
+        ("buzzer.active", (0, 1), 1),
+        ("ev_sense", ("pilot", "pin", "current"), REQUIRED),
+        ("ev_idle_end_s", int, 0, 0, 86400),
+        ("pilot.pwm", PIN, None),                # required with ev_sense "pilot"
+        ("pilot.adc", PIN, None),                # required with ev_sense "pilot"
+        ("pilot.cal", list, None),               # required with ev_sense "pilot" (hal/pilot.py checks the pairs)
+        ("pilot.invert", (0, 1), 0),
+        ("pilot.samples", int, 64, 8, 512),
+        ("pilot.poll_ms", int, 25, 5, 50),
+        ("pilot.debounce_ms", int, 20, 0, DEBOUNCE_MAX_MS),
+        ("pilot.soft_stop_ms", int, 5000, 0, 10000),  # IEC 61851-1: the EV has 5 s to follow
+        ("plug.pin", PIN, None),                 # required with ev_sense "pin"
+        ("plug.active", (0, 1), 1),
+        ("rcd.trip", PIN, REQUIRED),
+        ("rcd.test", PIN, REQUIRED),
+        ("rcd.active", (0, 1), 1),
+        ("watchdog.timeout_ms", int, REQUIRED, 1000, 60000),
+        ("button.pin", PIN, REQUIRED),
+        ("button.active", (0, 1), 0),
+        ("sampling.rate_hz", int, 10, 1, 50),
+        ("sampling.ring_samples", int, 256, 16, 4096),
+        ("metering.crosscheck_pct", int, 3, 1, 50),
+        ("metering.crosscheck_min_wh", int, 20, 1, 1000),
+        ("metering.profile_bucket_s", int, 300, 10, 3600),
+        ("safety.forensics_samples", int, 50, 0, 200),
+        ("safety.overcurrent_margin_pct", int, 10, 0, 50),
+        ("safety.overcurrent_ms", int, 1000, 100, 10000),
+        ("safety.voltage_min_v", int, _nominal(85), 80, lambda v: v["limits.nominal_v"]),
+        ("safety.voltage_max_v", int, _nominal(110), lambda v: v["limits.nominal_v"], 320),
+        ("safety.voltage_ms", int, 2000, 100, 60000),
+        ("safety.phase_loss_v", int, _nominal(40), 10, lambda v: v["limits.nominal_v"]),
+        ("safety.frequency_min_chz", int, _line(100, -200), _line(90), _line(100)),
+        ("safety.frequency_max_chz", int, _line(100, 150), _line(100), _line(110)),
+        ("safety.contactor_settle_ms", int, 1000, 100, 5000),
+        ("safety.open_current_ma", int, 500, 50, 5000),
+        ("safety.rcd_selftest_s", int, 86400, 60, 7 * 86400),
+        ("network.timeout_ms", int, 2000, 50, 30000),
+        # the simulated world (platform "sim" only; tools/sim.py)
+        ("sim.grid_v", int, 230, 0, 400),
+        ("sim.grid_hz", int, 50, 40, 70),
+        ("sim.card_hold_ms", int, 1000, 0, 600000),
+        ("sim.ev_follow_delay_ms", int, 2000, 0, 5000),
+        ("sim.cp_step_us", int, 23, 1, 1000),
+        ("sim.cp_noise_mv", int, 0, 0, 5000),
+    )
 
-DEVICE = (
-    ("device_id", str, REQUIRED),
-    ("tariff", dict, REQUIRED),
-    ("local_list", dict, None),
-    ("data_dir", str, "data"),
-    ("outbox_size", int, 64, 4, 1024),
-    ("auth_timeout_s", int, 60, 5, 600),
-    ("meter_values_s", int, 60, 10, 3600),
-    ("meter_aligned_s", int, 900, 0, 86400),
-    ("updated_s", int, 1800, 0, 86400),
-    ("ev_idle_report_s", int, 600, 60, 86400),
-    ("site.utc_offset_min", int, 0, -720, 840),
-    ("site.dst", ("EU", "US", "none"), None),
-    ("site.offpeak", list, []),
-    ("mqtt.host", str, ""),
-    ("mqtt.port", int, 1883, 1, 65535),
-    ("mqtt.keepalive_s", int, 60, 10, 3600),
-    ("mqtt.tls", bool, False),
-    ("mqtt.ca", str, None),
-    ("mqtt.tls_hostname", str, None),
-    # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
-    ("journal.every_wh", int, 250, 10, 100000),
-    ("journal.min_s", int, 150, 10, 86400),
-    ("journal.every_s", int, 300, lambda v: v["journal.min_s"], 86400),
-    ("auth.list_max_entries", int, 1000, 1, 10000),
-    ("auth.cache_entries", int, 64, 0, 1000),
-    ("auth.cache_max_age_s", int, 604800, 60, 31536000),
-    ("auth.LocalAuthorizeOffline", bool, True),
-    ("auth.LocalPreAuthorize", bool, False),
-    ("auth.AllowOfflineTxForUnknownId", bool, False),
-    ("auth.AuthorizeRemoteTxRequests", bool, False),
-    ("auth.timeout_s", int, 3, 1, 30),
-    ("ota.max_size", int, 1 << 20, 4096, 4 << 20),
-    ("ota.max_boots", int, 3, 1, 10),
-    ("ota.trial_s", int, 600, 60, 86400),
-    ("ota.confirm_after_s", int, 60, 0, 3600),
-    ("ota.timeout_ms", int, 2000, 100, 10000),
-    ("ota.stall_s", int, 30, 5, 600),
-)
 
-# site_key / site_keys / site_key_current / site_key_accept: firmware/auth/keys.py (versioned keys)
-SECRETS = (
-    ("device_key", str, None),
-    ("update_key", str, None),
-    ("mqtt_user", str, None),
-    ("mqtt_password", str, None),
-    ("tls_cert", str, None),
-    ("tls_key", str, None),
-)
+def device_rows():
+    """The device config's rows."""
+    return (
+        ("device_id", str, REQUIRED),
+        ("tariff", dict, REQUIRED),
+        ("local_list", dict, None),
+        ("data_dir", str, "data"),
+        ("outbox_size", int, 64, 4, 1024),
+        ("auth_timeout_s", int, 60, 5, 600),
+        ("meter_values_s", int, 60, 10, 3600),
+        ("meter_aligned_s", int, 900, 0, 86400),
+        ("updated_s", int, 1800, 0, 86400),
+        ("ev_idle_report_s", int, 600, 60, 86400),
+        ("site.utc_offset_min", int, 0, -720, 840),
+        ("site.dst", ("EU", "US", "none"), None),
+        ("site.offpeak", list, []),
+        ("mqtt.host", str, ""),
+        ("mqtt.port", int, 1883, 1, 65535),
+        ("mqtt.keepalive_s", int, 60, 10, 3600),
+        ("mqtt.tls", bool, False),
+        ("mqtt.ca", str, None),
+        ("mqtt.tls_hostname", str, None),
+        # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
+        ("journal.every_wh", int, 250, 10, 100000),
+        ("journal.min_s", int, 150, 10, 86400),
+        ("journal.every_s", int, 300, lambda v: v["journal.min_s"], 86400),
+        ("auth.list_max_entries", int, 1000, 1, 10000),
+        ("auth.cache_entries", int, 64, 0, 1000),
+        ("auth.cache_max_age_s", int, 604800, 60, 31536000),
+        ("auth.LocalAuthorizeOffline", bool, True),
+        ("auth.LocalPreAuthorize", bool, False),
+        ("auth.AllowOfflineTxForUnknownId", bool, False),
+        ("auth.AuthorizeRemoteTxRequests", bool, False),
+        ("auth.timeout_s", int, 3, 1, 30),
+        ("ota.max_size", int, 1 << 20, 4096, 4 << 20),
+        ("ota.max_boots", int, 3, 1, 10),
+        ("ota.trial_s", int, 600, 60, 86400),
+        ("ota.confirm_after_s", int, 60, 0, 3600),
+        ("ota.timeout_ms", int, 2000, 100, 10000),
+        ("ota.stall_s", int, 30, 5, 600),
+    )
+
+
+def secret_rows():
+    """The device secrets' rows (site_key, site_keys, site_key_current, site_key_accept: the
+    versioned card-pseudonym keys, are firmware/auth/keys.py's)."""
+    return (
+        ("device_key", str, None),
+        ("update_key", str, None),
+        ("mqtt_user", str, None),
+        ("mqtt_password", str, None),
+        ("tls_cert", str, None),
+        ("tls_key", str, None),
+    )
 
 
 class Record:
@@ -261,15 +269,15 @@ def section(table, cfg, name):
 
 def ota_settings(device, secrets):
     """The device's ota record with its update key (bytes or None): all a rescue script needs."""
-    ota = section(DEVICE, device, "ota")
-    key = parse([r for r in SECRETS if r[0] == "update_key"], secrets)["update_key"]
+    ota = section(device_rows(), device, "ota")
+    key = parse([r for r in secret_rows() if r[0] == "update_key"], secrets)["update_key"]
     ota.key = parse_update_key(key) if key else None
     return ota
 
 
 def board_settings(cfg):
     """The board config (board.json) as records: what hal/board.py and the simulator build from."""
-    v = parse(BOARD, cfg)
+    v = parse(board_rows(), cfg)
     sense = v["ev_sense"]
     for key in ("pilot.pwm", "pilot.adc", "pilot.cal") if sense == "pilot" else ("plug.pin",) if sense == "pin" else ():
         if v[key] is None:
@@ -308,8 +316,8 @@ class Settings:
     config and secrets as records per concern (mqtt, journal, auth, ota), and the controller's own."""
 
     def __init__(self, board, device, secrets):
-        d = parse(DEVICE, device)
-        sec = parse(SECRETS, secrets)
+        d = parse(device_rows(), device)
+        sec = parse(secret_rows(), secrets)
         self.board = board
         self.device_id = d["device_id"]
         if not self.device_id or len(self.device_id) > 64 or [c for c in "/+# " if c in self.device_id]:

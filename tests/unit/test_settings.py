@@ -5,7 +5,8 @@ import os
 from check import raises
 from configs import SITE_KEY, board, board_config, device_config, settings
 from firmware.core.config import REQUIRED
-from firmware.core.settings import BOARD, DEVICE, OPTIONAL, PIN, SECRETS, Settings, board_settings, ota_settings
+from firmware.core.settings import OPTIONAL, PIN, Settings, board_rows, board_settings, device_rows, ota_settings, \
+    secret_rows
 
 
 def _set(cfg, key, value):
@@ -50,7 +51,7 @@ def _static(x):
 
 # -- the tables ----------------------------------------------------------------------------------
 def test_one_row_per_key_and_every_default_within_its_bounds():
-    for table in (BOARD, DEVICE, SECRETS):
+    for table in (board_rows(), device_rows(), secret_rows()):
         keys = [r[0] for r in table]
         assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
         for r in table:
@@ -101,14 +102,14 @@ def test_no_other_module_reads_settings_from_the_files():
 def test_the_keys_are_documented():
     with open("docs/settings.md") as f:
         doc = f.read()
-    missing = [r[0] for t in (BOARD, DEVICE, SECRETS) for r in t if "`%s`" % r[0] not in doc]
+    missing = [r[0] for t in (board_rows(), device_rows(), secret_rows()) for r in t if "`%s`" % r[0] not in doc]
     assert missing == [], missing
 
 
 # -- defaults ------------------------------------------------------------------------------------
 def test_a_minimal_board_takes_every_default():
     hw = board_settings(_minimal_board())
-    for r in BOARD:
+    for r in board_rows():
         key, default = r[0], r[2]
         if key.split(".")[0] in OPTIONAL:
             assert getattr(hw, key.split(".")[0]) is None, key   # an absent optional section
@@ -159,7 +160,7 @@ def _out_of_range(r):
 
 def test_every_bad_value_stops_the_boot_naming_its_key():
     checked = 0
-    for table, where in ((BOARD, "board"), (DEVICE, "device"), (SECRETS, "secrets")):
+    for table, where in ((board_rows(), "board"), (device_rows(), "device"), (secret_rows(), "secrets")):
         for r in table:
             for bad in _out_of_range(r):
                 if bad is None:   # null means "left out" for keys whose default is None
