@@ -1,9 +1,9 @@
 """The charger's settings, parsed once at boot: board config (hardware), device config (identity,
 tariff, list, policies) and device secrets (keys, credentials), as written by tools/provision.py.
 
-Every key has one row in board_rows(), device_rows() or secret_rows() below: its type, its one default and its one
-bound (docs/settings.md lists them). A missing or out-of-range value stops the boot with a
-ValueError naming its key, so the charger never runs on guesses. The values end up in small
+Every key has one row in board_rows(), device_rows() or secret_rows() below: its type, its one
+default and its one bound (docs/settings.md lists them). A missing or out-of-range value stops
+the boot with a ValueError naming its key, so the charger never runs on guesses. The values end up in small
 records, one per concern, that are handed to whoever needs them (`hw.reader.gain`,
 `s.journal.every_wh`); no other module reads the raw JSON.
 
@@ -20,6 +20,7 @@ from firmware.charging.pilot import DEBOUNCE_MAX_MS
 from firmware.link.ota import parse_update_key
 
 PIN = "pin"               # an ESP32 GPIO number, 0..48
+TRIPLE = "triple"         # 3 integers within the bounds, one per phase A, B, C
 # Optional sections of the board config: absent, their record is None; present, their
 # required keys must be there.
 OPTIONAL = ("buzzer", "rcd", "watchdog", "button")
@@ -33,8 +34,8 @@ def _line(pct_of_hz, add=0):
     return lambda v: v["meter.line_hz"] * pct_of_hz + add
 
 
-# Rows: (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, or a tuple of
-# the allowed values. A default or bound may depend on keys above it (a function of the values).
+# Rows: (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, TRIPLE, or a
+# tuple of the allowed values. A default or bound may depend on keys above it (a function of the values).
 def board_rows():
     """The board config's rows (a function: the table lives only while it is read)."""
     return (
@@ -65,10 +66,10 @@ def board_rows():
         ("meter.phases", (1, 3), REQUIRED),
         ("meter.line_hz", (50, 60), REQUIRED),
         ("meter.pga", (1, 2, 4), REQUIRED),
-        ("meter.ugain", "triple", REQUIRED, 1, 0xFFFF),
-        ("meter.igain", "triple", REQUIRED, 1, 0xFFFF),
-        ("meter.uoffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
-        ("meter.ioffset", "triple", (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.ugain", TRIPLE, REQUIRED, 1, 0xFFFF),
+        ("meter.igain", TRIPLE, REQUIRED, 1, 0xFFFF),
+        ("meter.uoffset", TRIPLE, (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.ioffset", TRIPLE, (0, 0, 0), -0x8000, 0x7FFF),
         ("meter.pmean_lsb_per_w", int, 3125, 4, 1 << 22),
         ("meter.ov_cv", int, _nominal(11500), 1, 0xFFFF),
         ("meter.sag_cv", int, _nominal(8000), 1, 0xFFFF),
@@ -219,7 +220,7 @@ def _value(cfg, row, values):
         hi = row[4](values) if callable(row[4]) else row[4]
     if callable(default):
         default = default(values)
-    if kind == "triple":
+    if kind == TRIPLE:
         return _triple(cfg, key, default, lo, hi)
     if kind == PIN:
         kind, lo, hi = int, 0, 48

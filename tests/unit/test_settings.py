@@ -5,7 +5,7 @@ import os
 from check import raises
 from configs import SITE_KEY, board, board_config, device_config, settings
 from firmware.core.config import REQUIRED
-from firmware.core.settings import OPTIONAL, PIN, Settings, board_rows, board_settings, device_rows, ota_settings, \
+from firmware.core.settings import OPTIONAL, PIN, TRIPLE, Settings, board_rows, board_settings, device_rows, ota_settings, \
     secret_rows
 
 
@@ -59,7 +59,7 @@ def test_one_row_per_key_and_every_default_within_its_bounds():
             if isinstance(kind, tuple) and _static(default) and default is not None:
                 assert default in kind, r
             if len(r) > 3 and _static(default) and default is not None and _static(r[3]) and _static(r[4]):
-                for v in (default if kind == "triple" else (default,)):
+                for v in (default if kind == TRIPLE else (default,)):
                     assert r[3] <= v <= r[4], r
 
 
@@ -144,7 +144,7 @@ def _out_of_range(r):
         return (-1, 49, "5")
     if isinstance(kind, tuple):
         return ("x" if isinstance(kind[0], int) else 1, True if isinstance(kind[0], int) else None)
-    if kind == "triple":
+    if kind == TRIPLE:
         return ([r[3] - 1, r[3], r[3]], [r[4] + 1] * 3, [r[3]] * 2)
     if kind is bool:
         return (1, "true")
