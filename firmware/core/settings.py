@@ -268,10 +268,15 @@ def section(table, cfg, name):
     return getattr(records(parse([r for r in table if r[0].startswith(name + ".")], cfg)), name)
 
 
+def one(table, cfg, key):
+    """One key's value, the rest of the file unread (for helpers that run without a boot)."""
+    return parse([r for r in table if r[0] == key], cfg)[key]
+
+
 def ota_settings(device, secrets):
     """The device's ota record with its update key (bytes or None): all a rescue script needs."""
     ota = section(device_rows(), device, "ota")
-    key = parse([r for r in secret_rows() if r[0] == "update_key"], secrets)["update_key"]
+    key = one(secret_rows(), secrets, "update_key")
     ota.key = parse_update_key(key) if key else None
     return ota
 

@@ -58,14 +58,19 @@ def _exists(path):
 
 
 def _data(data):
-    """The data directory: given, the firmware's, config.json's data_dir, or "data"."""
+    """The data directory: given, the firmware's, or config.json's data_dir (default "data")."""
     if data:
         return data
     d = _current().get("data")
     if d:
         return d
+    from firmware.core.settings import device_rows, one
+
     cfg = _load("config.json")
-    return cfg.get("data_dir", "data") if isinstance(cfg, dict) else "data"
+    try:
+        return one(device_rows(), cfg if isinstance(cfg, dict) else {}, "data_dir")
+    except ValueError:   # a bad data_dir: the default one
+        return one(device_rows(), {}, "data_dir")
 
 
 def _mode(d):

@@ -5,8 +5,8 @@ import os
 from check import raises
 from configs import SITE_KEY, board, board_config, device_config, settings
 from firmware.core.config import REQUIRED
-from firmware.core.settings import OPTIONAL, PIN, TRIPLE, Settings, board_rows, board_settings, device_rows, ota_settings, \
-    secret_rows
+from firmware.core.settings import OPTIONAL, PIN, TRIPLE, Settings, board_rows, board_settings, device_rows, one, \
+    ota_settings, secret_rows
 
 
 def _set(cfg, key, value):
@@ -284,6 +284,7 @@ def test_records_carry_the_values():
     assert s.max_power_w == 20 * 240 * 1 and s.reader_poll_ms == 300
     assert s.limits.offer_a(0, temp_c=65) == 8 and s.limits.reason == "thermal"
     assert ota_settings({"ota": {"stall_s": 9}}, {}).stall_s == 9   # the ota section alone
+    assert one(device_rows(), {}, "data_dir") == "data" and one(device_rows(), {"data_dir": "d"}, "data_dir") == "d"
 
 
 def test_a_bad_time_window_names_its_place():
