@@ -94,6 +94,7 @@ _MODE = const(0x3D)  # ModeReg: TxWaitRF, MFIN active high, CRC preset 0x6363
 _RX_NO_ERR = const(0x08)  # RxModeReg: ignore noise bursts under 4 bits instead of reporting them
 _TX_RF_EN = const(0x03)  # TxControlReg: Tx1RFEn | Tx2RFEn
 _RX_GAIN = const(0x70)  # RFCfgReg bits 6:4
+GAIN_MAX = const(7)     # RxGain is 3 bits: 18 dB (0) .. 48 dB (7)
 
 # Timer: 13.56 MHz / (2 * 169 + 1) = 40 kHz, 120 ticks = 3 ms from the end of our frame. A card
 # answers after ~90 us, and ISO 14443-3 gives a card 1 ms to object to HLTA.
@@ -143,8 +144,8 @@ class MFRC522:
     gain: receiver gain 0..7 (RFCfgReg RxGain: 18, 23, 18, 23, 33, 38, 43, 48 dB), None keeps the chip's."""
 
     def __init__(self, spi, cs, rst=None, gain=None):
-        if gain is not None and (not isinstance(gain, int) or isinstance(gain, bool) or not 0 <= gain <= 7):
-            raise ValueError("MFRC522 gain must be 0..7, got %r" % (gain,))
+        if gain is not None and (not isinstance(gain, int) or isinstance(gain, bool) or not 0 <= gain <= GAIN_MAX):
+            raise ValueError("MFRC522 gain must be 0..%d, got %r" % (GAIN_MAX, gain))
         self._gain = gain
         self._spi = spi
         self._cs = cs

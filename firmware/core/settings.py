@@ -18,6 +18,8 @@ from firmware.billing.tariff import Tariff
 from firmware.charging.limits import from_settings as limits_from_settings
 from firmware.charging.pilot import DEBOUNCE_MAX_MS
 from firmware.link.ota import parse_update_key
+from hal.mfrc522 import GAIN_MAX
+from hal.pilot import SAMPLES_MAX, SAMPLES_MIN
 
 PIN = "pin"               # an ESP32 GPIO number, 0..48
 TRIPLE = "triple"         # 3 integers within the bounds, one per phase A, B, C
@@ -35,7 +37,8 @@ def _line(pct_of_hz, add=0):
 
 
 # Rows: (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, TRIPLE, or a
-# tuple of the allowed values. A default or bound may depend on keys above it (a function of the values).
+# tuple of the allowed values. A default or bound may depend on keys above it (a function of the
+# values); a bound that is a driver's own limit is the driver's constant.
 def board_rows():
     """The board config's rows (a function: the table lives only while it is read)."""
     return (
@@ -81,7 +84,7 @@ def board_rows():
         ("reader.cs", PIN, REQUIRED),
         ("reader.rst", PIN, None),
         ("reader.poll_ms", int, 200, 50, 2000),
-        ("reader.gain", int, None, 0, 7),
+        ("reader.gain", int, None, 0, GAIN_MAX),
         ("contactor.coil", PIN, REQUIRED),
         ("contactor.aux", PIN, None),
         ("contactor.aux_closed", (0, 1), 1),
@@ -95,7 +98,7 @@ def board_rows():
         ("pilot.adc", PIN, None),                # required with ev_sense "pilot"
         ("pilot.cal", list, None),               # required with ev_sense "pilot" (hal/pilot.py checks the pairs)
         ("pilot.invert", (0, 1), 0),
-        ("pilot.samples", int, 64, 8, 512),
+        ("pilot.samples", int, 64, SAMPLES_MIN, SAMPLES_MAX),
         ("pilot.poll_ms", int, 25, 5, 50),
         ("pilot.debounce_ms", int, 20, 0, DEBOUNCE_MAX_MS),
         ("pilot.soft_stop_ms", int, 5000, 0, 10000),  # IEC 61851-1: the EV has 5 s to follow
