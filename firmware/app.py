@@ -3,6 +3,9 @@
     micropython main.py --board board_configs/sim.json --config run/config.json \\
         --secrets run/secrets.json --scenario run/scenario.json   # on a PC; a board: no arguments
 
+main.py chooses the platform (the board's `machine`, or the simulated world) and passes it in:
+this package never imports the simulator, which a board's frozen image does not even hold.
+
 Whatever ends the loop (Ctrl-C from a technician's mpremote, an escaping error) opens the
 contactor, closes a running session, saves state and prints how to resume. A `hold` file in
 the data directory (written when a technician interrupts a board whose watchdog cannot be
@@ -14,7 +17,8 @@ import os
 import sys
 
 from firmware.link import ota
-from firmware.auth.authorize import from_config as auth_from_config
+from firmware.auth.authorize import from_settings as auth_from_settings
+from firmware.core.clock import Clock
 from firmware.core.config import load
 from firmware.controller import Controller
 from firmware.storage.eventlog import EventLog
@@ -22,7 +26,7 @@ from firmware.storage.journal import Journal
 from firmware.core.log import Log, print_exception
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
-from firmware.core.settings import Settings
+from firmware.core.settings import Settings, board_settings
 from firmware.storage.state import State, ensure_dir
 from firmware.link.sync import Sync
 from firmware.version import VERSION
@@ -48,23 +52,6 @@ def parse_args(argv):
     return args
 
 
-def _platform(board_cfg, args):
-    """(machine module, clock, stop condition): the real board, or the simulated world."""
-    if board_cfg.get("platform") == "sim":
-        from hal.sim import machine
-        from hal.sim.world import World
-
-        if not args["scenario"]:
-            raise ValueError("the sim board needs --scenario (see tools/sim.py)")
-        world = World(board_cfg, load(args["scenario"]))
-        return machine, world.clock, world.finished
-    import machine
-
-    from firmware.core.clock import Clock
-
-    return machine, Clock(), lambda: False
-
-
 def _exists(path):
     try:
         os.stat(path)
@@ -73,15 +60,20 @@ def _exists(path):
         return False
 
 
-def main(argv):
+def main(argv, platform):
+    """Boot with `platform(hw, scenario)` -> (machine, clock, stop) choosing the hardware."""
     args = parse_args(argv)
-    board_cfg = load(args["board"])
+    try:
+        hw = board_settings(load(args["board"]))
+    except ValueError as e:
+        Log(Clock()).event("config_error", error=str(e))   # no platform yet: the board's own clock
+        raise
     device_cfg = load(args["config"])
     secrets = load(args["secrets"])
-    machine, clock, stop = _platform(board_cfg, args)
+    machine, clock, stop = platform(hw, load(args["scenario"]) if args["scenario"] else None)
     log = Log(clock)
     try:
-        settings = Settings(board_cfg, device_cfg, secrets)
+        settings = Settings(hw, device_cfg, secrets)
     except ValueError as e:
         log.event("config_error", error=str(e))
         raise
@@ -90,13 +82,13 @@ def main(argv):
     gc.collect()   # the record log's two record buffers (4 KB each) first, while the heap is least fragmented
     records = RecordLog(data + "/journal")
     log.store = EventLog(data, clock)
-    current.update(data=data, log=log, clock=clock, machine=machine, board_cfg=board_cfg)
+    current.update(data=data, log=log, clock=clock, machine=machine, hw=hw)
     if _exists(data + "/hold"):
         print("Technician hold: the charger stays off (contactor open). "
               "from firmware.ops import tech; tech.status() ... tech.resume() to charge again.")
         return
-    board = Board(board_cfg, machine, clock.sleep_ms)
-    auth = auth_from_config(device_cfg, clock, settings.keys, data)
+    board = Board(hw, machine, clock.sleep_ms)
+    auth = auth_from_settings(settings.auth, clock, settings.keys, data)
     for what in ("local_list", "cache"):
         err = getattr(auth, what).load_error
         if err:
@@ -110,30 +102,30 @@ def main(argv):
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
     outbox = Outbox(settings.outbox_size, records, clock)
-    journal = Journal(records, outbox, every_wh=settings.checkpoint_wh, every_s=settings.checkpoint_max_s,
-                      min_s=settings.checkpoint_min_s)
+    journal = Journal(records, outbox, every_wh=settings.journal.every_wh, every_s=settings.journal.every_s,
+                      min_s=settings.journal.min_s)
     records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
     if boot["bad"]:
         log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
     link = None
-    if settings.mqtt_host:
+    mq = settings.mqtt
+    if mq.host:
         from firmware.link.mqtt import Link
 
-        link = Link(settings.device_id, settings.mqtt_host, settings.mqtt_port, clock,
-                    settings.mqtt_keepalive_s, settings.mqtt_timeout_ms, settings.mqtt_user,
-                    settings.mqtt_password, tls=settings.mqtt_tls)
+        link = Link(settings.device_id, mq.host, mq.port, clock, mq.keepalive_s, mq.timeout_ms, mq.user,
+                    mq.password, tls=mq.tls)
         link.tls_context()   # a bad certificate is a config error now, not a failed connect later
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
-    updater = ota.from_config(device_cfg, secrets, clock, log=log, root=data if board_cfg.get("platform") == "sim" else "/",
-                              on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
+    updater = ota.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
+                                on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
     ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data,
                      updater)
     if link is not None:
         link.idle = ctl.idle
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
-    log.event("boot", device_id=settings.device_id, board=board_cfg.get("name", "?"), boot=boot["boot"],
+    log.event("boot", device_id=settings.device_id, board=hw.name, boot=boot["boot"],
               version=updater.version or VERSION,
               reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
@@ -177,11 +169,11 @@ def _stopped(ctl, board, data, why):
     print("=" * 64)
 
 
-def run():
-    """Entry point for main.py: bad settings end the boot with the reason, charger off; on a board
+def run(platform):
+    """Entry point for main.py, which passes the platform: bad settings end the boot with the reason, charger off; on a board
     any other error restarts it (boot.py counts a new version's failed boots and rolls back)."""
     try:
-        main(sys.argv[1:])
+        main(sys.argv[1:], platform)
     except ValueError as e:
         print("charger not started: %s" % e)
         sys.exit(3)

@@ -268,7 +268,7 @@ class Controller:
     def _init_meter(self):
         """(Re)start the meter chip; True if it answers."""
         try:
-            self.board.meter.init(self.s.board["meter"])
+            self.board.meter.init()
             self.meter_ok = True
             self.faults.gone("meter")
             self.metering.restart()   # time the meter was down is neither a sample gap nor energy

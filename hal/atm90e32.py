@@ -6,27 +6,25 @@ ESP32 under `micropython.heap_lock()`. Billing energy comes from the clear-on-re
 energy registers (320 counts per Wh), which the caller must read often enough that none wraps
 (see firmware/metering/energy.py `max_read_interval_ms`).
 
-    meter = ATM90E32(spi, cs, sleep_ms=clock.sleep_ms)   # spi built with polarity=1, phase=1
-    meter.init(board["meter"]); volts_x100 = meter.urms(0); counts = meter.forward_counts()
+    meter = ATM90E32(spi, cs, phases=3, ugain=(34000,) * 3, igain=(35000,) * 3)   # spi: polarity=1, phase=1
+    meter.init(); volts_x100 = meter.urms(0); counts = meter.forward_counts()
 
-Configuration (`init(cfg)`, the board config's "meter" dict); integers only:
-    phases          1 or 3 (required). A 1-phase board uses phase A only: readings of B and C
-                    are not taken, their energy registers are never read or billed, and their
-                    fault bits are masked by `faults()`.
-    line_hz         50 or 60 (required): MMode0 bit 12.
-    pga             1, 2 or 4 (required): current-channel PGA, MMode1 0x00 / 0x15 / 0x2A.
+Keyword arguments (calibration and thresholds, checked when the driver is made; integers only):
+    phases          1 or 3. A 1-phase board uses phase A only: readings of B and C are not
+                    taken, their energy registers are never read or billed, and their fault
+                    bits are masked by `faults()`.
+    line_hz         50 or 60: MMode0 bit 12.
+    pga             1, 2 or 4: current-channel PGA, MMode1 0x00 / 0x15 / 0x2A.
     ugain, igain    3 ints 1..65535 each (required): UgainA/B/C, IgainA/B/C.
-    uoffset, ioffset  3 ints -32768..32767 each (default 0): RMS offset registers.
-    pmean_lsb_per_w Pmean LSBs per watt, 4..4194304 (default 3125, i.e. 0.00032 W per LSB as
-                    open drivers use; a datasheet table implies 65536: cross-check P = U*I*PF).
-    nominal_v       nominal phase voltage in volts, 50..500 (default 230): only sets the
-                    defaults of the voltage thresholds below.
+    uoffset, ioffset  3 ints -32768..32767 each: RMS offset registers.
+    lsb_per_w       Pmean LSBs per watt, 4..4194304 (3125 = 0.00032 W per LSB as open drivers
+                    use; a datasheet table implies 65536: cross-check P = U*I*PF).
     ov_cv, sag_cv, loss_cv  over-voltage / sag / phase-loss thresholds in centivolts RMS, the
-                    unit of the Urms registers (defaults 115 %, 80 % and 40 % of nominal_v).
-    oi_ma           over-current threshold in milliamps RMS, the Irms unit (default 40000).
+                    unit of the Urms registers (None: 115 %, 80 % and 40 % of 230 V).
+    oi_ma           over-current threshold in milliamps RMS, the Irms unit.
     freq_lo_chz, freq_hi_chz  frequency thresholds in centi-hertz, the unit of Freq and of
-                    FreqLoTh/FreqHiTh (defaults line_hz*100 - 300 and + 300).
-    sag_peak_cfg    raw SagPeakDetCfg (default 0x143F, the value common open drivers write).
+                    FreqLoTh/FreqHiTh (None: line_hz*100 - 300 and + 300).
+    sag_peak_cfg    raw SagPeakDetCfg (0x143F, the value common open drivers write).
 The chip compares voltages and currents with its thresholds at peak level before the RMS
 gain, so the driver writes `rms * sqrt(2) / 2 / (gain / 32768)` (the formula used by open
 drivers for SagTh), computed with phase A's gain for all three phases.
@@ -100,6 +98,7 @@ _PGA = {1: 0x00, 2: 0x15, 4: 0x2A}
 _RESET_WAIT_MS = const(6)  # the chip needs >= 5 ms after SoftReset
 _TEAR_TRIES = const(4)
 _PEAK_PER_RMS = const(23170)  # sqrt(2) * 16384: rms * sqrt(2) / 2 * 32768 / gain
+_NOMINAL_CV = const(23000)    # the thresholds' defaults: a 230 V grid
 
 # -- status bits -----------------------------------------------------------------------------
 # EMMState0 (0x71)
@@ -158,56 +157,77 @@ def _default_sleep_ms(ms):
     time.sleep(ms / 1000)
 
 
-def _choice(cfg, key, choices, words):
-    """cfg[key], one of the integer choices, or ValueError naming the key."""
-    v = cfg.get(key)
+def _choice(name, v, choices):
     if not isinstance(v, int) or isinstance(v, bool) or v not in choices:
-        raise ValueError("meter.%s must be %s" % (key, words))
+        raise ValueError("ATM90E32 %s must be one of %s (got %r)" % (name, choices, v))
     return v
 
 
-def _int(cfg, key, default, lo, hi):
-    """cfg[key] as an int in lo..hi, or ValueError naming the key."""
-    v = cfg.get(key, default)
-    if v is None:
-        raise ValueError("meter.%s is required" % key)
+def _int(name, v, lo, hi):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
-        raise ValueError("meter.%s must be an integer %d..%d" % (key, lo, hi))
+        raise ValueError("ATM90E32 %s must be an integer %d..%d (got %r)" % (name, lo, hi, v))
     return v
 
 
-def _triple(cfg, key, default, lo, hi):
-    """cfg[key] as a list of 3 ints in lo..hi (one per phase A, B, C)."""
-    v = cfg.get(key, default)
-    if v is None:
-        raise ValueError("meter.%s is required" % key)
+def _triple(name, v, lo, hi):
+    """3 ints in lo..hi (one per phase A, B, C)."""
     if not isinstance(v, (list, tuple)) or len(v) != 3:
-        raise ValueError("meter.%s must list 3 integers (phases A, B, C)" % key)
+        raise ValueError("ATM90E32 %s must be 3 integers (phases A, B, C), got %r" % (name, v))
     for x in v:
-        if not isinstance(x, int) or isinstance(x, bool) or x < lo or x > hi:
-            raise ValueError("meter.%s values must be integers %d..%d" % (key, lo, hi))
+        _int(name, x, lo, hi)
     return v
 
 
-def _threshold(cfg, key, default, gain):
+def _threshold(name, rms, gain):
     """An RMS threshold (register units) as the peak-level word the chip compares."""
-    rms = _int(cfg, key, default, 1, 65535)
-    raw = rms * _PEAK_PER_RMS // gain
+    raw = _int(name, rms, 1, 65535) * _PEAK_PER_RMS // gain
     if raw > 0xFFFF:
-        raise ValueError("meter.%s is too high for the configured gain" % key)
+        raise ValueError("ATM90E32 %s is too high for the configured gain" % name)
     return raw
 
 
 class ATM90E32:
-    def __init__(self, spi, cs, sleep_ms=None):
+    def __init__(self, spi, cs, phases=3, line_hz=50, pga=1, ugain=None, igain=None, uoffset=(0, 0, 0),
+                 ioffset=(0, 0, 0), lsb_per_w=3125, ov_cv=None, sag_cv=None, loss_cv=None, oi_ma=40000,
+                 freq_lo_chz=None, freq_hi_chz=None, sag_peak_cfg=0x143F, sleep_ms=None):
+        phases = _choice("phases", phases, (1, 3))
+        hz = _choice("line_hz", line_hz, (50, 60))
+        pga = _choice("pga", pga, (1, 2, 4))
+        ugain = _triple("ugain", ugain, 1, 0xFFFF)
+        igain = _triple("igain", igain, 1, 0xFFFF)
+        uoffset = _triple("uoffset", uoffset, -0x8000, 0x7FFF)
+        ioffset = _triple("ioffset", ioffset, -0x8000, 0x7FFF)
+        f_lo = _int("freq_lo_chz", hz * 100 - 300 if freq_lo_chz is None else freq_lo_chz, 1000, 10000)
+        f_hi = _int("freq_hi_chz", hz * 100 + 300 if freq_hi_chz is None else freq_hi_chz, 1000, 10000)
+        if f_lo >= f_hi:
+            raise ValueError("ATM90E32 freq_lo_chz must be below freq_hi_chz")
+        cal = [
+            (_METER_EN, 1),
+            (_PL_CONST_H, _PL_CONST[0]), (_PL_CONST_L, _PL_CONST[1]),
+            (_MMODE0, _MMODE0_3P4W | (_MMODE0_60HZ if hz == 60 else 0)),
+            (_MMODE1, _PGA[pga]),
+            (_SAG_PEAK_DET_CFG, _int("sag_peak_cfg", sag_peak_cfg, 0, 0xFFFF)),
+            (_OV_TH, _threshold("ov_cv", _NOMINAL_CV * 115 // 100 if ov_cv is None else ov_cv, ugain[0])),
+            (_SAG_TH, _threshold("sag_cv", _NOMINAL_CV * 80 // 100 if sag_cv is None else sag_cv, ugain[0])),
+            (_PHASE_LOSS_TH, _threshold("loss_cv", _NOMINAL_CV * 40 // 100 if loss_cv is None else loss_cv,
+                                        ugain[0])),
+            (_OI_TH, _threshold("oi_ma", oi_ma, igain[0])),
+            (_FREQ_LO_TH, f_lo), (_FREQ_HI_TH, f_hi),
+        ]
+        for ph in range(3):
+            base = _UGAIN_A + 4 * ph
+            cal.append((base, ugain[ph]))
+            cal.append((base + 1, igain[ph]))
+            cal.append((base + 2, uoffset[ph] & 0xFFFF))
+            cal.append((base + 3, ioffset[ph] & 0xFFFF))
         self._spi = spi
         self._cs = cs
         self._sleep_ms = sleep_ms or getattr(time, "sleep_ms", _default_sleep_ms)
         self._tx = bytearray(4)
         self._rx = bytearray(4)
-        self._cal = ()          # (register, value) pairs written by init, for verify()
-        self.phases = 3
-        self.lsb_per_w = 3125
+        self._cal = tuple(cal)  # (register, value) pairs written by init, read back by verify()
+        self.phases = phases
+        self.lsb_per_w = _int("lsb_per_w", lsb_per_w, 4, 1 << 22)
         self.peak_counts = 0    # fullest energy register ever read: how close reads came to a wrap
         self._held = [0, 0]     # forward, reverse counts taken from the chip before init's soft reset
         cs(1)                   # deselected between frames
@@ -243,44 +263,9 @@ class ATM90E32:
         return OSError("ATM90E32 not responding (LastSPIData 0x%04x)" % self._read(_LAST_SPI_DATA))
 
     # -- set-up ----------------------------------------------------------------------------
-    def init(self, cfg):
-        """Reset, configure and calibrate the chip from the board's "meter" dict, then verify."""
-        phases = _choice(cfg, "phases", (1, 3), "1 or 3")
-        hz = _choice(cfg, "line_hz", (50, 60), "50 or 60")
-        pga = _choice(cfg, "pga", (1, 2, 4), "1, 2 or 4")
-        ugain = _triple(cfg, "ugain", None, 1, 0xFFFF)
-        igain = _triple(cfg, "igain", None, 1, 0xFFFF)
-        uoffset = _triple(cfg, "uoffset", (0, 0, 0), -0x8000, 0x7FFF)
-        ioffset = _triple(cfg, "ioffset", (0, 0, 0), -0x8000, 0x7FFF)
-        lsb = _int(cfg, "pmean_lsb_per_w", 3125, 4, 1 << 22)
-        nominal_cv = _int(cfg, "nominal_v", 230, 50, 500) * 100
-        ov = _threshold(cfg, "ov_cv", nominal_cv * 115 // 100, ugain[0])
-        sag = _threshold(cfg, "sag_cv", nominal_cv * 80 // 100, ugain[0])
-        loss = _threshold(cfg, "loss_cv", nominal_cv * 40 // 100, ugain[0])
-        oi = _threshold(cfg, "oi_ma", 40000, igain[0])
-        f_lo = _int(cfg, "freq_lo_chz", hz * 100 - 300, 1000, 10000)
-        f_hi = _int(cfg, "freq_hi_chz", hz * 100 + 300, 1000, 10000)
-        if f_lo >= f_hi:
-            raise ValueError("meter.freq_lo_chz must be below meter.freq_hi_chz")
-        sag_peak = _int(cfg, "sag_peak_cfg", 0x143F, 0, 0xFFFF)
-
-        cal = [
-            (_METER_EN, 1),
-            (_PL_CONST_H, _PL_CONST[0]), (_PL_CONST_L, _PL_CONST[1]),
-            (_MMODE0, _MMODE0_3P4W | (_MMODE0_60HZ if hz == 60 else 0)),
-            (_MMODE1, _PGA[pga]),
-            (_SAG_PEAK_DET_CFG, sag_peak),
-            (_OV_TH, ov), (_SAG_TH, sag), (_PHASE_LOSS_TH, loss), (_OI_TH, oi),
-            (_FREQ_LO_TH, f_lo), (_FREQ_HI_TH, f_hi),
-        ]
-        for ph in range(3):
-            base = _UGAIN_A + 4 * ph
-            cal.append((base, ugain[ph]))
-            cal.append((base + 1, igain[ph]))
-            cal.append((base + 2, uoffset[ph] & 0xFFFF))
-            cal.append((base + 3, ioffset[ph] & 0xFFFF))
-
-        self._take_held(phases)
+    def init(self):
+        """Reset the chip, write the configuration and calibration, lock it, then verify."""
+        self._take_held()
         self._write(_SOFT_RESET, _SOFT_RESET_KEY)
         self._sleep_ms(_RESET_WAIT_MS)
         self._write(_CFG_REG_ACC_EN, _UNLOCK_KEY)
@@ -289,20 +274,16 @@ class ATM90E32:
             if echo in (0, 0xFFFF):
                 raise OSError("ATM90E32 not responding (LastSPIData 0x%04x)" % echo)
             raise OSError("ATM90E32 bad echo (LastSPIData 0x%04x, wrote 0x%04x)" % (echo, _UNLOCK_KEY))
-        for addr, value in cal:
+        for addr, value in self._cal:
             self._write(addr, value)
         self._write(_CFG_REG_ACC_EN, 0)  # lock the configuration again
-        self._cal = tuple(cal)
-        self.phases = phases
-        self.lsb_per_w = lsb
         self.verify()
 
-    def _take_held(self, phases):
+    def _take_held(self):
         """A chip that kept its supply while the MCU restarted (watchdog, crash, brown-out of the
         ESP32 alone) still holds energy nobody read: take it before the soft reset clears it."""
         if self._read(_METER_EN) != 1:   # 0 after the chip's own power-on; 0xFFFF or 0 on a dead bus
             return
-        self.phases = phases
         try:
             self._held[0] += self._energy(_AP_ENERGY_A)
             self._held[1] += self._energy(_AN_ENERGY_A)

@@ -4,7 +4,7 @@ Hardware: the common "RC522" module on SPI (mode 0, up to 10 MHz), chip-select a
 optional NRSTPD reset pin. The driver only identifies cards (REQA/WUPA, anticollision and
 SELECT over cascade levels 1-3, HLTA); it never authenticates or reads card memory.
 
-    rfid = MFRC522(SPI(1, baudrate=1000000), Pin(15, Pin.OUT, value=1)); rfid.init()
+    rfid = MFRC522(SPI(1, baudrate=1000000), Pin(15, Pin.OUT, value=1), gain=4); rfid.init()
     uid = rfid.select() if rfid.request(wakeup=True) is not None else None
 """
 from micropython import const
@@ -94,6 +94,7 @@ _MODE = const(0x3D)  # ModeReg: TxWaitRF, MFIN active high, CRC preset 0x6363
 _RX_NO_ERR = const(0x08)  # RxModeReg: ignore noise bursts under 4 bits instead of reporting them
 _TX_RF_EN = const(0x03)  # TxControlReg: Tx1RFEn | Tx2RFEn
 _RX_GAIN = const(0x70)  # RFCfgReg bits 6:4
+GAIN_MAX = const(7)     # RxGain is 3 bits: 18 dB (0) .. 48 dB (7)
 
 # Timer: 13.56 MHz / (2 * 169 + 1) = 40 kHz, 120 ticks = 3 ms from the end of our frame. A card
 # answers after ~90 us, and ISO 14443-3 gives a card 1 ms to object to HLTA.
@@ -139,9 +140,13 @@ def crc_a(buf, start=0, stop=None):
 
 
 class MFRC522:
-    """spi: a machine.SPI in mode 0; cs: output Pin, active low; rst: NRSTPD Pin or None."""
+    """spi: a machine.SPI in mode 0; cs: output Pin, active low; rst: NRSTPD Pin or None;
+    gain: receiver gain 0..7 (RFCfgReg RxGain: 18, 23, 18, 23, 33, 38, 43, 48 dB), None keeps the chip's."""
 
-    def __init__(self, spi, cs, rst=None):
+    def __init__(self, spi, cs, rst=None, gain=None):
+        if gain is not None and (not isinstance(gain, int) or isinstance(gain, bool) or not 0 <= gain <= GAIN_MAX):
+            raise ValueError("MFRC522 gain must be 0..%d, got %r" % (GAIN_MAX, gain))
+        self._gain = gain
         self._spi = spi
         self._cs = cs
         self._rst = rst
@@ -202,10 +207,9 @@ class MFRC522:
 
     # --- chip set-up ----------------------------------------------------------------------
 
-    def init(self, gain=None):
+    def init(self):
         """Reset, check VersionReg, set timer/ASK/CRC preset/gain and switch the field on."""
-        if gain is not None and not 0 <= gain <= 7:
-            raise ValueError("MFRC522 gain must be 0..7, got %r" % (gain,))
+        gain = self._gain
         if self._rst is not None:
             self._rst(0)  # NRSTPD low: hard power-down; the rising edge resets the chip
             self._rst(1)

@@ -23,8 +23,9 @@ from array import array
 
 from micropython import const
 
-from firmware.charging.pilot import OFF
-
+OFF = const(1000)           # 100 % duty in permille: constant +12 V, no charging offered
+SAMPLES_MIN = const(8)      # ADC reads per burst: enough to catch both phases of a period
+SAMPLES_MAX = const(512)    # ... and a bounded buffer
 _BAND_MV = const(600)       # samples this close to the extreme belong to its plateau
 _SLOPE_MAX = const(16383)   # fixed-point slope bound: code x slope stays below 2**30
 
@@ -44,8 +45,8 @@ class Pilot:
         (c0, m0), (c1, m1) = _cal_point(cal, 0), _cal_point(cal, 1)
         if c0 == c1 or m0 == m1:
             raise ValueError("pilot.cal: the two points need different codes and voltages")
-        if not isinstance(samples, int) or not 8 <= samples <= 512:
-            raise ValueError("pilot.samples must be an integer 8..512")
+        if not isinstance(samples, int) or not SAMPLES_MIN <= samples <= SAMPLES_MAX:
+            raise ValueError("pilot.samples must be an integer %d..%d" % (SAMPLES_MIN, SAMPLES_MAX))
         shift = 16  # the finest fixed-point slope whose products fit a small int
         while shift and abs((m1 - m0) << shift) // abs(c1 - c0) > _SLOPE_MAX:
             shift -= 1

@@ -15,7 +15,6 @@ import struct
 from micropython import const
 
 from firmware.billing import fixed
-from firmware.core.config import setting
 from firmware.auth.keys import check_version
 from firmware.core.timefmt import iso, parse_iso
 
@@ -665,19 +664,9 @@ class Authorizer:
         return d
 
 
-def from_config(cfg, clock, keys, data_dir=None):
-    """The Authorizer the device config describes; data_dir None keeps list and cache in RAM.
-
-    Keys under "auth": LocalAuthorizeOffline, LocalPreAuthorize, AllowOfflineTxForUnknownId,
-    AuthorizeRemoteTxRequests (bools), timeout_s, list_max_entries, cache_entries, cache_max_age_s."""
-    lst = LocalList(data_dir and data_dir + "/auth_list.jsonl",
-                    setting(cfg, "auth.list_max_entries", int, 1000, lo=1, hi=10000))
-    cache = AuthCache(data_dir and data_dir + "/auth_cache.jsonl",
-                      setting(cfg, "auth.cache_entries", int, 64, lo=0, hi=1000),
-                      setting(cfg, "auth.cache_max_age_s", int, 604800, lo=60, hi=31536000))
-    return Authorizer(keys, lst, cache, clock,
-                      setting(cfg, "auth.LocalAuthorizeOffline", bool, True),
-                      setting(cfg, "auth.LocalPreAuthorize", bool, False),
-                      setting(cfg, "auth.AllowOfflineTxForUnknownId", bool, False),
-                      setting(cfg, "auth.AuthorizeRemoteTxRequests", bool, False),
-                      setting(cfg, "auth.timeout_s", int, 3, lo=1, hi=30) * 1000)
+def from_settings(auth, clock, keys, data_dir=None):
+    """The Authorizer the device config's auth record describes; data_dir None keeps list and cache in RAM."""
+    lst = LocalList(data_dir and data_dir + "/auth_list.jsonl", auth.list_max_entries)
+    cache = AuthCache(data_dir and data_dir + "/auth_cache.jsonl", auth.cache_entries, auth.cache_max_age_s)
+    return Authorizer(keys, lst, cache, clock, auth.LocalAuthorizeOffline, auth.LocalPreAuthorize,
+                      auth.AllowOfflineTxForUnknownId, auth.AuthorizeRemoteTxRequests, auth.timeout_s * 1000)

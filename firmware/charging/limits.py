@@ -29,7 +29,6 @@ Smart-charging profiles (a minimal subset of OCPP's), one dict per stack level a
 """
 from micropython import const
 
-from firmware.core.config import setting
 
 KINDS = ("station_max", "tx_default")
 MIN_OFFER_A = const(6)
@@ -217,17 +216,7 @@ class Limits:
         return amps if amps >= MIN_OFFER_A else 0
 
 
-def limits_from_config(board):
-    """Limits from the board config's "limits" object (max_current_a, cable_max_a, thermal)."""
-    board_max = setting(board, "limits.max_current_a", int, lo=MIN_OFFER_A, hi=80)
-    lim = board.get("limits") or {}
-    cable = None
-    if lim.get("cable_max_a") is not None:
-        cable = setting(board, "limits.cable_max_a", int, lo=MIN_OFFER_A, hi=80)
-    thermal = None
-    if lim.get("thermal") is not None:
-        thermal = (setting(board, "limits.thermal.t1_c", int, lo=-40, hi=150),
-                   setting(board, "limits.thermal.t2_c", int, lo=-40, hi=150),
-                   setting(board, "limits.thermal.reduced_a", int, lo=0, hi=80),
-                   setting(board, "limits.thermal.hyst_c", int, lo=1, hi=50))
-    return Limits(board_max, cable, thermal)
+def from_settings(limits):
+    """Limits from the board's limits record (firmware/core/settings.py): board, cable, thermal."""
+    t = limits.thermal
+    return Limits(limits.max_current_a, limits.cable_max_a, (t.t1_c, t.t2_c, t.reduced_a, t.hyst_c))

@@ -25,7 +25,9 @@ level) cannot tell, and passes: see docs/pilot.md for why.
 """
 from micropython import const
 
-OFF = const(1000)          # 100 % duty: constant +12 V, no charging offered
+from hal.pilot import OFF  # 100 % duty: constant +12 V, no charging offered (the driver's)
+
+DEBOUNCE_MAX_MS = const(100)   # IEC 61851-1: the contactor opens within 100 ms of a change
 MIN_DA = const(60)         # 6 A: the smallest offer the pilot can signal
 MAX_DA = const(800)        # 80 A: the largest
 _LOW_KNEE = const(850)     # up to 85 %: 0.6 A per percent
@@ -114,8 +116,8 @@ class PilotMonitor:
     """
 
     def __init__(self, clock, debounce_ms=20):
-        if not isinstance(debounce_ms, int) or not 0 <= debounce_ms <= 1000:
-            raise ValueError("pilot.debounce_ms must be an integer 0..1000")
+        if not isinstance(debounce_ms, int) or not 0 <= debounce_ms <= DEBOUNCE_MAX_MS:
+            raise ValueError("pilot.debounce_ms must be an integer 0..%d" % DEBOUNCE_MAX_MS)
         self._clock = clock
         self._debounce = debounce_ms
         self.state = None          # None until the first state held: nothing known yet

@@ -5,7 +5,7 @@
 """
 from firmware.core import jsonx
 
-_MISSING = object()
+REQUIRED = object()   # the default of a key that has none
 
 
 def load(path):
@@ -23,15 +23,17 @@ def load(path):
     return data
 
 
-def setting(cfg, key, kind, default=_MISSING, lo=None, hi=None, choices=None):
+def setting(cfg, key, kind, default=REQUIRED, lo=None, hi=None, choices=None):
     """cfg["a"]["b"] for key "a.b", checked against type, range and choices."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            if default is _MISSING:
+            if default is REQUIRED:
                 raise ValueError("config: %s is missing" % key)
             return default
         node = node[part]
+    if node is None and default is None:   # null: an optional value left out on purpose
+        return None
     if kind is int and (not isinstance(node, int) or isinstance(node, bool)):
         raise ValueError("config: %s must be an integer (got %r)" % (key, node))
     if kind is bool and not isinstance(node, bool):

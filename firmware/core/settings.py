@@ -1,17 +1,302 @@
-"""The charger's settings: board config (hardware), device config (identity, tariff, list, policies)
-and device secrets (keys, credentials), as written by tools/provision.py (docs/operations.md).
+"""The charger's settings, parsed once at boot: board config (hardware), device config (identity,
+tariff, list, policies) and device secrets (keys, credentials), as written by tools/provision.py.
 
-Everything is checked at boot; a missing or out-of-range value stops the boot with a
-ValueError naming its key, so the charger never runs on guesses.
+Every key has one row in board_rows(), device_rows() or secret_rows() below: its type, its one
+default and its one bound (docs/settings.md lists them). A missing or out-of-range value stops
+the boot with a ValueError naming its key, so the charger never runs on guesses. The values end up in small
+records, one per concern, that are handed to whoever needs them (`hw.reader.gain`,
+`s.journal.every_wh`); no other module reads the raw JSON.
 
-    s = Settings(load("board.json"), load("config.json"), load("secrets.json"))
+    hw = board_settings(load("board.json"))          # the hardware: buses, pins, calibration
+    s = Settings(hw, load("config.json"), load("secrets.json"))
 """
-from firmware.core.config import setting
+from firmware.core.config import REQUIRED, setting
 from firmware.auth.keys import keys_from_config
-from firmware.charging.limits import limits_from_config
 from firmware.billing.localtime import LocalTime
 from firmware.auth.pseudonym import parse_key
 from firmware.billing.tariff import Tariff
+from firmware.charging.limits import from_settings as limits_from_settings
+from firmware.charging.pilot import DEBOUNCE_MAX_MS
+from firmware.core.rsa import parse_public_key
+from hal.mfrc522 import GAIN_MAX
+from hal.pilot import SAMPLES_MAX, SAMPLES_MIN
+
+PIN = "pin"               # an ESP32 GPIO number, 0..48
+TRIPLE = "triple"         # 3 integers within the bounds, one per phase A, B, C
+# Optional sections of the board config: absent, their record is None; present, their
+# required keys must be there.
+OPTIONAL = ("buzzer", "rcd", "watchdog", "button")
+
+
+def _nominal(pct):
+    return lambda v: v["limits.nominal_v"] * pct // 100
+
+
+def _line(pct_of_hz, add=0):
+    return lambda v: v["meter.line_hz"] * pct_of_hz + add
+
+
+# Rows: (key, type, default, low, high). The type is int, bool, str, list, dict, PIN, TRIPLE, or a
+# tuple of the allowed values. A default or bound may depend on keys above it (a function of the
+# values); a bound that is a driver's own limit is the driver's constant.
+def board_rows():
+    """The board config's rows (a function: the table lives only while it is read)."""
+    return (
+        ("name", str, "?"),
+        ("platform", ("esp32", "sim"), "esp32"),
+        ("spi.meter.id", int, REQUIRED, 0, 3),
+        ("spi.meter.baudrate", int, 1000000, 100000, 10000000),
+        ("spi.meter.polarity", (0, 1), REQUIRED),
+        ("spi.meter.phase", (0, 1), REQUIRED),
+        ("spi.meter.sck", PIN, REQUIRED),
+        ("spi.meter.mosi", PIN, REQUIRED),
+        ("spi.meter.miso", PIN, REQUIRED),
+        ("spi.reader.id", int, REQUIRED, 0, 3),
+        ("spi.reader.baudrate", int, 1000000, 100000, 10000000),
+        ("spi.reader.polarity", (0, 1), REQUIRED),
+        ("spi.reader.phase", (0, 1), REQUIRED),
+        ("spi.reader.sck", PIN, REQUIRED),
+        ("spi.reader.mosi", PIN, REQUIRED),
+        ("spi.reader.miso", PIN, REQUIRED),
+        ("limits.max_current_a", int, REQUIRED, 6, 80),
+        ("limits.nominal_v", int, 230, 100, 277),
+        ("limits.cable_max_a", int, None, 6, 80),
+        ("limits.thermal.t1_c", int, 70, -40, 150),
+        ("limits.thermal.t2_c", int, 85, lambda v: v["limits.thermal.t1_c"] + 1, 150),
+        ("limits.thermal.reduced_a", int, 16, 0, 80),
+        ("limits.thermal.hyst_c", int, 5, 1, 50),
+        ("meter.cs", PIN, REQUIRED),
+        ("meter.phases", (1, 3), REQUIRED),
+        ("meter.line_hz", (50, 60), REQUIRED),
+        ("meter.pga", (1, 2, 4), REQUIRED),
+        ("meter.ugain", TRIPLE, REQUIRED, 1, 0xFFFF),
+        ("meter.igain", TRIPLE, REQUIRED, 1, 0xFFFF),
+        ("meter.uoffset", TRIPLE, (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.ioffset", TRIPLE, (0, 0, 0), -0x8000, 0x7FFF),
+        ("meter.pmean_lsb_per_w", int, 3125, 4, 1 << 22),
+        ("meter.ov_cv", int, _nominal(11500), 1, 0xFFFF),
+        ("meter.sag_cv", int, _nominal(8000), 1, 0xFFFF),
+        ("meter.loss_cv", int, _nominal(4000), 1, 0xFFFF),
+        ("meter.oi_ma", int, 40000, 1, 0xFFFF),
+        ("meter.freq_hi_chz", int, _line(100, 300), 1000, 10000),
+        ("meter.freq_lo_chz", int, _line(100, -300), 1000, lambda v: v["meter.freq_hi_chz"] - 1),
+        ("meter.sag_peak_cfg", int, 0x143F, 0, 0xFFFF),
+        ("reader.cs", PIN, REQUIRED),
+        ("reader.rst", PIN, None),
+        ("reader.poll_ms", int, 200, 50, 2000),
+        ("reader.gain", int, None, 0, GAIN_MAX),
+        ("contactor.coil", PIN, REQUIRED),
+        ("contactor.aux", PIN, None),
+        ("contactor.aux_closed", (0, 1), 1),
+        ("led.pin", PIN, REQUIRED),
+        ("led.active", (0, 1), 1),
+        ("buzzer.pin", PIN, REQUIRED),
+        ("buzzer.active", (0, 1), 1),
+        ("ev_sense", ("pilot", "pin", "current"), REQUIRED),
+        ("ev_idle_end_s", int, 0, 0, 86400),
+        ("pilot.pwm", PIN, None),                # required with ev_sense "pilot"
+        ("pilot.adc", PIN, None),                # required with ev_sense "pilot"
+        ("pilot.cal", list, None),               # required with ev_sense "pilot" (hal/pilot.py checks the pairs)
+        ("pilot.invert", (0, 1), 0),
+        ("pilot.samples", int, 64, SAMPLES_MIN, SAMPLES_MAX),
+        ("pilot.poll_ms", int, 25, 5, 50),
+        ("pilot.debounce_ms", int, 20, 0, DEBOUNCE_MAX_MS),
+        ("pilot.soft_stop_ms", int, 5000, 0, 10000),  # IEC 61851-1: the EV has 5 s to follow
+        ("plug.pin", PIN, None),                 # required with ev_sense "pin"
+        ("plug.active", (0, 1), 1),
+        ("rcd.trip", PIN, REQUIRED),
+        ("rcd.test", PIN, REQUIRED),
+        ("rcd.active", (0, 1), 1),
+        ("watchdog.timeout_ms", int, REQUIRED, 1000, 60000),
+        ("button.pin", PIN, REQUIRED),
+        ("button.active", (0, 1), 0),
+        ("sampling.rate_hz", int, 10, 1, 50),
+        ("sampling.ring_samples", int, 256, 16, 4096),
+        ("metering.crosscheck_pct", int, 3, 1, 50),
+        ("metering.crosscheck_min_wh", int, 20, 1, 1000),
+        ("metering.profile_bucket_s", int, 300, 10, 3600),
+        ("safety.forensics_samples", int, 50, 0, 200),
+        ("safety.overcurrent_margin_pct", int, 10, 0, 50),
+        ("safety.overcurrent_ms", int, 1000, 100, 10000),
+        ("safety.voltage_min_v", int, _nominal(85), 80, lambda v: v["limits.nominal_v"]),
+        ("safety.voltage_max_v", int, _nominal(110), lambda v: v["limits.nominal_v"], 320),
+        ("safety.voltage_ms", int, 2000, 100, 60000),
+        ("safety.phase_loss_v", int, _nominal(40), 10, lambda v: v["limits.nominal_v"]),
+        ("safety.frequency_min_chz", int, _line(100, -200), _line(90), _line(100)),
+        ("safety.frequency_max_chz", int, _line(100, 150), _line(100), _line(110)),
+        ("safety.contactor_settle_ms", int, 1000, 100, 5000),
+        ("safety.open_current_ma", int, 500, 50, 5000),
+        ("safety.rcd_selftest_s", int, 86400, 60, 7 * 86400),
+        ("network.timeout_ms", int, 2000, 50, 30000),
+        # the simulated world (platform "sim" only; tools/sim.py)
+        ("sim.grid_v", int, 230, 0, 400),
+        ("sim.grid_hz", int, 50, 40, 70),
+        ("sim.card_hold_ms", int, 1000, 0, 600000),
+        ("sim.ev_follow_delay_ms", int, 2000, 0, 5000),
+        ("sim.cp_step_us", int, 23, 1, 1000),
+        ("sim.cp_noise_mv", int, 0, 0, 5000),
+    )
+
+
+def device_rows():
+    """The device config's rows."""
+    return (
+        ("device_id", str, REQUIRED),
+        ("tariff", dict, REQUIRED),
+        ("local_list", dict, None),
+        ("data_dir", str, "data"),
+        ("outbox_size", int, 64, 4, 1024),
+        ("auth_timeout_s", int, 60, 5, 600),
+        ("meter_values_s", int, 60, 10, 3600),
+        ("meter_aligned_s", int, 900, 0, 86400),
+        ("updated_s", int, 1800, 0, 86400),
+        ("ev_idle_report_s", int, 600, 60, 86400),
+        ("site.utc_offset_min", int, 0, -720, 840),
+        ("site.dst", ("EU", "US", "none"), None),
+        ("site.offpeak", list, []),
+        ("mqtt.host", str, ""),
+        ("mqtt.port", int, 1883, 1, 65535),
+        ("mqtt.keepalive_s", int, 60, 10, 3600),
+        ("mqtt.tls", bool, False),
+        ("mqtt.ca", str, None),
+        ("mqtt.tls_hostname", str, None),
+        # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
+        ("journal.every_wh", int, 250, 10, 100000),
+        ("journal.min_s", int, 150, 10, 86400),
+        ("journal.every_s", int, 300, lambda v: v["journal.min_s"], 86400),
+        ("auth.list_max_entries", int, 1000, 1, 10000),
+        ("auth.cache_entries", int, 64, 0, 1000),
+        ("auth.cache_max_age_s", int, 604800, 60, 31536000),
+        ("auth.LocalAuthorizeOffline", bool, True),
+        ("auth.LocalPreAuthorize", bool, False),
+        ("auth.AllowOfflineTxForUnknownId", bool, False),
+        ("auth.AuthorizeRemoteTxRequests", bool, False),
+        ("auth.timeout_s", int, 3, 1, 30),
+        ("ota.max_size", int, 1 << 20, 4096, 4 << 20),
+        ("ota.max_boots", int, 3, 1, 10),
+        ("ota.trial_s", int, 600, 60, 86400),
+        ("ota.confirm_after_s", int, 60, 0, 3600),
+        ("ota.timeout_ms", int, 2000, 100, 10000),
+        ("ota.stall_s", int, 30, 5, 600),
+        ("ota.public_key", str, None),
+    )
+
+
+def secret_rows():
+    """The device secrets' rows (site_key, site_keys, site_key_current, site_key_accept: the
+    versioned card-pseudonym keys, are firmware/auth/keys.py's)."""
+    return (
+        ("device_key", str, None),
+        ("update_key", str, None),
+        ("mqtt_user", str, None),
+        ("mqtt_password", str, None),
+        ("tls_cert", str, None),
+        ("tls_key", str, None),
+    )
+
+
+class Record:
+    """One concern's settings as attributes (`hw.pilot.debounce_ms`); read, never written."""
+
+    def __init__(self, **values):
+        for k in values:
+            setattr(self, k, values[k])
+
+
+def _triple(cfg, key, default, lo, hi):
+    v = setting(cfg, key, list, default)
+    if v is default:
+        return default
+    if len(v) != 3:
+        raise ValueError("config: %s must list 3 integers (phases A, B, C)" % key)
+    for x in v:
+        if not isinstance(x, int) or isinstance(x, bool) or x < lo or x > hi:
+            raise ValueError("config: %s values must be integers %d..%d (got %r)" % (key, lo, hi, v))
+    return tuple(v)
+
+
+def _value(cfg, row, values):
+    """One row's value from cfg: type, bounds and default as the row says (ValueError names the key)."""
+    key, kind, default = row[0], row[1], row[2]
+    lo = hi = choices = None
+    if len(row) > 3:
+        lo = row[3](values) if callable(row[3]) else row[3]
+        hi = row[4](values) if callable(row[4]) else row[4]
+    if callable(default):
+        default = default(values)
+    if kind == TRIPLE:
+        return _triple(cfg, key, default, lo, hi)
+    if kind == PIN:
+        kind, lo, hi = int, 0, 48
+    elif isinstance(kind, tuple):
+        kind, choices = type(kind[0]), kind
+    v = setting(cfg, key, kind, default, lo=lo, hi=hi, choices=choices)
+    if v is default and v is not None and (lo is not None and v < lo or hi is not None and v > hi):
+        raise ValueError("config: %s must be within %s..%s (its default %r does not fit: set it)" % (key, lo, hi, v))
+    return v
+
+
+def parse(table, cfg):
+    """{key: value} for every row of the table; rows of an absent OPTIONAL section are left out."""
+    values = {}
+    for row in table:
+        key = row[0]
+        dot = key.find(".")
+        if dot > 0 and key[:dot] in OPTIONAL and key[:dot] not in cfg:
+            continue
+        values[key] = _value(cfg, row, values)
+    return values
+
+
+def records(values, absent=()):
+    """The dotted keys as a tree of Records: {"pilot.poll_ms": 25} -> r.pilot.poll_ms == 25."""
+    root = Record()
+    for key in values:
+        node = root
+        parts = key.split(".")
+        for part in parts[:-1]:
+            sub = getattr(node, part, None)
+            if sub is None:
+                sub = Record()
+                setattr(node, part, sub)
+            node = sub
+        setattr(node, parts[-1], values[key])
+    for name in absent:
+        if not hasattr(root, name):
+            setattr(root, name, None)
+    return root
+
+
+def section(table, cfg, name):
+    """One section's rows ("ota") as a Record, the rest of the file unread."""
+    return getattr(records(parse([r for r in table if r[0].startswith(name + ".")], cfg)), name)
+
+
+def one(table, cfg, key):
+    """One key's value, the rest of the file unread (for helpers that run without a boot)."""
+    return parse([r for r in table if r[0] == key], cfg)[key]
+
+
+def ota_settings(device, secrets):
+    """The device's ota record with its RSA public key (or None) and device id: all a rescue script needs."""
+    ota = section(device_rows(), device, "ota")
+    try:
+        ota.key = parse_public_key(ota.public_key) if ota.public_key else None
+    except ValueError as e:
+        raise ValueError("config: ota.public_key: %s" % e)
+    ota.device_id = one((("device_id", str, None),), device, "device_id")
+    ota.old_hmac_key = one(secret_rows(), secrets, "update_key") is not None   # no longer accepted: logged
+    return ota
+
+
+def board_settings(cfg):
+    """The board config (board.json) as records: what hal/board.py and the simulator build from."""
+    v = parse(board_rows(), cfg)
+    sense = v["ev_sense"]
+    for key in ("pilot.pwm", "pilot.adc", "pilot.cal") if sense == "pilot" else ("plug.pin",) if sense == "pin" else ():
+        if v[key] is None:
+            raise ValueError("config: %s is missing (ev_sense is %r)" % (key, sense))
+    return records(v, OPTIONAL)
 
 
 def _hhmm(text, where):
@@ -28,70 +313,64 @@ def _window(w, i):
     return _hhmm(w[0], "site.offpeak[%d][0]" % i), _hhmm(w[1], "site.offpeak[%d][1]" % i)
 
 
+def _tls(d, sec):
+    """The broker's TLS files, or None without TLS; a client certificate needs its key."""
+    if not d["mqtt.tls"]:
+        return None
+    if not d["mqtt.ca"]:
+        raise ValueError("config: mqtt.ca: TLS needs the broker's CA certificate file")
+    cert, key = sec["tls_cert"], sec["tls_key"]   # null: no client certificate
+    if bool(cert) != bool(key):
+        raise ValueError("secrets: tls_cert and tls_key: give both the client certificate and its key, or neither")
+    return {"ca": d["mqtt.ca"], "cert": cert, "key": key, "hostname": d["mqtt.tls_hostname"]}
+
+
 class Settings:
+    """Everything the charger was told, checked: `board` (records of board_settings), the device
+    config and secrets as records per concern (mqtt, journal, auth, ota), and the controller's own."""
+
     def __init__(self, board, device, secrets):
+        d = parse(device_rows(), device)
+        sec = parse(secret_rows(), secrets)
         self.board = board
-        self.device = device
-        self.device_id = setting(device, "device_id", str)
+        self.device_id = d["device_id"]
         if not self.device_id or len(self.device_id) > 64 or [c for c in "/+# " if c in self.device_id]:
             raise ValueError("config: device_id must be 1..64 characters without '/', '+', '#' or spaces")
         self.keys = keys_from_config(secrets)
-        device_key = setting(secrets, "device_key", str, None)
-        self.device_key = parse_key(device_key, "secrets: device_key") if device_key else None
-        self.tariff = Tariff(setting(device, "tariff", dict))
-        self.local_list = setting(device, "local_list", dict, None)
-        self.tz = LocalTime(setting(device, "site.utc_offset_min", int, 0, lo=-720, hi=840),
-                            setting(device, "site.dst", str, None, choices=("EU", "US", "none")))
-        self.offpeak = [_window(w, i) for i, w in enumerate(setting(device, "site.offpeak", list, []))]
-
-        self.mqtt_host = setting(device, "mqtt.host", str, "")
-        self.mqtt_port = setting(device, "mqtt.port", int, 1883, lo=1, hi=65535)
-        self.mqtt_keepalive_s = setting(device, "mqtt.keepalive_s", int, 60, lo=10, hi=3600)
-        self.mqtt_user = setting(secrets, "mqtt_user", str, None)
-        self.mqtt_password = setting(secrets, "mqtt_password", str, None)
-        self.mqtt_timeout_ms = setting(board, "network.timeout_ms", int, 2000, lo=50, hi=30000)
-        self.mqtt_tls = None
-        if setting(device, "mqtt.tls", bool, False):
-            ca = setting(device, "mqtt.ca", str, None)
-            if not ca:
-                raise ValueError("config: mqtt.ca: TLS needs the broker's CA certificate file")
-            cert, key = secrets.get("tls_cert"), secrets.get("tls_key")   # null: no client certificate
-            for name, v in (("tls_cert", cert), ("tls_key", key)):
-                if v is not None and not isinstance(v, str):
-                    raise ValueError("secrets: %s must be a file name or null (got %r)" % (name, v))
-            if bool(cert) != bool(key):
-                raise ValueError("secrets: tls_cert and tls_key: give both the client certificate and its key, or neither")
-            self.mqtt_tls = {"ca": ca, "cert": cert, "key": key,
-                             "hostname": setting(device, "mqtt.tls_hostname", str, None)}
-        self.outbox_size = setting(device, "outbox_size", int, 64, lo=4, hi=1024)
-        # checkpoints of a running session: flash bytes against the energy a power cut may leave unbilled
-        self.checkpoint_wh = setting(device, "journal.every_wh", int, 250, lo=10, hi=100000)
-        self.checkpoint_min_s = setting(device, "journal.min_s", int, 150, lo=10, hi=86400)
-        self.checkpoint_max_s = setting(device, "journal.every_s", int, 300, lo=self.checkpoint_min_s, hi=86400)
-        self.auth_timeout_s = setting(device, "auth_timeout_s", int, 60, lo=5, hi=600)
-        self.data_dir = setting(device, "data_dir", str, "data")
-        self.meter_values_s = setting(device, "meter_values_s", int, 60, lo=10, hi=3600)
-        self.meter_aligned_s = setting(device, "meter_aligned_s", int, 900, lo=0, hi=86400)
-        self.updated_s = setting(device, "updated_s", int, 1800, lo=0, hi=86400)
-        self.ev_idle_report_s = setting(device, "ev_idle_report_s", int, 600, lo=60, hi=86400)
-
-        self.phases = setting(board, "meter.phases", int, choices=(1, 3))
-        self.limits = limits_from_config(board)
-        self.max_current_a = setting(board, "limits.max_current_a", int, lo=6, hi=80)
-        self.nominal_v = setting(board, "limits.nominal_v", int, 230, lo=100, hi=277)
-        rate = setting(board, "sampling.rate_hz", int, 10, lo=1, hi=50)
-        self.sample_ms = 1000 // rate
-        self.ring_samples = setting(board, "sampling.ring_samples", int, 256, lo=16, hi=4096)
-        self.reader_poll_ms = setting(board, "reader.poll_ms", int, 200, lo=50, hi=2000)
-        self.reader_gain = setting(board, "reader.gain", int, None, lo=0, hi=7)
-        self.pilot_poll_ms = setting(board, "pilot.poll_ms", int, 25, lo=5, hi=50)
-        self.pilot_debounce_ms = setting(board, "pilot.debounce_ms", int, 20, lo=0, hi=100)
-        self.soft_stop_ms = setting(board, "pilot.soft_stop_ms", int, 5000, lo=0, hi=10000)   # IEC: 5 s to follow
-        self.idle_end_s = setting(board, "ev_idle_end_s", int, 0, lo=0, hi=86400)
-        self.crosscheck_pct = setting(board, "metering.crosscheck_pct", int, 3, lo=1, hi=50)
-        self.crosscheck_min_wh = setting(board, "metering.crosscheck_min_wh", int, 20, lo=1, hi=1000)
-        self.profile_bucket_s = setting(board, "metering.profile_bucket_s", int, 300, lo=10, hi=3600)
-        self.forensics_samples = setting(board, "safety.forensics_samples", int, 50, lo=0, hi=200)
+        self.device_key = parse_key(sec["device_key"], "secrets: device_key") if sec["device_key"] else None
+        self.tariff = Tariff(d["tariff"])
+        self.local_list = d["local_list"]
+        self.tz = LocalTime(d["site.utc_offset_min"], d["site.dst"])
+        self.offpeak = [_window(w, i) for i, w in enumerate(d["site.offpeak"])]
+        self.mqtt = Record(host=d["mqtt.host"], port=d["mqtt.port"], keepalive_s=d["mqtt.keepalive_s"],
+                           user=sec["mqtt_user"], password=sec["mqtt_password"],
+                           timeout_ms=board.network.timeout_ms, tls=_tls(d, sec))
+        self.journal = Record(every_wh=d["journal.every_wh"], min_s=d["journal.min_s"], every_s=d["journal.every_s"])
+        self.auth = records(d).auth
+        self.ota = ota_settings(device, secrets)
+        self.outbox_size = d["outbox_size"]
+        self.data_dir = d["data_dir"]
+        # the controller's own
+        self.auth_timeout_s = d["auth_timeout_s"]
+        self.meter_values_s = d["meter_values_s"]
+        self.meter_aligned_s = d["meter_aligned_s"]
+        self.updated_s = d["updated_s"]
+        self.ev_idle_report_s = d["ev_idle_report_s"]
+        self.phases = board.meter.phases
+        self.limits = limits_from_settings(board.limits)
+        self.max_current_a = board.limits.max_current_a
+        self.max_power_w = board.limits.max_current_a * board.limits.nominal_v * board.meter.phases
+        self.sample_ms = 1000 // board.sampling.rate_hz
+        self.ring_samples = board.sampling.ring_samples
+        self.reader_poll_ms = board.reader.poll_ms
+        self.pilot_poll_ms = board.pilot.poll_ms
+        self.pilot_debounce_ms = board.pilot.debounce_ms
+        self.soft_stop_ms = board.pilot.soft_stop_ms
+        self.idle_end_s = board.ev_idle_end_s
+        self.crosscheck_pct = board.metering.crosscheck_pct
+        self.crosscheck_min_wh = board.metering.crosscheck_min_wh
+        self.profile_bucket_s = board.metering.profile_bucket_s
+        self.forensics_samples = board.safety.forensics_samples
 
     def offpeak_now(self, utc):
         """Inside one of the site's off-peak windows (local time)?"""
@@ -101,7 +380,3 @@ class Settings:
             if (a <= minute < b) if a <= b else (minute >= a or minute < b):
                 return True
         return False
-
-    @property
-    def max_power_w(self):
-        return self.max_current_a * self.nominal_v * self.phases

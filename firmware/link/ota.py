@@ -24,8 +24,7 @@ import os
 from micropython import const
 
 from firmware.link.bundle import Reader
-from firmware.core.config import setting
-from firmware.core.rsa import parse_public_key, verify
+from firmware.core.rsa import verify
 from firmware.core.timefmt import iso, parse_iso
 from firmware.core.timesync import synced
 from firmware.storage.state import ensure_dir, write_atomic
@@ -715,22 +714,11 @@ class Updater:
         self._event("rejected", version=job.version, reason=reason)
 
 
-def from_config(device, secrets, clock, on_status=None, root="", log=None):
-    """An Updater from the device config: `ota.public_key` (RSA modulus, hex), `device_id`, the
-    `ota` section. secrets only matter for a leftover HMAC `update_key`, which is ignored (logged)."""
-    text = setting(device, "ota.public_key", str, None)
-    try:
-        key = parse_public_key(text) if text else None
-    except ValueError as e:
-        raise ValueError("config: ota.public_key: %s" % e)
-    if log is not None and "update_key" in secrets:
+def from_settings(ota, clock, on_status=None, root="", log=None):
+    """An Updater from the device's ota record (firmware/core/settings.py): public key, device id, limits."""
+    if log is not None and ota.old_hmac_key:
         log.event("update", status="config", reason="secrets: update_key (HMAC) is no longer accepted: "
                                                     "updates need ota.public_key")
-    return Updater(key, clock, on_status, root, log, device_id=setting(device, "device_id", str, None),
-                   base_version=VERSION,
-                   max_size=setting(device, "ota.max_size", int, 1 << 20, lo=4096, hi=4 << 20),
-                   max_boots=setting(device, "ota.max_boots", int, 3, lo=1, hi=10),
-                   trial_s=setting(device, "ota.trial_s", int, 600, lo=60, hi=86400),
-                   confirm_after_s=setting(device, "ota.confirm_after_s", int, 60, lo=0, hi=3600),
-                   timeout_ms=setting(device, "ota.timeout_ms", int, 2000, lo=100, hi=10000),
-                   stall_s=setting(device, "ota.stall_s", int, 30, lo=5, hi=600))
+    return Updater(ota.key, clock, on_status, root, log, device_id=ota.device_id, base_version=VERSION,
+                   max_size=ota.max_size, max_boots=ota.max_boots, trial_s=ota.trial_s,
+                   confirm_after_s=ota.confirm_after_s, timeout_ms=ota.timeout_ms, stall_s=ota.stall_s)

@@ -56,14 +56,19 @@ def _exists(path):
 
 
 def _data(data):
-    """The data directory: given, the firmware's, config.json's data_dir, or "data"."""
+    """The data directory: given, the firmware's, or config.json's data_dir (default "data")."""
     if data:
         return data
     d = _current().get("data")
     if d:
         return d
+    from firmware.core.settings import device_rows, one
+
     cfg = _load("config.json")
-    return cfg.get("data_dir", "data") if isinstance(cfg, dict) else "data"
+    try:
+        return one(device_rows(), cfg if isinstance(cfg, dict) else {}, "data_dir")
+    except ValueError:   # a bad data_dir: the default one
+        return one(device_rows(), {}, "data_dir")
 
 
 def _mode(d):
@@ -77,9 +82,23 @@ _MODES = {"stopped": "ran this boot, stopped at the REPL (resume: import main, o
           "offline": "not started this boot: figures from the data directory"}
 
 
-def _board_cfg():
-    cfg = _current().get("board_cfg")
-    return cfg if cfg is not None else _load("board.json") or {}
+def _hw():
+    """The board settings (firmware/core/settings.py): the firmware's, or board.json's; ValueError
+    naming the file or the key when there are none."""
+    hw = _current().get("hw")
+    if hw is None:
+        from firmware.core.config import load
+        from firmware.core.settings import board_settings
+
+        hw = board_settings(load("board.json"))
+    return hw
+
+
+def _simulated():
+    try:
+        return _hw().platform == "sim"
+    except ValueError:
+        return False
 
 
 def _clock():
@@ -441,23 +460,23 @@ def _board():
     if cur.get("board") is not None:
         return cur["board"], True
     if not _board_cache:
-        cfg = dict(_board_cfg())
-        cfg.pop("watchdog", None)   # a started watchdog would reset a board in technician hold
+        hw = _hw()
         machine = cur.get("machine")
         if machine is None:
-            if cfg.get("platform") == "sim":
+            if hw.platform == "sim":
                 raise OSError("the simulated board exists only while the firmware runs (tools/sim.py, tools/ptyrun.py)")
             import machine
         from hal.board import Board
 
-        _board_cache.append(Board(cfg, machine, _clock().sleep_ms))
+        # no watchdog: once started it would reset a board in technician hold
+        _board_cache.append(Board(hw, machine, _clock().sleep_ms, watchdog=False))
     return _board_cache[0], False
 
 
 def _meter_ready(board, live):
     """The firmware configured the chip, or it is configured now (soft reset, calibration, verify)."""
     if not live:
-        board.meter.init(_board_cfg()["meter"])
+        board.meter.init()
 
 
 def meter():
@@ -614,7 +633,7 @@ def resume(data=None):
         removed = True
     except OSError:
         removed = False
-    sim = _board_cfg().get("platform") == "sim"
+    sim = _simulated()
     say("Technician hold %s." % ("ended" if removed else "was not set"))
     if sim:
         say("Simulator: start the firmware again with `import main` (or a new tools/sim.py run).")

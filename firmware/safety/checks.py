@@ -2,15 +2,13 @@
 
 Reads what the meter already sampled and the contactor's feedback, decides which faults are
 present (firmware/safety/faults.py holds what they mean and how to react) and runs the RCD module's
-periodic self-test. Thresholds come from the board config's "safety" object and are checked
-at boot: an out-of-range value stops the boot with the key's name.
+periodic self-test. Thresholds come from the board settings' records (firmware/core/settings.py:
+safety, limits.thermal, sampling), checked at boot.
 
-    safety = Safety(board_cfg, board, metering, faults, clock)
+    safety = Safety(settings.board, board, metering, faults, clock)
     new = safety.fast(offer_limit_ma) + safety.rcd()   # every sample / iteration: emergencies
     new += safety.check(session_running)     # every control step: the rest
 """
-from firmware.core.config import setting
-
 _RCD_TEST_MS = 200       # the RCD module must trip within this while its test input is driven
 _SETTLE_MS = 1000        # after the meter starts, its readings need this long to mean anything
 _CHECK_MS = 100          # check() runs once per control step
@@ -23,23 +21,22 @@ class Safety:
         self.m = metering
         self.faults = faults
         self.clock = clock
-        sample_ms = 1000 // setting(cfg, "sampling.rate_hz", int, 10, lo=1, hi=50)
-        nominal = setting(cfg, "limits.nominal_v", int, 230, lo=100, hi=277)
-        self.oc_margin_pct = setting(cfg, "safety.overcurrent_margin_pct", int, 10, lo=0, hi=50)
-        self.oc_samples = max(1, setting(cfg, "safety.overcurrent_ms", int, 1000, lo=100, hi=10000) // sample_ms)
-        self.v_low_cv = setting(cfg, "safety.voltage_min_v", int, nominal * 85 // 100, lo=80, hi=nominal) * 100
-        self.v_high_cv = setting(cfg, "safety.voltage_max_v", int, nominal * 110 // 100, lo=nominal, hi=320) * 100
-        self.v_samples = max(1, setting(cfg, "safety.voltage_ms", int, 2000, lo=100, hi=60000) // sample_ms)
-        self.loss_cv = setting(cfg, "safety.phase_loss_v", int, nominal * 40 // 100, lo=10, hi=nominal) * 100
-        line_hz = setting(cfg, "meter.line_hz", int, 50, choices=(50, 60))
-        self.hz_low = setting(cfg, "safety.frequency_min_chz", int, line_hz * 100 - 200, lo=line_hz * 90, hi=line_hz * 100)
-        self.hz_high = setting(cfg, "safety.frequency_max_chz", int, line_hz * 100 + 150, lo=line_hz * 100, hi=line_hz * 110)
-        self.settle_ms = setting(cfg, "safety.contactor_settle_ms", int, 1000, lo=100, hi=5000)
-        self.idle_ma = setting(cfg, "safety.open_current_ma", int, 500, lo=50, hi=5000)
-        self.t2 = setting(cfg, "limits.thermal.t2_c", int, 85, lo=-40, hi=150)
-        self.t_resume = setting(cfg, "limits.thermal.t1_c", int, 70, lo=-40, hi=150) - \
-            setting(cfg, "limits.thermal.hyst_c", int, 5, lo=1, hi=50)
-        self.selftest_s = setting(cfg, "safety.rcd_selftest_s", int, 86400, lo=60, hi=7 * 86400)
+        sample_ms = 1000 // cfg.sampling.rate_hz
+        sa = cfg.safety
+        self.oc_margin_pct = sa.overcurrent_margin_pct
+        self.oc_samples = max(1, sa.overcurrent_ms // sample_ms)
+        self.v_low_cv = sa.voltage_min_v * 100
+        self.v_high_cv = sa.voltage_max_v * 100
+        self.v_samples = max(1, sa.voltage_ms // sample_ms)
+        self.loss_cv = sa.phase_loss_v * 100
+        self.hz_low = sa.frequency_min_chz
+        self.hz_high = sa.frequency_max_chz
+        self.settle_ms = sa.contactor_settle_ms
+        self.idle_ma = sa.open_current_ma
+        t = cfg.limits.thermal
+        self.t2 = t.t2_c
+        self.t_resume = t.t1_c - t.hyst_c
+        self.selftest_s = sa.rcd_selftest_s
         self.m.u_low_cv = self.v_low_cv
         self.m.u_high_cv = self.v_high_cv
         self.v_checks = max(1, self.v_samples * sample_ms // _CHECK_MS)

@@ -10,8 +10,8 @@ through the board config's calibration points, the same ones hal/pilot.py conver
     cp = SimCP(ev, pwm_pin=25, cal=[[4000, -12000], [60000, 12000]])
     machine.adc_source(36, cp.read_u16); cp.offered_a()   # what the EV reads from the duty
 """
-from firmware.charging.pilot import current_for_duty
 from hal.sim import machine
+from hal.sim.ev import amps_for_duty
 
 _LOAD_OHM = {"B": 2740, "C": 882, "D": 246}
 _SOURCE_OHM = 1000
@@ -101,5 +101,5 @@ class SimCP:
         return (u16 * 1000 + 32767) // 65535
 
     def offered_a(self):
-        """The current the duty offers the EV, in A (0 without a PWM offer)."""
-        return current_for_duty(self.duty_permille()) / 10
+        """The current the duty offers the EV, in A (0 without a PWM offer): the EV's own table."""
+        return amps_for_duty(self.duty_permille())

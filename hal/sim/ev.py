@@ -7,9 +7,31 @@ offer or the end of the offer, then goes back to B. It draws nothing through ope
 
     ev = SimEV(wants_a=16, phases=1, follow_delay_ms=2000); ev.plugged = True
     amps = ev.draw_a(now_ms, offered_a=16.0, contactor_closed=True)   # ev.state == "C"
+
+The EV reads the offer from the PWM duty with its own table, written from IEC 61851-1 (table
+A.8) and not shared with the firmware's (firmware/charging/pilot.py), so an error in either
+shows up in tests (tests/unit/test_sim_ev.py cross-checks them at every duty).
 """
 
 MAX_FOLLOW_MS = 5000  # IEC 61851-1: the EV follows a lower PWM offer within 5 s
+
+
+def milliamps_for_duty(permille):
+    """The current a duty (permille of +12 V time) allows, in mA; 0 when it allows none."""
+    if permille < 80 or permille > 970:   # under 8 % (5 %: digital communication only) or over 97 %
+        return 0
+    if permille < 100:                    # 8-10 %: 6 A
+        return 6000
+    if permille <= 850:                   # 10-85 %: D x 0.6 A, i.e. 60 mA per permille
+        return permille * 60
+    if permille <= 960:                   # 85-96 %: (D - 64) x 2.5 A
+        return (permille - 640) * 250
+    return 80000                          # 96-97 %: 80 A
+
+
+def amps_for_duty(permille):
+    """What the EV reads from a duty: A to the nearest 0.1 A, 0.0 for no charging allowed."""
+    return ((milliamps_for_duty(permille) + 50) // 100) / 10
 
 
 class SimEV:

@@ -4,7 +4,7 @@ It owns the virtual clock. When the firmware sleeps, the world plays the scenari
 in order and integrates the electricity that flowed, so the simulated meter chip counts
 exactly what the EV drew. The firmware only sees pins and SPI answers.
 
-    world = World(board_cfg, scenario)        # scenario as normalised by tools/sim.py
+    world = World(hw, scenario)   # hw: the parsed board settings; scenario as normalised by tools/sim.py
     clock = world.clock; ...; world.finished()
 
 Under the runner (tools/sim.py) the world asks it for what lies outside the process (`%` lines:
@@ -90,9 +90,11 @@ class Line:
 
 
 class World:
-    def __init__(self, board, scenario):
+    def __init__(self, hw, scenario):
+        """hw: the board settings as records (firmware/core/settings.py board_settings), the same
+        the firmware builds its Board from, so the simulated wiring is the configured one."""
         machine.reset()
-        sim = board.get("sim", {})
+        sim = hw.sim
         runner = scenario.get("runner") or {}
         resume = runner.get("resume")
         # after a power cut the ticks start from 0 again, as on a board
@@ -100,11 +102,11 @@ class World:
                                   if resume else 0, realtime=scenario.get("realtime", False),
                                   unset=scenario.get("clock_unset", False))
         machine.use_clock(self.clock)
-        phases = board["meter"]["phases"]
-        v = self.grid_v = float(sim.get("grid_v", 230))
+        m = hw.meter
+        phases = m.phases
+        v = self.grid_v = float(sim.grid_v)
         self.phases = phases
-        self.line = Line([v if ph < phases else 0.0 for ph in range(3)], float(sim.get("grid_hz", 50)))
-        m = board["meter"]
+        self.line = Line([v if ph < phases else 0.0 for ph in range(3)], float(sim.grid_hz))
         # the simulated hardware is exactly what the board's calibration says it is
         self._runner = bool(runner)           # a runner answers `%` requests (tools/sim.py)
         self._state_path = runner.get("state")
@@ -118,43 +120,38 @@ class World:
         self._ended = False
         self._cut_ms = -1
         chip = _WatchedChip if self._beacon else SimATM90E32
-        self.meter = chip(self.line, lsb_per_w=m.get("pmean_lsb_per_w", 3125), ucal=m["ugain"], ical=m["igain"])
-        machine.bus(board["spi"]["meter"]["id"]).attach(self.meter, cs=board["meter"]["cs"])
-        self.rfid = SimMFRC522(rst=board["reader"].get("rst"))
-        machine.bus(board["spi"]["reader"]["id"]).attach(self.rfid, cs=board["reader"]["cs"])
-        self.card_hold_ms = sim.get("card_hold_ms", 1000)
+        self.meter = chip(self.line, lsb_per_w=m.pmean_lsb_per_w, ucal=list(m.ugain), ical=list(m.igain))
+        machine.bus(hw.spi.meter.id).attach(self.meter, cs=m.cs)
+        self.rfid = SimMFRC522(rst=hw.reader.rst)
+        machine.bus(hw.spi.reader.id).attach(self.rfid, cs=hw.reader.cs)
+        self.card_hold_ms = sim.card_hold_ms
 
         self.closed = False      # contactor poles
         self.coil = False        # what the firmware commands
         self.contactor = "ok"    # or "welded" (poles stay closed), "stuck_open" (never close)
         self.plugged = False
-        self.ev = SimEV(wants_a=0, follow_delay_ms=sim.get("ev_follow_delay_ms", 2000))
+        self.ev = SimEV(wants_a=0, follow_delay_ms=sim.ev_follow_delay_ms)
         self.cp = None
-        p = board.get("pilot")
-        if p is not None:        # the firmware drives the CP: the EV follows its PWM offer
-            self.cp = SimCP(self.ev, p["pwm"], p["cal"], invert=p.get("invert", 0),
-                            step_us=sim.get("cp_step_us", 23), noise_mv=sim.get("cp_noise_mv", 0))
-            machine.adc_source(p["adc"], self.cp.read_u16)
-        k = board["contactor"]
-        machine.net(k["coil"]).listeners.append(self._coil)
-        if "aux" in k:
-            aux_closed = k.get("aux_closed", 1)
-            machine.net(k["aux"]).source = lambda a=aux_closed: a if self.closed else 1 - a
-        if "plug" in board:
-            plug_active = board["plug"].get("active", 1)
-            machine.net(board["plug"]["pin"]).source = lambda a=plug_active: a if self.plugged else 1 - a
+        p = hw.pilot
+        if hw.ev_sense == "pilot":   # the firmware drives the CP: the EV follows its PWM offer
+            self.cp = SimCP(self.ev, p.pwm, p.cal, invert=p.invert, step_us=sim.cp_step_us, noise_mv=sim.cp_noise_mv)
+            machine.adc_source(p.adc, self.cp.read_u16)
+        k = hw.contactor
+        machine.net(k.coil).listeners.append(self._coil)
+        if k.aux is not None:
+            machine.net(k.aux).source = lambda a=k.aux_closed: a if self.closed else 1 - a
+        if hw.plug.pin is not None:
+            machine.net(hw.plug.pin).source = lambda a=hw.plug.active: a if self.plugged else 1 - a
         self.residual = False    # a residual current is flowing (an insulation fault)
         self.rcd_broken = False  # the RCD module no longer trips, not even on its test input
         self.rcd_testing = False
-        if "rcd" in board:
-            r = board["rcd"]
-            active = r.get("active", 1)
-            machine.net(r["trip"]).source = lambda a=active: a if self.rcd_tripped() else 1 - a
-            machine.net(r["test"]).listeners.append(lambda level, a=active: self._rcd_test(level == a))
+        r = hw.rcd
+        if r is not None:
+            machine.net(r.trip).source = lambda a=r.active: a if self.rcd_tripped() else 1 - a
+            machine.net(r.test).listeners.append(lambda level, a=r.active: self._rcd_test(level == a))
         self.pressed = False     # the driver's "report a problem" button
-        if "button" in board:
-            active = board["button"].get("active", 0)
-            machine.net(board["button"]["pin"]).source = lambda a=active: a if self.pressed else 1 - a
+        if hw.button is not None:
+            machine.net(hw.button.pin).source = lambda a=hw.button.active: a if self.pressed else 1 - a
 
         self._console = None
         if scenario.get("console"):   # tools/ptyrun.py: the console is a terminal, like a board's USB UART

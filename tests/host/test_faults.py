@@ -684,10 +684,11 @@ def test_reader_failure_is_reported_and_remote_start_still_charges(reader):
 WDT_SCRIPT = """
 import json
 import sys
+from firmware.core.settings import board_settings
 from hal.sim import machine
 from hal.sim.world import World
 board = json.load(open("board_configs/sim.json"))
-world = World(board, {"start_utc": 0, "end_ms": 60000, "events": []})
+world = World(board_settings(board), {"start_utc": 0, "end_ms": 60000, "events": []})
 wdt = machine.WDT(timeout=board["watchdog"]["timeout_ms"])
 feed = int(sys.argv[1])
 for _ in range(20):

@@ -32,7 +32,8 @@ DRIVER = r'''
 import json, sys, time
 exec(open("boot.py").read(), {"__name__": "__main__"})   # as at power-up on a board
 from firmware.core.clock import Clock
-from firmware.link.ota import from_config
+from firmware.core.settings import ota_settings
+from firmware.link.ota import from_settings
 
 
 def out(tag, obj):
@@ -42,7 +43,7 @@ def out(tag, obj):
 def updater():
     with open(sys.argv[2]) as f:
         cfg = json.load(f)
-    return from_config(cfg["device"], cfg["secrets"], Clock(), lambda ack: out("ACK", ack))
+    return from_settings(ota_settings(cfg["device"], cfg["secrets"]), Clock(), lambda ack: out("ACK", ack))
 
 
 mode = sys.argv[1]

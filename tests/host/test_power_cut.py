@@ -206,11 +206,12 @@ def test_the_runner_prints_each_cut_and_each_return(tmp_path):
 
 
 def test_a_power_cut_without_the_runner_is_refused():
+    from firmware.core.settings import board_settings
     from hal.sim.world import World
 
     with open(os.path.join(ROOT, "board_configs", "sim.json")) as f:
         board = json.load(f)
-    world = World(board, {"start_utc": START_UTC, "end_ms": 60000,
+    world = World(board_settings(board), {"start_utc": START_UTC, "end_ms": 60000,
                           "events": [{"t": 1000, "power_cut": {"off_ms": 5000, "meter_kept": False}}]})
     with pytest.raises(ValueError) as e:
         world.clock.sleep_ms(2000)

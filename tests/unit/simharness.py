@@ -8,13 +8,13 @@ import json
 import os
 
 from fakes import FakeLink, ListLog
-from firmware.auth.authorize import from_config as auth_from_config
+from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.controller import Controller
 from firmware.storage.journal import Journal
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
 from firmware.auth.pseudonym import pseudonym
-from firmware.core.settings import Settings
+from firmware.core.settings import Settings, board_settings
 from firmware.storage.state import State, ensure_dir
 from firmware.link.sync import Sync
 from firmware.billing.tariff import flat
@@ -61,7 +61,8 @@ class Harness:
                 ev["tap"] = [cards[a] for a in taps]
             world_events.append(ev)
         self.board_cfg = board or board_config()
-        self.world = World(self.board_cfg, {"start_utc": start_utc, "end_ms": end_ms, "events": world_events})
+        self.hw = board_settings(self.board_cfg)
+        self.world = World(self.hw, {"start_utc": start_utc, "end_ms": end_ms, "events": world_events})
         self.clock = self.world.clock
         listed = [entry(self.tokens[a]) for a in allow] + (entries or [])
         dev = {"device_id": "cp-test", "tariff": flat("0.30", "EUR", "20"),
@@ -74,8 +75,8 @@ class Harness:
         data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
         ensure_dir(data)
         _wipe(data)
-        self.settings = Settings(self.board_cfg, dev, secrets)
-        self.board = Board(self.board_cfg, machine, self.clock.sleep_ms)
+        self.settings = Settings(self.hw, dev, secrets)
+        self.board = Board(self.hw, machine, self.clock.sleep_ms)
         self.log = ListLog()
         self.link = FakeLink()
         self.link.on_publish = self._backend
@@ -88,7 +89,7 @@ class Harness:
         self.records.attach(self.journal, self.outbox)
         self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
-        self.auth = auth_from_config(dev, self.clock, self.settings.keys, data)
+        self.auth = auth_from_settings(self.settings.auth, self.clock, self.settings.keys, data)
         self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,

@@ -5,7 +5,8 @@ import json
 import os
 
 from check import raises
-from firmware.auth.authorize import AuthCache, Authorizer, LocalList, from_config, may_stop
+from configs import settings
+from firmware.auth.authorize import AuthCache, Authorizer, LocalList, from_settings, may_stop
 from firmware.auth.keys import Keys
 from firmware.auth.pseudonym import pseudonym
 from firmware.core.timefmt import parse_iso
@@ -524,23 +525,23 @@ def test_no_raw_uid_in_any_written_file():
 
 
 # -- config, memory -----------------------------------------------------------------------------
-def test_from_config_reads_the_ocpp_switches_and_sizes():
+def test_from_settings_reads_the_ocpp_switches_and_sizes():
     clock = VirtualClock(start_utc=NOW)
     keys = Keys({1: K1}, 1)
-    auth = from_config({}, clock, keys)
+    auth = from_settings(settings().auth, clock, keys)
     assert (auth.local_authorize_offline, auth.local_pre_authorize, auth.allow_offline_unknown,
             auth.authorize_remote, auth.timeout_ms) == (True, False, False, False, 3000)
     assert (auth.local_list.max_entries, auth.cache.max_entries, auth.cache.max_age_s) == (1000, 64, 604800)
     cfg = {"auth": {"LocalAuthorizeOffline": False, "LocalPreAuthorize": True,
                     "AllowOfflineTxForUnknownId": True, "AuthorizeRemoteTxRequests": True,
                     "timeout_s": 5, "list_max_entries": 50, "cache_entries": 0}}
-    auth = from_config(cfg, clock, keys)
+    auth = from_settings(settings(cfg).auth, clock, keys)
     assert (auth.local_authorize_offline, auth.local_pre_authorize, auth.allow_offline_unknown,
             auth.authorize_remote, auth.timeout_ms) == (False, True, True, True, 5000)
     assert (auth.local_list.max_entries, auth.cache.max_entries) == (50, 0)
-    e = raises(ValueError, from_config, {"auth": {"LocalPreAuthorize": 1}}, clock, keys)
+    e = raises(ValueError, settings, {"auth": {"LocalPreAuthorize": 1}})
     assert "auth.LocalPreAuthorize" in str(e)
-    assert "auth.timeout_s" in str(raises(ValueError, from_config, {"auth": {"timeout_s": 0}}, clock, keys))
+    assert "auth.timeout_s" in str(raises(ValueError, settings, {"auth": {"timeout_s": 0}}))
 
 
 def test_decision_as_dict_is_json_ready():

@@ -573,16 +573,12 @@ def test_flash_writes_per_one_hour_session_stay_within_2_kb():
 
 
 def test_the_checkpoint_policy_comes_from_the_device_config():
-    from firmware.core.settings import Settings
-    from firmware.billing.tariff import flat
-    from simharness import board_config
+    from configs import settings
 
-    secrets = {"site_keys": {"1": "00" * 32}, "site_key_current": 1}
-    dev = {"device_id": "cp-test", "tariff": flat("0.30", "EUR", "20")}
-    s = Settings(board_config(), dev, secrets)
-    assert (s.checkpoint_wh, s.checkpoint_min_s, s.checkpoint_max_s) == (250, 150, 300)
-    dev["journal"] = {"every_wh": 500, "min_s": 240, "every_s": 600}
-    s = Settings(board_config(), dev, secrets)
-    assert (s.checkpoint_wh, s.checkpoint_min_s, s.checkpoint_max_s) == (500, 240, 600)
+    s = settings()
+    assert (s.journal.every_wh, s.journal.min_s, s.journal.every_s) == (250, 150, 300)
+    dev = {"journal": {"every_wh": 500, "min_s": 240, "every_s": 600}}
+    s = settings(dev)
+    assert (s.journal.every_wh, s.journal.min_s, s.journal.every_s) == (500, 240, 600)
     dev["journal"] = {"min_s": 600, "every_s": 300}   # a checkpoint due before the cap allows it
-    assert "journal.every_s" in str(raises(ValueError, Settings, board_config(), dev, secrets))
+    assert "journal.every_s" in str(raises(ValueError, settings, dev))

@@ -1,6 +1,7 @@
 """The offered current: the lowest of board, cable, card, thermal ladder and charging schedules."""
 from check import raises
-from firmware.charging.limits import Limits, limits_from_config
+from configs import board
+from firmware.charging.limits import Limits, from_settings
 
 T0 = 1772438400  # 2026-03-02T08:00:00Z
 
@@ -159,13 +160,20 @@ def test_bad_construction():
     assert "thermal" in str(raises(ValueError, Limits, 32, thermal=(60, 80, 10)))
 
 
-def test_from_board_config():
-    lim = limits_from_config({"limits": {"max_current_a": 32, "cable_max_a": 20,
-                                         "thermal": {"t1_c": 60, "t2_c": 80, "reduced_a": 10, "hyst_c": 5}}})
+def _from_board(limits):
+    return from_settings(board(limits=limits).limits)
+
+
+def test_from_board_settings():
+    lim = _from_board({"max_current_a": 32, "cable_max_a": 20,
+                       "thermal": {"t1_c": 60, "t2_c": 80, "reduced_a": 10, "hyst_c": 5}})
     assert lim.offer_a(T0, temp_c=70) == 10 and lim.reason == "thermal"
-    lim = limits_from_config({"limits": {"max_current_a": 16, "cable_max_a": None}})
+    lim = _from_board({"max_current_a": 16, "cable_max_a": None})
     assert lim.offer_a(T0) == 16 and lim.reason == "board"
-    e = raises(ValueError, limits_from_config, {"limits": {"max_current_a": 32, "thermal": {"t1_c": 60}}})
+    # one default per thermal key (the safety checks use the same ones): t2_c defaults to 85
+    lim = _from_board({"max_current_a": 32, "thermal": {"t1_c": 60}})
+    assert lim.offer_a(T0, temp_c=70) == 16 and lim.offer_a(T0, temp_c=85) == 0
+    e = raises(ValueError, _from_board, {"max_current_a": 32, "thermal": {"t1_c": 90}})   # t2_c must be above
     assert "limits.thermal.t2_c" in str(e)
-    e = raises(ValueError, limits_from_config, {"limits": {"max_current_a": 32, "cable_max_a": "20"}})
+    e = raises(ValueError, _from_board, {"max_current_a": 32, "cable_max_a": "20"})
     assert "limits.cable_max_a" in str(e)

@@ -8,7 +8,7 @@ import micropython
 
 from firmware.metering.profile import Profile
 from hal.sim.clock import VirtualClock
-from hal.sim.rig import meter_rig as _rig
+from rig import meter_rig as _rig
 
 MICROPYTHON = sys.implementation.name == "micropython"
 

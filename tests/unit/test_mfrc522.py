@@ -11,13 +11,13 @@ UID7 = b"\x04\x1a\x2b\x3c\x4d\x5e\x6f"
 UID10 = b"\x04\x11\x22\x33\x44\x55\x66\x77\x88\x99"
 
 
-def _rig(version=0x92):
+def _rig(version=0x92, gain=None):
     machine.reset()
     chip = SimMFRC522(version=version)
     machine.bus(1).attach(chip, cs=15)
     spi = machine.SPI(1)
     cs = machine.Pin(15, machine.Pin.OUT, value=1)
-    return chip, MFRC522(spi, cs)
+    return chip, MFRC522(spi, cs, gain=gain)
 
 
 def _ready(*cards):
@@ -64,13 +64,16 @@ def test_init_checks_version_and_sets_up_timer_ask_crc_and_field():
 
 
 def test_gain_sets_rfcfg_bits_6_4_and_is_range_checked():
-    chip, rfid = _rig()
-    rfid.init(gain=7)
+    chip, rfid = _rig(gain=7)
+    rfid.init()
     assert chip.peek(0x26) == 0x78
-    rfid.init(gain=0)
+    chip, rfid = _rig(gain=0)
+    rfid.init()
     assert chip.peek(0x26) == 0x08  # reserved bits kept
-    raises(ValueError, rfid.init, gain=8)
-    raises(ValueError, rfid.init, gain=-1)
+    spi, cs = machine.SPI(1), machine.Pin(15, machine.Pin.OUT, value=1)
+    raises(ValueError, MFRC522, spi, cs, gain=8)
+    raises(ValueError, MFRC522, spi, cs, gain=-1)
+    raises(ValueError, MFRC522, spi, cs, gain=True)
 
 
 def test_silent_chip_is_an_oserror_naming_the_version_register():

@@ -16,7 +16,8 @@ import boot
 from check import raises
 from firmware.core.timefmt import iso
 from firmware.link.bundle import pack
-from firmware.link.ota import Manifest, Updater, check_command, from_config, load_state, version_key
+from configs import settings
+from firmware.link.ota import Manifest, Updater, check_command, from_settings, load_state, version_key
 from hal.sim.clock import VirtualClock
 from testkeys import KEY_A, KEY_B, KEY_C, sign
 
@@ -847,21 +848,25 @@ class Events:
         self.got.append((ev, fields))
 
 
-def test_from_config_reads_the_ota_section_and_the_key():
+def _from_settings(device, secrets, clock, **kw):
+    return from_settings(settings(device, secrets).ota, clock, **kw)
+
+
+def test_from_settings_reads_the_ota_section_and_the_key():
     clock = _clock()
-    up = from_config({"device_id": DEVICE, "ota": {"public_key": KEY_A.hex}}, {}, clock)
+    up = _from_settings({"device_id": DEVICE, "ota": {"public_key": KEY_A.hex}}, {}, clock)
     assert (up.key.n, up.key.k, up.device_id, up.max_size, up.max_boots, up.trial_ms, up.confirm_after_ms) == (
         KEY_A.n, 256, DEVICE, 1 << 20, 3, 600000, 60000)
     assert up.base_version == "dev"     # firmware/version.py of this tree
-    up = from_config({"ota": {"max_size": 65536, "max_boots": 5, "trial_s": 120, "confirm_after_s": 10}}, {}, clock)
-    assert (up.key, up.device_id, up.max_size, up.max_boots, up.trial_ms) == (None, None, 65536, 5, 120000)
+    up = _from_settings({"ota": {"max_size": 65536, "max_boots": 5, "trial_s": 120, "confirm_after_s": 10}}, {}, clock)
+    assert (up.key, up.device_id, up.max_size, up.max_boots, up.trial_ms) == (None, "cp-test", 65536, 5, 120000)
     for device, secrets, words in (({"ota": {"public_key": KEY_A.hex[:64]}}, {}, "config: ota.public_key: public key "
                                      "must be an RSA-2048 or RSA-3072 modulus"),
                                    ({"ota": {"public_key": "xy" * 256}}, {}, "ota.public_key: public key must be hex"),
                                    ({"ota": {"public_key": 5}}, {}, "ota.public_key must be a str"),
                                    ({"ota": {"max_boots": 0}}, {}, "ota.max_boots must be within 1..10"),
                                    ({"ota": {"trial_s": 60, "confirm_after_s": 60}}, {}, "shorter than trial_s")):
-        e = raises(ValueError, from_config, device, secrets, clock)
+        e = raises(ValueError, _from_settings, device, secrets, clock)
         assert words in str(e), str(e)
 
 
@@ -871,7 +876,7 @@ def test_the_old_hmac_update_key_is_no_longer_accepted():
     root = _tmp()
     try:
         log = Events()
-        up = from_config({"device_id": DEVICE}, {"update_key": "11" * 32}, _clock(), root=root, log=log)
+        up = _from_settings({"device_id": DEVICE}, {"update_key": "11" * 32}, _clock(), root=root, log=log)
         assert up.key is None
         assert log.got == [("update", {"status": "config", "reason": "secrets: update_key (HMAC) is no longer "
                                                                      "accepted: updates need ota.public_key"})]

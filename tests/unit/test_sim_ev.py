@@ -1,12 +1,13 @@
 """The simulated EV follows the pilot's offer as IEC 61851-1 asks, and the simulated PWM/ADC
 let the world see what the firmware drives and feed what it reads."""
 from check import raises
-from firmware.charging.pilot import PilotMonitor, connector_status, duty_for_current
+from firmware.charging.pilot import MAX_DA, MIN_DA, OFF, PilotMonitor, connector_status, current_for_duty, \
+    duty_for_current
 from hal.pilot import Pilot
 from hal.sim import machine
 from hal.sim.clock import VirtualClock
 from hal.sim.cp import SimCP
-from hal.sim.ev import SimEV
+from hal.sim.ev import SimEV, amps_for_duty, milliamps_for_duty
 
 CAL = [[4000, -12000], [60000, 12000]]
 
@@ -107,6 +108,36 @@ def test_full_and_zero_duty_are_constant_levels():
     assert all(pwm.high(p) for p in range(0, 65536, 997))
     pwm.duty_u16(0)
     assert not any(pwm.high(p) for p in range(0, 65536, 997))
+
+
+def test_the_evs_duty_table_follows_iec_61851_1():
+    # written from the standard, apart from the firmware's table (firmware/charging/pilot.py)
+    assert milliamps_for_duty(50) == 0        # 5 %: digital communication only
+    assert milliamps_for_duty(79) == 0        # under 8 %: no charging allowed
+    assert milliamps_for_duty(80) == 6000     # 8-10 %: 6 A
+    assert milliamps_for_duty(99) == 6000
+    assert milliamps_for_duty(100) == 6000    # 10 %: 10 x 0.6 A
+    assert milliamps_for_duty(500) == 30000   # 50 %: 30 A
+    assert milliamps_for_duty(850) == 51000   # 85 %: 51 A
+    assert milliamps_for_duty(851) == 52750   # 85.1 %: (85.1 - 64) x 2.5 A
+    assert milliamps_for_duty(900) == 65000
+    assert milliamps_for_duty(960) == 80000   # 96 %: 80 A
+    assert milliamps_for_duty(970) == 80000   # 96-97 %: 80 A
+    assert milliamps_for_duty(971) == 0       # over 97 %: no charging allowed
+    assert milliamps_for_duty(1000) == 0      # 100 %: none
+    assert amps_for_duty(266) == 16.0 and amps_for_duty(851) == 52.8   # read to the nearest 0.1 A
+
+
+def test_the_firmwares_and_the_evs_duty_tables_agree():
+    # every duty the firmware can drive, the band edges included: an error in one table shows
+    for permille in range(0, OFF + 1):
+        ma = milliamps_for_duty(permille)
+        da = current_for_duty(permille)
+        assert abs(ma - da * 100) <= 50, (permille, ma, da)   # the firmware rounds to 0.1 A
+        assert amps_for_duty(permille) * 10 == da, (permille, amps_for_duty(permille), da)
+    for da in range(MIN_DA, MAX_DA + 1):   # each offer the firmware makes is read as at most itself
+        assert milliamps_for_duty(duty_for_current(da)) <= da * 100, da
+    assert milliamps_for_duty(duty_for_current(MIN_DA - 1)) == 0
 
 
 def test_sim_cp_decodes_the_offer_like_an_ev():

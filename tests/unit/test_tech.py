@@ -2,6 +2,7 @@
 import json
 import os
 
+from configs import board as sim_board
 from firmware import app
 from firmware.ops import tech
 from firmware.storage.eventlog import EventLog
@@ -35,7 +36,7 @@ def _data(h):
 def _live(h, log=None):
     """What firmware/app.py puts in `current` once the charger runs."""
     app.current.clear()
-    app.current.update(data=_data(h), log=log, clock=h.clock, machine=None, board_cfg=h.board_cfg, ctl=h.ctl,
+    app.current.update(data=_data(h), log=log, clock=h.clock, machine=None, hw=h.hw, ctl=h.ctl,
                        sync=h.sync, journal=h.journal, board=h.board, settings=h.settings)
 
 
@@ -266,15 +267,14 @@ def test_a_board_in_hold_is_checked_without_starting_its_watchdog():
     from hal.sim import machine
     from hal.sim.world import World
 
-    with open("board_configs/sim.json") as f:
-        cfg = json.loads(f.read())
-    world = World(cfg, {"start_utc": 1772438100, "end_ms": 60000, "events": [{"t": 0, "plug": True}]})
+    hw = sim_board()
+    world = World(hw, {"start_utc": 1772438100, "end_ms": 60000, "events": [{"t": 0, "plug": True}]})
     d = _new_dir()
     try:
         with open(d + "/state.json", "w") as f:
             f.write(json.dumps({"meter_wh": 1234}))
         with Said():
-            app.current.update(data=d, clock=world.clock, machine=machine, board_cfg=cfg)   # what a hold boot leaves
+            app.current.update(data=d, clock=world.clock, machine=machine, hw=hw)   # what a hold boot leaves
             result = tech.selftest()
             assert [r["ok"] for r in result] == [True] * 6, result
             board = tech._board_cache[0]
@@ -292,7 +292,7 @@ def test_resume_ends_a_technician_hold():
         with open(d + "/hold", "w") as f:
             f.write("interrupted at the console")
         with Said() as said:
-            app.current.update(data=d, board_cfg={"platform": "sim"})
+            app.current.update(data=d, hw=sim_board())
             assert tech.status()["mode"] == "hold"
             assert tech.resume() == {"hold_removed": True, "reset": False}   # the simulator is not reset
             assert "import main" in said.text()

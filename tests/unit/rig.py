@@ -20,6 +20,6 @@ def meter_rig(phases=3, ring_samples=64, max_power_w=22000):
     clock = VirtualClock(on_advance=lambda target: chip.integrate(target - clock.ms))
     machine.bus(2).attach(chip, cs=5)
     meter = ATM90E32(machine.SPI(2, polarity=1, phase=1), machine.Pin(5, machine.Pin.OUT, value=1),
-                     sleep_ms=clock.sleep_ms)
-    meter.init({"phases": phases, "line_hz": 50, "pga": 1, "ugain": [32768] * 3, "igain": [32768] * 3})
+                     phases=phases, ugain=(32768,) * 3, igain=(32768,) * 3, sleep_ms=clock.sleep_ms)
+    meter.init()
     return Metering(meter, clock, phases, ring_samples, max_power_w), line, chip, clock
