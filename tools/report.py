@@ -421,10 +421,9 @@ class Report:
             if not _profile_ok(prof):
                 self.skip("%s: profile unreadable, no power curve" % name)
                 continue
-            who = self.label(s["token"]) or (s["token"] or "")[:12]
             title = "%s tx %s, %s, %s kWh, %s, %s" % (
                 s["device"], s["tx_id"], local_text(s["started_s"], self.zone), kwh(s["energy_wh"]),
-                s["stop_reason"] or "?", who)
+                s["stop_reason"] or "?", _who(s["token"], self.label(s["token"])))
             out.append((s, charts.png(charts.curve_figure(prof, s["started_s"], self.zone, self.tz, title))))
         out.reverse()
         return out

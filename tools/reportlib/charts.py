@@ -160,17 +160,20 @@ def curve_figure(profile, start_s, zone, tz, title):
     ax.step(times, [v / 1000 for v in mean] + [mean[-1] / 1000], where="post", color="#1f5f99", label="mean")
     ax.set_ylim(0, max(max(hi), 1) * 1.15)
     ax.set_ylabel("power, kW")
+    handles = ax.get_legend_handles_labels()
     if profile.get("max_ma"):
         ax2 = ax.twinx()
         amps = [v / 1000 for v in profile["max_ma"]]
         ax2.step(times, amps + amps[-1:], where="post", color="#e45756", linewidth=0.9, label="max current")
         ax2.set_ylim(0, max(max(amps), 1) * 1.15)
-        ax2.set_ylabel("max A", color="#e45756")
+        ax2.set_ylabel("max current, A", color="#e45756")
+        more = ax2.get_legend_handles_labels()
+        handles = (handles[0] + more[0], handles[1] + more[1])
     fmt = matplotlib.dates.DateFormatter("%H:%M")
     ax.xaxis.set_major_formatter(fmt)
     ax.set_xlabel("local time (%s), %d-minute buckets" % (tz, step // 60) if step >= 60 else
                   "local time (%s), %d-s buckets" % (tz, step))
     ax.set_title(title, loc="left", fontsize="medium")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(*handles, loc="upper right", fontsize="small")
     fig.tight_layout()
     return fig
