@@ -153,7 +153,7 @@ def curve_figure(profile, start_s, zone, tz, title):
     mean = profile["mean_w"]
     n = len(mean)
     times = [local(start_s + i * step, zone).replace(tzinfo=None) for i in range(n + 1)]
-    fig, ax = plt.subplots(figsize=(8, 2.8))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
     lo = [v / 1000 for v in profile.get("min_w") or mean]
     hi = [v / 1000 for v in profile.get("max_w") or mean]
     ax.fill_between(times, lo + lo[-1:], hi + hi[-1:], step="post", color="#9ecae9", label="min-max")
@@ -164,8 +164,9 @@ def curve_figure(profile, start_s, zone, tz, title):
     if profile.get("max_ma"):
         ax2 = ax.twinx()
         amps = [v / 1000 for v in profile["max_ma"]]
-        ax2.step(times, amps + amps[-1:], where="post", color="#e45756", linewidth=0.9, label="max current")
-        ax2.set_ylim(0, max(max(amps), 1) * 1.15)
+        ax2.step(times, amps + amps[-1:], where="post", color="#e45756", linewidth=0.9, linestyle="--",
+                 label="max current")
+        ax2.set_ylim(0, max(max(amps), 1) * 1.5)      # apart from the power line when both are flat
         ax2.set_ylabel("max current, A", color="#e45756")
         more = ax2.get_legend_handles_labels()
         handles = (handles[0] + more[0], handles[1] + more[1])
@@ -174,6 +175,6 @@ def curve_figure(profile, start_s, zone, tz, title):
     ax.set_xlabel("local time (%s), %d-minute buckets" % (tz, step // 60) if step >= 60 else
                   "local time (%s), %d-s buckets" % (tz, step))
     ax.set_title(title, loc="left", fontsize="medium")
-    ax.legend(*handles, loc="upper right", fontsize="small")
+    ax.legend(*handles, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
