@@ -13,6 +13,7 @@ A record the report cannot use (unreadable JSON, missing fields) is skipped and 
 """
 import argparse
 import base64
+import collections
 import csv
 import datetime
 import html
@@ -84,7 +85,8 @@ def _record(text_, name, skip):
 class Report:
     """Collects figures from the store, then writes the files."""
 
-    def __init__(self, store, tz, date_from, date_to, driver, contactor_life, progress_every, out, labels=None):
+    def __init__(self, store, tz, date_from, date_to, driver, contactor_life, progress_every, out, labels=None,
+                 keep_periods=False, curves=CURVES):
         self.st = store
         self.tz = tz
         self.zone = site_zone(tz)
@@ -95,6 +97,9 @@ class Report:
         self.progress_every = progress_every
         self.out = out
         self.labels = labels or {}
+        self.keep_periods = keep_periods      # charging_periods are kept only to build CDRs
+        self.curve_limit = curves             # profiles are kept only for the latest sessions plotted
+        self._profiled = collections.deque()
         self.skipped = []
         self.sessions = []
         self.open_sessions = 0
@@ -128,7 +133,7 @@ class Report:
             s = dict(zip(SESSION_COLS, row))
             name = "session %s tx %s" % (s["device"], s["tx_id"])
             rec = _record(s.pop("record"), name, self.skip)
-            s["rec"] = {k: rec[k] for k in RECORD_KEEP if k in rec}
+            s["rec"] = {k: rec[k] for k in RECORD_KEEP if k in rec and (k != "charging_periods" or self.keep_periods)}
             if self.driver and (s["token"] or "").lower() != self.driver:
                 continue
             if not s["final"]:
@@ -145,6 +150,10 @@ class Report:
                 continue
             if self._in_range(s["started_s"]):
                 self.sessions.append(s)
+                if "profile" in s["rec"]:
+                    self._profiled.append(s)
+                    if len(self._profiled) > self.curve_limit:
+                        del self._profiled.popleft()["rec"]["profile"]     # bounded memory on a big store
         if self.progress_every and n >= self.progress_every and n % self.progress_every:
             self.out("report: %d sessions read in all" % n)
 
@@ -744,6 +753,8 @@ def build_report(db_url, out_dir, date_from=None, date_to=None, driver=None, tz=
     out = out or (lambda line: print(line, flush=True))
     if contactor_life < 1:
         raise ValueError("--contactor-life must be a positive number of cycles")
+    if curves < 0:
+        raise ValueError("--curves must be 0 or more sessions")
     if isinstance(date_from, str):
         date_from = _date(date_from, "--from")
     if isinstance(date_to, str):
@@ -761,7 +772,8 @@ def build_report(db_url, out_dir, date_from=None, date_to=None, driver=None, tz=
     places = _locations(locations) if isinstance(locations, str) else (locations or {})
     store = Store(db_url, create=False)
     try:
-        rep = Report(store, tz, date_from, date_to, driver, contactor_life, progress_every, out, labels)
+        rep = Report(store, tz, date_from, date_to, driver, contactor_life, progress_every, out, labels,
+                     keep_periods=tariff_objs is not None, curves=curves)
         rep.read_sessions()
         f = rep.figures()
         starts = {(s["device"], s["tx_id"]): rep.local(s["started_s"]).strftime("%Y-%m-%d %H:%M")
