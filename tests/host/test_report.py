@@ -1,5 +1,6 @@
 """Reports over a store filled with known sessions: figures equal the sums, bad data is named."""
 import base64
+import csv
 import datetime
 import json
 import os
@@ -59,7 +60,8 @@ def records(s):
         cost["parking"] = {"excl_vat_minor": s["parking"] // 60, "incl_vat_minor": s["parking"] // 50}
     ended = dict(common, msg_id="%d-1" % s["tx"], seq=1, event="ended", ts=iso(s["end"]), started_at=iso(s["start"]),
                  ended_at=iso(s["end"]), meter_stop_wh=10000 + s["energy"], energy_wh=s["energy"],
-                 stop_reason="Local", cost=cost)
+                 stop_reason=s.get("stop_reason", "Local"), cost=cost)
+    ended.update(s.get("ended_extra", {}))
     if s["parking"]:
         ended["parking_s"] = s["parking"]
     return started, ended
@@ -344,3 +346,354 @@ def test_command_line(sqlite_report, tmp_path):
     assert r.returncode == 0 and "examples:" in r.stdout and "--contactor-life" in r.stdout
     figures = json.loads(json.dumps(build_report(str(d / "store.sqlite"), str(tmp_path / "j"), out=quiet)))
     assert figures["sessions"] == 60, "the figures are plain JSON-able data"
+
+
+# --- what an operator found missing (issue 14, item 6) --------------------------------------
+
+from firmware.billing.localtime import LocalTime  # noqa: E402
+from reportlib import charts  # noqa: E402
+from reportlib.sitetime import site_zone, tariff_clock  # noqa: E402
+
+DAY = 86400
+MON = BASE + DAY                                         # 2026-03-02, a Monday (00:00 UTC)
+CET = LocalTime(60, "EU")
+UTC_STAMP = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d)?Z")
+
+
+def one(station, tx, start, dur=3600, energy=5000, token=None, **extra):
+    """One known session (see known_sessions) with optional ended-record fields in `ended_extra`."""
+    s = {"station": station, "tx": tx, "token": token or DRIVERS[0], "start": start, "end": start + dur,
+         "energy": energy, "cost": TARIFF.price(energy), "parking": 0, "offline": False}
+    s.update(extra)
+    return s
+
+
+def store_with(tmp_path, sessions, name="s.sqlite"):
+    url = str(tmp_path / name)
+    fill(url, sessions, open_ones=0)
+    return url
+
+
+def test_one_day_report_plots_hours_with_whole_session_ticks(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 8 * 3600), one("cp-1", 2, MON + 9 * 3600 + 600),
+                                one("cp-2", 1, MON + 17 * 3600, energy=900)])
+    f = build_report(url, str(tmp_path / "day"), date_from="2026-03-02", date_to="2026-03-02", out=quiet)
+    tl = f["timeline"]
+    assert tl["unit"] == "hour" and tl["bins"] == ["%02d" % h for h in range(24)]
+    assert tl["stations"]["cp-1"]["sessions"][8:10] == [1, 1] and sum(tl["stations"]["cp-1"]["sessions"]) == 2
+    assert tl["stations"]["cp-2"]["energy_wh"][17] == 900 and sum(tl["stations"]["cp-2"]["energy_wh"]) == 900
+    fig = charts.timeline_figure(tl, "UTC")
+    try:
+        panels = [ax for ax in fig.axes if ax.get_ylabel() == "sessions"]
+        assert len(panels) == 2, "one panel per station"
+        for ax in panels:
+            ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+            assert ticks and all(t == int(t) for t in ticks), "whole sessions only: %r" % ticks
+        labels = [t.get_text() for t in panels[-1].get_xticklabels()]
+        assert labels[:3] == ["00:00", "02:00", "04:00"] and len(labels) == 12
+        assert "hour of 2026-03-02" in panels[-1].get_xlabel()
+    finally:
+        charts.plt.close(fig)
+
+
+def test_week_month_and_longer_reports_get_day_and_week_axes(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 3600), one("cp-1", 2, MON + 40 * DAY)])
+    week = build_report(url, str(tmp_path / "w"), date_from="2026-03-02", date_to="2026-03-08", out=quiet)
+    assert week["timeline"]["unit"] == "day" and len(week["timeline"]["bins"]) == 7
+    assert charts.ticks("day", week["timeline"]["bins"])[1] == ["Mon 02", "Tue 03", "Wed 04", "Thu 05", "Fri 06",
+                                                                "Sat 07", "Sun 08"]
+    month = build_report(url, str(tmp_path / "m"), date_from="2026-03-01", date_to="2026-03-31", out=quiet)
+    assert month["timeline"]["unit"] == "day" and len(month["timeline"]["bins"]) == 31
+    assert charts.ticks("day", month["timeline"]["bins"])[1] == ["02 Mar", "09 Mar", "16 Mar", "23 Mar", "30 Mar"]
+    half_year = build_report(url, str(tmp_path / "y"), date_from="2026-01-01", date_to="2026-06-30", out=quiet)
+    tl = half_year["timeline"]
+    assert tl["unit"] == "week" and tl["bins"][0] == "2026-W01" and tl["bins"][-1] == "2026-W27"
+    assert sum(tl["stations"]["cp-1"]["sessions"]) == 2
+
+
+def test_empty_days_are_zero_in_every_station_series(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 3600, energy=1000), one("cp-1", 2, MON + 4 * DAY, energy=3000),
+                                one("cp-2", 1, MON + 2 * DAY, energy=700)])
+    f = build_report(url, str(tmp_path / "out"), out=quiet)
+    tl = f["timeline"]
+    assert tl["bins"] == ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]
+    assert tl["stations"]["cp-1"]["energy_wh"] == [1000, 0, 0, 0, 3000]
+    assert tl["stations"]["cp-2"]["energy_wh"] == [0, 0, 700, 0, 0]
+    assert tl["stations"]["cp-2"]["sessions"] == [0, 0, 1, 0, 0]
+    fig = charts.timeline_figure(tl, "UTC")
+    try:
+        lines = [ln for ax in fig.axes for ln in ax.get_lines()]
+        assert [list(ln.get_ydata()) for ln in lines] == [[1.0, 0, 0, 0, 3.0], [0, 0, 0.7, 0, 0]]
+    finally:
+        charts.plt.close(fig)
+
+
+def test_occupancy_is_per_station(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 10 * 3600), one("cp-2", 1, MON + DAY + 15 * 3600, dur=1800)])
+    f = build_report(url, str(tmp_path / "out"), date_from="2026-03-02", date_to="2026-03-08", out=quiet)
+    per = f["station_occupancy_permille"]
+    assert per["cp-1"][0][10] == 1000 and per["cp-2"][0][10] == 0
+    assert per["cp-2"][1][15] == 500 and per["cp-1"][1][15] == 0
+    assert f["occupancy_permille"][0][10] == 500          # the site as a whole: one of two stations
+    assert f["station_occupancy_s"]["cp-1"][0][10] == 3600
+    fig = charts.occupancy_figure(per, "UTC")
+    try:
+        assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")] == [
+            "cp-1: share of the hour in use, %", "cp-2: share of the hour in use, %"]
+    finally:
+        charts.plt.close(fig)
+
+
+def test_every_time_is_in_the_site_zone(tmp_path):
+    late = MON + 23 * 3600 + 1800                        # 2026-03-02 23:30 UTC = 03-03 00:30 in Berlin
+    s = one("cp-1", 1, late - 7200, dur=7200)
+    url = store_with(tmp_path, [s])
+    with Store(url) as st:
+        st.add_feedback("cp-1", {"msg_id": "fb-9", "ts": iso(late), "tx_id": 1, "token": DRIVERS[0],
+                                 "source": "button", "text": "cable stuck"}, 0)
+        st.add_fault("cp-9", {"msg_id": "f-9", "event": "raised", "code": "GroundFailure", "ts": iso(late),
+                              "latched": True, "tx_id": 1}, 0)
+        st.add_fault("cp-9", {"msg_id": "f-10", "event": "cleared", "code": "GroundFailure", "ts": iso(late + 3600),
+                              "latched": True, "tx_id": 1}, 0)
+        st.add_stats("cp-9", {"ts": iso(late), "currency": "EUR", "contactor_cycles": 7}, 0)
+    f = build_report(url, str(tmp_path / "out"), tz="Europe/Berlin", out=quiet)
+    fb = [x for x in f["feedback"] if x["msg_id"] == "fb-9"][0]
+    assert fb["ts"] == "2026-03-03T00:30:00+01:00" and fb["session_start"] == "2026-03-02 22:30"
+    m = f["maintenance"]
+    assert [(x["ts"], x["cleared"]) for x in m["latched"] if x["station"] == "cp-9"] == [
+        ("2026-03-03T00:30:00+01:00", "2026-03-03T01:30:00+01:00")]
+    assert m["contactors"]["cp-9"]["stats_ts"] == "2026-03-03T00:30:00+01:00"
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "2026-03-03 00:30" in page and "2026-03-03 01:30" in page and "times in Europe/Berlin" in page
+    out = tmp_path / "out"
+    for name in ("report.html", "feedback.csv", "faults.csv", "sessions.csv", "drivers.csv", "drivers.txt"):
+        text = (out / name).read_text()
+        assert not UTC_STAMP.search(text), "%s shows a UTC time: %s" % (name, UTC_STAMP.search(text).group(0))
+        assert "23:30" not in text, name
+    assert "2026-03-03T00:30:00+01:00" in (out / "feedback.csv").read_text()
+    assert "2026-03-03T00:30:00+01:00" in (out / "faults.csv").read_text()
+
+
+def test_ev_not_charging_notice_is_reported_not_flagged(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 3600)])
+    with Store(url) as st:
+        st.add_fault("cp-1", {"msg_id": "f-n1", "event": "notice", "info": "ev_not_charging", "ts": iso(MON + 4000),
+                              "tx_id": 1, "detail": "authorized and plugged, no current for 600 s"}, 0)
+        st.add_fault("cp-1", {"msg_id": "f-n2", "event": "notice", "ts": iso(MON + 5000), "tx_id": 1}, 0)
+    f = build_report(url, str(tmp_path / "out"), out=quiet)
+    m = f["maintenance"]
+    assert m["notices"] == {"ev_not_charging": {"cp-1": {"count": 1, "last": iso(MON + 4000)}}}
+    assert m["faults"] == {"ReaderFailure": {"cp-1": 2, "cp-2": 1}, "OverCurrentFailure": {"cp-2": 1},
+                           "GroundFailure": {"cp-3": 1}}, "a notice is not a station fault"
+    assert all(x["code"] for x in m["latched"])
+    assert f["skipped"] == ["fault cp-1 f-n2: skipped, a notice without info"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Notices (not station faults)" in page and "ev_not_charging" in page
+    assert "ev_not_charging" in (tmp_path / "out" / "faults.csv").read_text()
+
+
+def test_stop_reasons_power_losses_and_uncertain_energy(tmp_path):
+    sessions = [one("cp-1", 1, MON + 3600, stop_reason="Local"),
+                one("cp-1", 2, MON + 3 * 3600, stop_reason="EVDisconnected", energy=2000),
+                one("cp-2", 1, MON + 5 * 3600, stop_reason="PowerLoss", energy=1200,
+                    ended_extra={"uncertain_wh": 40, "recovered_wh": 1160}),
+                one("cp-2", 2, MON + 7 * 3600, stop_reason="EVDisconnected", energy=100)]
+    url = store_with(tmp_path, sessions)
+    f = build_report(url, str(tmp_path / "out"), out=quiet)
+    assert f["stop_reasons"] == {"Local": {"sessions": 1, "energy_wh": 5000},
+                                 "EVDisconnected": {"sessions": 2, "energy_wh": 2100},
+                                 "PowerLoss": {"sessions": 1, "energy_wh": 1200}}
+    assert f["stations"]["cp-2"]["stop_reasons"] == {"PowerLoss": 1, "EVDisconnected": 1}
+    assert (f["stations"]["cp-2"]["power_loss"], f["stations"]["cp-2"]["uncertain_wh"]) == (1, 40)
+    assert f["stations"]["cp-1"]["power_loss"] == 0 and f["uncertain_wh"] == 40
+    assert [(x["station"], x["tx_id"], x["energy_wh"], x["uncertain_wh"], x["recovered_wh"])
+            for x in f["power_loss"]] == [("cp-2", 1, 1200, 40, 1160)]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Stop reasons" in page and "EVDisconnected" in page
+    assert "1 ended by a power loss, 0.040 kWh uncertain" in page
+    rows = list(csv.DictReader(open(tmp_path / "out" / "sessions.csv")))
+    lost = [r for r in rows if r["stop_reason"] == "PowerLoss"][0]
+    assert (lost["uncertain_wh"], lost["recovered_wh"]) == ("40", "1160")
+    assert [r["uncertain_wh"] for r in rows if r["stop_reason"] != "PowerLoss"] == ["", "", ""]
+    assert "EVDisconnected" in (tmp_path / "out" / "drivers.txt").read_text()
+
+
+def test_labels_replace_pseudonyms_for_the_operator(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 3600, token=DRIVERS[0]),
+                                one("cp-1", 2, MON + 3 * 3600, token=DRIVERS[1])])
+    with Store(url) as st:
+        st.add_feedback("cp-1", {"msg_id": "fb-1", "ts": iso(MON + 2 * 3600), "tx_id": 1, "token": DRIVERS[0],
+                                 "source": "button", "text": None}, 0)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("token,name,group\n%s,Anna (fleet),fleet-a\n" % DRIVERS[0].upper())
+    f = build_report(url, str(tmp_path / "csv"), labels=str(labels_csv), out=quiet)
+    assert f["labels"] == {DRIVERS[0]: "Anna (fleet)"}
+    assert f["feedback"][0]["label"] == "Anna (fleet)"
+    page = (tmp_path / "csv" / "report.html").read_text()
+    assert "Anna (fleet)" in page and DRIVERS[1][:12] in page
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "drivers.csv")))
+    assert {(r["token"], r["label"]) for r in rows} == {(DRIVERS[0], "Anna (fleet)"), (DRIVERS[1], "")}
+    assert "Driver %s (Anna (fleet))" % DRIVERS[0] in (tmp_path / "csv" / "drivers.txt").read_text()
+    labels_json = tmp_path / "labels.json"
+    labels_json.write_text(json.dumps({DRIVERS[1]: "Ben"}))
+    g = build_report(url, str(tmp_path / "json"), labels=str(labels_json), driver="Ben", out=quiet)
+    assert list(g["drivers"]) == [DRIVERS[1]] and g["labels"] == {DRIVERS[1]: "Ben"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("token,name\n%s,\n" % DRIVERS[0])
+    with pytest.raises(ValueError, match="bad.csv line 2: name is missing"):
+        build_report(url, str(tmp_path / "bad"), labels=str(bad), out=quiet)
+    bad.write_text("uid,name\n04a1b2c3,Anna\n")
+    with pytest.raises(ValueError, match="token \\(or pseudonym\\) and name columns"):
+        build_report(url, str(tmp_path / "bad"), labels=str(bad), out=quiet)
+
+
+PROFILE = {"bucket_s": 300, "min_w": [0, 3600, 3500, 0], "mean_w": [1800, 3650, 3600, 200],
+           "max_w": [3690, 3690, 3680, 900], "max_ma": [16000, 16000, 15900, 4000], "peak_w": 3690}
+
+
+def test_power_curve_per_session_from_its_profile(tmp_path):
+    url = store_with(tmp_path, [one("cp-1", 1, MON + 3600, dur=1200, ended_extra={"profile": PROFILE}),
+                                one("cp-1", 2, MON + 3 * 3600),
+                                one("cp-2", 1, MON + 5 * 3600, ended_extra={"profile": {"bucket_s": 0}})])
+    f = build_report(url, str(tmp_path / "out"), tz="Europe/Berlin", out=quiet)
+    assert f["curves"] == [os.path.join("curves", "cp-1-tx1.png")]
+    with open(f["files"][f["curves"][0]], "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f["skipped"] == ["session cp-2 tx 1: profile unreadable, no power curve"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<summary>cp-1 tx 1, 2026-03-02 02:00, 5.000 kWh, Local" in page
+    fig = charts.curve_figure(PROFILE, MON + 3600, site_zone("Europe/Berlin"), "Europe/Berlin", "t")
+    try:
+        mean = [ln for ln in fig.axes[0].get_lines()][0]
+        assert list(mean.get_ydata()) == [1.8, 3.65, 3.6, 0.2, 0.2]
+        assert fig.axes[0].xaxis.get_major_formatter()(charts.matplotlib.dates.date2num(
+            datetime.datetime(2026, 3, 2, 2, 5))) == "02:05"
+    finally:
+        charts.plt.close(fig)
+    none = build_report(url, str(tmp_path / "none"), curves=0, out=quiet)
+    assert none["curves"] == []
+
+
+NIGHT = os.path.join(ROOT, "tests", "data", "tariffs", "night_dst.tariff.json")
+
+
+def _night():
+    with open(NIGHT) as fh:
+        return Tariff(json.load(fh, parse_float=str))
+
+
+def _periods(*rows):
+    return [{"start_date_time": iso(t), "dimensions": [{"type": k, "volume": v} for k, v in dims]} for t, dims in rows]
+
+
+def cdr_sessions():
+    """Sessions with the charger's own periods and cost, across the 22:00 local night switch and DST."""
+    night = _night()
+    out = []
+    specs = [  # (station, start, [(period start offset, energy kWh, hours)], stop reason)
+        ("cp-1", MON + 20 * 3600 + 600, [(0, "3.300", "0.833333"), (3000, "6.600", "1.000000")], "Local"),
+        ("cp-1", MON + 2 * DAY + 9 * 3600, [(0, "11.040", "2")], "EVDisconnected"),
+        ("cp-2", BASE + 27 * DAY + 19 * 3600, [(0, "11.040", "2"), (7200, "38.640", "7"), (32400, "11.040", "2")],
+         "PowerLoss"),   # 2026-03-28 19:00 UTC, through the switch to summer time
+    ]
+    for i, (station, start, rows, reason) in enumerate(specs):
+        periods = _periods(*[(start + off, [("ENERGY", e), ("TIME", h)]) for off, e, h in rows])
+        end = start + sum(round(float(h) * 3600) for _, _, h in rows)
+        energy = sum(int(e.replace(".", "")) for _, e, _ in rows)
+        cost = night.price_cdr(periods, start, end, CET)
+        extra = {"charging_periods": periods, "tariff_id": "night"}
+        if reason == "PowerLoss":
+            extra.update(uncertain_wh=30, recovered_wh=100)
+        out.append({"station": station, "tx": i + 1, "token": DRIVERS[i], "start": start, "end": end,
+                    "energy": energy, "cost": cost, "parking": 0, "offline": False, "stop_reason": reason,
+                    "ended_extra": extra})
+    return out
+
+
+def _price_tool(tariff, cdr_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "price.py"), tariff, cdr_path,
+                        "--tz-offset", "60", "--dst", "EU"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout, parse_float=str)
+
+
+def test_cdr_export_prices_like_the_price_tool(tmp_path):
+    sessions = cdr_sessions()
+    url = store_with(tmp_path, sessions + [one("cp-3", 1, MON + 3600)])
+    f = build_report(url, str(tmp_path / "out"), tz="Europe/Berlin", tariffs=[NIGHT], ocpi_party="de-abc",
+                     out=quiet)
+    assert f["cdr_count"] == 3
+    assert f["skipped"] == ["session cp-3 tx 1: no CDR, tariff 'flat' is not among the --tariff files"]
+    cdrs = json.loads((tmp_path / "out" / "cdrs.json").read_text(), parse_float=str)
+    assert [c["id"] for c in cdrs] == ["cp-1-1", "cp-1-2", "cp-2-3"]
+    for c, s in zip(cdrs, sessions):
+        path = tmp_path / ("%s.json" % c["id"])
+        path.write_text(json.dumps(c))
+        tool = _price_tool(NIGHT, str(path))
+        for key in ("currency", "total_cost", "total_fixed_cost", "total_energy_cost", "total_time_cost",
+                    "total_parking_cost", "total_energy", "total_time", "total_parking_time"):
+            assert c[key] == tool[key], (c["id"], key)
+        # and what the charger billed, from the same engine and periods
+        assert c["total_cost"] == {"excl_vat": text2(s["cost"]["total_excl_vat_minor"]),
+                                   "incl_vat": text2(s["cost"]["total_incl_vat_minor"])}
+        assert (c["country_code"], c["party_id"], c["cdr_token"]["uid"], c["auth_method"]) == (
+            "DE", "ABC", s["token"], "WHITELIST")
+        assert c["start_date_time"] == iso(s["start"]) and c["end_date_time"] == iso(s["end"])
+    assert cdrs[0]["total_cost"] == {"excl_vat": "2.64", "incl_vat": "3.14"}   # 3.3 kWh at 0.40, 6.6 at 0.20
+    assert "PowerLoss" in cdrs[2]["remark"] and "remark" not in cdrs[0]
+    raw = (tmp_path / "out" / "cdrs.json").read_text()
+    assert '"volume": 3.300' in raw and '"total_energy": 9.9' in raw, "OCPI numbers, not strings"
+    utc = build_report(url, str(tmp_path / "utc"), tariffs=[NIGHT], out=quiet)
+    assert any("the CDR prices EUR" in x and "the charger billed" in x for x in utc["skipped"]), \
+        "priced in the wrong zone, the first session differs from what the charger billed"
+
+
+def text2(minor):
+    return "%d.%02d" % divmod(minor, 100)
+
+
+def test_cdr_needs_a_zone_the_tariff_engine_can_follow(tmp_path):
+    assert (tariff_clock(site_zone("Europe/Berlin"), [2026]).offset_s, tariff_clock(
+        site_zone("Europe/Berlin"), [2026]).dst) == (3600, "EU")
+    ny = tariff_clock(site_zone("America/New_York"), [2025, 2026])
+    assert (ny.offset_s, ny.dst) == (-5 * 3600, "US")
+    kolkata = tariff_clock(site_zone("Asia/Kolkata"), [2026])
+    assert (kolkata.offset_s, kolkata.dst) == (330 * 60, None)
+    with pytest.raises(ValueError, match="no fixed offset with EU or US daylight saving"):
+        tariff_clock(site_zone("Australia/Sydney"), [2026])
+    url = store_with(tmp_path, cdr_sessions())
+    with pytest.raises(ValueError, match="Australia/Sydney"):
+        build_report(url, str(tmp_path / "syd"), tz="Australia/Sydney", tariffs=[NIGHT], out=quiet)
+    with pytest.raises(ValueError, match="--ocpi-party"):
+        build_report(url, str(tmp_path / "p"), tariffs=[NIGHT], ocpi_party="Germany", out=quiet)
+
+
+def test_sessions_csv_export(tmp_path):
+    sessions = [one("cp-1", 1, MON + 3600, energy=1840), one("cp-2", 7, MON + 7200, energy=10, stop_reason="Remote")]
+    url = store_with(tmp_path, sessions)
+    f = build_report(url, str(tmp_path / "out"), tz="Europe/Berlin", out=quiet)
+    rows = list(csv.DictReader(open(f["files"]["sessions.csv"])))
+    assert [(r["station"], r["tx_id"], r["start"], r["end"], r["energy_wh"], r["stop_reason"],
+             r["total_incl_vat_minor"]) for r in rows] == [
+        ("cp-1", "1", "2026-03-02T02:00:00+01:00", "2026-03-02T03:00:00+01:00", "1840", "Local",
+         str(TARIFF.price(1840)["total_incl_vat_minor"])),
+        ("cp-2", "7", "2026-03-02T03:00:00+01:00", "2026-03-02T04:00:00+01:00", "10", "Remote",
+         str(TARIFF.price(10)["total_incl_vat_minor"]))]
+    assert f["cdr_count"] is None and "cdrs.json" not in f["files"]
+
+
+def test_command_line_labels_tariffs_and_exports(tmp_path):
+    url = store_with(tmp_path, cdr_sessions())
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"token": DRIVERS[0], "name": "Anna"}]))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"), "--db", url, "--out",
+                        str(tmp_path / "cli"), "--tz", "Europe/Berlin", "--labels", str(labels), "--tariff", NIGHT,
+                        "--ocpi-party", "DE-ABC", "--curves", "5"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout
+    assert "report: 3 OCPI CDRs -> " in r.stdout
+    assert "Anna" in (tmp_path / "cli" / "report.html").read_text()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"), "--db", url, "--out",
+                        str(tmp_path / "x"), "--labels", str(tmp_path / "missing.csv")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert r.returncode == 2 and "--labels: cannot read" in r.stdout
