@@ -1,5 +1,6 @@
 """Safety checks: over-current, implausible samples, welded / stuck contactor, grid quality,
 temperature and the RCD self-test, each turned into the right fault at the right moment."""
+from configs import board as hw
 from firmware.metering.ring import SampleRing
 from firmware.safety.checks import Safety
 from firmware.safety.faults import Faults
@@ -57,7 +58,7 @@ def _safety(rcd=False):
     clock = VirtualClock()
     board, m = Board(rcd), Metering()
     faults = Faults(clock)
-    s = Safety({}, board, m, faults, clock)
+    s = Safety(hw(), board, m, faults, clock)
     clock.sleep_ms(1000)   # the meter's readings settled
     return s, board, m, faults, clock
 
@@ -118,7 +119,7 @@ def test_grid_faults_wait_for_the_meter_to_settle_and_for_their_duration():
     clock = VirtualClock()
     board, m = Board(), Metering()
     faults = Faults(clock)
-    s = Safety({}, board, m, faults, clock)
+    s = Safety(hw(), board, m, faults, clock)
     m.sample(u_cv=26000)
     m.over_voltage = 20
     assert s.check(False, None, None) == []   # just started: readings mean nothing yet

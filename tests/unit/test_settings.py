@@ -5,6 +5,7 @@ import os
 from check import raises
 from configs import SITE_KEY, board, board_config, device_config, settings
 from firmware.core.config import REQUIRED
+from testkeys import KEY_A
 from firmware.core.settings import OPTIONAL, PIN, TRIPLE, Settings, board_rows, board_settings, device_rows, one, \
     ota_settings, secret_rows
 
@@ -276,11 +277,12 @@ def test_records_carry_the_values():
     assert hw.meter.ugain == (34000, 34000, 34000) and hw.pilot.cal == [[4000, -12000], [60000, 12000]]
     assert (hw.platform, hw.name, hw.sim.grid_v, hw.sim.cp_step_us, hw.watchdog.timeout_ms) == ("sim", "sim", 230, 100, 8000)
     s = settings({"mqtt": {"host": "b", "port": 8883, "keepalive_s": 30}, "auth": {"cache_entries": 8},
-                  "site": {"utc_offset_min": 60, "offpeak": [["22:00", "06:00"]]}},
+                  "site": {"utc_offset_min": 60, "offpeak": [["22:00", "06:00"]]}, "ota": {"public_key": KEY_A.hex}},
                  {"mqtt_user": "u", "mqtt_password": "p", "update_key": "ab" * 32}, hw=hw)
     assert (s.mqtt.host, s.mqtt.port, s.mqtt.keepalive_s, s.mqtt.user, s.mqtt.password) == ("b", 8883, 30, "u", "p")
     assert s.mqtt.timeout_ms == 500   # network.timeout_ms of the board
-    assert s.auth.cache_entries == 8 and s.ota.key == b"\xab" * 32 and s.offpeak == [(1320, 360)]
+    assert s.auth.cache_entries == 8 and s.ota.key.n == KEY_A.n and s.offpeak == [(1320, 360)]
+    assert s.ota.old_hmac_key and s.ota.device_id == "cp-test"   # a leftover HMAC key is only reported
     assert s.max_power_w == 20 * 240 * 1 and s.reader_poll_ms == 300
     assert s.limits.offer_a(0, temp_c=65) == 8 and s.limits.reason == "thermal"
     assert ota_settings({"ota": {"stall_s": 9}}, {}).stall_s == 9   # the ota section alone
