@@ -442,7 +442,8 @@ class Link:
             c.pid = 0
 
     def _frame(self, fn, *args):
-        """Let umqtt.simple write a packet into the out-buffer."""
+        """Let umqtt.simple (or fn) write a packet into the out-buffer; the stall deadline of
+        what waits there counts from now if it was empty."""
         if self._out.used == 0:
             self._sent_at = self._clock.ticks_ms()
         try:
@@ -549,7 +550,7 @@ class Link:
                 a = self._puback
                 a[2] = self._pid >> 8
                 a[3] = self._pid & 0xFF
-                self._out.write(a)
+                self._frame(self._out.write, a)
             self._topic = None
             self._want(_H1, 1, self._smv[:1])
             return 1

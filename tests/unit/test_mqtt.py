@@ -360,3 +360,38 @@ def test_the_loop_keeps_its_sample_period_while_commands_flood_in():
     assert len(h.sync.inbox) <= 8
     assert h.ctl.metering.ring.total >= 290
     assert _on_time(h), h.ctl.metering.max_gap_ms
+
+
+def test_packet_ids_wrap_after_65535_and_never_use_0():
+    link, broker, clock, _ = _link()
+    _ready(link, clock)       # the 3 SUBSCRIBEs took ids 1..3
+    broker.puback = False     # the fake broker need not answer 65 000 publishes
+    topic = PREFIX + "m"
+    at = 2 + len(topic)
+    pids = []
+
+    def sent():
+        link.tick()
+        pids.extend(b[at] << 8 | b[at + 1] for k, b in broker.packets if k == 0x30)
+        del broker.packets[:]
+        del broker.published[:]
+    for i in range(65540):
+        if not link.publish(topic, b"", False, 1):
+            sent()
+            assert link.publish(topic, b"", False, 1), i
+    while not link.drained():
+        sent()
+    sent()
+    assert len(pids) == 65540 and 0 not in pids
+    assert pids[65529:65535] == [65533, 65534, 65535, 1, 2, 3]   # umqtt.simple alone would send 65536
+    assert link.ready
+
+
+def test_a_qos1_command_after_a_quiet_spell_is_acknowledged_and_the_link_stays_up():
+    link, broker, clock, got = _link(timeout_ms=2000)
+    _ready(link, clock)
+    _ticks(link, clock, 30, step_ms=100)    # 3 s with nothing to send or read (keepalive 60 s)
+    broker.send(PREFIX + "cmd/clear_fault", b'{"id": "tech-1"}', qos=1, pid=9)
+    assert _ticks(link, clock, 3) == [] and link.ready
+    assert got == [((PREFIX + "cmd/clear_fault").encode(), bytearray(b'{"id": "tech-1"}'))]
+    assert [b for k, b in broker.packets if k == 0x40] == [b"\x00\x09"]
