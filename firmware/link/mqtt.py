@@ -83,7 +83,7 @@ def der(path, key):
         raise ValueError("config: %s: %s is not a PEM or DER file" % (key, path))
 
 
-def jitter(span):
+def _jitter(span):
     """0..span ms at random: chargers that lost the broker together do not all retry together."""
     return int.from_bytes(os.urandom(2), "big") * span // 65536 if span > 0 else 0
 
@@ -405,7 +405,7 @@ class Link:
             self._conn = None
         self._state = _CLOSED
         self._msg = None
-        wait = self._backoff + jitter(self._backoff // 4)
+        wait = self._backoff + _jitter(self._backoff // 4)
         self.retry_ms = wait
         self._retry_at = self._clock.ticks_add(now, wait)
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)

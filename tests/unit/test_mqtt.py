@@ -12,6 +12,8 @@ from firmware.storage.outbox import Outbox
 from hal.sim.clock import VirtualClock
 from simharness import Harness
 
+from check import raises
+
 PREFIX = "cp/v1/cp-1/"
 TOPICS = [PREFIX + "cmd/+", PREFIX + "auth/resp", PREFIX + "ack"]
 
@@ -320,6 +322,8 @@ def test_nothing_reenters_the_controller_from_the_link():
     h.run()
     assert [n for n, _ in calls].count("idle") > 100
     assert [c for c in calls if c[1]] == []                      # none while the link was working
+    # and there is no hook to hand the link a controller's method any more
+    raises(TypeError, Link, "cp-test", "broker.test", 1883, h.clock, idle=ctl.idle)
     assert [n for n, _ in calls].count("cmd_remote_stop") == 6   # the commands were handled, by the loop
     assert any(t.endswith("/session") for t, _, _, _ in broker.published)
 
