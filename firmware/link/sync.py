@@ -113,7 +113,7 @@ class Sync:
         """The link delivers here; messages are only queued, never acted on inside the network code."""
         topic = topic.decode() if isinstance(topic, (bytes, bytearray)) else topic
         suffix = topic[len(self.prefix):] if topic.startswith(self.prefix) else topic
-        if msg is None:
+        if msg is None or len(msg) > MAX_MESSAGE:   # None: the link drained it unread
             self.log.event("command", topic=suffix, result="refused", reason="larger than %d bytes" % MAX_MESSAGE)
         elif len(self.inbox) >= _INBOX_MAX or sum(len(m) for _, m in self.inbox) + len(msg) > _INBOX_BYTES:
             self.log.event("command", topic=suffix, result="refused", reason="inbox full")
