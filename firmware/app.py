@@ -121,8 +121,6 @@ def main(argv, platform):
                                 on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
     ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data,
                      updater)
-    if link is not None:
-        link.idle = ctl.idle
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
     log.event("boot", device_id=settings.device_id, board=hw.name, boot=boot["boot"],

@@ -165,8 +165,7 @@ class Controller:
         self._feed_watchdog(now)
 
     def idle(self):
-        """What must never wait (the EV, the meter, emergencies): also run while MQTT waits.
-        Returns the ms until more of it is due, so a network wait can end right then."""
+        """What must never wait (the EV, the meter, emergencies): first in every loop pass."""
         now = self.clock.ticks_ms()
         if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
             self._ev_changed()
@@ -183,11 +182,6 @@ class Controller:
                     self.metering.read_energy()
             except OSError as e:
                 self._meter_failed(e)
-        now = self.clock.ticks_ms()
-        due = self._sample.wait_ms(now)
-        if self._pilot is not None:
-            due = min(due, self._pilot.wait_ms(now))
-        return due
 
     def _update_step(self):
         """Download in bounded steps; switch versions only when nobody is charging or waiting."""

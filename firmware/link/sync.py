@@ -1,33 +1,27 @@
-"""Upstream sync: keeps the MQTT link up, publishes the outbox in order and the retained status.
+"""Upstream sync: publishes the retained status, the operator stats and the outbox in order.
 
-One supervisor owns the connection: connect with a retained Last Will, announce `online`,
-subscribe to commands, then deliver the persistent outbox in order; a message leaves the
-outbox only when the backend acknowledges it on `ack` (a broker PUBACK is not enough), and
-unacknowledged ones are re-sent with backoff. Any failure closes the link and retries with
-exponential backoff and jitter. Charging never waits for any of this.
+The link (firmware/link/mqtt.py) owns the connection, its deadlines and its backoff; the sync
+ticks it once per loop pass and hands it what is due. A message leaves the outbox only when the
+backend acknowledges it on `ack` (a broker PUBACK is not enough); unacknowledged ones are
+re-sent with backoff. Nothing here waits: a full out-buffer means "try at the next tick".
+Incoming messages are only queued on `inbox` (bounded), for the controller to handle.
 
     sync = Sync(link, clock, log, outbox, "cp/v1/cp-0001/")
     sync.set_connector("Charging"); sync.tick()     # every loop iteration
 """
 import json
-import os
 
 from micropython import const
 
 from firmware.core.timefmt import iso
 
-_BACKOFF_MIN_MS = const(1000)
-_BACKOFF_MAX_MS = const(60000)
 _PUBLISH_PER_TICK = const(4)
 _INBOX_MAX = const(8)
+_INBOX_BYTES = const(16384)   # queued payload bytes at most
 _ACK_WAIT_MS = const(500)    # a backend acknowledges within this (real time)
-MAX_MESSAGE = const(8192)   # larger incoming messages are refused unread
+_FLUSH_MS = const(3000)      # at shutdown: at most this long to connect and hand over what is due
+MAX_MESSAGE = const(8192)   # larger incoming messages are drained unread and refused
 SUBSCRIPTIONS = ("cmd/+", "auth/resp", "ack")
-
-
-def _jitter(span):
-    """0..span ms at random: chargers that lost the broker together do not all retry together."""
-    return int.from_bytes(os.urandom(2), "big") * span // 65536 if span > 0 else 0
 
 
 def parse_ack(payload):
@@ -52,12 +46,13 @@ class Sync:
         self.stats = None      # the retained stats payload, re-sent after every connect
         self._stats_sent = True
         self._status_sent = None
-        self._backoff = _BACKOFF_MIN_MS
-        self._retry_at = clock.ticks_ms()
+        if link is not None:
+            link.start(prefix + "status", json.dumps({"state": "offline"}), [prefix + t for t in SUBSCRIPTIONS],
+                       self._on_message, MAX_MESSAGE)
 
     @property
     def connected(self):
-        return self.link is not None and self.link.connected
+        return self.link is not None and self.link.ready
 
     def set_connector(self, status, error_code=None):
         self.connector = status
@@ -70,34 +65,40 @@ class Sync:
         return json.dumps(st)
 
     def tick(self):
-        if self.link is None:
+        """One pass: the link's own work, then what is due goes into its out-buffer."""
+        link = self.link
+        if link is None:
             return
-        if not self.link.connected:
-            if self.clock.ticks_diff(self.clock.ticks_ms(), self._retry_at) < 0:
+        news = link.tick()
+        if news == "up":
+            self._status_sent = None
+            self._stats_sent = False
+            self.log.event("mqtt", state="connected", queued=len(self.outbox))
+        elif news == "down":
+            self.log.event("mqtt", state="unreachable", error=link.error, retry_s=link.retry_ms // 1000,
+                           queued=len(self.outbox))
+        if not link.ready:
+            return
+        shown = (self.connector, self.error_code)
+        if self._status_sent != shown:
+            if not link.publish(self.prefix + "status", self._status("online"), True, 1):
                 return
-            if not self._connect():
+            self._status_sent = shown
+        if not self._stats_sent and self.stats is not None:
+            if not link.publish(self.prefix + "stats", self.stats, True, 1):
                 return
-        try:
-            self.link.poll()
-            shown = (self.connector, self.error_code)
-            if self._status_sent != shown:
-                self.link.publish(self.prefix + "status", self._status("online"), True, 1)
-                self._status_sent = shown
-            if not self._stats_sent and self.stats is not None:
-                self.link.publish(self.prefix + "stats", self.stats, True, 1)
-                self._stats_sent = True
-            now = self.clock.ticks_ms()
-            for _ in range(_PUBLISH_PER_TICK):
-                item = self.outbox.next_due(now)
-                if item is None:
-                    break
-                topic, payload, msg_id = item
-                self.link.publish(self.prefix + topic, payload, False, 1)
-                self.outbox.sent(msg_id, now)
-                self.published += 1
-                self.clock.outside(_ACK_WAIT_MS)
-        except OSError as e:
-            self._lost(e)
+            self._stats_sent = True
+        now = self.clock.ticks_ms()
+        for _ in range(_PUBLISH_PER_TICK):
+            item = self.outbox.next_due(now)
+            if item is None:
+                break
+            topic, payload, msg_id = item
+            if not link.publish(self.prefix + topic, payload, False, 1):
+                break   # the out-buffer is full: this one is still due at the next tick
+            self.outbox.sent(msg_id, now)
+            self.published += 1
+            self.clock.outside(_ACK_WAIT_MS)
 
     def set_stats(self, payload):
         """New revenue/usage totals: published retained now or after the next connect."""
@@ -105,57 +106,32 @@ class Sync:
         self._stats_sent = False
 
     def publish_now(self, suffix, payload, qos=0):
-        """Best effort, not queued (meter values, answers): True if handed to the broker."""
-        if self.link is None or not self.link.connected:
-            return False
-        try:
-            self.link.publish(self.prefix + suffix, payload, False, qos)
-        except OSError as e:
-            self._lost(e)
-            return False
-        return True
-
-    def _connect(self):
-        try:
-            self.link.connect(self.prefix + "status", json.dumps({"state": "offline"}), self._on_message)
-            for sub in SUBSCRIPTIONS:
-                self.link.subscribe(self.prefix + sub)
-        except OSError as e:
-            self._lost(e)
-            return False
-        self._backoff = _BACKOFF_MIN_MS
-        self._status_sent = None
-        self._stats_sent = False
-        self.log.event("mqtt", state="connected", queued=len(self.outbox))
-        return True
-
-    def _lost(self, err):
-        self.link.close()
-        wait = self._backoff + _jitter(self._backoff // 4)
-        self._retry_at = self.clock.ticks_add(self.clock.ticks_ms(), wait)
-        self.log.event("mqtt", state="unreachable", error=str(err), retry_s=wait // 1000,
-                       queued=len(self.outbox))
-        self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
+        """Best effort, not queued (meter values, answers): True if handed over (never waits)."""
+        return self.connected and self.link.publish(self.prefix + suffix, payload, False, qos)
 
     def _on_message(self, topic, msg):
-        """Commands arrive here; they are only queued, never acted on inside the network call."""
-        topic = topic.decode() if isinstance(topic, bytes) else topic
+        """The link delivers here; messages are only queued, never acted on inside the network code."""
+        topic = topic.decode() if isinstance(topic, (bytes, bytearray)) else topic
         suffix = topic[len(self.prefix):] if topic.startswith(self.prefix) else topic
-        if len(msg) > MAX_MESSAGE:
+        if msg is None or len(msg) > MAX_MESSAGE:   # None: the link drained it unread
             self.log.event("command", topic=suffix, result="refused", reason="larger than %d bytes" % MAX_MESSAGE)
-        elif len(self.inbox) >= _INBOX_MAX:
+        elif len(self.inbox) >= _INBOX_MAX or sum(len(m) for _, m in self.inbox) + len(msg) > _INBOX_BYTES:
             self.log.event("command", topic=suffix, result="refused", reason="inbox full")
         else:
             self.inbox.append((suffix, msg))
 
-    def flush(self, attempts=3):
-        """At shutdown: send what is due now, ignoring the backoff, with a few attempts."""
-        if self.link is None:
+    def flush(self, budget_ms=_FLUSH_MS):
+        """At shutdown: connect now if need be and hand over what is due, for at most budget_ms."""
+        link = self.link
+        if link is None:
             return
-        for _ in range(attempts):
-            self._retry_at = self.clock.ticks_ms()
+        c = self.clock
+        c.outside(budget_ms)   # a simulator waits for the broker in real time here
+        link.hurry()
+        end = c.ticks_add(c.ticks_ms(), budget_ms)
+        while c.ticks_diff(end, c.ticks_ms()) > 0:
             self.tick()
-            while self.link.connected and self.outbox.next_due(self.clock.ticks_ms()) is not None:
-                self.tick()
-            if self.link.connected:
-                return
+            if link.ready and link.drained() and self.outbox.next_due(c.ticks_ms()) is None:
+                break
+            c.sleep_ms(5)
+        c.outside(0)

@@ -2,7 +2,8 @@
 
 
 class FakeLink:
-    """An MQTT link whose broker is reachable or not, recording what was published."""
+    """An MQTT link (firmware/link/mqtt.py's interface) whose broker is reachable or not,
+    recording what was published; it connects at the first tick the broker is up."""
 
     def __init__(self):
         self.up = True
@@ -12,33 +13,60 @@ class FakeLink:
         self.fail_publish_after = None
         self.subscribed = []
         self.on_publish = None   # a backend's reaction to what the charger publishes
+        self.error = None
+        self.retry_ms = 1000
+        self._topics = ()
+        self._told = False       # this outage was reported
+        self._dropped = False    # a publish found the connection gone
 
-    def connect(self, will_topic, will_payload, on_message):
-        if not self.up:
-            raise OSError(111)
+    @property
+    def ready(self):
+        return self.connected
+
+    def start(self, will_topic, will_payload, topics, on_message, max_message):
         self.will = (will_topic, will_payload)
-        self.connected = True
+        self._topics = topics
 
-    def subscribe(self, topic):
-        self.subscribed.append(topic)
+    def hurry(self):
+        pass
 
-    def poll(self):
-        if not self.up:
+    def drained(self):
+        return True
+
+    def tick(self):
+        if self.connected and self.up:
+            return None
+        if self._dropped:
+            self._dropped = False
             self.connected = False
-            raise OSError(104)
+            self.error = "[Errno 104] ECONNRESET"
+            return "down"
+        if self.up:
+            self.connected = True
+            self._told = False
+            self.subscribed = list(self._topics)
+            return "up"
+        self.connected = False
+        if self._told:
+            return None
+        self._told = True
+        self.error = "[Errno 111] ECONNREFUSED"
+        return "down"
 
-    def publish(self, topic, payload, retain=False, qos=1):
+    def publish(self, topic, payload, retain=False, qos=0):
+        if not self.connected:
+            return False
         if not self.up or self.fail_publish_after == 0:
-            raise OSError(104)
+            self.connected = False   # the connection dropped: the next tick reports it
+            self._dropped = True
+            return False
         if self.fail_publish_after:
             self.fail_publish_after -= 1
         payload = bytes(payload) if isinstance(payload, memoryview) else payload  # a view of a reused buffer
         self.published.append((topic, payload, retain, qos))
         if self.on_publish is not None:
             self.on_publish(topic, payload)
-
-    def close(self):
-        self.connected = False
+        return True
 
 
 class ListLog:

@@ -50,7 +50,7 @@ def entry(token, **fields):
 
 class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
-                 entries=None, secrets=None):
+                 entries=None, secrets=None, make_link=None):
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -78,8 +78,11 @@ class Harness:
         self.settings = Settings(self.hw, dev, secrets)
         self.board = Board(self.hw, machine, self.clock.sleep_ms)
         self.log = ListLog()
-        self.link = FakeLink()
-        self.link.on_publish = self._backend
+        if make_link is None:
+            self.link = FakeLink()
+            self.link.on_publish = self._backend
+        else:
+            self.link = make_link(self.clock)   # the firmware's Link, on a fake network (tests/unit/fakenet.py)
         self.online_answers = {}   # pseudonym -> auth/resp payload; unknown cards get Invalid
         self.answer_auth = True
         self.acking = True         # a healthy backend acknowledges every message it receives
