@@ -309,13 +309,14 @@ def test_nothing_reenters_the_controller_from_the_link():
         spy.wrap(name)
     calls = []
     ctl = h.ctl
-    for name in ("idle", "step", "auth_answer", "backend_ack", "cmd_remote_stop", "shutdown"):
-        fn = getattr(ctl, name)
+    for owner, name in ((ctl, "idle"), (ctl, "step"), (ctl, "auth_answer"), (ctl, "remote_stop"),
+                        (ctl, "shutdown"), (ctl.outbox, "ack")):   # what the loop, commands and acks reach
+        fn = getattr(owner, name)
 
         def rec(*args, _fn=fn, _name=name):
             calls.append((_name, spy.inside))
             return _fn(*args)
-        setattr(ctl, name, rec)
+        setattr(owner, name, rec)
     h.run(until_ms=5000)   # connected by now (through the slow start above)
     for i in range(6):
         broker.send("cp/v1/cp-test/cmd/remote_stop", json.dumps({"id": "r-%d" % i}).encode(), qos=1, pid=i + 1)
@@ -324,7 +325,7 @@ def test_nothing_reenters_the_controller_from_the_link():
     assert [c for c in calls if c[1]] == []                      # none while the link was working
     # and there is no hook to hand the link a controller's method any more
     raises(TypeError, Link, "cp-test", "broker.test", 1883, h.clock, idle=ctl.idle)
-    assert [n for n, _ in calls].count("cmd_remote_stop") == 6   # the commands were handled, by the loop
+    assert [n for n, _ in calls].count("remote_stop") == 6   # the commands were handled, by the loop
     assert any(t.endswith("/session") for t, _, _, _ in broker.published)
 
 
