@@ -382,7 +382,7 @@ def build(args):
         if not args.out:
             raise ProvisionError("mqtt_password: no password given; a new one is generated only with --out DIR, "
                                  "where the broker's entry for it is written")
-        kept = secrets_before.get("mqtt_password")   # the broker has its entry already
+        kept = None if args.new_mqtt_password else secrets_before.get("mqtt_password")   # the broker has it
         password = kept if isinstance(kept, str) and kept else new_password()
     if bool(args.cert) != bool(args.key):
         raise ProvisionError("tls_cert/tls_key: give both the client certificate and its key, or neither")
@@ -568,6 +568,8 @@ def parse_args(argv=None):
                     help="firmware update public key from a PEM file (a private key file: only its public part "
                          "is read)")
     ap.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (port 8883 with TLS, 1883 without)")
+    ap.add_argument("--new-mqtt-password", action="store_true",
+                    help="a new random MQTT password even where OUT/secrets.json has one (password rotation)")
     ap.add_argument("--no-tls", action="store_true", help="plain MQTT (closed networks only; refused with a password)")
     ap.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (PEM)")
     ap.add_argument("--cert", metavar="FILE", help="client certificate (PEM)")

@@ -564,9 +564,13 @@ def test_provisioning_again_keeps_what_was_generated_and_moves_the_list_on(input
     again(cards=_write(inputs / "more.csv", "uid\nDEADBEEF\n"))   # a changed card list
     again("--list-version", "7")   # the operator's word wins
     again(device_id="cp-0002")     # another charger in that DIR starts afresh
-    assert versions == [1, 1, 2, 3, 7, 1]
+    stdout = again("--new-mqtt-password", device_id="cp-0002")   # a password rotation (docs/security.md)
+    assert "append passwd" in stdout
+    assert versions == [1, 1, 2, 3, 7, 1, 1]
     assert len({s["device_key"] for s in secrets[:5]}) == 1 and len({s["mqtt_password"] for s in secrets[:5]}) == 1
     assert secrets[5]["device_key"] != secrets[0]["device_key"]
     assert secrets[5]["mqtt_password"] != secrets[0]["mqtt_password"]
+    assert secrets[6]["device_key"] == secrets[5]["device_key"]
+    assert secrets[6]["mqtt_password"] not in (secrets[5]["mqtt_password"], secrets[0]["mqtt_password"])
     line = (out / "broker" / "passwd").read_text()
-    assert _pbkdf2_ok(line, "cp-0002", secrets[5]["mqtt_password"])
+    assert _pbkdf2_ok(line, "cp-0002", secrets[6]["mqtt_password"])
