@@ -6,20 +6,25 @@ Everything is checked before anything is written: a missing or unsafe input stop
 message naming the field, and no file is created or changed (locally or on the board).
 
 The charger's MQTT user name is its device id; its password is random (or $CP_MQTT_PASSWORD).
-With --out, DIR/broker/ receives the broker's side for it: `passwd` (one password_file line)
-and `acl` (its ACL lines), for the operator to append to mosquitto's files (docs/security.md);
-they never go onto the board.
+With --out, the operator's side is written next to the charger's files, never onto the board:
+DIR/broker/ `passwd` (one password_file line) and `acl` (its ACL lines), to append to
+mosquitto's files (docs/security.md); DIR/backend/ `auth.json` (tools/backend.py --auth: the
+cards' answers under every accepted key version) and `labels.csv` (pseudonym -> the card's
+`name`, for people only). Provisioning again into the same DIR keeps what was generated there
+for the device (device key, MQTT password) and moves the local list's version on when it changed.
 
     python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\
-        --broker mqtt.example.org:8883 --ca ca.pem --tariff tariff.json --cards cards.csv --out out/cp-0001
+        --broker mqtt.example.org:8883 --ca ca.pem --update-keyfile cp-update.pub.pem \\
+        --tariff tariff.json --cards cards.csv --out out/cp-0001
     python3 tools/provision.py ... --port /dev/ttyUSB0     # straight onto the board (mpremote)
 
 Functions: build(args) -> {file name: bytes}; write_dir(files, dir); write_board(files, port).
-File names under broker/ are the broker's entries, not the charger's.
+File names under broker/ and backend/ are the operator's, not the charger's.
 """
 import argparse
 import binascii
 import csv
+import io
 import json
 import os
 import re
@@ -35,6 +40,7 @@ for _p in (os.path.join(ROOT, "tools", "compat"), os.path.join(ROOT, "tools"), R
 from firmware.billing.fixed import parse  # noqa: E402
 from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
 from firmware.billing.tariff import Tariff  # noqa: E402
+from firmware.core.rsa import E, parse_public_key  # noqa: E402
 from firmware.core.timefmt import parse_iso  # noqa: E402
 from broker import device_acl, new_password, password_line  # noqa: E402
 
@@ -45,7 +51,9 @@ UID_BYTES = (4, 7, 10)    # ISO 14443-3 single, double, triple size
 AUTH_POLICY = {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True, "AllowOfflineTxForUnknownId": False,
                "AuthorizeRemoteTxRequests": False}
 DST_RULES = ("EU", "US", "none")
-CARD_FIELDS = ("uid", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only")
+PASSPHRASE_ENV = "CP_UPDATE_KEY_PASSPHRASE"   # as tools/bundle.py: an encrypted private key file
+CARD_FIELDS = ("uid", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only", "name")
+MAX_NAME = 100            # a card's label: operator side only (backend/labels.csv), never on the charger
 
 
 class ProvisionError(ValueError):
@@ -107,7 +115,7 @@ def _optional(value):
 
 
 def card_entry(row, where):
-    """One card row -> (raw uid bytes, local-list entry without its token)."""
+    """One card row -> (raw uid bytes, local-list entry without its token, name or None)."""
     uid = parse_uid(row.get("uid"), where)
     unknown = sorted(set(row) - set(CARD_FIELDS))
     if unknown:
@@ -149,8 +157,11 @@ def card_entry(row, where):
         if low not in ("true", "false", "1", "0", "yes", "no"):
             raise ProvisionError("%s: offpeak_only must be true or false" % where)
         off = low in ("true", "1", "yes")
+    name = _optional(row.get("name"))
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable()):
+        raise ProvisionError("%s: name must be text of at most %d characters" % (where, MAX_NAME))
     return uid, {"status": status, "expiry": expiry, "group": group, "max_current_a": amps, "max_kwh": kwh,
-                 "offpeak_only": off}
+                 "offpeak_only": off}, name
 
 
 def read_cards(path):
@@ -187,7 +198,7 @@ def read_cards(path):
 def local_list(cards, key, key_version, version):
     """The local list of pseudonyms, sorted by token (the input order is not kept)."""
     entries = {}
-    for uid, entry in cards:
+    for uid, entry, _ in cards:
         token = pseudonym(key, uid)
         if token in entries:
             raise ProvisionError("cards: the same card UID is listed twice")
@@ -197,8 +208,30 @@ def local_list(cards, key, key_version, version):
     return {"version": version, "entries": [entries[t] for t in sorted(entries)]}
 
 
+def backend_auth(cards, keys, accept):
+    """tools/backend.py's --auth table: each card's answer under every accepted key version, so
+    chargers still on an older current key are answered during a rotation (docs/privacy.md)."""
+    table = {}
+    for uid, entry, _ in cards:
+        answer = dict((k, v) for k, v in entry.items() if v is not None and v is not False)
+        for v in accept:
+            table[pseudonym(keys[v], uid)] = answer
+    return (json.dumps(table, sort_keys=True, indent=1) + "\n").encode()
+
+
+def labels(cards, keys, accept):
+    """labels.csv: pseudonym, key version, name of each named card under every accepted version."""
+    rows = sorted((pseudonym(keys[v], uid), v, name) for uid, _, name in cards if name for v in accept)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("token", "key", "name"))
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def _site_keys(args):
-    """{version: key bytes} from --keys then --site-key, and the current version."""
+    """({version: key bytes} from --keys then --site-key, the current version, the accepted versions:
+    by default every version given)."""
     given = {}
     base = args.keys_data.get("site_keys") or {}
     if not isinstance(base, dict):
@@ -224,7 +257,60 @@ def _site_keys(args):
         args.keys_data.get("site_key_current", max(keys))
     if current not in keys:
         raise ProvisionError("site_key_current: version %r has no key" % current)
-    return keys, current
+    accept = args.site_key_accept if args.site_key_accept is not None else \
+        args.keys_data.get("site_key_accept", sorted(keys))
+    if isinstance(accept, str):
+        try:
+            accept = [int(v) for v in accept.split(",")]
+        except ValueError:
+            accept = None
+    if not isinstance(accept, list) or not accept or \
+            any(isinstance(v, bool) or not isinstance(v, int) or v not in keys for v in accept):
+        raise ProvisionError("site_key_accept: give versions that have a key, e.g. [1, 2] (or --site-key-accept 1,2)")
+    if current not in accept:
+        raise ProvisionError("site_key_accept: must include the current version %d" % current)
+    return keys, current, sorted(set(accept))
+
+
+def _public_pem(path):
+    """The RSA modulus (hex) of a PEM public key, or of the public part of a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ProvisionError("ota.public_key: cannot read %s (%s)" % (path, e.strerror))
+    try:
+        if b"PRIVATE KEY-----" in data:
+            pw = os.environ.get(PASSPHRASE_ENV) if b"ENCRYPTED" in data else None
+            key = serialization.load_pem_private_key(data, password=pw.encode() if pw else None).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise ProvisionError("ota.public_key: %s is not a usable PEM key (%s; an encrypted private key needs $%s)"
+                             % (path, e, PASSPHRASE_ENV))
+    if not isinstance(key, rsa.RSAPublicKey) or key.public_numbers().e != E:
+        raise ProvisionError("ota.public_key: %s must hold an RSA key with e = 65537 (tools/bundle.py keygen)" % path)
+    n = key.public_numbers().n
+    return "%0*x" % (2 * ((n.bit_length() + 7) // 8), n)
+
+
+def _update_pubkey(args):
+    """ota.public_key, as the charger checks update signatures with it (docs/ota.md)."""
+    if "update_key" in args.keys_data:
+        raise ProvisionError("update_key: the HMAC update key is no longer used (docs/ota.md): delete it from %s; "
+                             "chargers get the update public key (--update-pubkey or --update-keyfile)" % args.keys)
+    if bool(args.update_pubkey) == bool(args.update_keyfile):
+        raise ProvisionError("ota.public_key: give the firmware update public key once: --update-pubkey HEX or "
+                             "--update-keyfile PEM (tools/bundle.py keygen and pubkey print the hex)")
+    text = _public_pem(args.update_keyfile) if args.update_keyfile else args.update_pubkey.strip().lower()
+    try:
+        parse_public_key(text)
+    except ValueError as e:
+        raise ProvisionError("ota.public_key: %s" % e)
+    return text
 
 
 def _pem(path, name, kind):
@@ -249,15 +335,15 @@ def build(args):
         args.keys_data = load_json(args.keys, "keys")
         if not isinstance(args.keys_data, dict):
             raise ProvisionError("keys: %s must hold a JSON object like secrets.example.json" % args.keys)
-    keys, current = _site_keys(args)
-    device_key = args.device_key or args.keys_data.get("device_key")
+    keys, current, accept = _site_keys(args)
+    config_before, secrets_before = earlier(args.out, dev) if args.out else ({}, {})
+    device_key = args.device_key or args.keys_data.get("device_key") or secrets_before.get("device_key")
     if device_key is None:
         if not args.out:
             raise ProvisionError("device_key: no key given; a new one is generated only with --out DIR, to keep it")
         device_key = binascii.hexlify(os.urandom(32)).decode()
     _hex_key(device_key, "device_key")
-    update_key = args.update_key or args.keys_data.get("update_key")
-    _hex_key(update_key, "update_key", 32)   # the firmware's OTA check wants 32 bytes
+    public_key = _update_pubkey(args)
     user = args.keys_data.get("mqtt_user")
     if user is not None and user != dev:   # the broker's ACL gives each account cp/v1/<its user name>/
         raise ProvisionError("mqtt_user: the MQTT user name is the device id (%s), not %r: remove it from %s"
@@ -296,7 +382,8 @@ def build(args):
         if not args.out:
             raise ProvisionError("mqtt_password: no password given; a new one is generated only with --out DIR, "
                                  "where the broker's entry for it is written")
-        password = new_password()
+        kept = None if args.new_mqtt_password else secrets_before.get("mqtt_password")   # the broker has it
+        password = kept if isinstance(kept, str) and kept else new_password()
     if bool(args.cert) != bool(args.key):
         raise ProvisionError("tls_cert/tls_key: give both the client certificate and its key, or neither")
     if args.cert and not tls:
@@ -307,17 +394,14 @@ def build(args):
         if b"PRIVATE KEY-----" not in files["key.pem"]:
             raise ProvisionError("tls_key: %s is not a PEM private key" % args.key)
 
-    if not args.tariff:
-        raise ProvisionError("tariff: --tariff FILE (an OCPI tariff) is missing")
     tariff = load_json(args.tariff, "tariff")
     try:
         Tariff(tariff)
     except ValueError as e:
         raise ProvisionError("tariff: %s" % e)
-    if args.list_version < 1:
-        raise ProvisionError("local_list.version: must be 1 or more")
     cards = read_cards(args.cards) if args.cards else []
-    llist = local_list(cards, keys[current], current, args.list_version)
+    llist = local_list(cards, keys[current], current, 1)
+    llist["version"] = _list_version(args, config_before, llist["entries"])
 
     policy = dict(AUTH_POLICY)
     for item in args.auth_policy or []:
@@ -331,28 +415,63 @@ def build(args):
         raise ProvisionError("site.dst: must be one of %s" % ", ".join(DST_RULES))
 
     config = {"device_id": dev, "mqtt": mqtt, "tariff": tariff, "local_list": llist, "auth": policy,
-              "site": {"utc_offset_min": args.utc_offset_min, "dst": args.dst}}
-    secrets = {"site_keys": {str(v): binascii.hexlify(k).decode() for v, k in sorted(keys.items())},
-               "site_key_current": current, "device_key": device_key.strip().lower(),
-               "update_key": update_key.strip().lower(), "mqtt_user": dev}
+              "site": {"utc_offset_min": args.utc_offset_min, "dst": args.dst}, "ota": {"public_key": public_key}}
+    # the charger holds only the keys it accepts: a dropped key is gone from it at the next provisioning
+    secrets = {"site_keys": {str(v): binascii.hexlify(keys[v]).decode() for v in accept},
+               "site_key_current": current, "site_key_accept": accept, "device_key": device_key.strip().lower(),
+               "mqtt_user": dev}
     if password is not None:   # optional secrets are left out, never written as null
         secrets["mqtt_password"] = password
         files[BROKER_DIR + "passwd"] = password_line(dev, password).encode()
         files[BROKER_DIR + "acl"] = device_acl(dev).encode()
     if args.cert:
         secrets.update(tls_cert="cert.pem", tls_key="key.pem")
+    files[BACKEND_DIR + "auth.json"] = backend_auth(cards, keys, accept)
+    files[BACKEND_DIR + "labels.csv"] = labels(cards, keys, accept)
     files["config.json"] = (json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n").encode()
     files["secrets.json"] = (json.dumps(secrets, sort_keys=True, indent=1) + "\n").encode()
     return files
 
 
 BROKER_DIR = "broker/"   # the broker's entries for the charger: written with --out, never onto the board
-SECRET_FILES = ("secrets.json", "key.pem", BROKER_DIR + "passwd")
+BACKEND_DIR = "backend/"  # the backend's --auth table and the cards' labels: --out only, never onto the board
+SECRET_FILES = ("secrets.json", "key.pem", BROKER_DIR + "passwd", BACKEND_DIR + "labels.csv")
 
 
 def board_files(files):
-    """The files that go onto the charger (not the broker's entries)."""
-    return dict((n, d) for n, d in files.items() if not n.startswith(BROKER_DIR))
+    """The files that go onto the charger (not the operator's: broker and backend entries)."""
+    return dict((n, d) for n, d in files.items() if not n.startswith((BROKER_DIR, BACKEND_DIR)))
+
+
+def earlier(out, dev):
+    """(config, secrets) an earlier run wrote into out for this device, else ({}, {}): provisioning
+    again keeps what was generated (device key, MQTT password) and moves the list version on."""
+    found = []
+    for name in ("config.json", "secrets.json"):
+        try:
+            with open(os.path.join(out, name), encoding="utf-8") as f:
+                found.append(json.load(f, parse_float=str))
+        except (OSError, ValueError):   # none, or not readable: start afresh
+            return {}, {}
+    config, secrets = found
+    if not isinstance(config, dict) or not isinstance(secrets, dict) or config.get("device_id") != dev \
+            or secrets.get("mqtt_user") != dev:
+        return {}, {}
+    return config, secrets
+
+
+def _list_version(args, before, entries):
+    """--list-version, else the earlier run's, plus one when the list changed (a charger takes a
+    provisioned list only above the version it holds), else 1."""
+    if args.list_version is not None:
+        if args.list_version < 1:
+            raise ProvisionError("local_list.version: must be 1 or more")
+        return args.list_version
+    old = before.get("local_list")
+    version = old.get("version") if isinstance(old, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return 1
+    return version if old.get("entries") == entries else version + 1
 
 
 def ocpp_ids(entries):
@@ -439,29 +558,42 @@ def parse_args(argv=None):
                "  cp secrets.example.json secrets.json   # fill in the keys (git ignores secrets.json)\n"
                "  python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\\n"
                "      --broker mqtt.example.org:8883 --ca ca.pem --cert cp-0001.crt --key cp-0001.key \\\n"
-               "      --tariff tariff.json --cards cards.csv --utc-offset-min 60 --dst EU --out out/cp-0001\n"
-               "cards.csv: header uid,status,expiry,group,max_current_a,max_kwh,offpeak_only (only uid required).\n"
+               "      --update-keyfile cp-update.pub.pem --tariff tariff.json --cards cards.csv \\\n"
+               "      --utc-offset-min 60 --dst EU --out out/cp-0001\n"
+               "cards.csv: header uid,status,expiry,group,max_current_a,max_kwh,offpeak_only,name (only uid\n"
+               "required; name stays on your side: OUT/backend/labels.csv).\n"
                "MQTT: the user name is the device id; the password is random (with --out), or from\n"
                "$CP_MQTT_PASSWORD or --keys (mqtt_password). OUT/broker/passwd and OUT/broker/acl are the\n"
                "broker's entries for it: append them to mosquitto's password_file and acl_file, then reload\n"
-               "mosquitto (kill -HUP); see docs/security.md.")
+               "mosquitto (kill -HUP); see docs/security.md. OUT/backend/auth.json is tools/backend.py's --auth.\n"
+               "Key rotation (docs/privacy.md): add the new site key, make it current, provision again.")
     ap.add_argument("--board", required=True, help="name of board_configs/<board>.json")
     ap.add_argument("--device-id", required=True, help="charger id, part of its MQTT topics (e.g. cp-0001)")
+    ap.add_argument("--tariff", required=True, metavar="FILE",
+                    help="OCPI 2.2.1 tariff (JSON) the charger prices sessions with until the backend sends another")
     ap.add_argument("--keys", metavar="FILE", help="secrets in the format of secrets.example.json")
     ap.add_argument("--site-key", action="append", metavar="VERSION:HEX", help="site key (repeatable)")
     ap.add_argument("--site-key-current", type=int, metavar="VERSION",
                     help="version used for pseudonyms (default: highest)")
+    ap.add_argument("--site-key-accept", metavar="V,V",
+                    help="key versions the charger accepts, with the current one (default: every version given)")
     ap.add_argument("--device-key", metavar="HEX", help="this charger's own key (generated when absent, needs --out)")
-    ap.add_argument("--update-key", metavar="HEX", help="firmware update key")
+    ap.add_argument("--update-pubkey", metavar="HEX",
+                    help="firmware update public key: the RSA modulus as tools/bundle.py keygen/pubkey print it")
+    ap.add_argument("--update-keyfile", metavar="PEM",
+                    help="firmware update public key from a PEM file (a private key file: only its public part "
+                         "is read)")
     ap.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (port 8883 with TLS, 1883 without)")
+    ap.add_argument("--new-mqtt-password", action="store_true",
+                    help="a new random MQTT password even where OUT/secrets.json has one (password rotation)")
     ap.add_argument("--no-tls", action="store_true", help="plain MQTT (closed networks only; refused with a password)")
     ap.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (PEM)")
     ap.add_argument("--cert", metavar="FILE", help="client certificate (PEM)")
     ap.add_argument("--key", metavar="FILE", help="client private key (PEM)")
     ap.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive, seconds (default 60)")
-    ap.add_argument("--tariff", metavar="FILE", help="OCPI 2.2.1 tariff (JSON)")
     ap.add_argument("--cards", metavar="FILE", help="cards with raw UIDs, CSV or JSON (hashed here, never copied)")
-    ap.add_argument("--list-version", type=int, default=1, help="local list version (default 1)")
+    ap.add_argument("--list-version", type=int,
+                    help="local list version (default: 1, or one above OUT/config.json's when the list changed)")
     ap.add_argument("--auth-policy", action="append", metavar="NAME=true|false",
                     help="override: %s" % ", ".join("%s=%s" % (k, str(v).lower()) for k, v in AUTH_POLICY.items()))
     ap.add_argument("--utc-offset-min", type=int, default=0, help="site's standard-time offset from UTC, minutes")
@@ -486,13 +618,21 @@ def main(argv=None):
             _mpremote(board_commands(files, args.port, "", args.mpremote)[0],
                       "reaching the board at %s" % args.port, 60)
         if args.out:
+            kept = earlier(args.out, args.device_id)[1].get("mqtt_password")
             write_dir(files, args.out)
             written = args.out
             print("provision: wrote %s into %s" % (", ".join(sorted(board_files(files))), args.out))
-            if BROKER_DIR + "passwd" in files:
+            print("provision: %s is tools/backend.py's --auth table for these cards and %s names them "
+                  "(both stay on your side)" % (os.path.join(args.out, BACKEND_DIR, "auth.json"),
+                                                os.path.join(args.out, BACKEND_DIR, "labels.csv")))
+            password = json.loads(files["secrets.json"]).get("mqtt_password")
+            if password is not None and password == kept:
+                print("provision: %s keeps the MQTT password it had: the broker's entries for it need no change"
+                      % args.device_id)
+            elif password is not None:
                 print("provision: the broker's entries for %s are in %s: append passwd to mosquitto's password_file "
-                      "and acl to its acl_file, then reload mosquitto (docs/security.md)"
-                      % (args.device_id, os.path.join(args.out, BROKER_DIR)))
+                      "and acl to its acl_file (replacing an older line of %s), then reload mosquitto "
+                      "(docs/security.md)" % (args.device_id, os.path.join(args.out, BROKER_DIR), args.device_id))
         if args.port:
             write_board(files, args.port, args.mpremote)
             print("provision: wrote %s onto the board at %s" % (", ".join(sorted(board_files(files))), args.port))
@@ -504,9 +644,10 @@ def main(argv=None):
         print("provision: %s; %s" % (e, "the board was left as it was (files are in %s)" % written if written
                                      else "nothing written"), file=sys.stderr)
         return 2
-    entries = json.loads(files["config.json"])["local_list"]["entries"]
-    print("provision: device %s, %d cards in local list v%d (pseudonyms only), tariff %s" % (
-        args.device_id, len(entries), args.list_version, json.loads(files["config.json"])["tariff"].get("id")))
+    config = json.loads(files["config.json"])
+    print("provision: device %s, %d cards in local list v%d (pseudonyms only, key version %d), tariff %s" % (
+        args.device_id, len(config["local_list"]["entries"]), config["local_list"]["version"],
+        json.loads(files["secrets.json"])["site_key_current"], config["tariff"].get("id")))
     return 0
 
 

@@ -1,5 +1,6 @@
 """Provisioning: round trip, every refusal writes nothing, raw UIDs never reach a file or a board."""
 import base64
+import csv
 import hashlib
 import hmac
 import json
@@ -13,18 +14,23 @@ import time
 import tty
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 import provision
 import sim
-from backend import Backend
+from backend import Backend, load_auth
 from broker import Broker, mqtt_connect
+from bundle import public_hex
 from firmware.billing.tariff import Tariff
+from firmware.core.rsa import parse_public_key
 from firmware.core.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_KEY = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
 OLD_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0" "00112233445566778899aabbccddeeff"
-UPDATE_KEY = "c0ffee00" * 8
+UPDATE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)   # the operator's signing key
+UPDATE_PUBKEY = public_hex(UPDATE_KEY)   # what tools/bundle.py keygen prints
 DEVICE_KEY = "d00dfeed" * 8
 # raw UIDs as an operator might type them: 4, 7 and 10 bytes, mixed case and separators
 CARDS = [("DEADBEEF", "deadbeef"), ("04:a1:b2:C3:d4:E5:f6", "04a1b2c3d4e5f6"),
@@ -53,8 +59,14 @@ def inputs(tmp_path):
     (d / "cert.pem").write_text(PEM_CERT)
     (d / "key.pem").write_text(PEM_KEY)
     (d / "keys.json").write_text(json.dumps({"site_keys": {"1": OLD_KEY, "2": SITE_KEY}, "site_key_current": 2,
-                                             "device_key": DEVICE_KEY, "update_key": UPDATE_KEY,
+                                             "device_key": DEVICE_KEY,
                                              "mqtt_user": "cp-0001", "mqtt_password": "s3cret-pw"}))
+    ser = serialization
+    (d / "update.pem").write_bytes(UPDATE_KEY.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
+                                                            ser.NoEncryption()))
+    pub = UPDATE_KEY.public_key()
+    (d / "update.pub.pem").write_bytes(pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    (d / "update.rsapub.pem").write_bytes(pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.PKCS1))
     return d
 
 
@@ -63,7 +75,7 @@ def args(d, out_dir, *extra, **replace):
     opts = {"--board": "esp32_devkit", "--device-id": "cp-0001", "--keys": str(d / "keys.json"),
             "--broker": "mqtt.example.org", "--ca": str(d / "ca.pem"), "--cert": str(d / "cert.pem"),
             "--key": str(d / "key.pem"), "--tariff": str(d / "tariff.json"), "--cards": str(d / "cards.csv"),
-            "--utc-offset-min": "60", "--dst": "EU", "--out": str(out_dir)}
+            "--utc-offset-min": "60", "--dst": "EU", "--out": str(out_dir), "--update-pubkey": UPDATE_PUBKEY}
     for k, v in replace.items():
         opts["--" + k.replace("_", "-")] = v
     argv = []
@@ -91,14 +103,16 @@ def test_round_trip(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     rc, stdout, err = run(args(inputs, out), capsys)
     assert rc == 0, err
-    assert sorted(os.listdir(out)) == ["board.json", "broker", "ca.pem", "cert.pem", "config.json", "key.pem",
-                                       "secrets.json"]
+    assert sorted(os.listdir(out)) == ["backend", "board.json", "broker", "ca.pem", "cert.pem", "config.json",
+                                       "key.pem", "secrets.json"]
     assert sorted(os.listdir(out / "broker")) == ["acl", "passwd"]
+    assert sorted(os.listdir(out / "backend")) == ["auth.json", "labels.csv"]
     cfg = json.loads((out / "config.json").read_text())
     sec = json.loads((out / "secrets.json").read_text())
     assert cfg["device_id"] == "cp-0001"
     assert cfg["mqtt"] == {"host": "mqtt.example.org", "port": 8883, "tls": True, "keepalive_s": 60, "ca": "ca.pem"}
     assert cfg["site"] == {"utc_offset_min": 60, "dst": "EU"}
+    assert cfg["ota"] == {"public_key": UPDATE_PUBKEY}
     assert cfg["auth"] == {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True,
                            "AllowOfflineTxForUnknownId": False, "AuthorizeRemoteTxRequests": False}
     Tariff(cfg["tariff"])
@@ -114,8 +128,8 @@ def test_round_trip(inputs, tmp_path, capsys):
                                            "expiry": "2027-01-01T00:00:00Z", "group": "fleet-a", "max_current_a": 16,
                                            "max_kwh": "20", "offpeak_only": True}
     assert entries[token(CARDS[2][1])]["max_kwh"] == "7.5"
-    assert sec == {"site_keys": {"1": OLD_KEY, "2": SITE_KEY}, "site_key_current": 2, "device_key": DEVICE_KEY,
-                   "update_key": UPDATE_KEY, "mqtt_user": "cp-0001", "mqtt_password": "s3cret-pw",
+    assert sec == {"site_keys": {"1": OLD_KEY, "2": SITE_KEY}, "site_key_current": 2, "site_key_accept": [1, 2],
+                   "device_key": DEVICE_KEY, "mqtt_user": "cp-0001", "mqtt_password": "s3cret-pw",
                    "tls_cert": "cert.pem", "tls_key": "key.pem"}
     with open(os.path.join(ROOT, "board_configs", "esp32_devkit.json"), "rb") as f:
         assert (out / "board.json").read_bytes() == f.read()
@@ -139,9 +153,10 @@ def test_json_cards_give_the_same_list(inputs, tmp_path, capsys):
 
 def test_plain_network_and_site_key_on_the_command_line(inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, _, err = run(args(inputs, out, "--no-tls", "--site-key", "1:" + SITE_KEY, "--update-key", UPDATE_KEY,
+    rc, _, err = run(args(inputs, out, "--no-tls", "--site-key", "1:" + SITE_KEY,
+                          "--update-keyfile", str(inputs / "update.pem"),   # a private key: its public part
                           "--auth-policy", "AllowOfflineTxForUnknownId=true", keys=None, ca=None, cert=None, key=None,
-                          broker="10.0.0.5:1884"), capsys)
+                          broker="10.0.0.5:1884", update_pubkey=None), capsys)
     assert rc == 0, err
     cfg = json.loads((out / "config.json").read_text())
     sec = json.loads((out / "secrets.json").read_text())
@@ -151,8 +166,10 @@ def test_plain_network_and_site_key_on_the_command_line(inputs, tmp_path, capsys
     assert "tls_key" not in sec and sec["mqtt_user"] == "cp-0001"
     assert None not in sec.values()   # settings.py refuses a present null
     assert len(sec["device_key"]) == 64 and sec["device_key"] != DEVICE_KEY   # generated, kept in --out
-    assert sorted(os.listdir(out)) == ["board.json", "config.json", "secrets.json"]
+    assert sorted(os.listdir(out)) == ["backend", "board.json", "config.json", "secrets.json"]
     assert {e["key"] for e in cfg["local_list"]["entries"]} == {1}
+    assert cfg["ota"] == {"public_key": UPDATE_PUBKEY} and sec["site_key_accept"] == [1]
+    assert "PRIVATE" not in json.dumps(cfg) + json.dumps(sec)
 
 
 def _pbkdf2_ok(line, user, password):
@@ -257,17 +274,34 @@ def _write(path, text):
 
 
 REFUSALS = [
-    ("no site key", lambda d: {"keys": None, "update_key": UPDATE_KEY}, "site_keys: no site key given"),
-    ("short key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY[:30], "update_key": UPDATE_KEY},
+    ("no site key", lambda d: {"keys": None}, "site_keys: no site key given"),
+    ("short key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY[:30]},
      "site_keys[1] must be at least 16 bytes"),
-    ("placeholder key", lambda d: {"keys": None, "site_key": "1:" + "00" * 32, "update_key": UPDATE_KEY},
+    ("placeholder key", lambda d: {"keys": None, "site_key": "1:" + "00" * 32},
      "site_keys[1] looks like a placeholder"),
     ("template keys", lambda d: {"keys": os.path.join(ROOT, "secrets.example.json")}, "site_keys[1] must be hex"),
-    ("no update key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY}, "update_key is missing"),
+    ("no update key", lambda d: {"keys": None, "site_key": "1:" + SITE_KEY, "update_pubkey": None},
+     "ota.public_key: give the firmware update public key"),
+    ("two update keys", lambda d: {"update_keyfile": str(d / "update.pub.pem")},
+     "ota.public_key: give the firmware update public key once"),
+    ("update key too short", lambda d: {"update_pubkey": UPDATE_PUBKEY[:-2]},
+     "ota.public_key: public key must be an RSA-2048 or RSA-3072 modulus"),
+    ("update key not hex", lambda d: {"update_pubkey": "x" * 512}, "ota.public_key: public key must be hex digits"),
+    ("update keyfile not a key", lambda d: {"update_pubkey": None, "update_keyfile": _write(d / "u.pem", PEM_CERT)},
+     "ota.public_key: "),
+    ("update keyfile missing", lambda d: {"update_pubkey": None, "update_keyfile": str(d / "none.pem")},
+     "ota.public_key: cannot read"),
+    ("hmac update key", lambda d: {"keys": _write(d / "k.json", json.dumps(
+        {"site_keys": {"1": SITE_KEY}, "update_key": "c0ffee00" * 8}))},
+     "update_key: the HMAC update key is no longer used"),
+    ("accept without current", lambda d: {"site_key_accept": "1"},
+     "site_key_accept: must include the current version 2"),
+    ("accept unknown version", lambda d: {"site_key_accept": "2,3"}, "site_key_accept: give versions that have a key"),
+    ("long name", lambda d: {"cards": _write(d / "c.csv", "uid,name\nDEADBEEF,%s\n" % ("x" * 101))},
+     "line 2: name must be text of at most 100 characters"),
     ("invalid tariff", lambda d: {"tariff": _write(d / "t.json", json.dumps(dict(TARIFF, currency="EURO")))},
      "tariff: tariff.currency must be an ISO 4217 code"),
     ("tariff not json", lambda d: {"tariff": _write(d / "t.json", "{nope")}, "tariff:"),
-    ("no tariff", lambda d: {"tariff": None}, "tariff: --tariff FILE"),
     ("5-byte uid", lambda d: {"cards": _write(d / "c.csv", "uid\nDEADBEEF\n0102030405\n")},
      "c.csv line 3: uid must be 4, 7 or 10 bytes of hex"),
     ("non-hex uid", lambda d: {"cards": _write(d / "c.csv", "uid\nDEADBEEG\n")}, "c.csv line 2: uid must be"),
@@ -275,8 +309,8 @@ REFUSALS = [
     ("bad status", lambda d: {"cards": _write(d / "c.csv", "uid,status\nDEADBEEF,Maybe\n")}, "line 2: status must be"),
     ("bad current", lambda d: {"cards": _write(d / "c.csv", "uid,max_current_a\nDEADBEEF,100\n")},
      "line 2: max_current_a must be"),
-    ("unknown column", lambda d: {"cards": _write(d / "c.csv", "uid,name\nDEADBEEF,Alice\n")},
-     "unknown column(s) name"),
+    ("unknown column", lambda d: {"cards": _write(d / "c.csv", "uid,email\nDEADBEEF,alice@example.org\n")},
+     "unknown column(s) email"),
     ("unknown board", lambda d: {"board": "esp32_nonexistent"}, "board: unknown board 'esp32_nonexistent'"),
     ("bad device id", lambda d: {"device_id": "cp/0001"}, "device_id:"),
     ("password without tls", lambda d: {"ca": None, "cert": None, "key": None, "broker": "10.0.0.5"},
@@ -310,7 +344,7 @@ def test_an_unreachable_board_writes_nothing(inputs, tmp_path, capsys):
 
 
 def test_a_generated_device_key_needs_out(inputs, tmp_path, capsys):
-    rc, _, err = run(args(inputs, None, "--site-key", "1:" + SITE_KEY, "--update-key", UPDATE_KEY, keys=None,
+    rc, _, err = run(args(inputs, None, "--site-key", "1:" + SITE_KEY, keys=None,
                           out=None, port="/dev/cp-no-such-tty"), capsys)
     assert rc == 2 and "device_key: no key given" in err
 
@@ -403,3 +437,140 @@ def test_help_shows_an_example():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "provision.py"), "--help"],
                        stdout=subprocess.PIPE, text=True, timeout=30)
     assert r.returncode == 0 and "example:" in r.stdout and "--cards" in r.stdout
+
+
+def test_the_tariff_is_required_and_help_says_so(inputs, tmp_path, capsys):
+    """Issue 14: --help showed [--tariff FILE] as optional while provisioning refused to go on without
+    it. A charger prices every session and a guessed default would bill wrong: it is required."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "provision.py"), "--help"],
+                       stdout=subprocess.PIPE, text=True, timeout=30)
+    usage = " ".join(r.stdout.split("\n\n")[0].split())
+    assert "--tariff FILE" in usage and "[--tariff FILE]" not in usage
+    assert "--board BOARD" in usage and "[--board BOARD]" not in usage
+    with pytest.raises(SystemExit) as e:
+        provision.main(args(inputs, tmp_path / "out", tariff=None))
+    assert e.value.code == 2
+    assert "the following arguments are required: --tariff" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_card_names_and_the_backend_table_stay_on_the_operator_side(inputs, tmp_path, capsys):
+    """A `name` column labels cards for people: it goes into backend/labels.csv (pseudonym -> name,
+    every accepted key version), never into a file for the charger; backend/auth.json answers
+    each card under every accepted version in tools/backend.py's --auth format."""
+    (inputs / "named.csv").write_text("uid,status,max_current_a,name\n%s,,16,Alice Example\n"
+                                      "%s,Blocked,,\"Bob, the Example\"\n%s,,,\n" % tuple(c[0] for c in CARDS))
+    out = tmp_path / "out"
+    rc, stdout, err = run(args(inputs, out, cards=str(inputs / "named.csv")), capsys)
+    assert rc == 0, err
+    with open(out / "backend" / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["token", "key", "name"]
+    assert sorted(rows[1:]) == sorted([[token(CARDS[0][1], k), str(v), "Alice Example"]
+                                       for v, k in ((1, OLD_KEY), (2, SITE_KEY))] +
+                                      [[token(CARDS[1][1], k), str(v), "Bob, the Example"]
+                                       for v, k in ((1, OLD_KEY), (2, SITE_KEY))])
+    assert os.stat(out / "backend" / "labels.csv").st_mode & 0o077 == 0   # names are personal data
+    table = load_auth(str(out / "backend" / "auth.json"))   # the backend takes it as it is
+    assert sorted(table) == sorted(token(uid, k) for _, uid in CARDS for k in (OLD_KEY, SITE_KEY))
+    assert table[token(CARDS[0][1], OLD_KEY)] == table[token(CARDS[0][1])] == {"status": "Accepted",
+                                                                                "max_current_a": 16}
+    assert table[token(CARDS[1][1])] == {"status": "Blocked"}
+    board = provision.board_files(provision.build(provision.parse_args(args(inputs, out,
+                                                                              cards=str(inputs / "named.csv")))))
+    assert sorted(board) == ["board.json", "ca.pem", "cert.pem", "config.json", "key.pem", "secrets.json"]
+    for name, data in board.items():
+        assert b"Alice" not in data and b"Example" not in data, name
+    for entry in json.loads(board["config.json"])["local_list"]["entries"]:
+        assert "name" not in entry
+    assert "Alice" not in stdout + err
+    assert_no_raw_uid([p.read_text() for p in out.rglob("*") if p.is_file()] + [stdout, err])
+
+
+def test_the_update_public_key_from_any_pem_form(inputs, tmp_path, capsys, monkeypatch):
+    """--update-keyfile reads a public key (SPKI or PKCS#1) or the public part of the private key,
+    encrypted too with $CP_UPDATE_KEY_PASSPHRASE; the charger's own parser takes the result."""
+    ser = serialization
+    (inputs / "update.enc.pem").write_bytes(UPDATE_KEY.private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"open sesame")))
+    monkeypatch.setenv("CP_UPDATE_KEY_PASSPHRASE", "open sesame")
+    for name in ("update.pub.pem", "update.rsapub.pem", "update.pem", "update.enc.pem"):
+        out = tmp_path / name
+        rc, _, err = run(args(inputs, out, update_pubkey=None, update_keyfile=str(inputs / name)), capsys)
+        assert rc == 0, err
+        text = json.loads((out / "config.json").read_text())["ota"]["public_key"]
+        assert text == UPDATE_PUBKEY and parse_public_key(text).n == UPDATE_KEY.public_key().public_numbers().n
+        written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+        for pem in ("update.pem", "update.enc.pem"):   # nothing of the private key file is copied
+            assert all(line not in written for line in (inputs / pem).read_bytes().splitlines()[1:-1])
+    monkeypatch.delenv("CP_UPDATE_KEY_PASSPHRASE")
+    rc, _, err = run(args(inputs, tmp_path / "x", update_pubkey=None, update_keyfile=str(inputs / "update.enc.pem")),
+                     capsys)
+    assert rc == 2 and "CP_UPDATE_KEY_PASSPHRASE" in err and "nothing written" in err
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    _write(inputs / "small.pem", small.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode())
+    rc, _, err = run(args(inputs, tmp_path / "y", update_pubkey=None, update_keyfile=str(inputs / "small.pem")),
+                     capsys)
+    assert rc == 2 and "RSA-2048 or RSA-3072" in err
+
+
+def test_site_key_accept_decides_which_keys_the_charger_holds(inputs, tmp_path, capsys):
+    """docs/privacy.md: the overlap is site_key_accept; a version left out of it does not reach the
+    charger (nor the backend table or the labels)."""
+    keys = json.loads((inputs / "keys.json").read_text())
+    keys["site_key_accept"] = [2]
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    out = tmp_path / "out"
+    assert run(args(inputs, out), capsys)[0] == 0
+    sec = json.loads((out / "secrets.json").read_text())
+    assert sec["site_keys"] == {"2": SITE_KEY} and sec["site_key_accept"] == [2] and sec["site_key_current"] == 2
+    assert sorted(json.loads((out / "backend" / "auth.json").read_text())) == sorted(token(u) for _, u in CARDS)
+    s = Settings(*(json.loads((out / n).read_text()) for n in ("board.json", "config.json", "secrets.json")))
+    assert s.keys.accept == (2,)
+    # the command line overrides the file: the overlap again, both versions on the charger
+    assert run(args(inputs, tmp_path / "both", "--site-key-accept", "1,2"), capsys)[0] == 0
+    sec = json.loads((tmp_path / "both" / "secrets.json").read_text())
+    assert sec["site_keys"] == {"1": OLD_KEY, "2": SITE_KEY} and sec["site_key_accept"] == [1, 2]
+    s = Settings(*(json.loads((tmp_path / "both" / n).read_text())
+                   for n in ("board.json", "config.json", "secrets.json")))
+    assert s.keys.accept == (2, 1) and [v for v, _ in s.keys.tap(bytes.fromhex(CARDS[0][1]))] == [2, 1]
+
+
+def test_provisioning_again_keeps_what_was_generated_and_moves_the_list_on(inputs, tmp_path, capsys, monkeypatch):
+    """The same command into the same DIR: the generated device key and MQTT password are kept (the
+    broker's entry stands), the list version stays while the list is the same and goes up by one when
+    it changed (a rotation re-hashes it), since a charger takes a provisioned list only above its own."""
+    monkeypatch.delenv("CP_MQTT_PASSWORD", raising=False)
+    keys = {"site_keys": {"1": OLD_KEY}, "site_key_current": 1}
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    out = tmp_path / "out"
+    versions, secrets = [], []
+
+    def again(*extra, **change):
+        rc, stdout, err = run(args(inputs, out, *extra, **change), capsys)
+        assert rc == 0, err
+        versions.append(json.loads((out / "config.json").read_text())["local_list"]["version"])
+        secrets.append(json.loads((out / "secrets.json").read_text()))
+        return stdout
+
+    stdout = again()
+    assert "append passwd" in stdout
+    stdout = again()
+    assert "keeps the MQTT password" in stdout and "append passwd" not in stdout
+    keys["site_keys"]["2"] = SITE_KEY   # rotation: a new current key re-hashes the list
+    keys["site_key_current"] = 2
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    again()
+    again(cards=_write(inputs / "more.csv", "uid\nDEADBEEF\n"))   # a changed card list
+    again("--list-version", "7")   # the operator's word wins
+    again(device_id="cp-0002")     # another charger in that DIR starts afresh
+    stdout = again("--new-mqtt-password", device_id="cp-0002")   # a password rotation (docs/security.md)
+    assert "append passwd" in stdout
+    assert versions == [1, 1, 2, 3, 7, 1, 1]
+    assert len({s["device_key"] for s in secrets[:5]}) == 1 and len({s["mqtt_password"] for s in secrets[:5]}) == 1
+    assert secrets[5]["device_key"] != secrets[0]["device_key"]
+    assert secrets[5]["mqtt_password"] != secrets[0]["mqtt_password"]
+    assert secrets[6]["device_key"] == secrets[5]["device_key"]
+    assert secrets[6]["mqtt_password"] not in (secrets[5]["mqtt_password"], secrets[0]["mqtt_password"])
+    line = (out / "broker" / "passwd").read_text()
+    assert _pbkdf2_ok(line, "cp-0002", secrets[6]["mqtt_password"])
