@@ -16,7 +16,7 @@ FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') bo
 	deploy bundle clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: $(VENV)/.installed lib/.lock.sha256 .mosquitto  ## venv with pinned host tools, lib/ from the index, mosquitto
 
@@ -42,7 +42,7 @@ lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
 	@command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql with apt-get"; $(call APT_INSTALL,postgresql); }
 
-test: setup test-unit test-mp test-host  ## everything: unit tests on both interpreters, end to end, compile checks
+test: setup test-unit test-mp test-mp32 test-host  ## everything: unit tests on three interpreters, end to end, compile checks
 
 test-unit: setup  ## unit tests under pytest (CPython)
 	$(PY) -m pytest -q tests/unit
