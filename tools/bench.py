@@ -1,6 +1,8 @@
 """`make bench`: speed and memory figures of the firmware on the MicroPython unix port.
 
-Prints one line per figure and writes them into the README's performance table.
+Prints one line per figure and writes them into the README's performance table. With the board-like
+interpreters of `make mp32` (32-bit objects, float32; $MP32 and $MP32_FROZEN) it adds their heap
+figures next to the PyPI interpreter's, and prints each module's bytecode size and import cost.
 
     python3 tools/bench.py            # all figures, README updated
     python3 tools/bench.py --no-readme
@@ -9,8 +11,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +24,10 @@ from scenario import ROOT  # noqa: E402
 
 SCENARIOS = os.path.join(ROOT, "tests", "data", "scenarios")
 ESP32_READ_US = (75, 100)   # a Python register read on an ESP32 (../shared/GUIDE.md, section 5)
+MP32 = os.environ.get("MP32", os.path.join(ROOT, "out", "mp32", "build-f32", "micropython"))
+MP32_FROZEN = os.environ.get("MP32_FROZEN", os.path.join(ROOT, "out", "mp32", "build-f32-frozen", "micropython"))
+BOARD_KB = 112              # GC heap of an ESP32 without PSRAM, grown to its maximum
+DATA_KB = 60                # what the application's live data may need of it
 
 
 def sampling_figures(samples):
@@ -41,6 +49,137 @@ def run_scenario(name, heapsize=None, mpy=False, broker=None):
     boot = [e for e in events if e["ev"] == "boot"][0]
     halt = [e for e in events if e["ev"] == "halt"][0]
     return boot, halt, wall
+
+
+def deploy_modules():
+    """What `make deploy` puts on a board: firmware/, hal/ without the simulator, umqtt and urequests."""
+    names = []
+    for top in ("firmware", "hal"):
+        for d, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = sorted(x for x in dirs if x not in ("sim", "__pycache__"))
+            for n in sorted(files):
+                if n.endswith(".py"):
+                    mod = os.path.relpath(os.path.join(d, n[:-3]), ROOT).replace(os.sep, ".")
+                    names.append(mod[:-9] if mod.endswith(".__init__") else mod)
+    return names + ["umqtt.simple", "urequests"]
+
+
+def sim_modules():
+    return ["hal.sim." + n[:-3] for n in sorted(os.listdir(os.path.join(ROOT, "hal", "sim")))
+            if n.endswith(".py") and n != "__init__.py"]
+
+
+def heap_imports(interp, code_dir, names, world=None):
+    """Run tools/bench_heap.py: {"total", "modules", ["world"]} in bytes; code_dir None = frozen only."""
+    env = dict(os.environ, MICROPYPATH=".frozen" + (":" + code_dir if code_dir else ""))
+    args = [interp, os.path.join(ROOT, "tools", "bench_heap.py")] + (["--world"] + list(world) if world else []) + names
+    out = subprocess.run(args, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError("bench_heap.py on %s failed:\n%s" % (interp, out.stderr[-2000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_frozen(interp, name, heapsize):
+    """Run a scenario on an interpreter with the firmware and the simulator frozen in (make mp32):
+    main.py alone on the filesystem, as on a board. Returns (boot event, halt event, wall seconds)."""
+    tmp = tempfile.mkdtemp(prefix="cp-bench-")
+    try:
+        stage = os.path.join(tmp, "root")
+        os.makedirs(stage)
+        shutil.copy(os.path.join(ROOT, "main.py"), stage)
+        run_dir = os.path.join(tmp, "run")
+        world, _, board_path, names = sim.prepare(os.path.join(SCENARIOS, name), run_dir, os.urandom(32), None)
+        cmd = [interp, "-X", "heapsize=%s" % heapsize, os.path.join(stage, "main.py"), "--board", board_path,
+               "--config", os.path.join(run_dir, "config.json"), "--secrets", os.path.join(run_dir, "secrets.json"),
+               "--scenario", os.path.join(run_dir, "scenario.json"), "--data", os.path.join(run_dir, "data")]
+        lines = []
+        t0 = time.time()
+        run = sim.Simulation(world, run_dir, cmd, dict(os.environ, MICROPYPATH=".frozen"),
+                             sim.Printer(world["start_utc"], names, lines.append), None, None, True, lines.append)
+        run.run()
+        wall = time.time() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    events = [json.loads(line[2:]) for line in lines if line.startswith("@ ")]
+    if run.rc != 0:
+        raise RuntimeError("%s failed (exit %d):\n%s" % (name, run.rc, "\n".join(lines[-20:])))
+    return [e for e in events if e["ev"] == "boot"][0], [e for e in events if e["ev"] == "halt"][0], wall
+
+
+def smallest_heap_kb(interp, name, lo_kb, hi_kb, step_kb=4):
+    """The smallest -X heapsize (multiple of step_kb) the scenario runs in, by bisection; None above hi_kb."""
+    try:
+        run_frozen(interp, name, "%dK" % hi_kb)
+    except RuntimeError:
+        return None
+    lo = lo_kb // step_kb       # known to fail (or untested at the bottom)
+    hi = hi_kb // step_kb       # known to run
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            run_frozen(interp, name, "%dK" % (mid * step_kb))
+            hi = mid
+        except RuntimeError:
+            lo = mid
+    return hi * step_kb
+
+
+def _kb(n):
+    return "%.1f KB" % (n / 1024)
+
+
+def mp32_figures(pypi_boot_heap):
+    """Heap figures on the board-like interpreters next to the PyPI one's; module table printed."""
+    if not (os.path.exists(MP32) and os.path.exists(MP32_FROZEN)):
+        print("no board-like interpreter (run `make mp32`): its heap figures are left out")
+        return []
+    rows = []
+    code = sim.build_mpy()
+    names = deploy_modules()
+    pypi = heap_imports(sim.micropython_path(), code, names)
+    m32 = heap_imports(MP32, code, names)
+    frozen = heap_imports(MP32_FROZEN, None, names)
+    limit = (BOARD_KB - DATA_KB) * 1024
+    rows.append(("heap taken by importing firmware + drivers + umqtt + urequests from .mpy (what `make deploy` "
+                 "installs): 64-bit PyPI port / 32-bit float32 port",
+                 "%s / %s" % (_kb(pypi["total"]), _kb(m32["total"])),
+                 "≤ %d KB (%d KB heap − %d KB data)" % (BOARD_KB - DATA_KB, BOARD_KB, DATA_KB), m32["total"] <= limit))
+    rows.append(("the same with the firmware frozen (32-bit float32 port, `make mp32`): objects only",
+                 _kb(frozen["total"]), "≤ %d KB" % (BOARD_KB - DATA_KB), frozen["total"] <= limit))
+    boot, halt, wall = run_frozen(MP32_FROZEN, "long_day.json", "512K")
+    tmp = tempfile.mkdtemp(prefix="cp-bench-")
+    try:
+        _, _, board_path, _ = sim.prepare(os.path.join(SCENARIOS, "long_day.json"), tmp, os.urandom(32), None)
+        simulator = heap_imports(MP32_FROZEN, None, sim_modules(), (board_path, os.path.join(tmp, "scenario.json")))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sim_bytes = simulator["total"] + simulator["world"]
+    rows.append(("live heap after boot, long day, frozen, 32-bit float32: firmware + simulator "
+                 "(simulator: module objects + its world)",
+                 "%s = %s + %s (%s + %s); PyPI port, code in RAM: %s" % (
+                     _kb(boot["heap"]), _kb(boot["heap"] - sim_bytes), _kb(sim_bytes), _kb(simulator["total"]),
+                     _kb(simulator["world"]), _kb(pypi_boot_heap)),
+                 "firmware ≤ %d KB" % (BOARD_KB - DATA_KB), boot["heap"] - sim_bytes <= limit))
+    rows.append(("peak live heap above boot, long day, frozen, 32-bit float32",
+                 _kb(halt["heap_peak"] - boot["heap"]), "≤ 40 KB", halt["heap_peak"] - boot["heap"] <= 40 * 1024))
+    kb = smallest_heap_kb(MP32_FROZEN, "long_day.json", (boot["heap"] // 1024) // 4 * 4, 512)
+    rows.append(("smallest -X heapsize that runs the long day, frozen, 32-bit float32 (4 KB steps)",
+                 "%d KB" % kb if kb else "> 512 KB", "≤ %d KB" % BOARD_KB, kb is not None and kb <= BOARD_KB))
+    print_module_table(code, pypi, m32, frozen)
+    return rows
+
+
+def print_module_table(code_dir, pypi, m32, frozen):
+    """Per module: .mpy bytes (bytecode, -O2) and the heap its import keeps, largest 32-bit cost first."""
+    print("%-34s %8s %10s %10s %10s" % ("module", ".mpy B", "heap x64", "heap 32b", "frozen 32b"))
+    for name in sorted(m32["modules"], key=lambda n: -m32["modules"][n]):
+        path = os.path.join(code_dir, *name.split("."))
+        path = path + ".mpy" if os.path.exists(path + ".mpy") else os.path.join(path, "__init__.mpy")
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        print("%-34s %8d %10d %10d %10d" % (name, size, pypi["modules"].get(name, 0), m32["modules"][name],
+                                             frozen["modules"].get(name, 0)))
+    print("%-34s %8s %10d %10d %10d" % ("total (with what the hook costs)", "", pypi["total"], m32["total"],
+                                         frozen["total"]))
 
 
 def figures(samples):
@@ -78,6 +217,7 @@ def figures(samples):
                  "%.1f KB" % (runtime / 1024), "≤ 40 KB", runtime <= 40 * 1024))
     rows.append(("smallest heap margin above boot that runs the long day (transients, fragmentation)",
                  "%s" % ("%d KB" % margin if margin else "> 192 KB"), "runs in 64 KB", margin == 64))
+    rows += mp32_figures(boot["heap"])
     with Broker() as b:
         _, halt_rt, _ = run_scenario("realtime_silent.json", broker=b)
     gap = halt_rt["max_gap_ms"]

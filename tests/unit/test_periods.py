@@ -1,6 +1,15 @@
 """Charging periods cut from metering: boundaries in local time, exact energy, bounded flapping."""
 import gc
 
+try:
+    from micropython import heap_lock, heap_unlock
+except ImportError:  # CPython: no heap lock, the same calls run unlocked
+    def heap_lock():
+        pass
+
+    def heap_unlock():
+        pass
+
 from check import raises
 from firmware.billing.localtime import LocalTime
 from firmware.billing.periods import PeriodBuilder
@@ -238,13 +247,37 @@ def test_update_allocates_nothing_once_running():
     pb = PeriodBuilder(t, CET, start)
     for s in range(1, 50):
         pb.update(start + s, s, 16000, 3680, True)
+    utcs = [start + s for s in range(50, 1050)]   # the caller's Unix times (big ints on 32-bit ports)
     gc.collect()
     gc.disable()                            # no collection may hide an allocation
     try:
         before = gc.mem_alloc()
         for s in range(50, 1050):
-            pb.update(start + s, s, 16000 + s % 7, 3680 + s % 5, True)
+            pb.update(utcs[s - 50], s, 16000 + s % 7, 3680 + s % 5, True)
         used = gc.mem_alloc() - before
     finally:
         gc.enable()
-    assert used < 256, used     # ~0 bytes per call (on the ESP32 only the Unix-time subtraction is a big int)
+    assert used < 256, used     # ~0 bytes per call
+
+
+def test_update_makes_no_big_int_from_2026_unix_times():
+    # Unix seconds in 2026 are above 2^30: on a 32-bit port (the ESP32) each is a heap object, and any
+    # arithmetic on one allocates; update() runs every second of every session
+    t = _tariff(_el("ENERGY", "0.20", start_time="22:00", end_time="06:00", max_power="11"),
+                _el("ENERGY", "0.30"))
+    start = parse_iso("2026-12-06T08:00:00Z")
+    assert start > (1 << 30)
+    pb = PeriodBuilder(t, CET, start)
+    pb.update(start + 1, 1, 16000, 3680, True)
+    utcs = [start + s for s in range(2, 3602)]   # made before the lock, as the clock makes them
+    gc.collect()
+    heap_lock()                                  # MicroPython: any allocation raises MemoryError
+    try:
+        for s in range(2, 3602):
+            pb.update(utcs[s - 2], s, 16000 + s % 7, 3680 + s % 5, True)
+    finally:
+        heap_unlock()
+    assert (pb.charging_s, pb.parking_s, pb.count) == (3601, 0, 1)
+    periods = pb.finish(start + 3601, 3601)
+    assert _starts(periods) == [iso(start)] and _dims(periods[0])["TIME"] == "1.000278"
+    assert pb.start == start                     # the public start is still Unix time
