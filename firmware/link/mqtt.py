@@ -290,7 +290,8 @@ class Link:
     def start(self, will_topic, will_payload, topics, on_message, max_message):
         """Connect from the next tick on, with a retained Last Will; on_message(topic, payload)
         must only queue (payload None: larger than max_message, drained unread)."""
-        c = simple.MQTTClient(self.client_id, self.host, self.port, self.user, self.password,
+        c = simple.MQTTClient(self.client_id, self.host, self.port, self.user,
+                              "" if self.password is None else self.password,   # a user without one: umqtt takes len()
                               self.keepalive_s)
         c.set_callback(on_message)
         c.set_last_will(will_topic, will_payload, retain=True, qos=1)

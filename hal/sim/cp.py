@@ -19,12 +19,21 @@ _SUPPLY_MV = 12000
 _DIODE_MV = 700
 
 
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
 class SimCP:
     def __init__(self, ev, pwm_pin, cal, invert=False, step_us=23, noise_mv=0):
         (self._c0, self._m0), (c1, m1) = cal
         sign = 1 if m1 > self._m0 else -1  # keep the divisor positive: floor rounds the same way
-        self._dc = (c1 - self._c0) * sign
-        self._dm = (m1 - self._m0) * sign
+        dc = (c1 - self._c0) * sign
+        dm = (m1 - self._m0) * sign
+        g = _gcd(dc, dm)
+        self._dm = dm // g
+        self._q, self._r = divmod(dc // g, dm // g)
         self.ev = ev
         self.pin = pwm_pin
         self._invert = bool(invert)
@@ -44,7 +53,7 @@ class SimCP:
         pwm = machine.pwm_on(self.pin)
         if pwm is None:
             return self._invert
-        self._phase = (self._phase + self._step_us * pwm.freq() * 65536 // 1000000) & 0xFFFF
+        self._phase = (self._phase + self._step_us * pwm.freq() * 4096 // 62500) & 0xFFFF
         return pwm.high(self._phase) != self._invert
 
     def line_mv(self, evse_high):
@@ -65,7 +74,8 @@ class SimCP:
 
     def _code(self, mv):
         den = self._dm
-        code = self._c0 + (2 * (mv - self._m0) * self._dc + den) // (2 * den)
+        x = mv - self._m0
+        code = self._c0 + x * self._q + (2 * x * self._r + den) // (2 * den)
         return 0 if code < 0 else 65535 if code > 65535 else code
 
     def read_u16(self):
@@ -84,7 +94,7 @@ class SimCP:
             self._k_freq = freq
             self._lo = self._code(self.line_mv(False))
             self._hi = self._code(self.line_mv(True))
-            self._inc = self._step_us * freq * 65536 // 1000000
+            self._inc = self._step_us * freq * 4096 // 62500
         if pwm is None:
             return self._hi if self._invert else self._lo
         self._phase = (self._phase + self._inc) & 0xFFFF

@@ -271,8 +271,6 @@ def test_the_documented_command_provisions_a_charger_that_boots_and_charges(oper
         assert secret not in board_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="firmware/link/mqtt.py passes password None with the user name to "
-                                       "umqtt.simple, whose connect() takes len(None): lead's fix pending")
 def test_a_closed_network_charger_without_a_password_connects(operator, tmp_path):
     """--no-tls (docs/operations.md: a closed network with a broker of its own): the secrets name the
     user (the device id) and no password; the charger must still connect to an open broker."""
