@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import sim
+from backend import Backend
 from broker import Broker, free_port
 from fleetweb import active_faults, day_bounds, snapshot, update_state, zone
 from scenario import ROOT
@@ -34,15 +35,20 @@ EVIL_CMD_ID = "<b class=evil>u-1</b>"
 # --- how every client of these tests reaches the broker: the one place to add credentials ---
 
 def broker_address(broker):
-    """HOST:PORT of the test broker, as the backend's --broker and the simulator take it."""
-    return "127.0.0.1:%d" % broker.port
+    """(host, port) of the test broker."""
+    return "127.0.0.1", broker.port
+
+
+def broker_arg(broker):
+    """HOST:PORT, as the backend's --broker and the simulator take it."""
+    return "%s:%d" % broker_address(broker)
 
 
 def mqtt_client(broker, name):
     """A connected paho client for the test's own messages (commands, a forged charger)."""
-    host, _, port = broker_address(broker).rpartition(":")
+    host, port = broker_address(broker)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-test-%s-%d" % (name, os.getpid()))
-    c.connect(host, int(port))
+    c.connect(host, port)
     c.loop_start()
     return c
 
@@ -105,7 +111,7 @@ class Fleet:
         self.base = "http://127.0.0.1:%d" % self.port
         self.log = open(os.path.join(self.tmp, "backend.log"), "w")
         self.backend = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker", broker_address(self.broker),
+            [sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker", broker_arg(self.broker),
              "--db", self.db, "--http", "127.0.0.1:%d" % self.port, "--tz", TZ, "--ack-delay-ms", "50"],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -133,7 +139,7 @@ class Fleet:
 
     def run(self, device, path):
         self.lines[device] = lines = []
-        self.rc[device] = sim.run(path, broker=broker_address(self.broker), site_key=KEY, out=lines.append)
+        self.rc[device] = sim.run(path, broker=broker_arg(self.broker), site_key=KEY, out=lines.append)
 
     def stop(self):
         if self.live_thread is not None:
@@ -389,6 +395,35 @@ def test_page_shows_the_fleet_and_updates_live_without_a_reload(fleet):
 
 # --- the store and the page's logic on both databases (no simulator) ---------------------------
 
+def test_backend_keeps_cmd_acks_and_sets_malformed_ones_aside(tmp_path):
+    db = str(tmp_path / "b.sqlite")
+    lines = []
+    with Broker() as broker:
+        backend = Backend(db, *broker_address(broker), out=lines.append).start()
+        try:
+            assert backend.wait_connected()
+            c = mqtt_client(broker, "acks")
+            for rec in ({"id": "u-7", "cmd": "update", "status": "progress", "percent": 40},
+                        {"id": "t-3", "cmd": "tariff", "status": "accepted", "tariff_id": "night", "version": 4},
+                        {"id": None, "cmd": "bogus", "status": "rejected", "reason": "id must be a string"},
+                        {"id": "x-1", "cmd": "update"},                       # no status
+                        {"id": ["x"], "cmd": "update", "status": "rejected"}):
+                c.publish("cp/v1/cp-9/cmd_ack", json.dumps(rec), qos=1).wait_for_publish(5)
+            c.loop_stop()
+            c.disconnect()
+            assert backend.wait_idle(0.5, timeout=20)
+        finally:
+            backend.stop()
+    rows = _stored(db, "SELECT cmd_id, cmd, status, reason, extra FROM cmd_acks ORDER BY cmd")
+    assert [tuple(r) for r in rows] == [(None, "bogus", "rejected", "id must be a string", None),
+                                        ("t-3", "tariff", "accepted", None, '{"tariff_id":"night","version":4}'),
+                                        ("u-7", "update", "progress", None, '{"percent":40}')]
+    rejects = _stored(db, "SELECT reason FROM rejects ORDER BY reason")
+    assert [r[0] for r in rejects] == ["id must be null or a string of at most 64 characters",
+                                       "status must be a short string"]
+    assert any(line.endswith("cp-9 cmd_ack update u-7 progress 40 %") for line in lines), lines
+    assert backend.counts["stored"] == 3 and backend.counts["malformed"] == 2
+
 def test_cmd_acks_are_kept_once_each_with_their_extra_fields(db_url):
     with Store(db_url) as st:
         assert st.add_cmd_ack("cp-1", {"id": "u-1", "cmd": "update", "status": "progress", "percent": 40}, 100)
@@ -478,7 +513,7 @@ def test_backend_command_line_names_a_bad_http_or_tz(tmp_path):
                        stderr=subprocess.STDOUT, text=True, timeout=60)
     assert r.returncode == 2 and "--http must be HOST:PORT" in r.stdout
     with Broker() as broker:
-        r = subprocess.run([sys.executable, tool, "--broker", broker_address(broker), "--db",
+        r = subprocess.run([sys.executable, tool, "--broker", broker_arg(broker), "--db",
                             str(tmp_path / "b.sqlite"), "--http", "127.0.0.1:%d" % free_port(), "--tz", "Mars/Olympus"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
     assert r.returncode == 2 and "'Mars/Olympus' is not a known time zone" in r.stdout
