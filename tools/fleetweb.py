@@ -35,7 +35,6 @@ REFRESH_S = 1.0          # how often the store is read while someone watches the
 HEARTBEAT_S = 15.0       # an SSE comment this often keeps proxies from closing an idle stream
 MAX_LISTENERS = 64       # live streams served at once; more get 503 (each holds a connection)
 FAULT_ROWS = 1000        # newest fault records read per charger to work out the active ones
-BUSY = ("Charging", "SuspendedEV", "SuspendedEVSE")
 HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                       "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
                                       "frame-ancestors 'none'",

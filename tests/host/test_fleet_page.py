@@ -11,7 +11,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import paho.mqtt.client as mqtt
