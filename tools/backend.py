@@ -1,12 +1,15 @@
 """Reference backend: receives every charger's MQTT messages, stores them once, acknowledges them.
 
-Subscribes to cp/v1/+/{session,fault,feedback,status,stats,meter,auth/req} (docs/mqtt.md),
+Subscribes to cp/v1/+/{session,fault,feedback,status,stats,meter,auth/req,cmd_ack} (docs/mqtt.md),
 de-duplicates on (device, tx_id, seq) and (device, msg_id), stores everything through
 tools/store.py (SQLite file or PostgreSQL URL), acknowledges stored and duplicate messages on
 cp/v1/<device>/ack, flags sequence gaps, and answers auth/req from an optional file.
+Every command answer (cmd_ack) is kept, so an operator sees whether a tariff was taken or an
+update installed; --http serves the live fleet page over the same store (tools/fleetweb.py).
 
     python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json
     python3 tools/backend.py --share backends --db postgresql://cp@db/cp   # one of several instances
+    python3 tools/backend.py --db out/backend.sqlite --http 127.0.0.1:8080 --tz Europe/Berlin
 
 In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883); b.start(); ...; b.stop()`.
 A malformed message is kept in the `rejects` table (and acknowledged when it has a msg_id, so
@@ -28,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from downlink import broker_arg, to_device  # noqa: E402
 from store import Store, money  # noqa: E402
 
-TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req")
+TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req", "cmd_ack")
 ACKED = ("session", "fault", "feedback")
 AUTH_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
 MAX_PAYLOAD = 1 << 20    # bytes; anything larger is rejected unread
@@ -112,8 +115,18 @@ def check_auth_req(rec):
     _need(rec, "token", lambda v: isinstance(v, str) and v, "must be a pseudonym")
 
 
+def check_cmd_ack(rec):
+    # the charger answers a command without a usable id with "id": null (docs/mqtt.md)
+    _need(rec, "id", lambda v: v is None or (isinstance(v, str) and len(v) <= MAX_ID_LEN),
+          "must be null or a string of at most %d characters" % MAX_ID_LEN)
+    _need(rec, "cmd", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN, "must name the command")
+    _need(rec, "status", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN, "must be a short string")
+    if rec.get("reason") is not None and not isinstance(rec["reason"], str):
+        raise Malformed("reason must be a string")
+
+
 CHECKS = {"session": check_session, "fault": check_fault, "feedback": check_feedback, "status": check_status,
-          "stats": check_stats, "meter": lambda rec: None, "auth/req": check_auth_req}
+          "stats": check_stats, "meter": lambda rec: None, "auth/req": check_auth_req, "cmd_ack": check_cmd_ack}
 
 
 def load_auth(path):
@@ -171,10 +184,24 @@ def describe(kind, rec):
         text = "stats day %s: %s sessions, %s Wh, %s incl. VAT; contactor cycles %s" % (
             day.get("date"), day.get("sessions"), day.get("energy_wh"),
             money(day.get("incl_vat_minor"), rec.get("currency")), rec.get("contactor_cycles"))
+    elif kind == "cmd_ack":
+        text = describe_cmd_ack(rec)
     else:
         text = "meter tx %s: %s Wh, %s W" % (rec.get("tx_id"), rec.get("energy_wh"), rec.get("p_w"))
     if rec.get("offline"):
         text += " (offline)"
+    return text
+
+
+def describe_cmd_ack(rec):
+    """cmd_ack update u-7 progress 40 % / cmd_ack tariff t-3 rejected: version must grow."""
+    text = "cmd_ack %s %s %s" % (rec["cmd"], rec["id"], rec["status"])
+    if isinstance(rec.get("percent"), int):
+        text += " %d %%" % rec["percent"]
+    if rec.get("version") is not None:
+        text += " version %s" % rec["version"]
+    if rec.get("reason"):
+        text += ": %s" % rec["reason"]
     return text
 
 
@@ -430,6 +457,21 @@ class Backend:
             self.out("backend: store still unreachable: %s" % e)
 
 
+def _http(text):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError("--http must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def start_web(args):
+    """The live fleet page beside the backend (--http), or None; imported only when asked for."""
+    if not args.http:
+        return None
+    from fleetweb import FleetWeb
+    return FleetWeb(args.db, tz=args.tz).start(*args.http)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -453,6 +495,11 @@ def main(argv=None):
     ap.add_argument("--ack-delay-ms", type=int, default=200, help="batch acks per device this long (default 200)")
     ap.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit after this long without messages")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print duplicates and meter values")
+    ap.add_argument("--http", type=_http, metavar="HOST:PORT",
+                    help="also serve the live fleet page and its JSON API here (tools/fleetweb.py; no login: "
+                         "keep it on 127.0.0.1 or behind a proxy that has one)")
+    ap.add_argument("--tz", default="UTC", help="the site's time zone for the fleet page's \"today\", "
+                                                "e.g. Europe/Berlin (default UTC)")
     args = ap.parse_args(argv)
     password = os.environ.get("CP_BACKEND_PASSWORD")
     if args.user and not password:   # a locked-down broker would refuse it, again and again
@@ -468,8 +515,16 @@ def main(argv=None):
         print("backend: %s" % e, file=sys.stderr)
         return 2
     try:
+        web = start_web(args)
+    except (ValueError, RuntimeError, OSError) as e:
+        backend.stop()
+        print("backend: %s" % e, file=sys.stderr)
+        return 2
+    try:
         backend.run(args.until_idle)
     finally:
+        if web is not None:
+            web.stop()
         backend.stop()
         c = backend.counts
         print("backend: %d stored, %d duplicates, %d malformed, %d acknowledged, %d gaps, %d auth answers, "

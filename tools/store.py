@@ -12,6 +12,7 @@ identity columns, no date functions): dates are kept both as ISO text and as Uni
 Units: energy in Wh, money in the currency's minor unit, times in seconds; all integers.
 """
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -72,9 +73,15 @@ SCHEMA = (
         energy_wh BIGINT, p_w BIGINT, record TEXT, received_s BIGINT)""",
     """CREATE TABLE IF NOT EXISTS rejects (
         device TEXT, topic TEXT, payload TEXT, reason TEXT, received_s BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS cmd_acks (
+        device TEXT NOT NULL, k TEXT NOT NULL, cmd_id TEXT, cmd TEXT, status TEXT, reason TEXT,
+        extra TEXT, record TEXT, received_s BIGINT,
+        PRIMARY KEY (device, k))""",
     "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_s)",
     "CREATE INDEX IF NOT EXISTS sessions_token ON sessions (token)",
     "CREATE INDEX IF NOT EXISTS status_history_device ON status_history (device, received_s)",
+    "CREATE INDEX IF NOT EXISTS meter_values_device ON meter_values (device, received_s)",
+    "CREATE INDEX IF NOT EXISTS cmd_acks_device ON cmd_acks (device, cmd, received_s)",
 )
 
 # Columns of `sessions` that events fill in; a non-final event only fills what a final one left empty.
@@ -91,6 +98,8 @@ _SESSION_UPSERT = (
 ) % (", ".join(_SESSION_COLS), ", ".join("?" for _ in _SESSION_COLS), ", ".join(
     "%s = CASE WHEN sessions.final = 1 AND excluded.final = 0 THEN COALESCE(sessions.%s, excluded.%s) "
     "ELSE COALESCE(excluded.%s, sessions.%s) END" % (c, c, c, c, c) for c in _SESSION_COLS))
+
+_ACK_COLS = ("id", "cmd", "status", "reason")   # cmd_ack fields with a column; the rest go to `extra`
 
 DECIMALS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "XAF": 0, "XOF": 0}
 
@@ -125,6 +134,11 @@ def _flag(value):
 def _int(value):
     """An integer field, or None when absent or not an integer (never a float or bool)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value):
+    """A text field, or None when absent or not a string."""
+    return value if isinstance(value, str) else None
 
 
 def _dumps(rec):
@@ -362,6 +376,22 @@ class Store:
              _int(rec.get("energy_wh")), _int(rec.get("p_w")), _dumps(rec), received_s))
         self.commit()
 
+    def add_cmd_ack(self, device, rec, received_s):
+        """Keeps one `cmd_ack` (a re-delivered identical answer once); True when it was new."""
+        body = _dumps(rec)
+        if isinstance(rec.get("id"), str):
+            k = hashlib.sha256(body.encode()).hexdigest()[:32]
+        else:   # a rejection of a command without a usable id: every one is its own answer
+            k = "recv %d %s" % (received_s, hashlib.sha256(body.encode()).hexdigest()[:16])
+        extra = {n: v for n, v in rec.items() if n not in _ACK_COLS}
+        cur = self.execute(
+            "INSERT INTO cmd_acks (device, k, cmd_id, cmd, status, reason, extra, record, received_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, k) DO NOTHING",
+            (device, k, _text(rec.get("id")), _text(rec.get("cmd")), _text(rec.get("status")),
+             _text(rec.get("reason")), _dumps(extra) if extra else None, body, received_s))
+        self.commit()
+        return cur.rowcount == 1
+
     def add_reject(self, device, topic, payload, reason, received_s):
         """Keeps a malformed message for a person to look at (it is not lost, just not used)."""
         text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
@@ -371,6 +401,83 @@ class Store:
 
     def count(self, table):
         return self.query("SELECT COUNT(*) FROM %s" % table)[0][0]
+
+    # --- reads (the fleet page, tools/fleetweb.py) ------------------------------------------
+
+    def _one(self, text, params, names):
+        rows = self.query(text, params)
+        return dict(zip(names, rows[0])) if rows else None
+
+    def devices(self):
+        """Every device the store has heard of (a status, a session or stats), sorted."""
+        rows = self.query("SELECT device FROM status_current UNION SELECT device FROM sessions "
+                          "UNION SELECT device FROM stats UNION SELECT device FROM cmd_acks")
+        return sorted(r[0] for r in rows)
+
+    def status_of(self, device):
+        """The current status row: state, connector, error, ts, received_s, record; or None."""
+        return self._one("SELECT state, connector, error, ts, received_s, record FROM status_current "
+                         "WHERE device = ?", (device,), ("state", "connector", "error", "ts", "received_s", "record"))
+
+    def last_connector(self, device):
+        """The newest status that named the connector (the Last Will does not)."""
+        return self._one("SELECT connector, error, ts, received_s FROM status_history WHERE device = ? "
+                         "AND connector IS NOT NULL ORDER BY received_s DESC, ts_s DESC LIMIT 1", (device,),
+                         ("connector", "error", "ts", "received_s"))
+
+    def latest_meter(self, device):
+        """The newest meter value: tx_id, ts, energy_wh, p_w, register_wh, received_s; or None."""
+        return self._one("SELECT tx_id, ts, energy_wh, p_w, register_wh, received_s FROM meter_values "
+                         "WHERE device = ? ORDER BY received_s DESC, ts_s DESC LIMIT 1", (device,),
+                         ("tx_id", "ts", "energy_wh", "p_w", "register_wh", "received_s"))
+
+    def latest_session(self, device):
+        """The device's newest transaction (tx_ids only grow): tx_id, final, started_at, energy_wh."""
+        return self._one("SELECT tx_id, final, started_at, started_s, energy_wh, updated_s FROM sessions "
+                         "WHERE device = ? ORDER BY tx_id DESC LIMIT 1", (device,),
+                         ("tx_id", "final", "started_at", "started_s", "energy_wh", "updated_s"))
+
+    def fault_events(self, device, limit=1000):
+        """The newest `limit` raised/cleared fault records (msg_id, event, code, latched, detail, ts, record)."""
+        names = ("msg_id", "event", "code", "latched", "detail", "ts", "received_s", "record")
+        rows = self.query("SELECT %s FROM faults WHERE device = ? AND event IN ('raised', 'cleared') "
+                          "ORDER BY received_s DESC LIMIT %d" % (", ".join(names), int(limit)), (device,))
+        return [dict(zip(names, r)) for r in rows]
+
+    def latest_stats(self, device):
+        return self._one("SELECT ts, contactor_cycles, boots, received_s FROM stats WHERE device = ? "
+                         "ORDER BY ts_s DESC LIMIT 1", (device,), ("ts", "contactor_cycles", "boots", "received_s"))
+
+    def cmd_acks_of(self, device, cmd=None, limit=50):
+        """The newest acknowledgements (of one command kind, or all), newest first."""
+        names = ("cmd_id", "cmd", "status", "reason", "extra", "record", "received_s")
+        where, params = "device = ?", (device,)
+        if cmd is not None:
+            where, params = "device = ? AND cmd = ?", (device, cmd)
+        rows = self.query("SELECT %s FROM cmd_acks WHERE %s ORDER BY received_s DESC LIMIT %d"
+                          % (", ".join(names), where, int(limit)), params)
+        return [dict(zip(names, r)) for r in rows]
+
+    def last_seen(self, device):
+        """Unix seconds of the newest message stored from the device, or None."""
+        newest = None
+        for table in ("status_history", "meter_values", "session_events", "faults", "stats", "cmd_acks"):
+            rows = self.query("SELECT MAX(received_s) FROM %s WHERE device = ?" % table, (device,))
+            if rows and rows[0][0] is not None and (newest is None or rows[0][0] > newest):
+                newest = rows[0][0]
+        return newest
+
+    def day_totals(self, start_s, end_s):
+        """Finished sessions started in [start_s, end_s) per device and currency (as tools/report.py
+        counts them): {device: [{currency, sessions, energy_wh, excl_minor, incl_minor}]}."""
+        out = {}
+        for device, currency, n, wh, excl, incl in self.query(
+                "SELECT device, currency, COUNT(*), SUM(energy_wh), SUM(total_excl_minor), SUM(total_incl_minor) "
+                "FROM sessions WHERE final = 1 AND started_s >= ? AND started_s < ? "
+                "GROUP BY device, currency ORDER BY device, currency", (start_s, end_s)):
+            out.setdefault(device, []).append({"currency": currency, "sessions": int(n), "energy_wh": int(wh or 0),
+                                               "excl_minor": int(excl or 0), "incl_minor": int(incl or 0)})
+        return out
 
 
 def _find_pg_bin(name):
