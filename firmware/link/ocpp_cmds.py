@@ -52,11 +52,12 @@ class OcppCommands:
         if not isinstance(saved, dict):
             self._apply_operative(True)
             return
-        for key, value in (saved.get("config") or {}).items():
+        config = saved.get("config")
+        for key in config if isinstance(config, dict) else ():
             try:
-                self._apply(key, value)
-            except (ValueError, AttributeError) as e:   # a key or bound of an older firmware
-                self.load_error = "%s: %s" % (self.path, e)
+                self._apply(key, config[key])
+            except ValueError as e:   # a key or bound of an older firmware: the config file's value stays
+                self.load_error = "%s; %s" % (self.load_error or self.path, e)
         self._apply_operative(saved.get("operative") is not False)
 
     def _save(self, operative, changed):

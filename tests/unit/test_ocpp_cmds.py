@@ -196,3 +196,13 @@ def test_the_status_names_firmware_vendor_and_model():
     bare.run()
     st = published(bare, "status")[-1]
     assert st["firmware"] == "dev" and "vendor" not in st and "model" not in st
+
+
+def test_a_saved_setting_out_of_bounds_is_reported_and_the_config_files_value_stays():
+    h = Harness(CARDS, ["alice"], [], 1000)
+    with open(h.data + "/ocpp.json", "w") as f:
+        f.write('{"operative": true, "config": {"meter_values_s": 1, "auth_timeout_s": 120, "mqtt.host": "x"}}')
+    again = Harness(CARDS, ["alice"], [], 1000, data=h.data)
+    assert again.settings.meter_values_s == 60 and again.settings.auth_timeout_s == 120
+    errors = [e["error"] for e in again.events("storage")]
+    assert len(errors) == 1 and "ocpp.json" in errors[0] and "mqtt.host" in errors[0] and "meter_values_s" in errors[0]
