@@ -23,6 +23,7 @@ from firmware.charging.session import Session
 from firmware.core.schedule import Every
 from firmware.link.commands import Commands
 from firmware.link.handlers import Handlers
+from firmware.link.ocpp_cmds import OcppCommands
 from firmware.link.records import Stamp
 from firmware.metering.meter import Metering
 from firmware.ops.feedback import Feedback
@@ -32,6 +33,7 @@ from firmware.safety.checks import Safety
 from firmware.safety.faults import Faults
 from firmware.safety.reactions import Reactions
 from firmware.storage.journal import COMPACT
+from firmware.version import VERSION
 
 _CONTROL_MS = 100
 _HOUSEKEEPING_MS = 1000
@@ -86,7 +88,15 @@ class Controller:
                                    self.contactor, settings.forensics_samples)
         self.status = Status(settings, clock, sync, log, self.feedback, self.faults, self.ev, self.contactor,
                              self.metering, self.revenue, journal)
-        h = Handlers(self, auth, self.limits, self.tariffs, self.reactions, updater, outbox, journal, clock, log)
+        self.limits.load(data_dir + "/profiles.json")
+        self.admin = OcppCommands(self, auth, settings, self.status, data_dir + "/ocpp.json", log)
+        for what in (self.limits, self.admin):
+            if what.load_error:
+                log.event("storage", error=what.load_error)
+        self.status.identify(updater.version if updater is not None and updater.version else VERSION,
+                             settings.vendor, settings.model)
+        h = Handlers(self, auth, self.limits, self.tariffs, self.reactions, updater, outbox, journal, clock, log,
+                     self.admin)
         self.commands = Commands(h.routes(), h.answers(), sync, log)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
@@ -97,7 +107,7 @@ class Controller:
         self._updated = Every(clock, settings.updated_s * 1000) if settings.updated_s else None
         self._tasks = [t for t in (self._sample, self._energy, self._poll, self._pilot, self._control,
                                    self._housekeeping) if t is not None]
-        self.reset_requested = None  # "install" / "rollback": the loop ends, the board resets
+        self.reset_requested = None  # "install" / "rollback" / "reset_soft" / "reset_hard": the loop ends, the board resets
         self.heap_peak = 0          # most live heap seen after a collection, bytes
         self.iteration = 0          # loop iterations since boot (fault reports name the one that acted)
         self.session = None         # the running Session
@@ -148,6 +158,7 @@ class Controller:
             self._read_card()
         if self._control.due(now):
             self.commands.handle_inbox()
+            self.admin.tick()
             self._auth_timeouts()
             self._follow_ev()
             self._apply_offer()
@@ -190,6 +201,11 @@ class Controller:
         if u.ready_to_switch() and self.session is None and self.authorized is None and self.pending is None:
             self.reset_requested = u.switch()
             self.log.event("update", action=self.reset_requested, version=u.version)
+
+    def restart(self, why):
+        """End the loop: the board restarts (firmware/app.py), as after an update's switch."""
+        self.reset_requested = why
+        self.log.event("restart", why=why)
 
     def _feed_watchdog(self, now):
         """Fed only when every task of the loop ran within three of its periods."""
@@ -360,7 +376,8 @@ class Controller:
         self._decided(self.auth.tap(pairs, self.sync.connected))
 
     def _unavailable(self):
-        return self.faults.blocking() is not None or self.ev.fault is not None
+        return self.faults.blocking() is not None or self.ev.fault is not None or not self.admin.accepting() \
+            or self.reset_requested is not None
 
     def _decided(self, d):
         """Act on an authorization decision (from a tap, a remote start or the backend)."""
@@ -405,7 +422,7 @@ class Controller:
         if self.authorized is not None or self.pending is not None:
             raise ValueError("ConcurrentTx: a driver is already authorized")
         if self._unavailable():
-            raise ValueError("Unavailable: the charger is faulted")
+            raise ValueError("Unavailable: the charger is faulted or out of service")
         d = self.auth.remote_start(p, self.sync.connected)
         self._decided(d)
         if not d.pending and not d.accepted:

@@ -48,8 +48,8 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 STOP_REASONS = {"Local": "Local", "Remote": "Remote", "EVDisconnected": "EVDisconnected",
                 "PowerLoss": "PowerLoss", "EmergencyStop": "EmergencyStop", "OvercurrentFault": "EmergencyStop",
                 "GroundFault": "EmergencyStop", "PowerQuality": "EmergencyStop", "Reboot": "Reboot",
-                "ImmediateReset": "HardReset", "EnergyLimitReached": "Other", "StoppedByEV": "Other",
-                "TimeLimitReached": "Other", "Other": "Other"}
+                "ImmediateReset": "HardReset", "SoftReset": "SoftReset", "EnergyLimitReached": "Other",
+                "StoppedByEV": "Other", "TimeLimitReached": "Other", "Other": "Other"}
 PROFILE_KINDS = {"ChargePointMaxProfile": "station_max", "TxDefaultProfile": "tx_default"}
 # OCPP configuration keys that are charger settings (cmd/get_config, cmd/set_config) ...
 CHARGER_KEYS = {"LocalAuthorizeOffline": "auth.LocalAuthorizeOffline", "LocalPreAuthorize": "auth.LocalPreAuthorize",

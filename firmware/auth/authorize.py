@@ -413,6 +413,14 @@ class AuthCache:
             self._stale = False
         return len(gone)
 
+    def clear(self):
+        """Forget every cached answer (OCPP ClearCache), saved at once; the number dropped."""
+        n = len(self._d)
+        self._d = {}
+        self._save()
+        self._stale = False
+        return n
+
     def entries(self):
         """Entries in their JSON shape plus cached_at, least recently used first."""
         items = sorted(self._d.items(), key=lambda kv: kv[1][2])
@@ -512,6 +520,10 @@ def may_stop(session_token, session_group, tap_token, tap_group):
     return session_group is not None and session_group == tap_group
 
 
+_SWITCHES = {"LocalAuthorizeOffline": "local_authorize_offline", "LocalPreAuthorize": "local_pre_authorize",
+             "AllowOfflineTxForUnknownId": "allow_offline_unknown", "AuthorizeRemoteTxRequests": "authorize_remote"}
+
+
 class Authorizer:
     """The decision pipeline: local list, cache, backend, offline policies (OCPP switches)."""
 
@@ -529,6 +541,10 @@ class Authorizer:
         self.timeout_ms = timeout_ms
         self.max_pending = max_pending
         self._pending = {}   # corr -> (pairs, deadline ticks, remote overrides or None)
+
+    def set_switch(self, name, value):
+        """An OCPP switch (its config name, e.g. "LocalPreAuthorize") changed at run time."""
+        setattr(self, _SWITCHES[name], value)
 
     def tap(self, pairs, online):
         """Decide for a tap's (version, pseudonym) pairs, current version first."""

@@ -6,6 +6,7 @@ not offer); `reason` names the limit that bound ("board", "cable", "card", "ther
 "schedule"; on a tie the earlier one in that order).
 
     limits = Limits(32, cable_max_a=20, thermal=(60, 80, 10, 5))
+    limits.load("data/profiles.json")    # profiles survive reboots: each change is saved there
     limits.set_profile("station_max", {"stack_level": 0, "periods": [[0, 16], [3600, 10]],
                                        "start_schedule": 1772438400})
     amps = limits.offer_a(clock.time(), session_start_utc, card_max_a=16, temp_c=45)
@@ -27,7 +28,11 @@ Smart-charging profiles (a minimal subset of OCPP's), one dict per stack level a
     highest stack level whose profile is valid and running at that moment wins; the
     effective limit is the minimum over the kinds.
 """
+import json
+
 from micropython import const
+
+from firmware.storage.state import write_atomic
 
 
 KINDS = ("station_max", "tx_default")
@@ -81,6 +86,7 @@ class _Profile:
         if self.start is None:
             self.start = 0
         self.offsets, self.limits = self._periods(prof.get("periods"), where)
+        self.raw = prof             # as received: what is saved, so a reboot installs the same
 
     def _periods(self, periods, where):
         if not isinstance(periods, list) or not 1 <= len(periods) <= _MAX_PERIODS:
@@ -144,6 +150,34 @@ class Limits:
         self.thermal_step = 0       # 0 full, 1 reduced, 2 stopped
         self._profiles = {k: [] for k in KINDS}
         self.reason = "board"
+        self.path = None            # where profiles persist (load()); None: RAM only
+        self.load_error = None      # why saved profiles were unusable (they were then dropped)
+
+    def load(self, path):
+        """Install the profiles saved at path (a reboot keeps what the backend set); from now on
+        every change is saved there first. An unreadable file drops them and says why in load_error."""
+        self.path = path
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except OSError:
+            return   # none saved yet
+        except ValueError as e:
+            self.load_error = "%s: %s" % (path, e)
+            return
+        try:
+            got = {k: [_Profile(k, prof) for prof in saved.get(k, ())][:_MAX_PROFILES] for k in KINDS}
+        except (ValueError, AttributeError, TypeError) as e:
+            self.load_error = "%s: %s" % (path, e)
+            return
+        self._profiles = got
+
+    def _commit(self, kind, profiles):
+        """Save first (an OSError leaves the old profiles in force), then use."""
+        if self.path is not None:
+            doc = {k: [q.raw for q in (profiles if k == kind else self._profiles[k])] for k in KINDS}
+            write_atomic(self.path, json.dumps(doc))
+        self._profiles[kind] = profiles
 
     def set_profile(self, kind, profile):
         """Install a profile, replacing the one at the same stack level; ValueError keeps the old ones."""
@@ -154,14 +188,14 @@ class Limits:
         if len(kept) >= _MAX_PROFILES:
             raise ValueError("%s: at most %d stack levels; clear one first" % (kind, _MAX_PROFILES))
         kept.append(p)
-        self._profiles[kind] = kept
+        self._commit(kind, kept)
 
     def clear_profile(self, kind, stack_level=None):
         """Remove a kind's profile at stack_level, or all of the kind's profiles."""
         if kind not in self._profiles:
             raise ValueError("profile kind must be station_max or tx_default (got %r)" % (kind,))
-        self._profiles[kind] = [q for q in self._profiles[kind]
-                                if stack_level is not None and q.stack_level != stack_level]
+        self._commit(kind, [q for q in self._profiles[kind]
+                            if stack_level is not None and q.stack_level != stack_level])
 
     def schedule_a(self, now_utc, session_start_utc=None):
         """The schedule's limit now (minimum over kinds), or None when no profile applies."""

@@ -90,6 +90,7 @@ class Session:
     def updated(self, ts, register_wh):
         """An intermediate event (droppable): how far the session got."""
         rec = self._event("updated", ts)
+        rec["meter_start_wh"] = self.meter_start_wh   # docs/mqtt.md: every event carries it
         rec["energy_wh"] = register_wh - self.meter_start_wh
         return rec
 

@@ -26,6 +26,10 @@ TRIPLE = "triple"         # 3 integers within the bounds, one per phase A, B, C
 # Optional sections of the board config: absent, their record is None; present, their
 # required keys must be there.
 OPTIONAL = ("buzzer", "rcd", "watchdog", "button")
+# Device settings the backend may change at run time (cmd/set_config, OCPP ChangeConfiguration):
+# each is re-validated with its row below and applied live by its owner.
+CHANGEABLE = ("auth.LocalAuthorizeOffline", "auth.LocalPreAuthorize", "auth.AllowOfflineTxForUnknownId",
+              "auth.AuthorizeRemoteTxRequests", "meter_values_s", "meter_aligned_s", "auth_timeout_s")
 
 
 def _nominal(pct):
@@ -142,6 +146,8 @@ def device_rows():
     """The device config's rows."""
     return (
         ("device_id", str, REQUIRED),
+        ("vendor", str, None),                   # shown in status (OCPP chargePointVendor)
+        ("model", str, None),                    # shown in status (OCPP chargePointModel)
         ("tariff", dict, REQUIRED),
         ("local_list", dict, None),
         ("data_dir", str, "data"),
@@ -196,7 +202,7 @@ def secret_rows():
 
 
 class Record:
-    """One concern's settings as attributes (`hw.pilot.debounce_ms`); read, never written."""
+    """One concern's settings as attributes (`hw.pilot.debounce_ms`); read, written only by Settings.change."""
 
     def __init__(self, **values):
         for k in values:
@@ -334,6 +340,8 @@ class Settings:
         sec = parse(secret_rows(), secrets)
         self.board = board
         self.device_id = d["device_id"]
+        self.vendor = d["vendor"]
+        self.model = d["model"]
         if not self.device_id or len(self.device_id) > 64 or [c for c in "/+# " if c in self.device_id]:
             raise ValueError("config: device_id must be 1..64 characters without '/', '+', '#' or spaces")
         self.keys = keys_from_config(secrets)
@@ -371,6 +379,27 @@ class Settings:
         self.crosscheck_min_wh = board.metering.crosscheck_min_wh
         self.profile_bucket_s = board.metering.profile_bucket_s
         self.forensics_samples = board.safety.forensics_samples
+
+    def value(self, key):
+        """The present value of a CHANGEABLE key (ValueError for any other)."""
+        if key not in CHANGEABLE:
+            raise ValueError("key: %r is not a setting the backend can read or change" % (key,))
+        if key.startswith("auth."):
+            return getattr(self.auth, key[5:])
+        return getattr(self, key)
+
+    def change(self, key, value):
+        """Set a CHANGEABLE key, checked with its own row (ValueError names the key); the new value."""
+        self.value(key)
+        row = [r for r in device_rows() if r[0] == key][0]
+        dot = key.find(".")
+        cfg = {key[:dot]: {key[dot + 1:]: value}} if dot > 0 else {key: value}   # one level at most
+        v = _value(cfg, row, {})
+        if key.startswith("auth."):
+            setattr(self.auth, key[5:], v)
+        else:
+            setattr(self, key, v)
+        return v
 
     def offpeak_now(self, utc):
         """Inside one of the site's off-peak windows (local time)?"""

@@ -4,7 +4,7 @@ A handler validates its payload before it changes anything and raises ValueError
 reason to reject it (firmware/link/commands.py answers). Decisions about sessions stay with
 the controller: these only check and hand over.
 
-    h = Handlers(ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log)
+    h = Handlers(ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp)
     Commands(h.routes(), h.answers(), sync, log)
 """
 from firmware.charging.limits import KINDS
@@ -15,7 +15,7 @@ _TEXT_MAX = 200
 
 
 class Handlers:
-    def __init__(self, ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log):
+    def __init__(self, ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp=None):
         self.ctl = ctl
         self.auth = auth
         self.limits = limits
@@ -26,13 +26,17 @@ class Handlers:
         self.journal = journal
         self.clock = clock
         self.log = log
+        self.ocpp = ocpp            # firmware/link/ocpp_cmds.py: the OCPP central system's commands
 
     def routes(self):
         """Command name -> handler: the only commands there are."""
-        return {"remote_start": self.remote_start, "remote_stop": self.remote_stop,
-                "list_update": self.list_update, "purge": self.purge,
-                "charging_profile": self.charging_profile, "report_problem": self.report_problem,
-                "tariff": self.tariff, "clear_fault": self.clear_fault, "update": self.update}
+        r = {"remote_start": self.remote_start, "remote_stop": self.remote_stop,
+             "list_update": self.list_update, "purge": self.purge,
+             "charging_profile": self.charging_profile, "report_problem": self.report_problem,
+             "tariff": self.tariff, "clear_fault": self.clear_fault, "update": self.update}
+        if self.ocpp is not None:
+            r.update(self.ocpp.routes())
+        return r
 
     def answers(self):
         """Topic suffix -> handler for what is not a command: authorization answers, acknowledgements."""

@@ -41,6 +41,7 @@ class Sync:
         self.prefix = prefix
         self.connector = "Unavailable"
         self.error_code = None
+        self.identity = None   # {"firmware", "vendor", "model"} shown in every online status
         self.published = 0
         self.inbox = []   # (topic suffix, raw bytes) received, for the controller to handle
         self.stats = None      # the retained stats payload, re-sent after every connect
@@ -58,8 +59,19 @@ class Sync:
         self.connector = status
         self.error_code = error_code
 
+    def set_identity(self, ident):
+        """What the charger is ({"firmware", "vendor", "model"}): part of every online status."""
+        self.identity = ident
+        self._status_sent = None
+
+    def republish(self):
+        """Send the retained status again at the next tick, changed or not."""
+        self._status_sent = None
+
     def _status(self, state):
         st = {"state": state, "connector": self.connector, "ts": iso(self.clock.time())}
+        if self.identity:
+            st.update(self.identity)
         if self.error_code:
             st["error"] = self.error_code
         return json.dumps(st)

@@ -35,6 +35,33 @@ class Status:
         self._aligned_s = settings.meter_aligned_s
         self._aligned_slot = None   # the clock-aligned interval last reported, None: no aligned values
         self._storage_told = False
+        self.operative = True       # False: taken out of service by the backend (Unavailable)
+
+    def identify(self, firmware, vendor=None, model=None):
+        """What the retained status says the charger is: firmware version, vendor, model."""
+        ident = {"firmware": firmware}
+        if vendor:
+            ident["vendor"] = vendor
+        if model:
+            ident["model"] = model
+        self.sync.set_identity(ident)
+
+    def set_operative(self, operative):
+        """Availability (OCPP ChangeAvailability): Inoperative shows Unavailable unless faulted."""
+        self.operative = operative
+
+    def set_intervals(self, meter_values_s, aligned_s):
+        """New meter value intervals (ChangeConfiguration), live: periodic from now, aligned from the next slot."""
+        self._meter_values = Every(self.clock, meter_values_s * 1000)
+        self._aligned_s = aligned_s
+        if not aligned_s:
+            self._aligned_slot = None
+        elif self._aligned_slot is not None:
+            self._aligned_slot = self.clock.time() // aligned_s
+
+    def republish(self):
+        """TriggerMessage StatusNotification: the retained status goes out again."""
+        self.sync.republish()
 
     def update(self, session, waiting, finishing):
         """session: one runs; waiting: a driver is authorized or being asked about; finishing: a
@@ -45,6 +72,8 @@ class Status:
             status, error = "Faulted", f.code
         elif self.ev.fault is not None:
             status, error = "Faulted", "EVCommunicationError"
+        elif not self.operative and not session:
+            status = "Unavailable"
         else:
             status = self.ev.status(session, self.contactor.commanded, finishing)
             if status == "Available" and waiting:
@@ -81,9 +110,10 @@ class Status:
         if self._aligned_slot is not None:
             self._aligned_slot = self.clock.time() // self._aligned_s
 
-    def report_meter(self, now, s):
-        """Meter values upstream while session s runs: periodic, and at clock-aligned instants."""
-        periodic = self._meter_values.due(now)
+    def report_meter(self, now, s, now_asked=False):
+        """Meter values upstream while session s runs: periodic, at clock-aligned instants, and
+        when asked (TriggerMessage)."""
+        periodic = self._meter_values.due(now) or now_asked
         if s is None:
             return
         aligned = False

@@ -133,8 +133,9 @@ def test_stop_reasons_map_to_ocpp_16_and_never_to_deauthorized():
     assert STOP_REASONS["PowerLoss"] == "PowerLoss" and STOP_REASONS["Remote"] == "Remote"
     assert set(STOP_REASONS.values()) <= set(r.value for r in Reason) - {"DeAuthorized"}
     firmware = ("Local", "Remote", "EVDisconnected", "EnergyLimitReached", "StoppedByEV", "PowerLoss",
-                "OvercurrentFault", "GroundFault", "PowerQuality", "Other")          # docs/mqtt.md
-    assert all(r in STOP_REASONS for r in firmware)
+                "OvercurrentFault", "GroundFault", "PowerQuality", "Other", "SoftReset", "ImmediateReset")
+    assert all(r in STOP_REASONS for r in firmware)                             # docs/mqtt.md
+    assert STOP_REASONS["SoftReset"] == "SoftReset" and STOP_REASONS["ImmediateReset"] == "HardReset"
 
 
 def test_charging_profiles_map_to_the_chargers_kinds_and_refuse_what_it_cannot_do():
@@ -389,8 +390,8 @@ def cut_run(tmp_path_factory):
         1: lambda: (rig.csms_call("list", call.SendLocalList(
             list_version=2, update_type="Full",
             local_authorization_list=[{"idTag": tag("alice"), "idTagInfo": {"status": "Accepted"}}]), "list_update"),
-            rig.csms_call("availability", call.ChangeAvailability(connector_id=1, type="Inoperative")),
-            rig.csms_call("reset", call.Reset(type="Soft"))),   # these two go after the first is answered
+            rig.csms_call("availability", call.ChangeAvailability(connector_id=1, type="Operative")),
+            rig.csms_call("list_version", call.GetLocalListVersion())),   # these two go after the first is answered
         2: lambda: rig.csms_call("profile", call.SetChargingProfile(connector_id=0, cs_charging_profiles=profile),
                                  "charging_profile"),
         3: lambda: rig.csms_call("start", call.RemoteStartTransaction(id_tag=tag("bob")), "remote_start"),
@@ -478,12 +479,111 @@ def test_remote_start_and_stop_from_the_csms(cut_run):
     assert (bob["token"], bob["auth"], bob["stop_reason"]) == (token("bob"), "remote", "Remote")
 
 
-def test_commands_the_firmware_does_not_have_yet_are_rejected_by_it_and_answered_rejected(cut_run):
-    assert cut_run.results["availability"].status == "Rejected"
-    assert cut_run.results["reset"].status == "Rejected"
+def test_availability_and_list_version_are_answered_by_the_firmware_itself(cut_run):
+    assert cut_run.results["availability"].status == "Accepted"
+    assert cut_run.results["list_version"].list_version == 2      # the list the CSMS pushed just before
     acks = [json.loads(p) for t, p, _ in cut_run.watch.messages if t.endswith("/cmd_ack")]
-    assert {a["cmd"]: a["reason"] for a in acks if a["cmd"] in ("availability", "reset")} == {
-        "availability": "unknown command 'availability'", "reset": "unknown command 'reset'"}
+    assert [(a["status"], a.get("version")) for a in acks if a["cmd"] in ("availability", "list_version")] == [
+        ("accepted", None), ("accepted", 2)]
+
+
+def test_the_station_max_profile_survives_the_power_cut(cut_run):
+    bob = [e for e in cut_run.out.events("session_start") if e["tx_id"] == 2]
+    assert bob and bob[0]["token"] == token("bob")
+    evs = [json.loads(l[2:]) for l in cut_run.out.lines if l.startswith("@ ")]
+    after = evs[evs.index(bob[0]):]
+    offers = [e for e in after if e["ev"] == "offer"]
+    assert offers[0]["amps"] == 10 and offers[0]["limit"] == "schedule"   # not 16 A: the profile was kept
+    amps = [float(v["value"]) for p in cut_run.csms.of("MeterValues") if p.get("transactionId") == 1002
+            for v in p["meterValue"][0]["sampledValue"] if v["measurand"] == "Current.Import"]
+    assert amps and max(amps) <= 10.0
+
+
+def test_the_boot_notification_names_the_firmware_version_from_the_status(cut_run):
+    boots = cut_run.csms.of("BootNotification")
+    version = cut_run.out.events("boot")[0]["version"]
+    assert boots and all(b.get("firmwareVersion") == version for b in boots)
+    st = [json.loads(p) for t, p, _ in cut_run.watch.messages if t.endswith("/status")]
+    assert [s["firmware"] for s in st if s.get("state") == "online"][0] == version
+
+
+@pytest.fixture(scope="module")
+def admin_run(tmp_path_factory):
+    """The CSMS takes the charger out of service (alice's tap is refused), back in, reads and changes its
+    configuration, clears its cache; during alice's session it schedules Inoperative, triggers a status
+    and a meter value, then resets it hard: the session ends HardReset and the firmware restarts."""
+    rig = FirmwareRig(tmp_path_factory.mktemp("ocpp_admin"))
+
+    def in_service():
+        rig.csms_call("operative", call.ChangeAvailability(connector_id=0, type="Operative"), "availability")
+        rig.csms_call("get_config", call.GetConfiguration(key=["LocalPreAuthorize", "MeterValueSampleInterval"]))
+        rig.csms_call("set_config", call.ChangeConfiguration(key="MeterValueSampleInterval", value="10"))
+        rig.csms_call("bad_config", call.ChangeConfiguration(key="MeterValueSampleInterval", value="5"))
+        rig.csms_call("clear_cache", call.ClearCache())
+
+    def during():
+        wait(lambda: rig.csms.of("StartTransaction"), what="alice's StartTransaction")
+        rig.csms_call("scheduled", call.ChangeAvailability(connector_id=1, type="Inoperative"), "availability")
+        rig.csms_call("trigger_status", call.TriggerMessage(requested_message="StatusNotification"))
+        rig.csms_call("trigger_meter", call.TriggerMessage(requested_message="MeterValues"))
+
+    rig.steps = {
+        1: lambda: rig.csms_call("inoperative", call.ChangeAvailability(connector_id=1, type="Inoperative"),
+                                 "availability"),
+        2: in_service,
+        3: during,
+        4: lambda: rig.csms_call("reset", call.Reset(type="Hard"), "reset"),
+    }
+    events = [marker(10, 1), {"t": 20, "plug": True}, {"t": 30, "tap": "alice"}, marker(60, 2),
+              {"t": 90, "tap": "alice"}, {"t": 95, "ev_current_a": 16}, marker(200, 3), marker(400, 4)]
+    sc = _scenario(events, 600)
+    sc["allow"] = ["alice"]
+    try:
+        rig.rc = rig.run(sc)
+        rig.results = dict((k, f.result(15)) for k, f in rig.futures.items())
+        wait(lambda: rig.csms.of("StopTransaction"), what="the StopTransaction of the reset")
+        rig.bridge.stop()
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_inoperative_refuses_the_tap_and_operative_lets_the_next_one_charge(admin_run):
+    r = admin_run.results
+    assert r["inoperative"].status == "Accepted" and r["operative"].status == "Accepted"
+    assert admin_run.out.events("tap", token=token("alice"), result="refused", status="Unavailable")
+    assert [e["tx_id"] for e in admin_run.out.events("session_start")] == [1]
+    statuses = [p["status"] for p in admin_run.csms.of("StatusNotification")]
+    assert "Unavailable" in statuses and statuses.index("Unavailable") < statuses.index("Charging")
+
+
+def test_configuration_is_read_and_changed_on_the_charger_and_checked_like_its_config_file(admin_run):
+    r = admin_run.results
+    conf = dict((k["key"], k["value"]) for k in r["get_config"].configuration_key)
+    assert conf == {"LocalPreAuthorize": "true", "MeterValueSampleInterval": "60"} and not r["get_config"].unknown_key
+    assert r["set_config"].status == "Accepted" and r["bad_config"].status == "Rejected"
+    acks = [json.loads(p) for t, p, _ in admin_run.watch.messages if t.endswith("/cmd_ack")]
+    assert [a.get("reason") for a in acks if a["cmd"] == "set_config"] == [
+        None, "config: meter_values_s must be within 10..3600 (got 5)"]
+    assert r["clear_cache"].status == "Accepted"
+    assert [a["entries"] for a in acks if a["cmd"] == "clear_cache"] == [0]
+
+
+def test_inoperative_during_a_session_is_scheduled_and_triggers_are_carried_out(admin_run):
+    r = admin_run.results
+    assert r["scheduled"].status == "Scheduled"
+    assert r["trigger_status"].status == "Accepted" and r["trigger_meter"].status == "Accepted"
+    mv = [p for p in admin_run.csms.of("MeterValues") if p.get("transactionId") == 1001]
+    assert len(mv) >= 30   # every 10 s now (MeterValueSampleInterval), plus the triggered one
+
+
+def test_a_hard_reset_ends_the_session_hardreset_and_the_firmware_restarts(admin_run):
+    assert admin_run.results["reset"].status == "Accepted"
+    stops = admin_run.csms.of("StopTransaction")
+    assert [(s["transactionId"], s["reason"]) for s in stops] == [(1001, "HardReset")]
+    assert admin_run.rc == 4, "\n".join(admin_run.out.lines[-40:])   # tools/sim.py: the board would reset now
+    assert admin_run.out.events("reset", why="reset_hard")
+    assert admin_run.out.errors == []
 
 
 @pytest.fixture(scope="module")

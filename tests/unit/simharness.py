@@ -50,7 +50,9 @@ def entry(token, **fields):
 
 class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
-                 entries=None, secrets=None, make_link=None):
+                 entries=None, secrets=None, make_link=None, data=None):
+        """make_link(clock): a real Link instead of the fake one; data: the data directory of an
+        earlier Harness (a reboot), default a fresh one."""
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -71,10 +73,12 @@ class Harness:
         dev.update(device or {})
         secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1},
                        **(secrets or {}))
-        _dirs[0] += 1
-        data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
-        ensure_dir(data)
-        _wipe(data)
+        if data is None:
+            _dirs[0] += 1
+            data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
+            ensure_dir(data)
+            _wipe(data)
+        self.data = data
         self.settings = Settings(self.hw, dev, secrets)
         self.board = Board(self.hw, machine, self.clock.sleep_ms)
         self.log = ListLog()

@@ -194,3 +194,25 @@ def test_handlers_refuse_bad_payloads_before_changing_anything():
     c.handle_inbox()
     assert calls == []
     assert [a["reason"].split(":")[0].split(" ")[0] for a in sync.acks] == ["token", "kind", "text", "over-the-air"]
+
+
+OCPP_NAMES = ("availability", "clear_cache", "list_version", "reset", "trigger", "get_config", "set_config")
+
+
+def test_the_ocpp_commands_are_registered_in_the_route_table():
+    from firmware.link.ocpp_cmds import OcppCommands
+
+    class Status:
+        def set_operative(self, operative):
+            pass
+
+    calls = []
+    f = Fake(calls)
+    oc = OcppCommands(f, f, None, Status(), "/nonexistent-dir/ocpp.json", ListLog())
+    routes = Handlers(f, f, f, f, f, f, f, f, VirtualClock(), ListLog(), oc).routes()
+    assert sorted(routes) == sorted(NAMES + OCPP_NAMES)
+    sync = Sync()
+    c = Commands(routes, {}, sync, ListLog(), per_pass=100)
+    _cmd(sync, "list_version", id="l")
+    c.handle_inbox()
+    assert sync.acks == [{"id": "l", "cmd": "list_version", "status": "accepted", "version": 2}]

@@ -71,6 +71,7 @@ def test_updated_and_checkpoint_count_from_the_start_register():
     s.started(Stamp())
     rec = s.updated("2026-03-02T08:00:00Z", 1900)
     assert rec["event"] == "updated" and rec["energy_wh"] == 700 and rec["seq"] == 1
+    assert rec["meter_start_wh"] == 1200   # docs/mqtt.md: every event carries it (the OCPP bridge needs it)
     j = Journal()
     s.checkpoint(j, 1900, 17, T0 + 300, rec)
     assert j.calls == [(7, 1900, T0 + 300, 2, 17, rec)]   # the seq the next record will carry

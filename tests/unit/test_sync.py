@@ -98,6 +98,21 @@ def test_status_is_republished_when_the_connector_changes():
     assert states[1]["error"] == "OverVoltage"
 
 
+def test_the_status_names_what_the_charger_is_and_goes_out_again_when_asked():
+    link = FakeLink()
+    s, clock, ob = _sync(link)
+    s.set_connector("Available")
+    s.tick()
+    s.set_identity({"firmware": "1.2.0", "vendor": "org.example"})
+    s.tick()
+    s.tick()
+    s.republish()
+    s.tick()
+    states = [json.loads(p[1]) for p in link.published if p[0].endswith("status")]
+    assert [st.get("firmware") for st in states] == [None, "1.2.0", "1.2.0"]
+    assert states[2]["vendor"] == "org.example" and states[2]["connector"] == "Available"
+
+
 def test_malformed_acks_are_refused():
     for bad in (None, [], {"msg_ids": "1-0"}, {"msg_ids": [1]}, {"msg_ids": ["x" * 65]}):
         raises(ValueError, parse_ack, bad)
