@@ -330,6 +330,20 @@ def test_version_rules():
     assert lst.version == 2 and lst.get([(1, B1)])
 
 
+def test_a_huge_diff_version_is_refused_and_a_full_list_resets_the_version():
+    lst = _listed({"token": A1})
+    for v in (0x3FFFFFFF, 1 << 30, 1002):           # 0x3FFFFFFF once refused every later diff
+        msg = str(raises(ValueError, lst.update, {"version": v, "type": "diff", "entries": [{"token": C1}]}))
+        assert msg.startswith("version") and ("1001" in msg and "full" in msg or v == 1 << 30)
+        assert lst.version == 1 and not lst.get([(1, C1)])
+    lst.update({"version": 1001, "type": "diff", "entries": [{"token": B1}]})   # +1000 at most
+    assert lst.version == 1001 and lst.get([(1, B1)])
+    lst.update({"version": 0x3FFFFFFF, "type": "full", "entries": [{"token": A1}]})
+    lst.update({"version": 3, "type": "full", "entries": [{"token": A1}]})      # a full list resets it
+    lst.update({"version": 4, "type": "diff", "entries": [{"token": C1}]})
+    assert lst.version == 4 and lst.get([(1, C1)])
+
+
 def test_a_bad_update_is_rejected_whole_and_the_old_list_stays():
     lst = _listed({"token": A1}, {"token": B1})
     before = list(lst.entries())
