@@ -19,6 +19,10 @@ MAX_NUMBER = const(32)  # characters in a number token: more is never a price, c
 MAX_DEPTH = const(16)   # nested arrays/objects: an OCPI tariff needs 6
 
 
+class TooBig(ValueError):
+    """Well-formed, perhaps, but past a bound no message or file may cross (named in the text)."""
+
+
 def plain(token):
     """A JSON number token with a fraction or exponent → the same value as a plain decimal string."""
     s = token
@@ -64,7 +68,7 @@ def quote_decimals(text):
         elif c == "[" or c == "{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise ValueError("nested deeper than %d" % MAX_DEPTH)
+                raise TooBig("nested deeper than %d" % MAX_DEPTH)
             i += 1
         elif c == "]" or c == "}":
             depth -= 1
@@ -74,7 +78,7 @@ def quote_decimals(text):
             while j < n and text[j] in _NUMBER_CHARS:
                 j += 1
                 if j - i > MAX_NUMBER:
-                    raise ValueError("number longer than %d characters" % MAX_NUMBER)
+                    raise TooBig("number longer than %d characters" % MAX_NUMBER)
             token = text[i:j]
             if "." in token or "e" in token or "E" in token:
                 out.append(text[start:i])
