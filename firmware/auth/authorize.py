@@ -519,7 +519,7 @@ class Authorizer:
     """The decision pipeline: local list, cache, backend, offline policies (OCPP switches)."""
 
     def __init__(self, keys, local_list, cache, clock, local_authorize_offline=True,
-                 local_pre_authorize=False, allow_offline_unknown=False, authorize_remote=False,
+                 local_pre_authorize=False, allow_offline_unknown=False, authorize_remote=True,
                  timeout_ms=3000, max_pending=4):
         self.keys = keys
         self.local_list = local_list
@@ -538,8 +538,8 @@ class Authorizer:
         return self._decide(pairs, online, None, None)
 
     def remote_start(self, payload, online=True):
-        """A remote start {"id", "token", "key", group/prefs…}: trusted unless authorize_remote
-        (AuthorizeRemoteTxRequests), then checked like a tap; payload group/prefs win."""
+        """A remote start {"id", "token", "key", group/prefs…}: checked like a tap (local list, cache,
+        online) unless the config turns AuthorizeRemoteTxRequests off; payload group/prefs win."""
         if not isinstance(payload, dict):
             raise ValueError("remote_start: must be an object")
         raw = _token(payload.get("token"), "token")
