@@ -40,7 +40,7 @@ class Commands:
         self.clock = clock
         self.per_pass = per_pass
         self.rate = rate
-        self.dropped = 0            # commands over the rate limit since boot
+        self.dropped = 0            # commands over the rate limit since boot (mod 2^30)
         self._cost = 1000 // rate   # bucket credit (ms) one command takes
         self._cap = burst * self._cost
         self._credit = self._cap    # token bucket, in ms of credit
@@ -70,8 +70,8 @@ class Commands:
             self.handle(suffix, raw)
             n += 1
         if drops:
-            self.dropped += drops
-            self._unlogged += drops
+            self.dropped = (self.dropped + drops) & 0x3FFFFFFF   # a small int, even after months of flood
+            self._unlogged = min(self._unlogged + drops, 0x3FFFFFFF)
         if self._unlogged and self.clock.ticks_diff(now, self._logged) >= _DROP_LOG_MS:
             self.log.event("command", result="dropped", reason="rate limit (%d/s)" % self.rate, n=self._unlogged)
             self._unlogged = 0
