@@ -199,7 +199,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
              "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal",
-             "clock_unset"}
+             "clock_unset", "faults"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -277,6 +277,11 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
                             % (journal,))
     if journal:
         device["journal"] = journal
+    faults = sc.get("faults", {})
+    if not isinstance(faults, dict) or any(k != "remote_clear" for k in faults):
+        raise ScenarioError("faults: {\"remote_clear\": [fault kinds cmd/clear_fault may clear]} (got %r)" % (faults,))
+    if faults:
+        device["faults"] = faults   # the firmware's settings check the kinds
     if not isinstance(device["device_id"], str) or not device["device_id"]:
         raise ScenarioError("device_id: a non-empty string")
     if broker:

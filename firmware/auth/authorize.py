@@ -34,6 +34,7 @@ _F_GROUP = const(0x40)
 _GROUP_MAX = const(36)          # an OCPP 2.0.1 IdToken
 _MAX_WH = const(1000000000)     # 1 GWh: any sane limit, and a small int on the ESP32
 _MAX_LIST_VERSION = const(0x3FFFFFFF)
+_MAX_LIST_STEP = const(1000)    # a diff is at most this far above the current version; a full list resets it
 _ENTRY_FIELDS = ("token", "key", "status", "expiry", "group", "max_current_a", "max_kwh",
                  "offpeak_only", "remove")
 _NO_GRANT = (None, None, None, None, None, False)
@@ -248,9 +249,11 @@ class LocalList:
         kind = msg.get("type")
         if kind not in ("full", "diff"):
             raise ValueError("type: must be \"full\" or \"diff\"")
-        if kind == "diff" and version <= self.version:
-            raise ValueError("version: a diff must be above the current version %d (got %d)"
-                             % (self.version, version))
+        if kind == "diff" and not self.version < version <= self.version + _MAX_LIST_STEP:
+            raise ValueError("version: a diff must be %d..%d, above the current version %d by at most %d "
+                             "(got %d; a full list sets any version)"
+                             % (self.version + 1, min(self.version + _MAX_LIST_STEP, _MAX_LIST_VERSION),
+                                self.version, _MAX_LIST_STEP, version))
         entries = msg.get("entries", [])
         if not isinstance(entries, list):
             raise ValueError("entries: must be a list")
@@ -528,7 +531,7 @@ class Authorizer:
     """The decision pipeline: local list, cache, backend, offline policies (OCPP switches)."""
 
     def __init__(self, keys, local_list, cache, clock, local_authorize_offline=True,
-                 local_pre_authorize=False, allow_offline_unknown=False, authorize_remote=False,
+                 local_pre_authorize=False, allow_offline_unknown=False, authorize_remote=True,
                  timeout_ms=3000, max_pending=4):
         self.keys = keys
         self.local_list = local_list
@@ -551,8 +554,8 @@ class Authorizer:
         return self._decide(pairs, online, None, None)
 
     def remote_start(self, payload, online=True):
-        """A remote start {"id", "token", "key", group/prefs…}: trusted unless authorize_remote
-        (AuthorizeRemoteTxRequests), then checked like a tap; payload group/prefs win."""
+        """A remote start {"id", "token", "key", group/prefs…}: checked like a tap (local list, cache,
+        online) unless the config turns AuthorizeRemoteTxRequests off; payload group/prefs win."""
         if not isinstance(payload, dict):
             raise ValueError("remote_start: must be an object")
         raw = _token(payload.get("token"), "token")

@@ -1,16 +1,29 @@
 """The tariff for new sessions: the config's, or a newer one received over MQTT (kept on flash).
 
 A running session keeps the tariff it started with (firmware/charging/session.py); a new one
-applies from the next session. Versions only grow; a bad tariff is rejected and the old one stays.
+applies from the next session. Versions only grow, by 1..MAX_STEP at a time and below 2^30 (a
+version of 10^30 must not refuse every later tariff); a bad tariff is rejected and the old one stays.
 
     tariffs = Tariffs(data_dir + "/tariff.json", settings.tariff, log)
     tariffs.replace({"version": 2, "tariff": {...OCPI Tariff...}}); tariffs.current.id
 """
 import json
 
+from micropython import const
+
 from firmware.billing.tariff import Tariff
 from firmware.core import jsonx
 from firmware.storage.state import write_atomic
+
+MAX_STEP = const(1000)        # a new version is at most this far above the current one
+_MAX_VERSION = const(0x3FFFFFFF)
+
+
+def _version(v):
+    """A stored or received version: an int 0..2^30-1, else ValueError."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_VERSION:
+        raise ValueError("version must be an integer 0..%d" % _MAX_VERSION)
+    return v
 
 
 class Tariffs:
@@ -23,7 +36,8 @@ class Tariffs:
         try:
             with open(self.path) as f:
                 saved = jsonx.loads(f.read())
-            return Tariff(saved["tariff"]), saved["version"]
+            version = _version(saved["version"])   # "9" or 10^30 on flash: the config's tariff
+            return Tariff(saved["tariff"]), version
         except OSError:
             return default, 0
         except (ValueError, KeyError, TypeError) as e:
@@ -34,8 +48,10 @@ class Tariffs:
         """A new tariff for new sessions: {"version", "tariff": {OCPI Tariff}}; ValueError names what
         is wrong and changes nothing."""
         version = p.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version <= self.version:
-            raise ValueError("version must be an integer above the current %d" % self.version)
+        top = min(self.version + MAX_STEP, _MAX_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or not self.version < version <= top:
+            raise ValueError("version must be an integer %d..%d (the current %d plus at most %d)"
+                             % (self.version + 1, top, self.version, MAX_STEP))
         t = Tariff(p.get("tariff"))   # ValueError names the field: the old tariff stays
         write_atomic(self.path, json.dumps({"version": version, "tariff": p["tariff"]}))
         self.current, self.version = t, version

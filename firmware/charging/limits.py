@@ -23,7 +23,8 @@ Smart-charging profiles (a minimal subset of OCPP's), one dict per stack level a
     kind "tx_default": limits each transaction; offsets count from the session start, and
         it does not apply outside a session.
     fields: "periods" [[start_offset_s, limit_a], ...] (1..24, the first at 0, strictly
-    increasing), "stack_level" (0..99, default 0), "valid_from"/"valid_to" (UTC seconds,
+    increasing; station_max limits at least 6 A: below the minimum offer nobody could charge, so
+    it is refused), "stack_level" (0..99, default 0), "valid_from"/"valid_to" (UTC seconds,
     optional), "duration" (seconds, optional: the schedule ends then). Within a kind the
     highest stack level whose profile is valid and running at that moment wins; the
     effective limit is the minimum over the kinds.
@@ -85,6 +86,7 @@ class _Profile:
             self.cycle = _RECURRENCY[rec]
         if self.start is None:
             self.start = 0
+        self.low = MIN_OFFER_A if kind == "station_max" else 0   # a station-wide 0 A is refused
         self.offsets, self.limits = self._periods(prof.get("periods"), where)
         self.raw = prof             # as received: what is saved, so a reboot installs the same
 
@@ -105,8 +107,9 @@ class _Profile:
                 raise ValueError("%s: start_offset_s of the first period must be 0" % at)
             if i and off <= offsets[-1]:
                 raise ValueError("%s: start_offset_s must be greater than the previous period's" % at)
-            if not isinstance(lim, int) or isinstance(lim, bool) or not 0 <= lim <= 999:
-                raise ValueError("%s: limit_a must be an integer 0..999 (got %r)" % (at, lim))
+            if not isinstance(lim, int) or isinstance(lim, bool) or not self.low <= lim <= 999:
+                raise ValueError("%s: limit_a must be an integer %d..999 (got %r)%s" % (
+                    at, self.low, lim, "; below 6 A nobody could charge" if self.low else ""))
             offsets.append(off)
             limits.append(lim)
         return offsets, limits

@@ -18,6 +18,7 @@ from firmware.billing.tariff import Tariff
 from firmware.charging.limits import from_settings as limits_from_settings
 from firmware.charging.pilot import DEBOUNCE_MAX_MS
 from firmware.core.rsa import parse_public_key
+from firmware.safety.faults import POLICIES
 from hal.mfrc522 import GAIN_MAX
 from hal.pilot import SAMPLES_MAX, SAMPLES_MIN
 
@@ -176,8 +177,9 @@ def device_rows():
         ("auth.LocalAuthorizeOffline", bool, True),
         ("auth.LocalPreAuthorize", bool, False),
         ("auth.AllowOfflineTxForUnknownId", bool, False),
-        ("auth.AuthorizeRemoteTxRequests", bool, False),
+        ("auth.AuthorizeRemoteTxRequests", bool, True),   # OCPP: a remote start is checked like a tap
         ("auth.timeout_s", int, 3, 1, 30),
+        ("faults.remote_clear", list, []),
         ("ota.max_size", int, 1 << 20, 4096, 4 << 20),
         ("ota.max_boots", int, 3, 1, 10),
         ("ota.trial_s", int, 600, 60, 86400),
@@ -305,6 +307,15 @@ def board_settings(cfg):
     return records(v, OPTIONAL)
 
 
+def _remote_clear(kinds):
+    """The latched fault kinds cmd/clear_fault may clear: known kinds, never a welded contactor."""
+    for k in kinds:
+        if not isinstance(k, str) or k not in POLICIES or k == "welded":
+            raise ValueError("config: faults.remote_clear: %r is not a fault kind the backend may clear "
+                             "(a welded contactor is cleared only at the charger)" % (k,))
+    return tuple(kinds)
+
+
 def _hhmm(text, where):
     if not isinstance(text, str) or len(text) != 5 or text[2] != ":" or not (text[:2] + text[3:]).isdigit() \
             or int(text[:2]) > 23 or int(text[3:]) > 59:
@@ -355,6 +366,7 @@ class Settings:
                            timeout_ms=board.network.timeout_ms, tls=_tls(d, sec))
         self.journal = Record(every_wh=d["journal.every_wh"], min_s=d["journal.min_s"], every_s=d["journal.every_s"])
         self.auth = records(d).auth
+        self.faults = Record(remote_clear=_remote_clear(d["faults.remote_clear"]))
         self.ota = ota_settings(device, secrets)
         self.outbox_size = d["outbox_size"]
         self.data_dir = d["data_dir"]

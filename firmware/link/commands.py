@@ -2,11 +2,13 @@
 
 Every command is a JSON object with an `id`; it is validated, handed to the handler its name
 maps to in an explicit route table (firmware/link/handlers.py builds it) and answered on
-`cmd_ack` with `accepted` or `rejected` and a reason. Anything malformed, oversized or unknown
-is rejected and changes nothing. At most `per_pass` messages are handled per loop pass; the
-rest wait in the inbox for the next one, so a burst cannot stall the loop.
+`cmd_ack` with `accepted` or `rejected` and a reason. Anything malformed, oversized, too deep,
+unknown, or that makes its handler raise anything at all is rejected: a command never becomes
+an internal fault. At most `per_pass` messages are handled per loop pass, and commands pass a
+token bucket (RATE a second, BURST at once): the excess is dropped unparsed and unanswered,
+counted and logged at most once per 10 s, so a flood cannot starve sampling or the watchdog.
 
-    commands = Commands({"remote_stop": h.remote_stop}, {"ack": h.ack}, sync, log)
+    commands = Commands({"remote_stop": h.remote_stop}, {"ack": h.ack}, sync, log, clock)
     commands.handle_inbox()   # every control step
 """
 import json
@@ -14,37 +16,77 @@ import json
 from micropython import const
 
 from firmware.core import jsonx
+from firmware.core.log import print_exception
 
 _MAX_ID = const(64)
 PER_PASS = 4
+RATE = 4                    # commands a second, sustained
+BURST = 16                  # commands at once after a quiet spell (a reconnect's catch-up)
+_DROP_PER_PASS = const(16)  # excess commands discarded per pass (cheap, but bounded too)
+_DROP_LOG_MS = const(10000)
 
 
 class Commands:
-    def __init__(self, routes, answers, sync, log, per_pass=PER_PASS):
+    def __init__(self, routes, answers, sync, log, clock, per_pass=PER_PASS, rate=RATE, burst=BURST):
         """routes: command name -> handler(payload) returning extra ack fields or None, raising
-        ValueError to reject; answers: topic suffix (auth/resp, ack) -> handler(payload)."""
+        ValueError to reject; answers: topic suffix (auth/resp, ack) -> handler(payload);
+        rate commands a second (1..1000), burst at once."""
+        if not 1 <= rate <= 1000 or burst < 1:
+            raise ValueError("commands: rate must be 1..1000 and burst >= 1")
         self.routes = routes
         self.answers = answers
         self.sync = sync
         self.log = log
+        self.clock = clock
         self.per_pass = per_pass
+        self.rate = rate
+        self.dropped = 0            # commands over the rate limit since boot (mod 2^30)
+        self._cost = 1000 // rate   # bucket credit (ms) one command takes
+        self._cap = burst * self._cost
+        self._credit = self._cap    # token bucket, in ms of credit
+        self._filled = clock.ticks_ms()
+        self._logged = self._filled
+        self._unlogged = 0          # drops not yet in the log
 
     def handle_inbox(self):
-        """Handle what the broker delivered, at most per_pass messages."""
+        """Handle what the broker delivered: at most per_pass messages, commands within the rate."""
         inbox = self.sync.inbox
-        n = 0
-        while inbox and n < self.per_pass:
-            suffix, raw = inbox.pop(0)
+        if not inbox:
+            return
+        now = self.clock.ticks_ms()
+        credit = self._credit + self.clock.ticks_diff(now, self._filled)
+        self._credit = credit if 0 <= credit < self._cap else self._cap
+        self._filled = now
+        n = drops = 0
+        while inbox and n < self.per_pass and drops < _DROP_PER_PASS:
+            suffix, raw = inbox[0]
+            if suffix.startswith("cmd/"):
+                if self._credit < self._cost:
+                    inbox.pop(0)
+                    drops += 1
+                    continue
+                self._credit -= self._cost
+            inbox.pop(0)
             self.handle(suffix, raw)
             n += 1
+        if drops:
+            self.dropped = (self.dropped + drops) & 0x3FFFFFFF   # a small int, even after months of flood
+            self._unlogged = min(self._unlogged + drops, 0x3FFFFFFF)
+        if self._unlogged and self.clock.ticks_diff(now, self._logged) >= _DROP_LOG_MS:
+            self.log.event("command", result="dropped", reason="rate limit (%d/s)" % self.rate, n=self._unlogged)
+            self._unlogged = 0
+            self._logged = now
 
     def handle(self, suffix, raw):
+        why = "payload must be a JSON object"
         try:
             payload = jsonx.loads(raw)   # prices stay exact decimals, never floats
-        except ValueError:
+        except jsonx.TooBig as e:
+            payload, why = None, "payload: %s" % e
+        except Exception:   # malformed JSON (ValueError), bad UTF-8, anything else: refused
             payload = None
         if suffix.startswith("cmd/"):
-            self._command(suffix[4:], payload)
+            self._command(suffix[4:], payload, why)
             return
         fn = self.answers.get(suffix)
         if fn is None:
@@ -53,11 +95,14 @@ class Commands:
             fn(payload)
         except ValueError as e:
             self.log.event("command", topic=suffix, result="ignored", reason=str(e))
+        except Exception as e:   # a bug in an answer's handler must not stop the charger
+            print_exception(e)
+            self.log.event("command", topic=suffix, result="ignored", reason="internal error: %s" % type(e).__name__)
 
-    def _command(self, name, p):
+    def _command(self, name, p, why):
         cid = p.get("id") if isinstance(p, dict) else None
         if not isinstance(p, dict):
-            return self.answer(None, name, "rejected", "payload must be a JSON object")
+            return self.answer(None, name, "rejected", why)
         if not isinstance(cid, str) or not 0 < len(cid) <= _MAX_ID:
             return self.answer(None, name, "rejected", "id must be a string of 1..%d characters" % _MAX_ID)
         handler = self.routes.get(name)
@@ -69,6 +114,9 @@ class Commands:
             return self.answer(cid, name, "rejected", str(e))
         except OSError as e:   # the flash failed: the command did not take effect, the charge goes on
             return self.answer(cid, name, "rejected", "storage error: %s; try again" % e)
+        except Exception as e:   # a bug, or a value no check foresaw: refused, never an internal fault
+            print_exception(e)
+            return self.answer(cid, name, "rejected", "internal error: %s; not applied" % type(e).__name__)
         self.answer(cid, name, "accepted", None, extra)
 
     def answer(self, cid, name, status, reason, extra=None):

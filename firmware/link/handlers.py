@@ -4,18 +4,30 @@ A handler validates its payload before it changes anything and raises ValueError
 reason to reject it (firmware/link/commands.py answers). Decisions about sessions stay with
 the controller: these only check and hand over.
 
-    h = Handlers(ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp)
-    Commands(h.routes(), h.answers(), sync, log)
+    h = Handlers(ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp, remote_clear)
+    Commands(h.routes(), h.answers(), sync, log, clock)
 """
 from firmware.charging.limits import KINDS
-from firmware.link.records import rewrite_waiting
 from firmware.link.sync import parse_ack
 
 _TEXT_MAX = 200
 
 
+def _waiting(outbox, marker):
+    """How many records waiting for the backend's acknowledgement hold marker."""
+    n = 0
+    for mid in outbox.pending():
+        raw = outbox.payload(mid)
+        if raw is not None and marker in raw:
+            n += 1
+    return n
+
+
 class Handlers:
-    def __init__(self, ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp=None):
+    def __init__(self, ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp=None,
+                 remote_clear=()):
+        """ocpp: the OCPP central system's commands (firmware/link/ocpp_cmds.py); remote_clear: the
+        latched fault kinds cmd/clear_fault may clear (config faults.remote_clear)."""
         self.ctl = ctl
         self.auth = auth
         self.limits = limits
@@ -26,7 +38,8 @@ class Handlers:
         self.journal = journal
         self.clock = clock
         self.log = log
-        self.ocpp = ocpp            # firmware/link/ocpp_cmds.py: the OCPP central system's commands
+        self.ocpp = ocpp
+        self.remote_clear = tuple(k for k in remote_clear if k != "welded")   # never from afar
 
     def routes(self):
         """Command name -> handler: the only commands there are."""
@@ -52,23 +65,20 @@ class Handlers:
         return self.auth.local_list.update(p)
 
     def purge(self, p):
-        """Forget a pseudonym: list, cache, waiting requests, unsent records naming it, older journal records."""
+        """Forget a pseudonym: list, cache, waiting requests, older journal records. Refused (nothing
+        changes) while records naming it wait for the backend's acknowledgement: anonymizing an
+        undelivered `ended` record would make the session unbillable; purge again once delivered."""
         token = p.get("token")
-        if isinstance(token, str) and self.ctl.busy_with(token.lower()):
-            raise ValueError("token: its session or authorization is in progress; stop it first")
+        if isinstance(token, str):
+            token = token.lower()
+            if self.ctl.busy_with(token):
+                raise ValueError("token: its session or authorization is in progress; stop it first")
+            n = _waiting(self.outbox, token.encode())
+            if n:
+                raise ValueError("token: %d records naming it are not yet acknowledged by the backend; "
+                                 "purge again once they are" % n)
         done = self.auth.purge(token, p.get("key"))
-        token = done["token"]
-
-        def anonymize(rec):
-            if rec.get("token") != token:
-                return False
-            rec["token"] = None
-            rec["purged"] = True
-            return True
-
-        n = rewrite_waiting(self.outbox, token.encode(), anonymize)
-        self.ctl.forget(token)
-        done["outbox"] = n
+        self.ctl.forget(done["token"])
         done["journal"] = self.journal.scrub()   # older records naming it leave the flash now
         return done
 
@@ -88,10 +98,19 @@ class Handlers:
         self.ctl.report_problem("app", text)
 
     def clear_fault(self, p):
-        kinds = self.reactions.clear_fault()
-        if not kinds:
+        """Clear the latched faults the operator's config lets the backend clear; the rest need a
+        person at the charger (a welded contactor always does)."""
+        latched = self.reactions.faults.latched
+        if not latched:
             raise ValueError("no latched fault to clear")
-        return {"cleared": kinds}
+        kept = [k for k in latched if k not in self.remote_clear]
+        if len(kept) == len(latched):
+            raise ValueError("latched %s: cleared only at the charger (tech.clear_fault())%s"
+                             % (", ".join(kept), "" if "welded" in kept else "; faults.remote_clear does not list it"))
+        extra = {"cleared": self.reactions.clear_fault(self.remote_clear)}
+        if kept:
+            extra["kept"] = kept   # latched still: only at the charger
+        return extra
 
     def tariff(self, p):
         """A new tariff for new sessions: {"id", "version", "tariff": {OCPI Tariff}}; version must grow."""

@@ -3,7 +3,8 @@
 Every fault kind has a policy: `emergency` ones open the contactor in the iteration that
 detects them; the others first withdraw the offer and let the EV stop. After a trip the
 charger retries after a backoff; past `max_retries` trips the fault LATCHES and only a
-technician clears it (REPL `tech.clear_fault()` or MQTT `cmd/clear_fault`). Trip counts and
+technician clears it at the charger (REPL `tech.clear_fault()`); MQTT `cmd/clear_fault` clears
+only the kinds the operator's `faults.remote_clear` lists, never a welded contactor. Trip counts and
 latches persist across reboots (the caller stores `persist()` and hands it back at boot).
 A failed meter is not read, so its fault is due for a retry while still present; tripping it
 again after that retry counts as a new trip.
@@ -103,9 +104,10 @@ class Faults:
         """Forget an active fault (auto-retry, or a technician's clear_fault)."""
         return self.active.pop(kind, None)
 
-    def clear_latched(self):
-        """A technician's reset: latched faults clear and their trip counts restart."""
-        kinds = list(self.latched)
+    def clear_latched(self, only=None):
+        """A technician's reset: latched faults (all, or those also in `only`) clear and their trip
+        counts restart."""
+        kinds = [k for k in self.latched if only is None or k in only]
         for kind in kinds:
             self.trips[kind] = 0
             f = self.active.get(kind)
@@ -113,7 +115,7 @@ class Faults:
                 f.latched = False
                 if not f.present:
                     del self.active[kind]
-        self.latched = []
+        self.latched = [k for k in self.latched if k not in kinds]
         return kinds
 
     def blocking(self):

@@ -88,15 +88,17 @@ class Reactions:
         if self.charger.session is not None:
             self.charger.abandon("Other")
         self.trip("internal", "%s: %s" % (type(e).__name__, e))
-
-    def clear_fault(self):
-        """A technician's reset of latched faults (REPL tech.clear_fault(), MQTT cmd/clear_fault)."""
-        latched = [f for f in self.faults.active.values() if f.latched]
-        kinds = self.faults.clear_latched()
+        self.faults.gone("internal")   # the step that raised is over: retried after the backoff, latched
+                                       # (a person clears it) if it keeps coming back
+    def clear_fault(self, only=None):
+        """A reset of latched faults: every one (a technician at the charger: tech.clear_fault()) or
+        those of the kinds `only` names (MQTT cmd/clear_fault, as the config allows)."""
+        latched = [f for f in self.faults.active.values() if f.latched and (only is None or f.kind in only)]
+        kinds = self.faults.clear_latched(only)
         for f in latched:
             if f.kind not in self.faults.active:   # gone already: cleared now (the rest when gone)
                 self.event(f, "cleared")
         self.state.set_faults(self.faults.persist())
         self.state.save()
-        self.log.event("fault_reset", kinds=kinds)
+        self.log.event("fault_reset", kinds=kinds, remote=only is not None)
         return kinds

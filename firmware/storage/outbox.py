@@ -2,8 +2,11 @@
 
 A message leaves only when the backend's `ack` names its msg_id: a broker PUBACK says nothing
 about the backend. Unacknowledged messages are offered again with exponential backoff and
-jitter. Under pressure `updated` and `meter` messages go first, other kinds next; `started` and
-`ended` are never dropped (if the flash cannot take them they wait in RAM: see `ram_only`).
+jitter. Under pressure `updated`, `meter` and `feedback` messages go first, other kinds (`fault`)
+next; `started` and `ended` are never dropped (if the flash cannot take them they wait in RAM: see
+`ram_only`). Low-value kinds (`feedback`: 100 problem reports while the backend is away) also have
+their own quota, max_msgs // 8: over it the oldest of them goes, so they never evict a session or
+fault record, nor every meter value.
 
     ob = Outbox(64, log, clock)   # log: a RecordLog (wired with the journal: journal.py), None: RAM only
     m = ob.next_due(now)     # (topic, payload bytes, msg_id) or None; publish it, then ob.sent(m[2], now)
@@ -31,7 +34,8 @@ _ACK_BYTES = const(256)  # ACK records stay small: the boot scan reads each one 
 _NAMES = const(16)
 ACK = const(6)           # record type: msg_ids no longer pending, joined by "\n"
 
-_CHEAP = ("updated", "meter")  # intermediate values: dropped first
+_CHEAP = ("updated", "meter", "feedback")  # intermediate values and driver reports: dropped first
+_LOW = ("feedback",)           # low value, any number of them on request: a quota of their own
 _KEEP = ("started", "ended")   # never dropped
 
 
@@ -62,6 +66,7 @@ class Outbox:
         if not 1 <= retry_ms <= retry_max_ms:
             raise ValueError("outbox: need 1 <= retry_ms <= retry_max_ms")
         self.max_msgs = max_msgs
+        self.low_max = max(1, max_msgs // 8)   # quota of the _LOW kinds
         self.max_bytes = max_bytes
         self.log = log
         self.clock = clock
@@ -236,6 +241,8 @@ class Outbox:
         asks before it writes a session record that carries one)."""
         if mid in self._ids:
             return False
+        if kind in _LOW:
+            self._quota()
         t = tier(kind)
         while len(self._q) >= self.max_msgs or self.bytes + size > self.max_bytes:
             e = self._victim(min(t, 1))
@@ -246,6 +253,18 @@ class Outbox:
                 break  # started/ended go in over the caps (see `full`)
             self._drop(e)
         return True
+
+    def _quota(self):
+        """Room for one more low-value message within its quota: the oldest of them goes."""
+        n = 0
+        oldest = None
+        for e in self._q:
+            if e[_KIND] in _LOW:
+                n += 1
+                if oldest is None:
+                    oldest = e
+        if n >= self.low_max:
+            self._drop(oldest)
 
     def _victim(self, max_tier):
         """The oldest message of the lowest tier present, up to max_tier."""

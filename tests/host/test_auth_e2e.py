@@ -197,6 +197,20 @@ def test_remote_start_and_stop_through_mqtt_with_acks(big):
     assert [(r["auth"], r["stop_reason"]) for r in mallory] == [("remote", "Local")]
 
 
+def test_remote_starts_are_authorized_like_taps(tmp_path):
+    made_up = "ab" * 16
+    run = e2e("remote_start_checked.json", tmp_path, {}, {"00:00:30": [
+        ("cmd/remote_start", {"id": "x-erin", "token": token("erin")}),    # a pseudonym read off the broker
+        ("cmd/remote_start", {"id": "x-made", "token": made_up})]})        # the backend does not know it
+    assert run.rc == 0, run.tail()
+    acks = run.acks()
+    assert (acks["x-erin"]["status"], acks["x-erin"]["reason"]) == ("rejected", "Blocked: remote")
+    assert [r["token"] for r in run.of("auth/req")][:1] == [made_up]      # checked online, as a tap
+    assert run.log("tap", token=made_up, result="refused", status="Invalid")
+    assert [(r["event"], r["token"], r["auth"]) for r in run.sessions()][:1] == [("started", token("alice"), "remote")]
+    assert all(r["token"] == token("alice") for r in run.sessions())   # main started erin's and the made-up one
+
+
 def test_list_updates_full_and_diff_and_a_bad_one_rejected_whole(big):
     acks = big.acks()
     assert (acks["l-2"]["status"], acks["l-2"]["version"], acks["l-2"]["entries"]) == ("accepted", 2, 4)

@@ -70,6 +70,7 @@ SCENARIOS = {
     "phase_loss_3p": {},
     "rcd_selftest": {},
     "welded_current": {},
+    "welded_remote_clear": {"clear_when": refused_tap},
     "rcd_boot": {},
 }
 
@@ -561,6 +562,16 @@ def test_welded_contactor_with_current_flowing_latches_at_once(welded_current):
     session = r.ended()[1]
     assert session["stop_reason"] == "Local" and close_to(session["energy_wh"], wh(V * 16, 100))
     assert [(t(e), e["status"]) for e in r.ev("tap", result="refused")] == [(140, "Unavailable")]
+
+
+def test_a_welded_contactor_is_not_cleared_by_cmd_clear_fault(welded_remote_clear):
+    r = welded_remote_clear
+    assert len(r.ev("fault", kind="welded")) == 1
+    assert len(r.acks) == 1 and r.acks[0]["id"] == "tech-1" and r.acks[0]["status"] == "rejected"
+    assert r.acks[0]["reason"].startswith("latched welded: cleared only at the charger")
+    assert [(t(e), e["status"]) for e in r.ev("tap", result="refused")] == [(140, "Unavailable"), (200, "Unavailable")]
+    assert list(r.ended()) == [1] and len(r.ev("contactor", closed=True)) == 1   # never closed again
+    assert r.faults(event="cleared") == []
 
 
 # -- residual current ----------------------------------------------------------------------------

@@ -251,8 +251,8 @@ def test_unknown_card_offline_each_policy():
 
 
 # -- remote start, stop rules -------------------------------------------------------------------
-def test_remote_start_is_trusted_by_default():
-    auth, keys, _ = _auth(lst=_listed({"token": B1, "status": "Blocked"}))
+def test_remote_start_is_trusted_only_when_the_config_turns_the_check_off():
+    auth, keys, _ = _auth(lst=_listed({"token": B1, "status": "Blocked"}), authorize_remote=False)
     d = auth.remote_start({"id": "c1", "token": B1.upper(), "key": 1, "group": "g", "max_kwh": "3"})
     assert (d.status, d.method, d.token, d.group, d.max_wh, d.remote) == ("Accepted", "remote", B1, "g", 3000, True)
     assert d.checked_by is None
@@ -269,6 +269,17 @@ def test_remote_start_checked_with_authorize_remote_tx_requests():
     assert d.pending and d.remote and d.request()["token"] == C1
     done = auth.online_answer(d.corr, {"status": "Accepted", "max_kwh": "5"})
     assert (done.status, done.method, done.checked_by, done.max_wh) == ("Accepted", "remote", "online", 5000)
+
+
+def test_remote_start_is_checked_like_a_tap_by_default():
+    auth, keys, _ = _auth(lst=_listed({"token": B1, "status": "Blocked"}))   # OCPP AuthorizeRemoteTxRequests
+    d = auth.remote_start({"id": "c1", "token": B1})          # a pseudonym read off the broker: blocked card
+    assert (d.status, d.checked_by, d.accepted) == ("Blocked", "local_list", False)
+    d = auth.remote_start({"id": "c2", "token": "ab" * 16}, online=False)   # made up, backend away
+    assert (d.status, d.accepted) == ("Invalid", False)
+    d = auth.remote_start({"id": "c3", "token": "cd" * 16})   # made up, online: the backend decides
+    assert d.pending and d.request()["token"] == "cd" * 16
+    assert not auth.online_answer(d.corr, {"status": "Invalid"}).accepted
 
 
 def test_bad_remote_start_names_the_field():
@@ -328,6 +339,20 @@ def test_version_rules():
         assert str(raises(ValueError, lst.update, {"version": v, "type": "full"})).startswith("version")
     lst.update({"version": 2, "type": "full", "entries": [{"token": B1}]})  # full: any version > 0
     assert lst.version == 2 and lst.get([(1, B1)])
+
+
+def test_a_huge_diff_version_is_refused_and_a_full_list_resets_the_version():
+    lst = _listed({"token": A1})
+    for v in (0x3FFFFFFF, 1 << 30, 1002):           # 0x3FFFFFFF once refused every later diff
+        msg = str(raises(ValueError, lst.update, {"version": v, "type": "diff", "entries": [{"token": C1}]}))
+        assert msg.startswith("version") and ("1001" in msg and "full" in msg or v == 1 << 30)
+        assert lst.version == 1 and not lst.get([(1, C1)])
+    lst.update({"version": 1001, "type": "diff", "entries": [{"token": B1}]})   # +1000 at most
+    assert lst.version == 1001 and lst.get([(1, B1)])
+    lst.update({"version": 0x3FFFFFFF, "type": "full", "entries": [{"token": A1}]})
+    lst.update({"version": 3, "type": "full", "entries": [{"token": A1}]})      # a full list resets it
+    lst.update({"version": 4, "type": "diff", "entries": [{"token": C1}]})
+    assert lst.version == 4 and lst.get([(1, C1)])
 
 
 def test_a_bad_update_is_rejected_whole_and_the_old_list_stays():
@@ -530,14 +555,14 @@ def test_from_settings_reads_the_ocpp_switches_and_sizes():
     keys = Keys({1: K1}, 1)
     auth = from_settings(settings().auth, clock, keys)
     assert (auth.local_authorize_offline, auth.local_pre_authorize, auth.allow_offline_unknown,
-            auth.authorize_remote, auth.timeout_ms) == (True, False, False, False, 3000)
+            auth.authorize_remote, auth.timeout_ms) == (True, False, False, True, 3000)   # OCPP: remote starts checked
     assert (auth.local_list.max_entries, auth.cache.max_entries, auth.cache.max_age_s) == (1000, 64, 604800)
     cfg = {"auth": {"LocalAuthorizeOffline": False, "LocalPreAuthorize": True,
-                    "AllowOfflineTxForUnknownId": True, "AuthorizeRemoteTxRequests": True,
+                    "AllowOfflineTxForUnknownId": True, "AuthorizeRemoteTxRequests": False,
                     "timeout_s": 5, "list_max_entries": 50, "cache_entries": 0}}
     auth = from_settings(settings(cfg).auth, clock, keys)
     assert (auth.local_authorize_offline, auth.local_pre_authorize, auth.allow_offline_unknown,
-            auth.authorize_remote, auth.timeout_ms) == (False, True, True, True, 5000)
+            auth.authorize_remote, auth.timeout_ms) == (False, True, True, False, 5000)
     assert (auth.local_list.max_entries, auth.cache.max_entries) == (50, 0)
     e = raises(ValueError, settings, {"auth": {"LocalPreAuthorize": 1}})
     assert "auth.LocalPreAuthorize" in str(e)

@@ -3,7 +3,7 @@ number per loop pass, and every command name reaching its own handler."""
 import json
 
 from fakes import ListLog
-from firmware.link.commands import PER_PASS, Commands
+from firmware.link.commands import BURST, PER_PASS, RATE, Commands
 from firmware.link.handlers import Handlers
 from hal.sim.clock import VirtualClock
 
@@ -36,7 +36,7 @@ def test_routed_commands_are_answered_and_unknown_or_malformed_ones_change_nothi
         raise ValueError("no session running")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log)
+    c = Commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log, VirtualClock())
     for suffix, raw in (("cmd/remote_stop", "{not json"), ("cmd/remote_stop", "[1]"),
                         ("cmd/remote_stop", json.dumps({"id": 5})), ("cmd/cmd_remote_stop", json.dumps({"id": "a"})),
                         ("cmd/__init__", json.dumps({"id": "b"})), ("cmd/remote_stop", json.dumps({"id": "ok"})),
@@ -59,7 +59,7 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
         raise ValueError("id: nothing waiting")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"list_update": fail}, {"auth/resp": answer}, sync, log)
+    c = Commands({"list_update": fail}, {"auth/resp": answer}, sync, log, VirtualClock())
     c.handle("cmd/list_update", json.dumps({"id": "l"}))
     c.handle("auth/resp", json.dumps({"id": 3}))
     c.handle("other/topic", "{}")
@@ -70,7 +70,7 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
 def test_at_most_per_pass_messages_are_handled_the_rest_next_pass():
     seen = []
     sync = Sync()
-    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog())
+    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog(), VirtualClock())
     for i in range(PER_PASS + 2):
         _cmd(sync, "report_problem", id="p%d" % i)
     c.handle_inbox()
@@ -88,6 +88,8 @@ class Fake:
         self.version = 2
         self.local_list = self
         self.current = self
+        self.faults = self
+        self.latched = ["rcd"]
         self.id = "t2"
 
     def _call(self, name, *args):
@@ -133,7 +135,7 @@ class Fake:
     def price_text(self):
         return None
 
-    def clear_fault(self):
+    def clear_fault(self, only=None):
         self._call("clear_fault")
         return ["rcd"]
 
@@ -154,11 +156,11 @@ class Fake:
 def test_every_command_reaches_its_own_handler():
     calls = []
     f = Fake(calls)
-    h = Handlers(f, f, f, f, f, f, f, f, VirtualClock(), ListLog())
+    h = Handlers(f, f, f, f, f, f, f, f, VirtualClock(), ListLog(), remote_clear=("rcd",))
     routes = h.routes()
     assert sorted(routes) == sorted(NAMES)
     sync = Sync()
-    c = Commands(routes, h.answers(), sync, ListLog(), per_pass=100)
+    c = Commands(routes, h.answers(), sync, ListLog(), VirtualClock(), per_pass=100, burst=100)
     _cmd(sync, "remote_start", id="s")
     _cmd(sync, "remote_stop", id="t", tx_id=3)
     _cmd(sync, "list_update", id="l")
@@ -186,7 +188,7 @@ def test_handlers_refuse_bad_payloads_before_changing_anything():
     f = Fake(calls)
     h = Handlers(f, f, f, f, f, None, f, f, VirtualClock(), ListLog())
     sync = Sync()
-    c = Commands(h.routes(), h.answers(), sync, ListLog(), per_pass=100)
+    c = Commands(h.routes(), h.answers(), sync, ListLog(), VirtualClock(), per_pass=100, burst=100)
     _cmd(sync, "purge", id="p", token="busy")
     _cmd(sync, "charging_profile", id="c", kind="nonsense", profile={})
     _cmd(sync, "report_problem", id="r", text=7)
@@ -212,7 +214,68 @@ def test_the_ocpp_commands_are_registered_in_the_route_table():
     routes = Handlers(f, f, f, f, f, f, f, f, VirtualClock(), ListLog(), oc).routes()
     assert sorted(routes) == sorted(NAMES + OCPP_NAMES)
     sync = Sync()
-    c = Commands(routes, {}, sync, ListLog(), per_pass=100)
+    c = Commands(routes, {}, sync, ListLog(), VirtualClock(), per_pass=100)
     _cmd(sync, "list_version", id="l")
     c.handle_inbox()
     assert sync.acks == [{"id": "l", "cmd": "list_version", "status": "accepted", "version": 2}]
+
+
+def test_any_exception_in_a_handler_is_a_refusal_not_an_internal_fault():
+    def boom(p):
+        raise RuntimeError("maximum recursion depth exceeded")
+
+    def typo(p):
+        return p["missing"]   # KeyError: a bug no check foresaw
+
+    def bad_answer(p):
+        raise TypeError("unhashable")
+
+    sync, log = Sync(), ListLog()
+    c = Commands({"tariff": boom, "purge": typo}, {"ack": bad_answer}, sync, log, VirtualClock())
+    c.handle("cmd/tariff", json.dumps({"id": "t"}))
+    c.handle("cmd/purge", json.dumps({"id": "p"}))
+    c.handle("ack", json.dumps({"msg_ids": ["x"]}))
+    c.handle("cmd/tariff", b"\xff\xfe{")                 # not UTF-8
+    assert [(a["id"], a["status"], a["reason"]) for a in sync.acks] == [
+        ("t", "rejected", "internal error: RuntimeError; not applied"),
+        ("p", "rejected", "internal error: KeyError; not applied"),
+        (None, "rejected", "payload must be a JSON object")]
+    assert log.events[-2]["result"] == "ignored" and "TypeError" in log.events[-2]["reason"]
+
+
+def test_deep_or_long_payloads_are_refused_naming_the_bound():
+    seen = []
+    sync = Sync()
+    c = Commands({"tariff": seen.append}, {}, sync, ListLog(), VirtualClock())
+    c.handle("cmd/tariff", '{"id": "d", "tariff": {"x": ' + "[" * 3000 + "]" * 3000 + "}}")
+    c.handle("cmd/tariff", '{"id": "n", "version": %s}' % ("9" * 8037))
+    assert seen == []
+    assert [a["reason"] for a in sync.acks] == ["payload: nested deeper than 16",
+                                                 "payload: number longer than 32 characters"]
+
+
+def test_a_command_flood_is_dropped_over_the_rate_unanswered_and_answers_still_pass():
+    clock = VirtualClock()
+    seen = []
+    sync, log = Sync(), ListLog()
+    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {"ack": lambda p: seen.append("ack")},
+                 sync, log, clock)
+    handled = []
+    for second in range(12):                     # ~30 commands a second for 12 s, a pass every 100 ms
+        for tenth in range(10):
+            for i in range(3):
+                _cmd(sync, "report_problem", id="f%d-%d-%d" % (second, tenth, i))
+            if tenth == 5:
+                sync.inbox.append(("ack", json.dumps({"msg_ids": ["m"]})))
+            before = len(seen)
+            c.handle_inbox()
+            handled.append(len(seen) - before)
+            clock.advance(100)
+    assert max(handled) <= PER_PASS
+    assert seen.count("ack") == 12                   # backend acknowledgements are never rate limited
+    cmds = len(seen) - 12
+    assert cmds <= BURST + RATE * 12 + 1 and cmds >= RATE * 12   # the rate holds, and it still serves
+    assert len(sync.acks) == cmds                    # the dropped ones are not answered one by one
+    assert c.dropped > 0 and c.dropped + cmds + len(sync.inbox) == 360
+    drops = [e for e in log.events if e.get("result") == "dropped"]
+    assert 1 <= len(drops) <= 2 and sum(e["n"] for e in drops) <= c.dropped

@@ -321,7 +321,8 @@ def cmd(h, name, **payload):
 
 
 def test_remote_start_and_remote_stop_are_acknowledged_and_recorded():
-    h = Harness(CARDS, [], [{"t": 1000, "plug": True}, {"t": 3000, "ev_current_a": 16}], 60000)
+    h = Harness(CARDS, [], [{"t": 1000, "plug": True}, {"t": 3000, "ev_current_a": 16}], 60000,
+                device={"auth": {"LocalPreAuthorize": True, "AuthorizeRemoteTxRequests": False}})
     h.run(until_ms=2000)
     cmd(h, "remote_start", id="c-1", token=h.tokens["eve"], max_current_a=8)
     h.run(until_ms=30000)
@@ -336,7 +337,7 @@ def test_remote_start_and_remote_stop_are_acknowledged_and_recorded():
     assert [(r["event"], r["auth"], r["token"]) for r in recs] == [("started", "remote", h.tokens["eve"]),
                                                                   ("ended", "remote", h.tokens["eve"])]
     assert recs[1]["stop_reason"] == "Remote" and recs[1]["energy_wh"] > 0
-    assert published(h, "auth/req") == []       # trusted: AuthorizeRemoteTxRequests is off
+    assert published(h, "auth/req") == []       # trusted: the config turns AuthorizeRemoteTxRequests off
     assert h.events("offer")[0]["amps"] == 8 and h.events("offer")[0]["limit"] == "card"
 
 
@@ -469,7 +470,7 @@ def test_a_bad_list_update_is_rejected_whole_and_the_old_list_stays():
         ("b-1", {"version": 2, "type": "full", "entries": [good, entry(h.tokens["bob"], status="Maybe")]},
          "entries[1].status: must be Accepted, Blocked, Expired or Invalid"),
         ("b-2", {"version": 1, "type": "diff", "entries": [good]},
-         "version: a diff must be above the current version 1 (got 1)"),
+         "version: a diff must be 2..1001, above the current version 1 by at most 1000 (got 1; a full list sets any version)"),
         ("b-3", {"version": 2, "type": "full", "entrys": [good]}, "entrys: unknown field"),
         ("b-4", {"version": "2", "type": "full", "entries": [good]}, "version: must be an integer 1..1073741823"),
         ("b-5", {"version": 2, "type": "all", "entries": [good]}, "type: must be \"full\" or \"diff\""),
@@ -531,7 +532,7 @@ def test_after_the_overlap_old_key_entries_no_longer_match():
 
 
 def test_a_remote_start_names_its_key_version():
-    h = Harness(CARDS, [], [{"t": 1000, "plug": True}], 20000)
+    h = Harness(CARDS, [], [{"t": 1000, "plug": True}], 20000, device={"auth": {"LocalPreAuthorize": True, "LocalAuthorizeOffline": True, "AuthorizeRemoteTxRequests": False}})   # trusted
     rotate(h, 2, [1, 2])
     h.run(until_ms=2000)
     cmd(h, "remote_start", id="r-1", token=tok(SEVEN), key=1)
@@ -549,7 +550,7 @@ def _queued(outbox):
     return out
 
 
-def test_purge_forgets_a_pseudonym_in_list_and_cache_and_anonymizes_unsent_records():
+def test_purge_forgets_a_pseudonym_in_list_and_cache_once_its_records_are_acknowledged():
     h = Harness(CARDS, ["alice"], charge("eve", stop_at=20000) + [{"t": 30000, "tap": "alice"},
                                                                  {"t": 60000, "tap": "alice"},
                                                                  {"t": 70000, "tap": "eve"}], 80000,
@@ -562,27 +563,30 @@ def test_purge_forgets_a_pseudonym_in_list_and_cache_and_anonymizes_unsent_recor
     assert eve.encode() in _file(h.auth.cache.path)
     cmd(h, "purge", id="p-1", token=eve.upper())
     h.run(until_ms=56000)
-    assert h.acks() == [{"id": "p-1", "cmd": "purge", "status": "accepted", "token": eve, "list": 0, "cache": 1,
-                         "pending": 0, "outbox": 2, "journal": True}]
+    assert h.acks() == [{"id": "p-1", "cmd": "purge", "status": "rejected", "reason":
+                         "token: 2 records naming it are not yet acknowledged by the backend; purge again once they are"}]
+    assert eve.encode() in _file(h.auth.cache.path)       # nothing changed
+    recs = [json.loads(p) for p in _queued(h.outbox)]
+    assert [(r["tx_id"], r["event"], r["token"], r.get("purged")) for r in recs] == [
+        (1, "started", eve, None), (1, "ended", eve, None), (2, "started", alice, None)]
+    assert recs[1]["energy_wh"] > 0 and "cost" in recs[1]   # the billing data stays, with its driver
+    h.inject("ack", {"msg_ids": [r["msg_id"] for r in recs if r["token"] == eve]})   # delivered now
+    h.run(until_ms=57000)
+    cmd(h, "purge", id="p-2", token=eve.upper())
+    h.run(until_ms=58000)
+    assert h.acks()[1] == {"id": "p-2", "cmd": "purge", "status": "accepted", "token": eve, "list": 0, "cache": 1,
+                           "pending": 0, "journal": True}
     assert eve.encode() not in _file(h.auth.cache.path)
     for name in os.listdir(h.records.path):    # the journal's older records left the flash too
         assert eve.encode() not in _file(h.records.path + "/" + name), name
-    recs = [json.loads(p) for p in _queued(h.outbox)]
-    assert [(r["tx_id"], r["event"], r["token"], r.get("purged")) for r in recs] == [
-        (1, "started", None, True), (1, "ended", None, True), (2, "started", alice, None)]
-    assert recs[1]["energy_wh"] > 0 and "cost" in recs[1]   # the billing data stays
-    assert h.journal.session["tx_id"] == 2                 # alice's open session survived the rewrite
-    n = len(h.link.published)
+    assert h.journal.session["tx_id"] == 2                 # alice's open session survived the scrub
     h.acking = True
     h.run()
-    resent = [json.loads(p) for t, p, _, _ in h.link.published[n:] if t.endswith("/session")]
-    resent_1 = [(r["token"], r.get("purged")) for r in resent if r["tx_id"] == 1]
-    assert resent_1 and set(resent_1) == {(None, True)}    # the re-sends of eve's records name nobody
     assert [(r["token"], r["stop_reason"]) for r in ended(h) if r["tx_id"] == 2] == [(alice, "Local")]
     assert taps(h)[-2:] == [("eve", "asking", None, None), ("eve", "accepted", None, "online")]  # asked again
 
 
-def test_purge_survives_a_reboot_of_the_outbox():
+def test_a_refused_purge_leaves_the_waiting_records_whole_across_a_reboot():
     from firmware.storage.journal import Journal
     from firmware.storage.outbox import Outbox
     from firmware.storage.recordlog import RecordLog
@@ -592,7 +596,7 @@ def test_purge_survives_a_reboot_of_the_outbox():
     alice = h.tokens["alice"]
     cmd(h, "purge", id="p-1", token=alice)
     h.run(until_ms=31000)
-    assert [(e["id"], e["result"]) for e in h.events("command")] == [("p-1", "accepted")]
+    assert [(e["id"], e["result"]) for e in h.events("command")] == [("p-1", "rejected")]
     log = RecordLog(h.records.path)             # the next boot, on the same flash
     outbox = Outbox(h.settings.outbox_size, log, h.clock)
     journal = Journal(log, outbox)
@@ -600,7 +604,7 @@ def test_purge_survives_a_reboot_of_the_outbox():
     boot = journal.recover()
     assert boot["session"] is None and boot["bad"] == 0
     queued = [json.loads(p) for p in _queued(outbox)]
-    assert [(r["event"], r["token"], r["purged"]) for r in queued] == [("started", None, True), ("ended", None, True)]
+    assert [(r["event"], r["token"], r.get("purged")) for r in queued] == [("started", alice, None), ("ended", alice, None)]
     assert queued[1]["energy_wh"] > 0
 
 
@@ -691,7 +695,7 @@ def test_garbage_and_truncated_frames_never_become_a_tap_or_a_fault():
 def test_a_dead_reader_is_reported_and_remote_start_still_works():
     h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 3000, "reader": "offline"},
                                    {"t": 20000, "tap": "alice"}, {"t": 60000, "reader": "online"},
-                                   {"t": 90000, "tap": "alice"}], 100000)
+                                   {"t": 90000, "tap": "alice"}], 100000, device={"auth": {"LocalPreAuthorize": True, "LocalAuthorizeOffline": True, "AuthorizeRemoteTxRequests": False}})
     h.run(until_ms=15000)
     assert h.ctl.error_code == "ReaderFailure" and h.ctl.connector == "Preparing"
     cmd(h, "remote_start", id="r-1", token=h.tokens["eve"])

@@ -29,3 +29,15 @@ def test_bad_numbers_and_absurd_exponents_are_value_errors():
     raises(ValueError, loads, '{"x": 1.2.3}')
     raises(ValueError, loads, '{"x": 1e999999999}')   # must not build a gigabyte of zeros
     raises(ValueError, loads, '{"x": ')
+
+
+def test_long_numbers_and_deep_nesting_are_refused_at_parse_time():
+    raises(ValueError, loads, '{"version": %s}' % ("9" * 8037))     # never reaches int()
+    raises(ValueError, loads, '{"version": 1%s}' % ("0" * 32))      # 10^32
+    assert loads('{"v": %s}' % ("9" * 32)) == {"v": int("9" * 32)}  # the bound is the token's length
+    deep = '{"x": ' + '{"y": ' * 3000 + '1' + '}' * 3000 + '}'
+    raises(ValueError, loads, deep)
+    ok = "[" * 16 + "]" * 16
+    assert loads(ok) is not None
+    raises(ValueError, loads, "[" * 17 + "]" * 17)
+    assert loads('{"s": "[[[[[[[[[[[[[[[[[[[[ 99999999999999999999999999999999999999"}')["s"][0] == "["

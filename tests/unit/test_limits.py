@@ -69,9 +69,9 @@ def test_daily_recurrence():
     lim = Limits(32)
     midnight = T0 - 8 * 3600
     lim.set_profile("station_max", {"start_schedule": midnight, "recurrency": "Daily",
-                                    "periods": [[0, 32], [7 * 3600, 0], [22 * 3600, 32]]})
+                                    "periods": [[0, 32], [7 * 3600, 6], [22 * 3600, 32]]})
     assert lim.offer_a(midnight + 86400 * 3 + 6 * 3600) == 32
-    assert lim.offer_a(midnight + 86400 * 3 + 12 * 3600) == 0 and lim.reason == "schedule"
+    assert lim.offer_a(midnight + 86400 * 3 + 12 * 3600) == 6 and lim.reason == "schedule"   # 0 A: refused
     assert lim.offer_a(midnight + 86400 * 3 + 23 * 3600) == 32
 
 
@@ -141,6 +141,17 @@ def test_invalid_profiles_name_the_field_and_keep_the_old_one():
     assert "start_schedule" in str(e)
     assert "kind" in str(raises(ValueError, lim.set_profile, "tx_max", {"periods": [[0, 10]]}))
     assert lim.offer_a(T0) == 10                                  # the good profile is still there
+
+
+def test_a_station_max_below_the_minimum_offer_is_refused_a_tx_default_pause_is_not():
+    lim = Limits(32)
+    for low in (0, 5):   # station_max 0 A: nobody could charge, for good
+        e = raises(ValueError, lim.set_profile, "station_max", {"periods": [[0, 16], [60, low]]})
+        assert "periods[1]: limit_a must be an integer 6..999" in str(e) and "nobody could charge" in str(e)
+    assert lim.offer_a(T0) == 32 and lim.schedule_a(T0) is None
+    lim.set_profile("station_max", {"periods": [[0, 6]]})
+    lim.set_profile("tx_default", {"periods": [[0, 0], [600, 16]]})   # one session's pause stays possible
+    assert lim.offer_a(T0 + 10, session_start_utc=T0) == 0
 
 
 def test_stack_levels_are_bounded():

@@ -200,3 +200,22 @@ def test_peek_and_pop_serve_a_sync_without_backend_acks():
         assert ob2.peek() == ("session", b"two")
     finally:
         rmtree(d)
+
+
+def test_problem_reports_have_their_own_quota_and_never_evict_a_fault_or_a_session():
+    ob, clock = _ram(64)
+    ob.put("fault", '{"code": "GroundFailure"}', "f-1", "fault")
+    ob.put("session", '{"event": "ended"}', "1-e", "ended")
+    for n in range(20):
+        ob.put("meter", '{"n": %d}' % n, "m-%d" % n, "meter")
+    for n in range(100):                       # the backend is away; the app asks again and again
+        ob.put("feedback", '{"text": "broken %d"}' % n, "fb-%d" % n, "feedback")
+    ids = ob.pending()
+    assert "f-1" in ids and "1-e" in ids       # evicted f-1 on main
+    assert ["m-%d" % n for n in range(20)] == [i for i in ids if i.startswith("m-")]   # meter values stay too
+    fb = [i for i in ids if i.startswith("fb-")]
+    assert ob.low_max == 8 and fb == ["fb-%d" % n for n in range(92, 100)]   # the newest reports, within quota
+    for n in range(62):                        # under pressure reports go with the meter values, first
+        ob.put("fault", '{"n": %d}' % n, "f-x%d" % n, "fault")
+    ids = ob.pending()
+    assert "f-1" in ids and "1-e" in ids and not [i for i in ids if i.startswith("fb-")]

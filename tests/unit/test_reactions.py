@@ -140,6 +140,35 @@ def test_an_internal_error_opens_closes_the_session_and_reports_it():
     os.remove(path)
 
 
+def test_an_internal_fault_clears_after_its_backoff_and_latches_only_if_it_keeps_coming_back():
+    r, ch, faults, out, _, path, clock = _setup(session=False)
+    r.internal_error(RuntimeError("maximum recursion depth exceeded"))
+    assert faults.blocking().kind == "internal"
+    clock.sleep_ms(10000)                       # retry_s: the step that raised is over
+    r.retry(lambda: True)
+    assert faults.blocking() is None and [x["event"] for x in out.records] == ["raised", "cleared"]   # main: never
+    for n in range(3):                          # it keeps coming back: past 3 retries a person must clear it
+        r.internal_error(RuntimeError("again"))
+        clock.sleep_ms(10000 << min(n + 1, 4))
+        r.retry(lambda: True)
+    assert faults.latched == ["internal"] and out.records[-1]["latched"] and "internal" in faults.active
+    assert r.clear_fault() == ["internal"] and faults.blocking() is None
+    os.remove(path)
+
+
+def test_a_remote_clear_clears_only_the_kinds_it_names():
+    r, _, faults, out, log, path, _ = _setup(session=False)
+    r.trip("welded", "16 A flowing")
+    r.trip("rcd_selftest", "no trip")
+    faults.gone("welded")
+    faults.gone("rcd_selftest")
+    assert r.clear_fault(("rcd_selftest",)) == ["rcd_selftest"]
+    assert faults.latched == ["welded"] and "welded" in faults.active and "rcd_selftest" not in faults.active
+    assert log.events[-1]["ev"] == "fault_reset" and log.events[-1]["remote"]
+    assert r.clear_fault() == ["welded"] and faults.latched == [] and faults.active == {}
+    os.remove(path)
+
+
 def test_a_notice_names_the_running_session():
     r, _, _, out, log, path, _ = _setup()
     r.event(None, "notice", info="ev_not_charging")
