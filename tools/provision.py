@@ -49,7 +49,7 @@ MAX_CARDS = 1000          # the charger loads the whole list at boot: keep it bo
 CARD_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid")
 UID_BYTES = (4, 7, 10)    # ISO 14443-3 single, double, triple size
 AUTH_POLICY = {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True, "AllowOfflineTxForUnknownId": False,
-               "AuthorizeRemoteTxRequests": False}
+               "AuthorizeRemoteTxRequests": True}   # a remote start is checked like a tap
 DST_RULES = ("EU", "US", "none")
 PASSPHRASE_ENV = "CP_UPDATE_KEY_PASSPHRASE"   # as tools/bundle.py: an encrypted private key file
 CARD_FIELDS = ("uid", "status", "expiry", "group", "max_current_a", "max_kwh", "offpeak_only", "name")

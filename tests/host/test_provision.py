@@ -114,7 +114,7 @@ def test_round_trip(inputs, tmp_path, capsys):
     assert cfg["site"] == {"utc_offset_min": 60, "dst": "EU"}
     assert cfg["ota"] == {"public_key": UPDATE_PUBKEY}
     assert cfg["auth"] == {"LocalAuthorizeOffline": True, "LocalPreAuthorize": True,
-                           "AllowOfflineTxForUnknownId": False, "AuthorizeRemoteTxRequests": False}
+                           "AllowOfflineTxForUnknownId": False, "AuthorizeRemoteTxRequests": True}   # remote starts checked
     Tariff(cfg["tariff"])
     assert cfg["tariff"] == TARIFF
     entries = {e["token"]: e for e in cfg["local_list"]["entries"]}
