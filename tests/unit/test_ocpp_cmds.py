@@ -146,7 +146,7 @@ def test_get_and_set_config_check_like_the_config_file_apply_live_and_persist():
     assert a["s4"]["status"] == "rejected" and a["s4"]["reason"].startswith("key:")
     assert a["s5"]["status"] == "accepted" and h.ctl.s.auth_timeout_s == 90
     assert a["g2"]["values"] == {"auth.LocalAuthorizeOffline": True, "auth.LocalPreAuthorize": False,
-                                 "auth.AllowOfflineTxForUnknownId": False, "auth.AuthorizeRemoteTxRequests": False,
+                                 "auth.AllowOfflineTxForUnknownId": False, "auth.AuthorizeRemoteTxRequests": True,
                                  "meter_values_s": 60, "meter_aligned_s": 60, "auth_timeout_s": 90}
     again = Harness(CARDS, ["alice"], [], 1000, data=h.data)
     assert again.auth.local_pre_authorize is False and again.settings.auth_timeout_s == 90
