@@ -73,6 +73,8 @@ class Controller:
         self.metering = Metering(board.meter, clock, settings.phases, settings.ring_samples,
                                  settings.max_power_w, settings.profile_bucket_s)
         self.metering.restore(*state.meter())
+        if board.fram is not None:
+            self.metering.keep_in(board.fram)   # the register as the last energy read before a cut left it
         self.ev = _ev_sense(board, clock, settings, self.metering)
         self.faults = Faults(clock, state.faults())
         self.stamp = Stamp(clock, sync, journal, outbox)
@@ -485,7 +487,7 @@ class Controller:
         tx = self.state.next_tx()
         wh = m.register_wh()
         self.session = s = Session(tx, d, self.tariffs.current, self.s, self.stamp.now(), self.stamp.ts(), wh,
-                                   m.start_session(), self.clock.ticks_ms())
+                                   m.start_session(tx), self.clock.ticks_ms())
         self.authorized = None
         self._finishing = False
         if self._updated is not None:
@@ -571,6 +573,7 @@ class Controller:
             return
         cp = boot.get("checkpoint") or {}
         m = self.metering
+        fram = m.fram_session(st["tx_id"])   # the register at the last energy read before the cut
         m.restore(cp.get("energy_wh", st.get("meter_start_wh", 0)), cp.get("rem", 0) if isinstance(cp.get("rem"), int) else 0)
         counted = m.register_wh()
         try:
@@ -582,6 +585,8 @@ class Controller:
         uncertain = max(j.every_wh, p * j.min_s // 3600)   # no checkpoint is due before both are passed
         if last_t and self.clock.time() > last_t:
             uncertain = min(uncertain, p * (self.clock.time() - last_t) // 3600)
+        if fram is not None:   # only what the chip counted after its last read, if it lost its supply
+            uncertain = min(uncertain, (p * m.energy_interval_ms + 3599999) // 3600000)
         wh = m.register_wh()
         s, rec, cost = Session.recovered(st, cp, wh, self.tariffs.current, self.s.tz, uncertain_wh=uncertain,
                                          recovered_wh=wh - counted)

@@ -21,6 +21,7 @@ from hal.sim.atm90e32 import SimATM90E32
 from hal.sim.clock import VirtualClock
 from hal.sim.cp import SimCP
 from hal.sim.ev import SimEV
+from hal.sim.fram import SimFRAM
 from hal.sim.mfrc522 import SimCard, SimMFRC522
 
 # The world's state file (docs/simulator.md): this fixed part, then `nregs` x "<BH" (address, value)
@@ -125,6 +126,11 @@ class World:
         self.rfid = SimMFRC522(rst=hw.reader.rst)
         machine.bus(hw.spi.reader.id).attach(self.rfid, cs=hw.reader.cs)
         self.card_hold_ms = sim.card_hold_ms
+        self.fram = None
+        if hw.fram is not None:   # under the runner its cells are a file next to the world's state
+            path = self._state_path.rsplit("/", 1)[0] + "/fram.bin" if self._state_path else None
+            self.fram = SimFRAM(hw.fram.size, path=path)
+            machine.i2c_bus(hw.fram.i2c).attach(self.fram, addr=hw.fram.addr)
 
         self.closed = False      # contactor poles
         self.coil = False        # what the firmware commands
