@@ -114,6 +114,9 @@ class Controller:
         self.temp_c = None
         self.freq_chz = None
         self.meter_ok = True
+        self._gasped = False        # the last-gasp checkpoint was written since the supply failed
+        # with a power-good input the loop looks at it at least twice per hold-up time
+        self._supply_ms = board.hold_up_ms // 2 if board.power_good is not None else 1000
         self._init_meter()
         self._update_status()
         self.status.publish_stats()
@@ -135,7 +138,7 @@ class Controller:
             except Exception as e:   # a bug must not leave power flowing: safe state, report
                 self.reactions.internal_error(e)
             now = self.clock.ticks_ms()
-            wait = 1000
+            wait = self._supply_ms
             for t in self._tasks:
                 w = t.wait_ms(now)
                 if w < wait:
@@ -169,6 +172,8 @@ class Controller:
     def idle(self):
         """What must never wait (the EV, the meter, emergencies): also run while MQTT waits.
         Returns the ms until more of it is due, so a network wait can end right then."""
+        if self.board.power_good is not None:
+            self._watch_supply()
         now = self.clock.ticks_ms()
         if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
             self._ev_changed()
@@ -190,6 +195,26 @@ class Controller:
         if self._pilot is not None:
             due = min(due, self._pilot.wait_ms(now))
         return due
+
+    def _watch_supply(self):
+        """Power-good fell: within the hold-up time put the register where a reboot finds it, by an
+        energy read (which writes the FRAM) and, without FRAM, a journal checkpoint of the session."""
+        if not self.board.supply_failing():
+            self._gasped = False   # a dip that recovered: arm again
+            return
+        if self._gasped:
+            return
+        self._gasped = True
+        if self.meter_ok:
+            try:
+                self.metering.read_energy()
+            except OSError as e:
+                self._meter_failed(e)
+        s = self.session
+        if s is not None and self.metering.nv is None:
+            wh, rem = self.metering.register()
+            s.checkpoint(self.journal, wh, rem, self.stamp.now())
+        self.log.event("last_gasp", tx_id=s.tx_id if s is not None else None, meter_wh=self.metering.register_wh())
 
     def _update_step(self):
         """Download in bounded steps; switch versions only when nobody is charging or waiting."""
