@@ -75,6 +75,8 @@ class Controller:
         self.metering.restore(*state.meter())
         if board.fram is not None:
             self.metering.keep_in(board.fram)   # the register as the last energy read before a cut left it
+            if self.metering.nv_error is not None:
+                log.event("storage", file="fram", error=self.metering.nv_error)
         self.ev = _ev_sense(board, clock, settings, self.metering)
         self.faults = Faults(clock, state.faults())
         self.stamp = Stamp(clock, sync, journal, outbox)

@@ -42,6 +42,7 @@ def _next_boot(h):
     ctl.recover(boot)
     rec = [e for e in log.events if e["ev"] == "recovered"]
     assert len(rec) == 1
+    h.next_log = log
     return rec[0]
 
 
@@ -87,3 +88,14 @@ def test_without_fram_what_was_read_since_the_last_checkpoint_is_lost_but_declar
     lost = truth - rec["energy_wh"]
     assert lost > 200                             # 138 s of reads after the checkpoint at the start
     assert lost < rec["uncertain_wh"] + 1 and rec["uncertain_wh"] > 250
+
+
+def test_a_silent_fram_at_boot_is_logged_and_billing_goes_on_from_flash():
+    h = _charge(None, 20000)
+    h.world.fram.silent = True
+    start = h.ctl.session.meter_start_wh
+    truth = _truth_wh(h, start)
+    rec = _next_boot(h)
+    assert [(e["file"], "0x50" in e["error"]) for e in h.next_log.events if e["ev"] == "storage"] == [("fram", True)]
+    assert rec["uncertain_wh"] > 3                # no FRAM record: the flash bound
+    assert 0 <= truth - rec["energy_wh"] < rec["uncertain_wh"] + 1
