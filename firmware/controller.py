@@ -75,6 +75,10 @@ class Controller:
         self.metering = Metering(board.meter, clock, settings.phases, settings.ring_samples,
                                  settings.max_power_w, settings.profile_bucket_s)
         self.metering.restore(*state.meter())
+        if board.fram is not None:
+            self.metering.keep_in(board.fram)   # the register as the last energy read before a cut left it
+            if self.metering.nv_error is not None:
+                log.event("storage", file="fram", error=self.metering.nv_error)
         self.ev = _ev_sense(board, clock, settings, self.metering)
         self.faults = Faults(clock, state.faults())
         self.stamp = Stamp(clock, sync, journal, outbox)
@@ -122,6 +126,9 @@ class Controller:
         self.temp_c = None
         self.freq_chz = None
         self.meter_ok = True
+        self._gasped = False        # the last-gasp checkpoint was written since the supply failed
+        # with a power-good input the loop looks at it at least twice per hold-up time
+        self._supply_ms = board.hold_up_ms // 2 if board.power_good is not None else 1000
         self._init_meter()
         self._update_status()
         self.status.publish_stats()
@@ -143,7 +150,7 @@ class Controller:
             except Exception as e:   # a bug must not leave power flowing: safe state, report
                 self.reactions.internal_error(e)
             now = self.clock.ticks_ms()
-            wait = 1000
+            wait = self._supply_ms
             for t in self._tasks:
                 w = t.wait_ms(now)
                 if w < wait:
@@ -177,6 +184,8 @@ class Controller:
 
     def idle(self):
         """What must never wait (the EV, the meter, emergencies): first in every loop pass."""
+        if self.board.power_good is not None:
+            self._watch_supply()
         now = self.clock.ticks_ms()
         if self._pilot is not None and self._pilot.due(now) and self.ev.poll():
             self._ev_changed()
@@ -193,6 +202,26 @@ class Controller:
                     self.metering.read_energy()
             except OSError as e:
                 self._meter_failed(e)
+
+    def _watch_supply(self):
+        """Power-good fell: within the hold-up time put the register where a reboot finds it, by an
+        energy read (which writes the FRAM) and, without FRAM, a journal checkpoint of the session."""
+        if not self.board.supply_failing():
+            self._gasped = False   # a dip that recovered: arm again
+            return
+        if self._gasped:
+            return
+        self._gasped = True
+        if self.meter_ok:
+            try:
+                self.metering.read_energy()
+            except OSError as e:
+                self._meter_failed(e)
+        s = self.session
+        if s is not None and self.metering.nv is None:
+            wh, rem = self.metering.register()
+            s.checkpoint(self.journal, wh, rem, self.stamp.now())
+        self.log.event("last_gasp", tx_id=s.tx_id if s is not None else None, meter_wh=self.metering.register_wh())
 
     def _update_step(self):
         """Download in bounded steps; switch versions only when nobody is charging or waiting."""
@@ -496,7 +525,7 @@ class Controller:
         tx = self.state.next_tx()
         wh = m.register_wh()
         self.session = s = Session(tx, d, self.tariffs.current, self.s, self.stamp.now(), self.stamp.ts(), wh,
-                                   m.start_session(), self.clock.ticks_ms())
+                                   m.start_session(tx), self.clock.ticks_ms())
         self.authorized = None
         self._finishing = False
         if self._updated is not None:
@@ -582,6 +611,7 @@ class Controller:
             return
         cp = boot.get("checkpoint") or {}
         m = self.metering
+        fram = m.fram_session(st["tx_id"])   # the register at the last energy read before the cut
         m.restore(cp.get("energy_wh", st.get("meter_start_wh", 0)), cp.get("rem", 0) if isinstance(cp.get("rem"), int) else 0)
         counted = m.register_wh()
         try:
@@ -593,6 +623,8 @@ class Controller:
         uncertain = max(j.every_wh, p * j.min_s // 3600)   # no checkpoint is due before both are passed
         if last_t and self.clock.time() > last_t:
             uncertain = min(uncertain, p * (self.clock.time() - last_t) // 3600)
+        if fram is not None:   # only what the chip counted after its last read, if it lost its supply
+            uncertain = min(uncertain, (p * m.energy_interval_ms + 3599999) // 3600000)
         wh = m.register_wh()
         s, rec, cost = Session.recovered(st, cp, wh, self.tariffs.current, self.s.tz, uncertain_wh=uncertain,
                                          recovered_wh=wh - counted)

@@ -6,13 +6,15 @@ The same code builds a real ESP32 board (with `machine`) or the simulated one (w
 (firmware/core/settings.py `board_settings`): this module reads no JSON and trusts no default.
 Optional parts: "pilot" (IEC 61851-1 control pilot), "plug" (proximity contact), "button"
 (the driver's "report a problem"), "buzzer", "rcd" (residual-current module: trip output, test
-input), "watchdog" (machine.WDT).
+input), "watchdog" (machine.WDT), "fram" (I2C FRAM keeping the energy register), "power_good" (the
+supply's power-good output and its hold-up time).
 
     board = Board(hw, machine, sleep_ms=clock.sleep_ms)
     board.meter.urms(0); board.contactor.close(); board.pilot.offer(266)
 """
 from hal.atm90e32 import ATM90E32
 from hal.contactor import Contactor
+from hal.fram import FRAM
 from hal.led import Led
 from hal.mfrc522 import MFRC522
 from hal.pilot import Pilot
@@ -62,6 +64,16 @@ class Board:
         if watchdog and hw.watchdog is not None:   # not for a technician's checks: it cannot be stopped
             self.wdt = machine.WDT(timeout=hw.watchdog.timeout_ms)
         self.reset_cause = machine.reset_cause() if hasattr(machine, "reset_cause") else None
+        self.fram = None
+        if hw.fram is not None:
+            f = hw.fram
+            self.fram = FRAM(machine.I2C(f.i2c, scl=Pin(f.scl), sda=Pin(f.sda), freq=f.freq), addr=f.addr,
+                             size=f.size)
+        self.power_good = None
+        if hw.power_good is not None:
+            self.power_good = Pin(hw.power_good.pin, Pin.IN)
+            self._power_good_active = hw.power_good.active
+            self.hold_up_ms = hw.power_good.hold_up_ms
         self.button = None
         if hw.button is not None:
             self.button = Pin(hw.button.pin, Pin.IN, Pin.PULL_UP)
@@ -72,6 +84,10 @@ class Board:
 
     def rcd_test(self, on):
         self._rcd_test(self._rcd_active if on else 1 - self._rcd_active)
+
+    def supply_failing(self):
+        """The supply's power-good output fell: the board runs on its hold-up capacitors now."""
+        return self.power_good is not None and self.power_good() != self._power_good_active
 
     def button_pressed(self):
         return self.button is not None and self.button() == self.button_active

@@ -327,7 +327,8 @@ class MFRC522:
         raise CardError("UID longer than three cascade levels")
 
     def halt(self):
-        """HLTA: the selected card sleeps until a WUPA or a field reset; silence is success."""
+        """HLTA: the selected card sleeps until a WUPA or a field reset; silence is success.
+        Cards left READY (a collision, an error) take it as unexpected and drop back to IDLE/HALT."""
         out = self._out
         out[1] = _HLTA
         out[2] = 0

@@ -8,7 +8,10 @@ in the simulator. The controller calls poll() a few times per second; poll() nev
     tap = reader.poll()   # None, the UID (bytes) of a new tap, or COLLISION
 
 Each poll wakes the card with WUPA, selects it and halts it again (a selected card would ignore
-the next REQA: the "ping-pong" that makes a held card look removed every other poll). Only a
+the next REQA: the "ping-pong" that makes a held card look removed every other poll). A poll that
+left cards mid-protocol (collision, CRC error, failed HLTA) makes the next one start with HLTA, which
+puts every card back to sleep, so the WUPA after it wakes all cards in the field at once: after a
+collision no card is ever read alone while another is still in the field. Only a
 clean timeout counts as a miss; after `misses_to_remove` misses in a row the card is removed and
 the field is cycled (off for one poll, on the next; cards get a poll interval to power up). The
 same card comes back as a new tap only after it was removed and `hold_off_ms` passed; back
@@ -87,11 +90,10 @@ class CardReader:
             self._gone_uid = None  # hold-off over (forgotten now, so tick wrap cannot revive it)
         d = self._driver
         try:
+            if self._stirred:
+                self._settle()
             atqa = d.request(True)
-            if atqa is None and self._stirred:
-                atqa = d.request(True)  # the first WUPA only sent a READY/ACTIVE card back to IDLE
             if atqa is None:
-                self._stirred = False
                 return self._miss(now)
             self._answered()
             uid = d.select()
@@ -110,8 +112,17 @@ class CardReader:
             d.halt()  # asleep until the next WUPA: no REQA ping-pong
             self._stirred = False
         except CardError:
-            pass  # the UID was read cleanly; the card stays ACTIVE and the second WUPA copes
+            pass  # the UID was read cleanly; the card stays ACTIVE until the next poll's HLTA
         return self._seen(uid, now)
+
+    def _settle(self):
+        """HLTA sends every READY/ACTIVE card back to IDLE/HALT, so one WUPA wakes all cards
+        together: a card arriving after a collision cannot answer alone while others stay silent."""
+        try:
+            self._driver.halt()
+        except CardError:
+            pass  # something answered HLTA: the WUPA below still wakes every card
+        self._stirred = False
 
     def _answered(self):
         """Something answered: not a miss, and it may be left READY/ACTIVE until halted."""

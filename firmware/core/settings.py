@@ -26,7 +26,7 @@ PIN = "pin"               # an ESP32 GPIO number, 0..48
 TRIPLE = "triple"         # 3 integers within the bounds, one per phase A, B, C
 # Optional sections of the board config: absent, their record is None; present, their
 # required keys must be there.
-OPTIONAL = ("buzzer", "rcd", "watchdog", "button")
+OPTIONAL = ("buzzer", "rcd", "watchdog", "button", "fram", "power_good")
 # Device settings the backend may change at run time (cmd/set_config, OCPP ChangeConfiguration):
 # each is re-validated with its row below and applied live by its owner.
 CHANGEABLE = ("auth.LocalAuthorizeOffline", "auth.LocalPreAuthorize", "auth.AllowOfflineTxForUnknownId",
@@ -115,6 +115,15 @@ def board_rows():
         ("watchdog.timeout_ms", int, REQUIRED, 1000, 60000),
         ("button.pin", PIN, REQUIRED),
         ("button.active", (0, 1), 0),
+        ("fram.i2c", int, REQUIRED, 0, 1),
+        ("fram.scl", PIN, REQUIRED),
+        ("fram.sda", PIN, REQUIRED),
+        ("fram.freq", int, 400000, 100000, 1000000),
+        ("fram.addr", int, 0x50, 0x50, 0x57),
+        ("fram.size", int, 32768, 2048, 65536),
+        ("power_good.pin", PIN, REQUIRED),
+        ("power_good.active", (0, 1), 1),
+        ("power_good.hold_up_ms", int, 20, 1, 1000),
         ("sampling.rate_hz", int, 10, 1, 50),
         ("sampling.ring_samples", int, 256, 16, 4096),
         ("metering.crosscheck_pct", int, 3, 1, 50),

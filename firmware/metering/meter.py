@@ -8,15 +8,22 @@ runs the per-sample threshold checks, all without allocating.
     m = Metering(meter, clock, phases=1, ring_samples=256, max_power_w=7360)
     m.sample()          # 10 Hz, allocation-free
     m.read_energy()     # at least every m.energy_interval_ms
+    m.keep_in(board.fram)   # optional: the register in FRAM at every read, for power cuts
+
+With an FRAM (hal/fram.py) every energy read also writes (Wh, remainder, open session's tx_id,
+its start Wh) there: a power cut loses at most what the chip counted since the last read, instead
+of everything since the last journal checkpoint (docs/journal.md).
 """
 from micropython import const
 
 from firmware.metering.energy import EnergyCounter, max_read_interval_ms
 from firmware.metering.profile import Profile
 from firmware.metering.ring import SampleRing
+from hal.fram import Record
 
 _WMS_PER_WH = const(3600000)   # W·ms in one Wh
 _MAX_GAP_MS = const(2000)      # a longer gap between samples is not integrated (loop stalled)
+_FRAM_AT = const(0)            # the register's record in the FRAM
 
 
 class Metering:
@@ -31,6 +38,11 @@ class Metering:
         self.energy_interval_ms = min(max_read_interval_ms(max_power_w), 1000)
         self.profile = Profile(clock, profile_bucket_s, 48)
         self.in_session = False
+        self.nv = None         # hal.fram.Record written at every energy read, or None (no FRAM)
+        self.nv_error = None   # why the FRAM stopped being written (it is then left alone)
+        self.nv_boot = None    # the FRAM record found at boot: (wh, rem, tx_id, start_wh) or None
+        self._nv_tx = 0        # the open session's tx_id (0: none) and its start Wh, kept with the register
+        self._nv_start = 0
         # ∫P·dt: whole Wh plus W·ms remainder (kept below 2**30 on the ESP32)
         self.integral_wh = 0
         self._wms = 0
@@ -116,9 +128,41 @@ class Metering:
         self._t_prev = self.clock.ticks_ms()
 
     def read_energy(self):
-        """Move what the chip counted since the last read into the counters."""
+        """Move what the chip counted since the last read into the counters (and the FRAM)."""
         self.forward.add(self.meter.forward_counts())
         self.reverse.add(self.meter.reverse_counts())
+        self._keep()
+
+    def keep_in(self, fram):
+        """From now on write the billing register to this FRAM at every energy read; the register
+        continues from the record found there if it is ahead. Returns that record (or None)."""
+        nv = Record(fram, _FRAM_AT)
+        try:
+            last = nv.read()
+        except OSError as e:
+            self.nv_error = str(e)
+            return None
+        self.nv = nv
+        self.nv_boot = last
+        if last is not None:
+            self.restore(last[0], last[1])
+        return last
+
+    def fram_session(self, tx_id):
+        """(wh, rem) the FRAM held at boot for the open session tx_id, or None if it holds none."""
+        b = self.nv_boot
+        return (b[0], b[1]) if b is not None and b[2] == tx_id else None
+
+    def _keep(self):
+        nv = self.nv
+        if nv is None:
+            return
+        f = self.forward
+        try:
+            nv.write(f.wh, f.rem, self._nv_tx, self._nv_start)
+        except (OSError, ValueError) as e:   # a dead chip (or a register past 2**30 Wh): flash only
+            self.nv = None
+            self.nv_error = str(e)
 
     def register_wh(self):
         """The billing register: whole Wh imported over the charger's life."""
@@ -156,11 +200,17 @@ class Metering:
                        + list(r.p[b:b + 3]))
         return out
 
-    def start_session(self):
+    def start_session(self, tx_id=0):
         """Reset the profile and return the integral mark the session's cross-check starts from."""
         self.profile.reset()
         self.in_session = True
+        self._nv_tx = tx_id
+        self._nv_start = self.forward.wh
+        self._keep()
         return self.integral_wh
 
     def end_session(self):
         self.in_session = False
+        self._nv_tx = 0
+        self._nv_start = 0
+        self._keep()   # the FRAM no longer names an open session

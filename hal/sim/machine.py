@@ -1,4 +1,5 @@
-"""Simulated `machine`: pins, SPI buses routed by chip-select, PWM outputs and ADC inputs.
+"""Simulated `machine`: pins, SPI buses routed by chip-select, I2C buses routed by address, PWM
+outputs and ADC inputs.
 
 The board builder uses this module in place of `machine` when a board config says
 "platform": "sim". Simulated chips attach to its buses and answer byte for byte; the
@@ -8,6 +9,7 @@ built on a pin (`pwm_on`) and supplies what an ADC pin reads (`adc_source`).
     bus = machine.bus(1); bus.attach(SimATM90E32(line), cs=5)
     spi = machine.SPI(1, polarity=1, phase=1); cs = machine.Pin(5, machine.Pin.OUT, value=1)
     machine.adc_source(36, cp.read_u16); machine.pwm_on(25).duty_u16()
+    machine.i2c_bus(0).attach(SimFRAM(), addr=0x50); i2c = machine.I2C(0, scl=machine.Pin(22), sda=machine.Pin(21))
 """
 
 
@@ -34,6 +36,7 @@ class _Net:
 
 _nets = {}
 _buses = {}
+_i2c_buses = {}
 _pwms = {}          # pin number -> the active PWM on it
 _adc_sources = {}   # pin number -> function returning the 16-bit code the ADC reads
 
@@ -51,6 +54,14 @@ def bus(bus_id):
     b = _buses.get(bus_id)
     if b is None:
         b = _buses[bus_id] = _Bus()
+    return b
+
+
+def i2c_bus(bus_id):
+    """The simulated I2C bus with this id, where chips are attached by address."""
+    b = _i2c_buses.get(bus_id)
+    if b is None:
+        b = _i2c_buses[bus_id] = _I2CBus()
     return b
 
 
@@ -114,6 +125,7 @@ def reset():
     """Forget every pin, bus, PWM and ADC source: a new simulated board."""
     _nets.clear()
     _buses.clear()
+    _i2c_buses.clear()
     del _watchdogs[:]
     _pwms.clear()
     _adc_sources.clear()
@@ -224,6 +236,88 @@ class SPI:
 
     def write_readinto(self, wbuf, rbuf):
         self._bus.exchange(self._mode, wbuf, rbuf, len(wbuf), 0)
+
+
+class _I2CBus:
+    """Chips on one I2C bus. A chip answers start(read) -> ACK bool, write(byte) -> ACK bool,
+    read() -> byte, stop(); a transfer to an address nobody acknowledges is OSError ENODEV."""
+
+    def __init__(self):
+        self.devices = {}
+
+    def attach(self, device, addr):
+        self.devices[addr] = device
+
+    def _start(self, addr, read):
+        dev = self.devices.get(addr)
+        if dev is None or not dev.start(read):
+            raise OSError(19)   # ENODEV, as the ports report a missing ACK on the address
+        return dev
+
+
+class I2C:
+    """machine.I2C's memory and plain transfers (addrsize 8 or 16), byte by byte to the chips."""
+
+    def __init__(self, id, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self._bus = i2c_bus(id)
+        self.freq = freq
+
+    def scan(self):
+        found = []
+        for a in sorted(self._bus.devices):
+            d = self._bus.devices[a]
+            if d.start(False):
+                found.append(a)
+            d.stop()
+        return found
+
+    def _send(self, addr, mem, addrsize, buf, read_after):
+        dev = self._bus._start(addr, False)
+        try:   # index loops only: the driver's allocation-free tests run through here
+            shift = addrsize - 8 if mem is not None else -8
+            while shift >= 0:
+                if not dev.write((mem >> shift) & 0xFF):
+                    raise OSError(5)   # EIO: NACK on data
+                shift -= 8
+            if buf is not None:
+                for i in range(len(buf)):
+                    if not dev.write(buf[i]):
+                        raise OSError(5)
+            if read_after is not None:   # repeated start, then read
+                if not dev.start(True):
+                    raise OSError(19)
+                for i in range(len(read_after)):
+                    read_after[i] = dev.read()
+        finally:
+            dev.stop()
+
+    def writeto(self, addr, buf, stop=True):
+        self._send(addr, None, 8, buf, None)
+        return len(buf)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        dev = self._bus._start(addr, True)
+        try:
+            for i in range(len(buf)):
+                buf[i] = dev.read()
+        finally:
+            dev.stop()
+
+    def readfrom(self, addr, nbytes, stop=True):
+        buf = bytearray(nbytes)
+        self.readfrom_into(addr, buf)
+        return bytes(buf)
+
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
+        self._send(addr, memaddr, addrsize, buf, None)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
+        self._send(addr, memaddr, addrsize, None, buf)
+
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+        buf = bytearray(nbytes)
+        self.readfrom_mem_into(addr, memaddr, buf, addrsize=addrsize)
+        return bytes(buf)
 
 
 class PWM:

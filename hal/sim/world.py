@@ -21,6 +21,7 @@ from hal.sim.atm90e32 import SimATM90E32
 from hal.sim.clock import VirtualClock
 from hal.sim.cp import SimCP
 from hal.sim.ev import SimEV
+from hal.sim.fram import SimFRAM
 from hal.sim.mfrc522 import SimCard, SimMFRC522
 
 # The world's state file (docs/simulator.md): this fixed part, then `nregs` x "<BH" (address, value)
@@ -125,6 +126,17 @@ class World:
         self.rfid = SimMFRC522(rst=hw.reader.rst)
         machine.bus(hw.spi.reader.id).attach(self.rfid, cs=hw.reader.cs)
         self.card_hold_ms = sim.card_hold_ms
+        self.supply = True       # the board's supply; a power_cut drops it hold_up_ms before the kill
+        self.hold_up_ms = 0
+        g = hw.power_good
+        if g is not None:
+            self.hold_up_ms = g.hold_up_ms
+            machine.net(g.pin).source = lambda a=g.active: a if self.supply else 1 - a
+        self.fram = None
+        if hw.fram is not None:   # under the runner its cells are a file next to the world's state
+            path = self._state_path.rsplit("/", 1)[0] + "/fram.bin" if self._state_path else None
+            self.fram = SimFRAM(hw.fram.size, path=path)
+            machine.i2c_bus(hw.fram.i2c).attach(self.fram, addr=hw.fram.addr)
 
         self.closed = False      # contactor poles
         self.coil = False        # what the firmware commands
@@ -374,11 +386,20 @@ class World:
         self._ask_runner({"broker": mode})
 
     def _on_power_cut(self, cut):
-        """The board loses power: the runner kills this process hard and starts the next one later."""
+        """The supply fails: with a power-good output it falls now and the board runs on its hold-up
+        capacitors for hold_up_ms; then the runner kills this process hard and starts the next later."""
         if self._replaying:
             return
         if not self._runner:
             raise ValueError("power_cut needs the simulator runner (tools/sim.py)")
+        if self.hold_up_ms:
+            self.supply = False
+            self._at(self.clock.ms + self.hold_up_ms, "power_off", cut)
+            return
+        self._on_power_off(cut)
+
+    def _on_power_off(self, cut):
+        """The hold-up capacitors are empty: the process dies here."""
         self.save_state()
         self._ask_runner({"power_cut": cut["off_ms"], "meter_kept": cut["meter_kept"]})
 

@@ -216,3 +216,38 @@ def test_a_power_cut_without_the_runner_is_refused():
     with pytest.raises(ValueError) as e:
         world.clock.sleep_ms(2000)
     assert "runner" in str(e.value)
+
+
+# -- the three ways a board can keep the register (board_configs sim, sim_gasp, sim_flash) ---------
+# A cut 385.5 s into the session (last journal checkpoint at 315 s), the meter chip losing its supply.
+CUT_LATE = CHARGE + [{"t": 400.5, "power_cut": 30}] + AFTER
+
+
+def _lost(tmp_path, board):
+    result, _ = _run(tmp_path, _scenario(CUT_LATE, 900, board=board))
+    rec = _ended(result)[1]
+    assert rec["stop_reason"] == "PowerLoss"
+    short = _truth_wh(result)[0] - rec["energy_wh"]
+    assert 0 <= short < rec["uncertain_wh"] + 1   # never more lost than declared
+    return result, rec, short
+
+
+def test_with_fram_a_cut_loses_at_most_one_energy_read(tmp_path):
+    result, rec, short = _lost(tmp_path, "sim")
+    assert short < 2.05 + 1 and rec["uncertain_wh"] <= 3   # 7.36 kW for one 1 s read interval, rounded
+    assert result.exits == [-9, 0]
+
+
+def test_with_a_power_good_input_the_last_gasp_checkpoint_bills_up_to_the_cut(tmp_path):
+    result, rec, short = _lost(tmp_path, "sim_gasp")
+    gasp = _events(result, "last_gasp", life=0)
+    assert len(gasp) == 1 and gasp[0]["tx_id"] == 1
+    # the process lived the 50 ms hold-up after the supply failed, then was killed
+    assert [(c["cut_ms"], c["at_ms"]) for c in result.cuts] == [(400550, 430550)]
+    assert short < 1   # the gasp read the chip and journaled the register within the hold-up
+
+
+def test_without_fram_or_power_good_the_reads_since_the_checkpoint_are_lost_but_declared(tmp_path):
+    _, rec, short = _lost(tmp_path, "sim_flash")
+    assert short > 100   # ~70 s of 7.36 kW read after the checkpoint at 315 s
+    assert rec["uncertain_wh"] > 200   # up to a checkpoint interval of charging

@@ -278,3 +278,31 @@ def test_polls_with_no_card_allocate_nothing():
         micropython.heap_unlock()
     assert seen == 0 and not reader.failed
     assert reader.present is None and chip.field
+
+
+def test_a_card_arriving_after_a_collision_is_not_a_tap_while_the_others_stay():
+    chip, reader, clock = _started(hold_off_ms=2000)
+    a, b, c = SimCard(A), SimCard(B), SimCard(C)
+    chip.place(a)
+    assert reader.poll() == A
+    chip.place(b)
+    assert reader.poll() == COLLISION  # a and b both left mid-protocol (READY)
+    chip.place(c)  # a third card arrives before the next poll
+    assert _events(_polls(reader, clock, 12)) == []  # three cards: still a collision, never C
+    assert reader.present == A
+    chip.remove(b)
+    chip.remove(c)
+    clock.sleep_ms(3000)  # well past any hold-off
+    assert _events(_polls(reader, clock, 12)) == []  # A never moved: no second tap
+    assert reader.present == A
+
+
+def test_after_a_collision_the_remaining_card_alone_is_one_tap():
+    chip, reader, clock = _started()
+    b, c = SimCard(B), SimCard(C)
+    chip.place(b)
+    chip.place(c)
+    assert reader.poll() == COLLISION
+    chip.remove(b)
+    assert _events(_polls(reader, clock, 12)) == [C]
+    assert reader.present == C

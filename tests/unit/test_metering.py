@@ -87,3 +87,81 @@ def test_profile_stays_bounded_for_long_sessions():
     assert rec["peak_w"] == 3 * 3600 - 1
     assert rec["min_w"][0] == 0 and rec["max_w"][0] == 32 * 60 - 1
     assert rec["mean_w"] == sorted(rec["mean_w"]) and rec["max_ma"][0] == 1006
+
+
+# -- the register in FRAM at every energy read (power cuts: docs/journal.md) ----------------------
+def _fram(size=8192):
+    from hal.fram import FRAM
+    from hal.sim import machine
+    from hal.sim.fram import SimFRAM
+
+    chip = SimFRAM(size)
+    machine.i2c_bus(0).attach(chip, addr=0x50)
+    return chip, FRAM(machine.I2C(0), addr=0x50, size=size)
+
+
+def test_every_energy_read_lands_in_fram_and_a_reboot_continues_from_it():
+    from hal.fram import Record
+
+    m, line, chip, clock = _rig()
+    fchip, fram = _fram()
+    assert m.keep_in(fram) is None   # a blank chip: nothing to continue from
+    m.start_session(7)
+    start = m.forward.wh
+    line.amps = [32.0, 32.0, 32.0]
+    _run(m, clock, 120)              # two minutes at 22 kW: ~736 Wh, 120 reads
+    assert Record(fram, 0).read() == (m.forward.wh, m.forward.rem, 7, start)
+    cut = m.register()
+    # the power goes: RAM is gone, the FRAM is not; a new boot's Metering continues from it
+    m2, _, _, _ = _rig()
+    assert m2.keep_in(fram) == (cut[0], cut[1], 7, start)
+    assert m2.register() == cut
+    assert m2.fram_session(7) == cut and m2.fram_session(8) is None
+    m2.end_session()
+    assert Record(fram, 0).read()[2] == 0 and m2.fram_session(7) == cut   # closed: no session named now
+
+
+def test_a_register_never_goes_back_to_an_older_fram_record():
+    m, line, chip, clock = _rig()
+    _, fram = _fram()
+    m.keep_in(fram)
+    line.amps = [16.0, 16.0, 16.0]
+    _run(m, clock, 60)
+    m2, _, _, _ = _rig()
+    m2.restore(m.forward.wh + 10, 0)   # flash knows more (e.g. a chip replaced): FRAM cannot lower it
+    m2.keep_in(fram)
+    assert m2.forward.wh == m.forward.wh + 10
+
+
+def test_a_silent_fram_never_stops_billing():
+    m, line, chip, clock = _rig()
+    fchip, fram = _fram()
+    m.keep_in(fram)
+    fchip.silent = True
+    line.amps = [16.0, 16.0, 16.0]
+    _run(m, clock, 30)
+    m.read_energy()
+    assert m.nv is None and "not responding" in m.nv_error
+    assert m.forward.total_counts() == chip.counts_made()   # every count still billed
+    m2, _, _, _ = _rig()
+    assert m2.keep_in(fram) is None and "0x50" in m2.nv_error
+
+
+def test_energy_reads_with_fram_allocate_nothing():
+    m, line, chip, clock = _rig()
+    _, fram = _fram()
+    m.keep_in(fram)
+    m.start_session(3)
+    line.amps = [16.0, 16.0, 16.0]
+    _run(m, clock, 2)
+    done = 0
+    for _ in range(20):
+        clock.sleep_ms(1000)   # the simulated chips may allocate: outside the lock
+        micropython.heap_lock()
+        try:
+            m.sample()
+            m.read_energy()
+            done += 1
+        finally:
+            micropython.heap_unlock()
+    assert done == 20 and m.nv is not None

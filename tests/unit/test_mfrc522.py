@@ -269,3 +269,22 @@ def test_sim_cards_ignore_select_and_hlta_with_a_bad_crc():
     card.receive(b"\x26", 7)
     card.receive(bytes(select), 72)
     assert card.receive(b"\x50\x00\x57\xcd", 32) is None and card.state == "HALT"
+
+
+def test_cards_left_ready_by_a_collision_are_silent_to_one_wupa_but_not_after_hlta():
+    def collided():
+        a, b = SimCard(b"\x01\x22\x33\x44"), SimCard(b"\x03\x22\x33\x44")
+        chip, rfid = _ready(a, b)
+        assert rfid.request(wakeup=True) == 0x0004
+        raises(CollisionError, rfid.select)
+        assert a.state == b.state == "READY"
+        chip.place(SimCard(UID7))  # a third card arrives
+        return chip, rfid, a, b
+
+    _, rfid, a, b = collided()
+    assert rfid.request(wakeup=True) == 0x0044  # only the newcomer answers: the trap
+    assert a.state == b.state == "IDLE"
+    _, rfid, a, b = collided()
+    rfid.halt()  # unexpected for READY cards: back to IDLE, silently
+    assert a.state == b.state == "IDLE"
+    raises(CollisionError, rfid.request, True)  # one WUPA now wakes all three

@@ -30,7 +30,7 @@ def _get(rec, key):
 
 def _full_board():
     """sim.json with every optional section present."""
-    return board_config(buzzer={"pin": 21})
+    return board_config(buzzer={"pin": 21}, power_good={"pin": 39})
 
 
 def _minimal_board():
