@@ -10,12 +10,14 @@ import json
 
 from firmware.billing.tariff import Tariff
 from firmware.core import jsonx
-from firmware.storage.state import write_atomic
+from firmware.storage.state import errno_of, write_atomic
 
 
 class Tariffs:
     def __init__(self, path, default, log):
         self.path = path
+        self.error = 0          # errno of the last refused save (full flash), 0 after a good one
+        self._unsaved = None    # the OCPI tariff a full flash refused, written by retry()
         self.current, self.version = self._load(default, log)
 
     def _load(self, default, log):
@@ -37,9 +39,23 @@ class Tariffs:
         if not isinstance(version, int) or isinstance(version, bool) or version <= self.version:
             raise ValueError("version must be an integer above the current %d" % self.version)
         t = Tariff(p.get("tariff"))   # ValueError names the field: the old tariff stays
-        write_atomic(self.path, json.dumps({"version": version, "tariff": p["tariff"]}))
         self.current, self.version = t, version
+        self._unsaved = p["tariff"]
+        self.retry()
         return t
+
+    def retry(self):
+        """Persist the current tariff if a full flash refused it (it applies from RAM meanwhile)."""
+        if self._unsaved is None:
+            return True
+        try:
+            write_atomic(self.path, json.dumps({"version": self.version, "tariff": self._unsaved}))
+        except OSError as e:
+            self.error = errno_of(e)
+            return False
+        self.error = 0
+        self._unsaved = None
+        return True
 
     def price_text(self):
         """The tariff's driver-facing text (OCPI tariff_alt_text), for the display and the REPL."""

@@ -101,6 +101,7 @@ class Journal:
         opened = cp = None
         start_seq = cp_seq = boot_seq = -1
         boot = 0
+        top_tx, meter = 0, (0, 0)   # the highest tx id and meter register seen: a lost state.json is rebuilt from them
         for rtype, seq, body, loc in log.records():
             try:
                 v = read_session(rtype, body)
@@ -112,10 +113,20 @@ class Journal:
             base = rtype & TYPE
             if base == START:
                 opened, start_seq = v, seq
-            elif base == CHECKPOINT and seq > cp_seq:
-                cp, cp_seq = v, seq
-            elif base == END and opened is not None and v == _tx_of(opened):
-                opened, start_seq = None, -1
+                top_tx = max(top_tx, _tx_of(v))
+                w = v.get("meter_start_wh")
+                if isinstance(w, int) and not isinstance(w, bool) and (w, 0) > meter:
+                    meter = (w, 0)
+            elif base == CHECKPOINT:
+                top_tx = max(top_tx, v[0])
+                if (v[1], v[4]) > meter:
+                    meter = (v[1], v[4])
+                if seq > cp_seq:
+                    cp, cp_seq = v, seq
+            elif base == END:
+                top_tx = max(top_tx, v)
+                if opened is not None and v == _tx_of(opened):
+                    opened, start_seq = None, -1
             elif base == BOOT and seq > boot_seq:
                 boot, boot_seq = v, seq
             records += 1
@@ -132,7 +143,7 @@ class Journal:
         if log.append(BOOT, seq, struct.pack("<I", self.boot)) is not None:
             self._boot_seq = seq
         return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad,
-                "records": records}
+                "records": records, "top_tx": top_tx, "meter": meter}
 
     def session_started(self, rec):
         """Record a new session; `rec` (the `started` record, with tx_id and msg_id) is also queued."""

@@ -139,6 +139,7 @@ class RecordLog:
         self.written = 0    # bytes appended since boot, compaction copies included
         self.bad = 0        # runs of bad bytes skipped by the last records() pass
         self.problems = []  # (segment, offset) of the first few of them
+        self.trouble = None  # why open() found no usable directory (reported at boot), else None
         self._segs = None   # segment numbers, oldest first; None until open()
         self._seq = 0
         self._head_size = 0
@@ -151,11 +152,25 @@ class RecordLog:
     # -- boot -------------------------------------------------------------------------------
     def open(self):
         """Once at boot: make the directory, settle an interrupted compaction; records() follows."""
+        self.trouble = None
         try:
             os.mkdir(self.path)  # its parent (the data directory) exists
         except OSError:
             pass
-        self._segs = self._list()
+        try:
+            self._segs = self._list()
+        except OSError as e:   # a file in its place, or no room to make the directory: run without
+            self.trouble = "cannot list %s (errno %s)" % (self.path, e.args[0] if e.args else "?")
+            try:
+                if not os.stat(self.path)[0] & 0x4000:
+                    os.rename(self.path, self.path + ".bad")   # keep it for a human, make the directory
+                    self.trouble += ": a file, kept as %s.bad" % self.path
+                    os.mkdir(self.path)
+                    self._segs = self._list()
+            except OSError:
+                pass
+            if self._segs is None:
+                self._segs = []
         self._settle()
         self._seq = 0
         self._head_size = 0

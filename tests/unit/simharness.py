@@ -50,7 +50,7 @@ def entry(token, **fields):
 
 class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
-                 entries=None, secrets=None):
+                 entries=None, secrets=None, data=None):
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -72,9 +72,11 @@ class Harness:
         secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1},
                        **(secrets or {}))
         _dirs[0] += 1
-        data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
-        ensure_dir(data)
-        _wipe(data)
+        if data is None:   # a test may pass a directory on its own filesystem (a littlefs in RAM)
+            data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
+            ensure_dir(data)
+            _wipe(data)
+        self.data = data
         self.settings = Settings(self.hw, dev, secrets)
         self.board = Board(self.hw, machine, self.clock.sleep_ms)
         self.log = ListLog()
