@@ -18,6 +18,7 @@ import sys
 
 from firmware.link import ota
 from firmware.auth.authorize import from_settings as auth_from_settings
+from firmware.billing.signing import record_hash
 from firmware.core.clock import Clock
 from firmware.core.config import load
 from firmware.controller import Controller
@@ -106,8 +107,8 @@ def main(argv, platform):
                       min_s=settings.journal.min_s)
     records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
-    if boot["bad"]:
-        log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
+    state = State(data + "/state.json")
+    troubles = storage_troubles(state, boot, records)
     link = None
     mq = settings.mqtt
     if mq.host:
@@ -119,8 +120,9 @@ def main(argv, platform):
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
     updater = ota.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
                                 on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data,
-                     updater)
+    ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data, updater)
+    if troubles:
+        ctl.health.report(troubles)   # on the console and upstream (a `fault` notice)
     if link is not None:
         link.idle = ctl.idle
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
@@ -152,6 +154,37 @@ def main(argv, platform):
         if hasattr(machine, "reset"):
             machine.reset()
         sys.exit(4)   # the simulator: the runner starts the firmware again
+
+
+def storage_troubles(state, boot, records):
+    """Rebuild state.json's counters from the journal (never below what it holds: a lost or stale
+    file must not reuse a tx id or restart the meter register) and list what was wrong as
+    (file, text) pairs to report."""
+    out = []
+    if records.trouble:
+        out.append(("journal", records.trouble))
+    if boot["bad"]:
+        out.append(("journal", "%d damaged stretches skipped" % boot["bad"]))
+    for p in state.problems:
+        out.append(("state", p))
+    first = state.lost and boot["boot"] == 1 and not boot["records"]   # a new device: nothing to rebuild
+    rebuilt = state.rebuild(boot["top_tx"], *boot["meter"])
+    end = boot.get("last_end") or {}
+    n = end.get("chain_n")
+    if isinstance(n, int) and not isinstance(n, bool) and n >= state.chain()[1]:   # the chain went on past state.json
+        state.set_chain(record_hash(end), n + 1)
+        rebuilt.append("chain_n %d" % (n + 1))
+    if state.lost and not first:
+        # earlier fault and feedback ids are unknown: continue above a random base (< 2**30, small int)
+        r = os.urandom(3)
+        state.reseed(((r[0] << 16 | r[1] << 8 | r[2]) & 0xFFFFF) * 1000)
+        out.append(("state", "lost: rebuilt from the journal (%s); latched faults are "
+                    "forgotten" % (", ".join(rebuilt) or "no counters found")))
+    elif rebuilt:
+        out.append(("state", "behind the journal: " + ", ".join(rebuilt)))
+    if out:
+        state.save()
+    return out
 
 
 def _stopped(ctl, board, data, why):

@@ -51,6 +51,16 @@ def read_session(rtype, body):
     return struct.unpack_from("<I", body, a)[0]
 
 
+def _ended_of(body):
+    """The `ended` record an END record carries (boot only: it allocates), None if unreadable."""
+    p, a = message_at(body)[3:]
+    try:
+        rec = json.loads(unpack(body[p:a]))
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _tx_of(rec):
     """The integer tx_id of a session record (ValueError names the field if it is missing)."""
     tx = rec.get("tx_id") if isinstance(rec, dict) else None
@@ -102,6 +112,7 @@ class Journal:
         start_seq = cp_seq = boot_seq = -1
         boot = 0
         top_tx, meter = 0, (0, 0)   # the highest tx id and meter register seen: a lost state.json is rebuilt from them
+        last_end, end_seq = None, -1   # the latest `ended` record: its signing chain fields
         for rtype, seq, body, loc in log.records():
             try:
                 v = read_session(rtype, body)
@@ -125,6 +136,11 @@ class Journal:
                     cp, cp_seq = v, seq
             elif base == END:
                 top_tx = max(top_tx, v)
+                if rtype & HAS_MSG and seq > end_seq:
+                    last_end, end_seq = _ended_of(body), seq
+                    w = last_end.get("meter_stop_wh") if last_end is not None else None
+                    if isinstance(w, int) and not isinstance(w, bool) and (w, 0) > meter:
+                        meter = (w, 0)
                 if opened is not None and v == _tx_of(opened):
                     opened, start_seq = None, -1
             elif base == BOOT and seq > boot_seq:
@@ -143,7 +159,7 @@ class Journal:
         if log.append(BOOT, seq, struct.pack("<I", self.boot)) is not None:
             self._boot_seq = seq
         return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad,
-                "records": records, "top_tx": top_tx, "meter": meter}
+                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end}
 
     def session_started(self, rec):
         """Record a new session; `rec` (the `started` record, with tx_id and msg_id) is also queued."""

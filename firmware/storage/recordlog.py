@@ -343,6 +343,11 @@ class RecordLog:
         if not self._settle():
             self.full = True
             return False
+        if not self._segs:
+            try:
+                os.mkdir(self.path)   # boot found no room for it: make it once there is
+            except OSError:
+                pass
         self._segs.append(self._segs[-1] + 1 if self._segs else 0)
         self._head_size = 0
         self._head_bad = False

@@ -8,6 +8,7 @@ import json
 import os
 
 from fakes import FakeLink, ListLog
+from firmware.app import storage_troubles
 from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.controller import Controller
 from firmware.storage.journal import Journal
@@ -94,8 +95,11 @@ class Harness:
         self.auth = auth_from_settings(self.settings.auth, self.clock, self.settings.keys, data)
         self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
+        self.troubles = storage_troubles(state, self.boot, self.records)
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
                               self.auth, self.journal, data)
+        if self.troubles:
+            self.ctl.health.report(self.troubles)
 
     def run(self, until_ms=None):
         stop = self.world.finished if until_ms is None else (lambda: self.clock.ms >= until_ms)

@@ -49,6 +49,12 @@ def _unfill(at):
             os.remove(at + "/" + n)
 
 
+def _storage(h):
+    """Storage notices published, in order."""
+    out = [json.loads(p) for t, p, _, _ in h.link.published if t.endswith("/fault")]
+    return [f for f in out if f["event"] == "notice" and f["info"] == "storage"]
+
+
 def _ended(h):
     return [s for s in h.sessions() if s["event"] == "ended"]
 
@@ -66,8 +72,8 @@ def test_full_flash_at_boot_the_first_session_charges_bills_and_reports():
         started, ended = h.sessions()[:2]
         assert started["event"] == "started" and ended["event"] == "ended"
         assert ended["energy_wh"] > 0 and ended["tx_id"] == started["tx_id"] == 1
-        storage = [json.loads(p) for t, p, _, _ in h.link.published if t.endswith("/fault")]
-        assert any(f["event"] == "notice" and f["info"] == "storage" and f["state"] == "full" for f in storage), storage
+        storage = _storage(h)
+        assert any(i[0] == "state" and i[1] == "full" and i[2] == 28 for f in storage for i in f["items"]), storage
         assert h.events("storage")   # and on the REPL / local log
     finally:
         os.umount(at)
@@ -93,8 +99,11 @@ def test_flash_filling_mid_session_still_ends_the_session_with_its_record():
         assert h.ctl.session is None and not h.board.contactor.commanded
         assert "internal" not in h.ctl.faults.active   # no escaped OSError ended it
         assert h.ctl.revenue.snapshot()["day"]["sessions"] == 1   # billed in RAM, written later
+        assert any(i[1] == "full" for f in _storage(h) for i in f["items"]), _storage(h)
         _unfill(at)   # space again: the state that waited in RAM is written
-        h.ctl.state.retry()
+        h.run(h.clock.ms + 2000)   # the next housekeeping retries and reports the flash ok again
+        storage = _storage(h)
+        assert storage[-1]["info"] == "storage" and storage[-1]["state"] == "ok", storage
         with open(at + "/data/state.json") as f:
             assert json.load(f)["tx"] == 1
     finally:

@@ -1,0 +1,94 @@
+"""A lost, corrupt or invalid state.json: counters are rebuilt from the journal, reported upstream,
+and the charger keeps charging; ids never repeat. Also State alone: refused writes never raise."""
+import binascii
+import json
+import os
+
+from simharness import Harness
+from firmware.storage.state import State
+
+CARDS = {"alice": "04A1B2C3D4E5F6"}
+KEY = "00112233445566778899aabbccddeeff"
+
+
+def _dir():
+    d = "/tmp/st-" + binascii.hexlify(os.urandom(4)).decode()
+    os.mkdir(d)
+    return d
+
+
+def _session(data, amps=10, secs=600):
+    h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"},
+                                   {"t": 3000, "ev_current_a": amps}, {"t": 3000 + secs * 1000, "tap": "alice"}],
+                secs * 1000 + 20000, data=data, secrets={"device_key": KEY})
+    h.run()
+    return h
+
+
+def _notices(h):
+    return [json.loads(p) for t, p, _, _ in h.link.published
+            if t.endswith("/fault") and json.loads(p)["event"] == "notice"]
+
+
+def _items(h, name):
+    """(state, error) of every storage condition reported upstream about file `name`."""
+    return [(i[1], i[2]) for n in _notices(h) if n["info"] == "storage" for i in n["items"] if i[0] == name]
+
+
+def _ended(h):
+    return [s for s in h.sessions() if s["event"] == "ended"][-1]
+
+
+def test_lost_state_continues_tx_ids_and_meter_from_the_journal_and_says_so():
+    d = _dir()
+    first = _ended(_session(d))
+    assert first["tx_id"] == 1 and first["meter_stop_wh"] > 300
+    os.remove(d + "/state.json")
+    h = _session(d)
+    second = _ended(h)
+    # on main: tx 1 again with meter_start_wh 0 -> msg_id "1-0" again, acked as a duplicate, never billed
+    assert second["tx_id"] == 2 and second["msg_id"] != first["msg_id"]
+    assert second["meter_start_wh"] == first["meter_stop_wh"]
+    assert second["chain_n"] == first["chain_n"] + 1   # the signing chain goes on
+    assert any("lost" in str(e) for _, e in _items(h, "state")), _notices(h)
+    assert all(int(n["msg_id"][2:]) >= 1000 for n in _notices(h))   # fault ids above a fresh random base
+
+
+def test_corrupt_state_is_kept_aside_and_rebuilt():
+    d = _dir()
+    first = _ended(_session(d))
+    with open(d + "/state.json", "w") as f:
+        f.write('{"tx": 1, "meter_')
+    h = _session(d)
+    assert _ended(h)["tx_id"] == 2
+    assert os.stat(d + "/state.json.bad")
+    assert any("unreadable" in str(e) for _, e in _items(h, "state"))
+    assert _ended(h)["meter_start_wh"] == first["meter_stop_wh"]
+
+
+def test_invalid_stored_values_are_reported_and_replaced_by_safe_defaults():
+    d = _dir()
+    _session(d, secs=60)
+    with open(d + "/state.json") as f:
+        st = json.load(f)
+    st["meter_wh"] = -5          # on main: Metering.restore refuses it, the charger does not start
+    st["cycles"] = "many"
+    with open(d + "/state.json", "w") as f:
+        f.write(json.dumps(st))
+    h = _session(d, secs=60)
+    ended = _ended(h)
+    assert ended["tx_id"] == 2 and ended["energy_wh"] > 0 and ended["meter_start_wh"] >= 0
+    errors = [str(e) for _, e in _items(h, "state")]
+    assert any("meter_wh=-5 invalid" in e for e in errors) and any("cycles" in e for e in errors), errors
+
+
+def test_a_refused_write_keeps_the_values_in_ram_and_retry_writes_them():
+    d = _dir()
+    st = State(d + "/sub/state.json")   # its directory is missing: every write fails (as on a full flash)
+    assert st.lost and not st.problems
+    assert st.next_tx() == 1 and st.next_tx() == 2   # never raises
+    assert st.dirty and st.error
+    assert not st.retry()
+    os.mkdir(d + "/sub")
+    assert st.retry() and not st.dirty and st.error == 0
+    assert State(d + "/sub/state.json").values["tx"] == 2
