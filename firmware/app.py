@@ -263,8 +263,11 @@ def storage_troubles(state, boot, records):
     out = []
     if records.trouble:
         out.append(("journal", records.trouble))
-    if boot["bad"]:
-        out.append(("journal", "%d damaged stretches skipped" % boot["bad"]))
+    missing = state.values["jseq"] - boot["seq"]   # records written before state.json's last save, gone
+    lost = max(boot["lost"], missing)
+    if boot["bad"] or missing > 0:
+        out.append(("journal", "%d records lost (%d damaged stretches%s)"
+                    % (lost, boot["bad"], ", emptied" if not boot["records"] else "")))
     for p in state.problems:
         out.append(("state", p))
     first = state.lost and boot["boot"] == 1 and not boot["records"]   # a new device: nothing to rebuild
@@ -282,6 +285,7 @@ def storage_troubles(state, boot, records):
                     "forgotten" % (", ".join(rebuilt) or "no counters found")))
     elif rebuilt:
         out.append(("state", "behind the journal: " + ", ".join(rebuilt)))
+    state.seq_of = records.peek_seq
     if out:
         state.save()
     return out

@@ -158,8 +158,8 @@ class Journal:
         seq = log.next_seq()
         if log.append(BOOT, seq, struct.pack("<I", self.boot)) is not None:
             self._boot_seq = seq
-        return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad,
-                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end}
+        return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad, "lost": log.lost,
+                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end, "seq": seq}
 
     def session_started(self, rec):
         """Record a new session; `rec` (the `started` record, with tx_id and msg_id) is also queued."""

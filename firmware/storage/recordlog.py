@@ -138,6 +138,7 @@ class RecordLog:
         self.error = 0      # errno of the last failed write, 0 after a good one
         self.written = 0    # bytes appended since boot, compaction copies included
         self.bad = 0        # runs of bad bytes skipped by the last records() pass
+        self.lost = 0       # records lost in them (a damaged header each; at least one a run) and not understood
         self.problems = []  # (segment, offset) of the first few of them
         self.trouble = None  # why open() found no usable directory (reported at boot), else None
         self._segs = None   # segment numbers, oldest first; None until open()
@@ -181,6 +182,7 @@ class RecordLog:
         the reserved payload buffer, valid until the next record. After open(), this pass also finds
         the next sequence number and where appends go. Bad runs are counted in .bad."""
         self.bad = 0
+        self.lost = 0
         self.problems = []
         segs = self._segs if self._segs is not None else self._list()
         live = segs is self._segs
@@ -201,8 +203,13 @@ class RecordLog:
     def damaged(self, loc):
         """Count a CRC-valid record at loc (segment, offset) that its client could not understand."""
         self._note_bad(loc[0], loc[1])
+        self.lost += 1
 
     # -- writing ----------------------------------------------------------------------------
+    def peek_seq(self):
+        """The sequence number the next record will get (state.json keeps it: see app.storage_troubles)."""
+        return self._seq
+
     def next_seq(self):
         """The next sequence number: a record's place in the log's order, kept by its copies."""
         self._ready()
@@ -452,19 +459,28 @@ class RecordLog:
         size = self._size = f.seek(0, 2)  # cheaper than os.stat on littlefs
         off = 0
         in_bad = False
+        heads = 0   # record headers (magic) in the current bad run: each is a record lost
         try:
             while off < size:
+                self._buf[0] = 0   # no header read (a short tail) is no magic
                 r = self._read(f, off, size, whole)
                 if r is None:
                     if not in_bad:
                         self._note_bad(n, off)
                         in_bad = True
+                        heads = 0
+                    if self._buf[0] == _M0 and self._buf[1] == _M1:
+                        heads += 1
                     off = self._resync(f, off + 1, size)
                     continue
+                if in_bad:
+                    self.lost += heads or 1   # a run without a header still held at least one record
                 in_bad = False
                 yield f, off, r[0], r[1], r[2]
                 off += HEADER + r[2]
                 self._end = off
+            if in_bad:
+                self.lost += heads or 1
         finally:
             f.close()
 

@@ -12,7 +12,7 @@ the counters from the journal and reports it).
 import json
 import os
 
-_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n")
+_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq")
 
 
 def ensure_dir(path):
@@ -52,7 +52,9 @@ class State:
     def __init__(self, path):
         self.path = path
         self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None,
-                       "chain_prev": "0" * 64, "chain_n": 0}
+                       "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0}
+        self.seq_of = None   # the journal's next sequence number (app.py): saved as jseq, so a boot
+        # finding the journal wiped or emptied knows how many records it lost
         self.problems = []   # what was wrong with the stored file (reported at boot)
         self.lost = False    # no usable file: the counters are defaults, rebuild them (rebuild())
         self.error = 0       # errno of the last failed write, 0 after a good one
@@ -76,8 +78,8 @@ class State:
         for k in self.values:
             v, default = saved.get(k), self.values[k]
             if k not in saved:
-                self.problems.append("%s missing" % k)
-            elif not self._valid(k, v):
+                continue   # written by older firmware: the default, rebuilt from the journal where it counts
+            if not self._valid(k, v):
                 self.problems.append("%s=%r invalid, %r used" % (k, v, default))
             else:
                 self.values[k] = v
@@ -92,6 +94,8 @@ class State:
 
     def save(self):
         """Write every value; False if flash refused (kept in RAM for retry(), never raises)."""
+        if self.seq_of is not None:
+            self.values["jseq"] = self.seq_of()
         try:
             write_atomic(self.path, json.dumps(self.values))
         except OSError as e:
