@@ -283,8 +283,10 @@ def storage_troubles(state, boot, records):
         state.reseed(((r[0] << 16 | r[1] << 8 | r[2]) & 0xFFFFF) * 1000)
         out.append(("state", "lost: rebuilt from the journal (%s); latched faults are "
                     "forgotten" % (", ".join(rebuilt) or "no counters found")))
-    elif rebuilt:
-        out.append(("state", "behind the journal: " + ", ".join(rebuilt)))
+    else:   # a register above state.json's is a running session's checkpoint: normal after a power cut
+        behind = [r for r in rebuilt if not r.startswith("meter_wh")]
+        if behind:
+            out.append(("state", "behind the journal: " + ", ".join(behind)))
     state.seq_of = records.peek_seq
     if out:
         state.save()
@@ -294,8 +296,11 @@ def storage_troubles(state, boot, records):
 def _stopped(ctl, board, data, why):
     tx = ctl.shutdown("Other", why)
     if board.wdt is not None:   # an ESP32 watchdog cannot be stopped: reboot into technician hold
-        with open(data + "/hold", "w") as f:
-            f.write(why)
+        try:
+            with open(data + "/hold", "w") as f:
+                f.write(why)
+        except OSError as e:   # a full flash: no hold; the crash count still leads to safe mode
+            print("cannot write %s/hold (%s)" % (data, e))
     print("=" * 64)
     print("Charger stopped safely (%s): contactor open, %s, state saved."
           % (why, "session #%d closed" % tx if tx else "no session was running"))

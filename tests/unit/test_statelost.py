@@ -146,3 +146,10 @@ def test_a_journal_that_is_a_file_is_kept_aside_and_the_charger_runs():
     assert _ended(h)["tx_id"] == 3 and os.stat(d + "/journal.bad")
     assert any("a file" in str(e) for _, e in _items(h, "journal")), _notices(h)
     assert _lost(h) >= 4
+
+
+def test_a_normal_reboot_reports_nothing():
+    d = _dir()
+    _session(d, secs=60)
+    h = _session(d, secs=60)
+    assert _ended(h)["tx_id"] == 2 and [n for n in _notices(h) if n["info"] == "storage"] == []
