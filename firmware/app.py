@@ -37,7 +37,8 @@ from hal.board import Board
 
 DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
             "data": None}
-CRASH_BOOTS = 3                   # crashed boots in a row before safe mode
+CRASH_BOOTS = 5                   # crashed boots in a row before safe mode: above boot.py's trial
+# max_boots (3), so a crashing new version is rolled back before safe mode is considered
 _HEALTHY_MS = const(60000)        # running this long ends a crash count
 _PWRON_RESET = const(1)
 _REASON_MAX = const(200)
