@@ -153,3 +153,22 @@ def test_a_normal_reboot_reports_nothing():
     _session(d, secs=60)
     h = _session(d, secs=60)
     assert _ended(h)["tx_id"] == 2 and [n for n in _notices(h) if n["info"] == "storage"] == []
+
+
+def test_revenue_and_tariff_saves_never_raise_and_retry():
+    from fakes import ListLog
+    from firmware.billing.revenue import Revenue
+    from firmware.billing.tariff import Tariff, flat
+    from firmware.billing.tariffs import Tariffs
+
+    d = _dir()
+    rev = Revenue(d + "/gone/revenue.json")   # a missing directory fails every write, like a full flash
+    rev.add((2026, 3, 2), 3650, 110, 132, "EUR")   # on main: OSError out of the session's end
+    assert rev.error and rev.snapshot()["day"]["sessions"] == 1
+    tf = Tariffs(d + "/gone/tariff.json", Tariff(flat("0.30", "EUR", "20")), ListLog())
+    tf.replace({"version": 2, "tariff": flat("0.40", "EUR", "20")})   # applies from RAM
+    assert tf.version == 2 and tf.error
+    os.mkdir(d + "/gone")
+    assert rev.retry() and tf.retry() and rev.error == 0 and tf.error == 0
+    assert Revenue(d + "/gone/revenue.json").snapshot()["day"]["sessions"] == 1
+    assert Tariffs(d + "/gone/tariff.json", Tariff(flat("0.30", "EUR", "20")), ListLog()).version == 2
