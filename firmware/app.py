@@ -116,6 +116,8 @@ def main(argv, platform):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
+        except OSError as e:   # a full flash: the stored list stays; the next boot tries again
+            log.event("storage", file="local_list", state="error", error=e.args[0] if e.args else -1)
     outbox = Outbox(settings.outbox_size, records, clock)
     journal = Journal(records, outbox, every_wh=settings.journal.every_wh, every_s=settings.journal.every_s,
                       min_s=settings.journal.min_s)

@@ -93,7 +93,8 @@ class Harness:
         self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
         self.auth = auth_from_settings(self.settings.auth, self.clock, self.settings.keys, data)
-        self.auth.local_list.update(dict(dev["local_list"], type="full"))
+        if dev["local_list"]["version"] > self.auth.local_list.version:   # as firmware/app.py provisions
+            self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
         self.troubles = storage_troubles(state, self.boot, self.records)
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
