@@ -16,8 +16,11 @@ import json
 import os
 import sys
 
+from micropython import const
+
 from firmware.link import ota
 from firmware.auth.authorize import from_settings as auth_from_settings
+from firmware.billing.signing import record_hash
 from firmware.core.clock import Clock
 from firmware.core.config import load
 from firmware.controller import Controller
@@ -34,6 +37,11 @@ from hal.board import Board
 
 DEFAULTS = {"board": "board.json", "config": "config.json", "secrets": "secrets.json", "scenario": None,
             "data": None}
+CRASH_BOOTS = 5                   # crashed boots in a row before safe mode: above boot.py's trial
+# max_boots (3), so a crashing new version is rolled back before safe mode is considered
+_HEALTHY_MS = const(60000)        # running this long ends a crash count
+_PWRON_RESET = const(1)
+_REASON_MAX = const(200)
 RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
 current = {}   # the running charger's parts, for the technician's REPL helpers (firmware/ops/tech.py)
 
@@ -79,6 +87,12 @@ def main(argv, platform):
         raise
     data = args["data"] or settings.data_dir
     ensure_dir(data)
+    current.update(data=data)
+    watch = CrashWatch(data, clock, machine.reset_cause() if hasattr(machine, "reset_cause") else None)
+    current.update(watch=watch)
+    if watch.count > CRASH_BOOTS:
+        safe_mode(settings, hw, machine, clock, stop, log, watch)
+        return
     gc.collect()   # the record log's two record buffers (4 KB each) first, while the heap is least fragmented
     records = RecordLog(data + "/journal")
     log.store = EventLog(data, clock)
@@ -86,6 +100,7 @@ def main(argv, platform):
     if _exists(data + "/hold"):
         print("Technician hold: the charger stays off (contactor open). "
               "from firmware.ops import tech; tech.status() ... tech.resume() to charge again.")
+        watch.healthy()
         return
     board = Board(hw, machine, clock.sleep_ms)
     auth = auth_from_settings(settings.auth, clock, settings.keys, data)
@@ -101,13 +116,15 @@ def main(argv, platform):
             auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
         except ValueError as e:
             raise ValueError("config: local_list.%s" % e)
+        except OSError as e:   # a full flash: the stored list stays; the next boot tries again
+            log.event("storage", file="local_list", state="error", error=e.args[0] if e.args else -1)
     outbox = Outbox(settings.outbox_size, records, clock)
     journal = Journal(records, outbox, every_wh=settings.journal.every_wh, every_s=settings.journal.every_s,
                       min_s=settings.journal.min_s)
     records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
-    if boot["bad"]:
-        log.event("storage", file="journal", error="%d damaged records skipped" % boot["bad"])
+    state = State(data + "/state.json")
+    troubles = storage_troubles(state, boot, records)
     link = None
     mq = settings.mqtt
     if mq.host:
@@ -119,8 +136,9 @@ def main(argv, platform):
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
     updater = ota.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
                                 on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
-    ctl = Controller(settings, board, clock, log, sync, outbox, State(data + "/state.json"), auth, journal, data,
-                     updater)
+    ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data, updater)
+    if troubles:
+        ctl.health.report(troubles)   # on the console and upstream (a `fault` notice)
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
     log.event("boot", device_id=settings.device_id, board=hw.name, boot=boot["boot"],
@@ -130,7 +148,7 @@ def main(argv, platform):
     log.event("tariff", id=ctl.tariffs.current.id, version=ctl.tariffs.version, text=ctl.tariffs.price_text())
     ctl.recover(boot)
     try:
-        ctl.run(stop)
+        ctl.run(lambda: watch.tick() or stop())
     except KeyboardInterrupt:
         _stopped(ctl, board, data, "interrupted at the console")
         return
@@ -141,6 +159,7 @@ def main(argv, platform):
     finally:
         board.contactor.open()  # whatever ended the loop, the contactor opens
         log.store.flush()
+    watch.healthy()   # a clean end (scenario over, update reset) is no crash
     sync.flush()
     log.event("halt", delivered=sync.published, queued=len(outbox), heap_peak=ctl.heap_peak,
               max_gap_ms=ctl.metering.max_gap_ms, samples=ctl.metering.ring.total,
@@ -152,11 +171,137 @@ def main(argv, platform):
         sys.exit(4)   # the simulator: the runner starts the firmware again
 
 
+class CrashWatch:
+    """Boots in a row that crashed before running a minute, kept in data/boots with the last crash's
+    reason; a power-on reset (a power cut, not a crash) starts the count again."""
+
+    def __init__(self, data, clock, cause):
+        self.path = data + "/boots"
+        self.clock = clock
+        self.count, self.reason = 0, ""
+        if cause != _PWRON_RESET:
+            try:
+                with open(self.path) as f:
+                    n, _, self.reason = f.read().partition("\n")
+                self.count = int(n)
+            except (OSError, ValueError):
+                pass
+        self.count += 1
+        self._write()
+        self._t0 = clock.ticks_ms()
+
+    def _write(self):
+        try:
+            with open(self.path, "w") as f:
+                f.write("%d\n%s" % (self.count, self.reason[:_REASON_MAX]))
+        except OSError:
+            pass   # a full flash: no count, no safe mode, but never a crash for it
+
+    def crashed(self, why):
+        """This boot ends in an error: keep why for the safe mode's report."""
+        self.reason = why
+        self._write()
+
+    def tick(self):
+        """Called by the loop's stop condition: a minute of running proves this boot healthy."""
+        if self.count and self.clock.ticks_diff(self.clock.ticks_ms(), self._t0) >= _HEALTHY_MS:
+            self.healthy()
+        return False
+
+    def healthy(self):
+        self.count = 0
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
+def safe_mode(settings, hw, machine, clock, stop, log, watch):
+    """After CRASH_BOOTS crashed boots in a row: contactor open, nothing on flash touched but the
+    count, the link up to tell the backend why; REPL helpers work. clear_crashes() + reset ends it."""
+    board = Board(hw, machine, clock.sleep_ms)
+    board.contactor.open()
+    reason = watch.reason or "unknown (no error was recorded)"
+    log.event("safe_mode", boots=watch.count - 1, reason=reason)
+    print("Safe mode after %d crashed boots (%s): the charger stays off. Technician: "
+          "from firmware import app; app.clear_crashes(); then reset." % (watch.count - 1, reason))
+    outbox = Outbox(4, None, clock)   # RAM only: flash may be what crashed
+    link = None
+    mq = settings.mqtt
+    if mq.host:
+        from firmware.link.mqtt import Link
+
+        link = Link(settings.device_id, mq.host, mq.port, clock, mq.keepalive_s, mq.timeout_ms, mq.user,
+                    mq.password, tls=mq.tls)
+    sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
+    sync.set_connector("Unavailable", "InternalError")
+    rec = {"msg_id": "safe-" + "".join("%02x" % b for b in os.urandom(6)), "event": "notice", "info": "safe_mode",
+           "ts": None, "boots": watch.count - 1, "reason": reason}
+    outbox.put("fault", json.dumps(rec), rec["msg_id"], "fault")
+    current.update(board=board, sync=sync, settings=settings, safe_mode=reason)
+    while not stop():
+        sync.tick()
+        if board.wdt is not None:
+            board.wdt.feed()   # the loop is alive; it charges nothing
+        clock.sleep_ms(200)
+    board.contactor.open()
+
+
+def clear_crashes():
+    """REPL: end safe mode at the next boot (after fixing what crashed)."""
+    data = current.get("data")
+    if data is not None:
+        try:
+            os.remove(data + "/boots")
+        except OSError:
+            pass
+
+
+def storage_troubles(state, boot, records):
+    """Rebuild state.json's counters from the journal (never below what it holds: a lost or stale
+    file must not reuse a tx id or restart the meter register) and list what was wrong as
+    (file, text) pairs to report."""
+    out = []
+    if records.trouble:
+        out.append(("journal", records.trouble))
+    missing = state.values["jseq"] - boot["seq"]   # records written before state.json's last save, gone
+    lost = max(boot["lost"], missing)
+    if boot["bad"] or missing > 0:
+        out.append(("journal", "%d records lost (%d damaged stretches%s)"
+                    % (lost, boot["bad"], ", emptied" if not boot["records"] else "")))
+    for p in state.problems:
+        out.append(("state", p))
+    first = state.lost and boot["boot"] == 1 and not boot["records"]   # a new device: nothing to rebuild
+    rebuilt = state.rebuild(boot["top_tx"], *boot["meter"])
+    end = boot.get("last_end") or {}
+    n = end.get("chain_n")
+    if isinstance(n, int) and not isinstance(n, bool) and n >= state.chain()[1]:   # the chain went on past state.json
+        state.set_chain(record_hash(end), n + 1)
+        rebuilt.append("chain_n %d" % (n + 1))
+    if state.lost and not first:
+        # earlier fault and feedback ids are unknown: continue above a random base (< 2**30, small int)
+        r = os.urandom(3)
+        state.reseed(((r[0] << 16 | r[1] << 8 | r[2]) & 0xFFFFF) * 1000)
+        out.append(("state", "lost: rebuilt from the journal (%s); latched faults are "
+                    "forgotten" % (", ".join(rebuilt) or "no counters found")))
+    else:   # a register above state.json's is a running session's checkpoint: normal after a power cut
+        behind = [r for r in rebuilt if not r.startswith("meter_wh")]
+        if behind:
+            out.append(("state", "behind the journal: " + ", ".join(behind)))
+    state.seq_of = records.peek_seq
+    if out:
+        state.save()
+    return out
+
+
 def _stopped(ctl, board, data, why):
     tx = ctl.shutdown("Other", why)
     if board.wdt is not None:   # an ESP32 watchdog cannot be stopped: reboot into technician hold
-        with open(data + "/hold", "w") as f:
-            f.write(why)
+        try:
+            with open(data + "/hold", "w") as f:
+                f.write(why)
+        except OSError as e:   # a full flash: no hold; the crash count still leads to safe mode
+            print("cannot write %s/hold (%s)" % (data, e))
     print("=" * 64)
     print("Charger stopped safely (%s): contactor open, %s, state saved."
           % (why, "session #%d closed" % tx if tx else "no session was running"))
@@ -176,6 +321,9 @@ def run(platform):
         print("charger not started: %s" % e)
         sys.exit(3)
     except Exception as e:  # noqa: BLE001
+        watch = current.get("watch")
+        if watch is not None:
+            watch.crashed("%s: %s" % (type(e).__name__, e))   # counted at boot; safe mode after CRASH_BOOTS
         if sys.platform != "esp32":
             raise
         print_exception(e)

@@ -29,6 +29,7 @@ from firmware.metering.meter import Metering
 from firmware.ops.feedback import Feedback
 from firmware.ops.status import Status
 from firmware.core.log import print_exception
+from firmware.storage.health import Health
 from firmware.safety.checks import Safety
 from firmware.safety.faults import Faults
 from firmware.safety.reactions import Reactions
@@ -92,6 +93,8 @@ class Controller:
                                    self.contactor, settings.forensics_samples)
         self.status = Status(settings, clock, sync, log, self.feedback, self.faults, self.ev, self.contactor,
                              self.metering, self.revenue, journal)
+        self.health = Health(log, self._notice, (("state", state), ("journal", journal), ("revenue", self.revenue),
+                                                 ("tariff", self.tariffs)))
         self.limits.load(data_dir + "/profiles.json")
         self.admin = OcppCommands(self, auth, settings, self.status, data_dir + "/ocpp.json", log)
         for what in (self.limits, self.admin):
@@ -265,6 +268,7 @@ class Controller:
         else:
             self.faults.gone("reader")
         self.status.storage()
+        self.health.check()   # a full flash: retry what waits in RAM, report a change upstream
         if self.updater is not None and self.sync.connected:
             self.updater.confirm()   # a version on trial proved itself: connected, loop running
         if _mem_alloc is not None:
@@ -644,6 +648,10 @@ class Controller:
         self.status.halted()
         self.log.event("shutdown", why=why, tx_id=tx)
         return tx
+
+    def _notice(self, **fields):
+        """A storage condition for the backend: a `fault` notice (firmware/storage/health.py)."""
+        self.reactions.event(None, "notice", **fields)
 
     # -- driver feedback --------------------------------------------------------------------
     def _check_button(self):

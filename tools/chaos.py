@@ -5,7 +5,8 @@ runs through tools/sim.py against a real mosquitto and the reference backend (SQ
 A Killer cuts the power at random wall-clock moments of the MicroPython process's life: during
 boot and recovery, a few milliseconds after lines that precede journal writes and publishes,
 or anywhere; each restart is a new process on the same data directory at the virtual time the
-world reached, with the meter chip keeping or losing its supply. The audit then checks the
+world reached, with the meter chip keeping or losing its supply; during a few outages state.json
+is removed or damaged (the firmware rebuilds it from the journal). The audit then checks the
 backend against the simulated meter: every session once, with an `ended` event, no gaps, the
 billed energy equal to what the chip counted within the declared uncertainty.
 
@@ -105,8 +106,11 @@ def busy_scenario(seed, sessions=16, minutes=(5, 20), gap_s=(20, 120), tail_s=18
 class Killer:
     """Cuts the power (SIGKILL) at random moments; the runner asks it at each life (tools/sim.py)."""
 
-    def __init__(self, rng, kills, stop_ms, data_dir=None):
+    def __init__(self, rng, kills, stop_ms, data_dir=None, lose_state=0.0, loss_rng=None):
         self.rng = rng
+        self.lose_state = lose_state  # chance, per outage, that state.json is lost or corrupt (rebuilt at boot)
+        self.loss_rng = loss_rng or random.Random(1)   # its own stream: the kill schedule stays the same
+        self.state_losses = []        # "removed" / "corrupt", one per loss
         self.target = kills
         self.stop_ms = stop_ms        # no new kill is planned for a life that starts after this
         self.data_dir = data_dir
@@ -186,11 +190,26 @@ class Killer:
         k = self.kills[-1]
         k["state_tmp"] = bool(self.data_dir) and os.path.exists(os.path.join(self.data_dir, "state.json.tmp"))
         k["segments"] = len(journal_sizes(self.data_dir))
+        self._lose_state(k)
         if self._calm:
             self._storm = self.rng.choice(STORMS)
         off = int(self.rng.uniform(1, 10 if self._storm else 120) * 1000)
         self._off_ms += off
         return off, self.rng.random() < 0.5
+
+    def _lose_state(self, k):
+        """Sometimes, while the power is off, state.json goes missing or is damaged (a technician, bad flash)."""
+        path = os.path.join(self.data_dir or "", "state.json")
+        if not self.data_dir or self.loss_rng.random() >= self.lose_state or not os.path.exists(path):
+            return
+        if self.loss_rng.random() < 0.5:
+            os.remove(path)
+            k["state_lost"] = "removed"
+        else:
+            with open(path, "w") as f:
+                f.write('{"tx": -5, "meter_wh": ')
+            k["state_lost"] = "corrupt"
+        self.state_losses.append(k["state_lost"])
 
     # -- inside ------------------------------------------------------------------------------------
     def _mean_s(self, at_ms):
@@ -405,7 +424,7 @@ def audit(result, db, device):
 
 
 def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, mpy=True, minutes=(5, 20),
-        board="sim"):
+        board="sim", lose_state=0.04):
     """A chaos run from start to audit: (figures, problems)."""
     out = out or (lambda line: None)
     work = keep or tempfile.mkdtemp(prefix="cp-chaos-")
@@ -421,7 +440,8 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
     with open(path, "w") as f:
         json.dump(sc, f, indent=1)
     rng = random.Random(seed * 7919 + 1)
-    killer = Killer(rng, kills, (sc["end"] - 600) * 1000, os.path.join(run_dir, "data"))
+    killer = Killer(rng, kills, (sc["end"] - 600) * 1000, os.path.join(run_dir, "data"), lose_state,
+                    random.Random(seed * 104729 + 3))
     t0 = time.time()
     try:
         with Broker() as broker:
@@ -449,6 +469,7 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
             "kills_by_plan": dict((p, sum(1 for k in killer.kills if k["plan"] == p)) for p in PLAN_NAMES),
             "kill_triggers": dict((w, sum(1 for k in near if k["trigger"] == w)) for w in WRITE_LINES + ("journal",)),
             "kills_inside_a_state_write": sum(1 for k in killer.kills if k.get("state_tmp")),
+            "state_losses": len(killer.state_losses),
             "kills_mid_compaction": sum(1 for k in killer.kills if k.get("segments", 0) >= 8),
             "meter_kept_cuts": sum(1 for c in result.cuts if c["meter_kept"]),
             "duplicates_deduplicated": backend.counts["duplicates"],

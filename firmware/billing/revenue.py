@@ -12,7 +12,7 @@ import os
 
 from micropython import const
 
-from firmware.storage.state import write_atomic
+from firmware.storage.state import errno_of, write_atomic
 
 _SESSIONS = const(0)
 _WH = const(1)
@@ -48,6 +48,7 @@ class Revenue:
         self.months = {}   # "YYYY-MM/CUR" -> same
         self.last = None   # (date text, currency) of the latest add
         self.load_error = None
+        self.error = 0     # errno of the last refused save (full flash), 0 after a good one; retry() saves
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -96,9 +97,20 @@ class Revenue:
             del rows[k]
 
     def save(self):
+        """Write the totals; a full flash keeps them in RAM (error set) for retry(): never raises."""
         last = list(self.last) if self.last else None
-        write_atomic(self.path, json.dumps({"v": 1, "last": last, "days": self.days,
-                                            "months": self.months}))
+        try:
+            write_atomic(self.path, json.dumps({"v": 1, "last": last, "days": self.days,
+                                                "months": self.months}))
+        except OSError as e:
+            self.error = errno_of(e)
+            return False
+        self.error = 0
+        return True
+
+    def retry(self):
+        """Write totals a full flash refused earlier; True when flash holds them."""
+        return self.save() if self.error else True
 
     def snapshot(self, local_date=None, currency=None):
         """The retained `stats` body: the day and month of `local_date` (default: the latest session)."""

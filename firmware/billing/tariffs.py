@@ -13,7 +13,7 @@ from micropython import const
 
 from firmware.billing.tariff import Tariff
 from firmware.core import jsonx
-from firmware.storage.state import write_atomic
+from firmware.storage.state import errno_of, write_atomic
 
 MAX_STEP = const(1000)        # a new version is at most this far above the current one
 _MAX_VERSION = const(0x3FFFFFFF)
@@ -29,6 +29,8 @@ def _version(v):
 class Tariffs:
     def __init__(self, path, default, log):
         self.path = path
+        self.error = 0          # errno of the last refused save (full flash), 0 after a good one
+        self._unsaved = None    # the OCPI tariff a full flash refused, written by retry()
         self.current, self.version = self._load(default, log)
 
     def _load(self, default, log):
@@ -53,9 +55,23 @@ class Tariffs:
             raise ValueError("version must be an integer %d..%d (the current %d plus at most %d)"
                              % (self.version + 1, top, self.version, MAX_STEP))
         t = Tariff(p.get("tariff"))   # ValueError names the field: the old tariff stays
-        write_atomic(self.path, json.dumps({"version": version, "tariff": p["tariff"]}))
         self.current, self.version = t, version
+        self._unsaved = p["tariff"]
+        self.retry()
         return t
+
+    def retry(self):
+        """Persist the current tariff if a full flash refused it (it applies from RAM meanwhile)."""
+        if self._unsaved is None:
+            return True
+        try:
+            write_atomic(self.path, json.dumps({"version": self.version, "tariff": self._unsaved}))
+        except OSError as e:
+            self.error = errno_of(e)
+            return False
+        self.error = 0
+        self._unsaved = None
+        return True
 
     def price_text(self):
         """The tariff's driver-facing text (OCPI tariff_alt_text), for the display and the REPL."""

@@ -51,6 +51,16 @@ def read_session(rtype, body):
     return struct.unpack_from("<I", body, a)[0]
 
 
+def _ended_of(body):
+    """The `ended` record an END record carries (boot only: it allocates), None if unreadable."""
+    p, a = message_at(body)[3:]
+    try:
+        rec = json.loads(unpack(body[p:a]))
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _tx_of(rec):
     """The integer tx_id of a session record (ValueError names the field if it is missing)."""
     tx = rec.get("tx_id") if isinstance(rec, dict) else None
@@ -101,6 +111,8 @@ class Journal:
         opened = cp = None
         start_seq = cp_seq = boot_seq = -1
         boot = 0
+        top_tx, meter = 0, (0, 0)   # the highest tx id and meter register seen: a lost state.json is rebuilt from them
+        last_end, end_seq = None, -1   # the latest `ended` record: its signing chain fields
         for rtype, seq, body, loc in log.records():
             try:
                 v = read_session(rtype, body)
@@ -112,10 +124,25 @@ class Journal:
             base = rtype & TYPE
             if base == START:
                 opened, start_seq = v, seq
-            elif base == CHECKPOINT and seq > cp_seq:
-                cp, cp_seq = v, seq
-            elif base == END and opened is not None and v == _tx_of(opened):
-                opened, start_seq = None, -1
+                top_tx = max(top_tx, _tx_of(v))
+                w = v.get("meter_start_wh")
+                if isinstance(w, int) and not isinstance(w, bool) and (w, 0) > meter:
+                    meter = (w, 0)
+            elif base == CHECKPOINT:
+                top_tx = max(top_tx, v[0])
+                if (v[1], v[4]) > meter:
+                    meter = (v[1], v[4])
+                if seq > cp_seq:
+                    cp, cp_seq = v, seq
+            elif base == END:
+                top_tx = max(top_tx, v)
+                if rtype & HAS_MSG and seq > end_seq:
+                    last_end, end_seq = _ended_of(body), seq
+                    w = last_end.get("meter_stop_wh") if last_end is not None else None
+                    if isinstance(w, int) and not isinstance(w, bool) and (w, 0) > meter:
+                        meter = (w, 0)
+                if opened is not None and v == _tx_of(opened):
+                    opened, start_seq = None, -1
             elif base == BOOT and seq > boot_seq:
                 boot, boot_seq = v, seq
             records += 1
@@ -131,8 +158,8 @@ class Journal:
         seq = log.next_seq()
         if log.append(BOOT, seq, struct.pack("<I", self.boot)) is not None:
             self._boot_seq = seq
-        return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad,
-                "records": records}
+        return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad, "lost": log.lost,
+                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end, "seq": seq}
 
     def session_started(self, rec):
         """Record a new session; `rec` (the `started` record, with tx_id and msg_id) is also queued."""

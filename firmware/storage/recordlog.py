@@ -138,7 +138,9 @@ class RecordLog:
         self.error = 0      # errno of the last failed write, 0 after a good one
         self.written = 0    # bytes appended since boot, compaction copies included
         self.bad = 0        # runs of bad bytes skipped by the last records() pass
+        self.lost = 0       # records lost in them (a damaged header each; at least one a run) and not understood
         self.problems = []  # (segment, offset) of the first few of them
+        self.trouble = None  # why open() found no usable directory (reported at boot), else None
         self._segs = None   # segment numbers, oldest first; None until open()
         self._seq = 0
         self._head_size = 0
@@ -151,11 +153,25 @@ class RecordLog:
     # -- boot -------------------------------------------------------------------------------
     def open(self):
         """Once at boot: make the directory, settle an interrupted compaction; records() follows."""
+        self.trouble = None
         try:
             os.mkdir(self.path)  # its parent (the data directory) exists
         except OSError:
             pass
-        self._segs = self._list()
+        try:
+            self._segs = self._list()
+        except OSError as e:   # a file in its place, or no room to make the directory: run without
+            self.trouble = "cannot list %s (errno %s)" % (self.path, e.args[0] if e.args else "?")
+            try:
+                if not os.stat(self.path)[0] & 0x4000:
+                    os.rename(self.path, self.path + ".bad")   # keep it for a human, make the directory
+                    self.trouble += ": a file, kept as %s.bad" % self.path
+                    os.mkdir(self.path)
+                    self._segs = self._list()
+            except OSError:
+                pass
+            if self._segs is None:
+                self._segs = []
         self._settle()
         self._seq = 0
         self._head_size = 0
@@ -166,6 +182,7 @@ class RecordLog:
         the reserved payload buffer, valid until the next record. After open(), this pass also finds
         the next sequence number and where appends go. Bad runs are counted in .bad."""
         self.bad = 0
+        self.lost = 0
         self.problems = []
         segs = self._segs if self._segs is not None else self._list()
         live = segs is self._segs
@@ -186,8 +203,13 @@ class RecordLog:
     def damaged(self, loc):
         """Count a CRC-valid record at loc (segment, offset) that its client could not understand."""
         self._note_bad(loc[0], loc[1])
+        self.lost += 1
 
     # -- writing ----------------------------------------------------------------------------
+    def peek_seq(self):
+        """The sequence number the next record will get (state.json keeps it: see app.storage_troubles)."""
+        return self._seq
+
     def next_seq(self):
         """The next sequence number: a record's place in the log's order, kept by its copies."""
         self._ready()
@@ -328,6 +350,11 @@ class RecordLog:
         if not self._settle():
             self.full = True
             return False
+        if not self._segs:
+            try:
+                os.mkdir(self.path)   # boot found no room for it: make it once there is
+            except OSError:
+                pass
         self._segs.append(self._segs[-1] + 1 if self._segs else 0)
         self._head_size = 0
         self._head_bad = False
@@ -432,19 +459,28 @@ class RecordLog:
         size = self._size = f.seek(0, 2)  # cheaper than os.stat on littlefs
         off = 0
         in_bad = False
+        heads = 0   # record headers (magic) in the current bad run: each is a record lost
         try:
             while off < size:
+                self._buf[0] = 0   # no header read (a short tail) is no magic
                 r = self._read(f, off, size, whole)
                 if r is None:
                     if not in_bad:
                         self._note_bad(n, off)
                         in_bad = True
+                        heads = 0
+                    if self._buf[0] == _M0 and self._buf[1] == _M1:
+                        heads += 1
                     off = self._resync(f, off + 1, size)
                     continue
+                if in_bad:
+                    self.lost += heads or 1   # a run without a header still held at least one record
                 in_bad = False
                 yield f, off, r[0], r[1], r[2]
                 off += HEADER + r[2]
                 self._end = off
+            if in_bad:
+                self.lost += heads or 1
         finally:
             f.close()
 

@@ -39,6 +39,7 @@ def test_chaos_killed_over_a_hundred_times_at_boot_and_right_at_writes(chaos_run
     assert figures["kill_triggers"]["journal"] >= 5        # the moment a journal record landed
     assert figures["kills_at_writes"] >= 20                 # within 5 ms of a line that a write follows
     assert figures["meter_kept_cuts"] >= 20 and figures["cuts"] - figures["meter_kept_cuts"] >= 20
+    assert figures["state_losses"] >= 2                     # state.json removed or damaged while off
 
 
 def test_chaos_sessions_all_arrive_once_with_an_ended_event(chaos_run):

@@ -8,6 +8,7 @@ import json
 import os
 
 from fakes import FakeLink, ListLog
+from firmware.app import storage_troubles
 from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.controller import Controller
 from firmware.storage.journal import Journal
@@ -52,7 +53,7 @@ class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
                  entries=None, secrets=None, make_link=None, data=None):
         """make_link(clock): a real Link instead of the fake one; data: the data directory of an
-        earlier Harness (a reboot), default a fresh one."""
+        earlier Harness (a reboot) or one on a filesystem of the test's own, default a fresh one."""
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -73,8 +74,8 @@ class Harness:
         dev.update(device or {})
         secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1},
                        **(secrets or {}))
+        _dirs[0] += 1
         if data is None:
-            _dirs[0] += 1
             data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
             ensure_dir(data)
             _wipe(data)
@@ -97,10 +98,14 @@ class Harness:
         self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
         self.auth = auth_from_settings(self.settings.auth, self.clock, self.settings.keys, data)
-        self.auth.local_list.update(dict(dev["local_list"], type="full"))
+        if dev["local_list"]["version"] > self.auth.local_list.version:   # as firmware/app.py provisions
+            self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
+        self.troubles = storage_troubles(state, self.boot, self.records)
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
                               self.auth, self.journal, data)
+        if self.troubles:
+            self.ctl.health.report(self.troubles)
 
     def run(self, until_ms=None):
         stop = self.world.finished if until_ms is None else (lambda: self.clock.ms >= until_ms)

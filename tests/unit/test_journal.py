@@ -415,7 +415,8 @@ def test_garbage_and_empty_files_are_skipped_and_good_records_survive():
 def test_an_empty_or_missing_directory_is_a_fresh_journal():
     def run(path):
         boot = opened(path)[2]
-        assert boot == {"session": None, "checkpoint": None, "boot": 1, "bad": 0, "records": 0}
+        assert boot == {"session": None, "checkpoint": None, "boot": 1, "bad": 0, "lost": 0, "records": 0,
+                        "top_tx": 0, "meter": (0, 0), "last_end": None, "seq": 0}
     each_fs(run)
 
 

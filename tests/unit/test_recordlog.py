@@ -196,7 +196,10 @@ def test_the_bytes_on_flash_are_those_earlier_firmware_wrote_and_read_back():
             f.write(binascii.unhexlify(_GOLDEN))
         log, ob, j = _session(d + "/j")
         boot = j.recover()                                           # and read back the same
-        assert boot == {"session": None, "checkpoint": None, "boot": 2, "bad": 0, "records": 6}
+        assert boot == {"session": None, "checkpoint": None, "boot": 2, "bad": 0, "lost": 0, "records": 6,
+                        "top_tx": 1, "meter": (150, 7),
+                        "last_end": {"msg_id": "1-1", "tx_id": 1, "seq": 1, "event": "ended", "energy_wh": 60},
+                        "seq": 6}
         assert ob.pending() == ["1-0", "1-1"]
         assert [t & TYPE for t, _, _ in log.scan()] == [1, 2, 3, 5, 6, 4, 1]
     finally:
