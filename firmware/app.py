@@ -289,7 +289,7 @@ def storage_troubles(state, boot, records):
         if behind:
             out.append(("state", "behind the journal: " + ", ".join(behind)))
     state.seq_of = records.peek_seq
-    if out:
+    if out or first:   # a new device writes its file now: a later boot without it means it was lost
         state.save()
     return out
 
