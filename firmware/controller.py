@@ -87,7 +87,7 @@ class Controller:
         self.status = Status(settings, clock, sync, log, self.feedback, self.faults, self.ev, self.contactor,
                              self.metering, self.revenue, journal)
         h = Handlers(self, auth, self.limits, self.tariffs, self.reactions, updater, outbox, journal, clock, log)
-        self.commands = Commands(h.routes(), h.answers(), sync, log)
+        self.commands = Commands(h.routes(), h.answers(), sync, log, settings.device_key, settings.device_id, state)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
         self._poll = Every(clock, settings.reader_poll_ms)

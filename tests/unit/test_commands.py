@@ -5,10 +5,55 @@ import json
 from fakes import ListLog
 from firmware.link.commands import PER_PASS, Commands
 from firmware.link.handlers import Handlers
+from firmware.link.seal import B2D, seal
 from hal.sim.clock import VirtualClock
 
 NAMES = ("remote_start", "remote_stop", "list_update", "purge", "charging_profile", "report_problem",
          "tariff", "clear_fault", "update")
+
+
+KEY = bytes(range(32))   # this charger's device key
+DEV = "cp-test"
+_ctr = [0]   # the backend's counter for this charger
+
+
+class State:
+    """firmware/storage/state.py's command counter; save() raises `fail` when set, counts writes."""
+
+    def __init__(self, ctr=0):
+        self.ctr = self.saved = ctr
+        self.fail = None
+        self.saves = 0
+
+    def cmd_ctr(self):
+        return self.ctr
+
+    def set_cmd_ctr(self, n):
+        self.ctr = n
+
+    def save(self):
+        if self.fail:
+            raise self.fail
+        self.saved = self.ctr
+        self.saves += 1
+
+
+def sealed(suffix, payload, key=KEY, device=DEV, ctr=None):
+    """payload (an object, or raw text) sealed as the backend does; a command gets the next ctr."""
+    if not isinstance(payload, (str, bytes)):
+        if suffix.startswith("cmd/"):
+            if ctr is None:
+                _ctr[0] += 1
+                ctr = _ctr[0]
+            payload = dict(payload, ctr=ctr)
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return seal(key, B2D, device, suffix, payload)
+
+
+def commands(routes, answers, sync, log, per_pass=PER_PASS, state=None):
+    return Commands(routes, answers, sync, log, KEY, DEV, state or State(), per_pass=per_pass)
 
 
 class Sync:
@@ -22,7 +67,7 @@ class Sync:
 
 
 def _cmd(sync, name, **payload):
-    sync.inbox.append(("cmd/" + name, json.dumps(payload)))
+    sync.inbox.append(("cmd/" + name, sealed("cmd/" + name, payload)))
 
 
 def test_routed_commands_are_answered_and_unknown_or_malformed_ones_change_nothing():
@@ -36,15 +81,18 @@ def test_routed_commands_are_answered_and_unknown_or_malformed_ones_change_nothi
         raise ValueError("no session running")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log)
-    for suffix, raw in (("cmd/remote_stop", "{not json"), ("cmd/remote_stop", "[1]"),
-                        ("cmd/remote_stop", json.dumps({"id": 5})), ("cmd/cmd_remote_stop", json.dumps({"id": "a"})),
-                        ("cmd/__init__", json.dumps({"id": "b"})), ("cmd/remote_stop", json.dumps({"id": "ok"})),
-                        ("cmd/remote_start", json.dumps({"id": "r"}))):
+    c = commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log)
+    for suffix, raw in (("cmd/remote_stop", sealed("cmd/remote_stop", "{not json}")), ("cmd/remote_stop", "[1]"),
+                        ("cmd/remote_stop", sealed("cmd/remote_stop", {"id": 5})),
+                        ("cmd/cmd_remote_stop", sealed("cmd/cmd_remote_stop", {"id": "a"})),
+                        ("cmd/__init__", sealed("cmd/__init__", {"id": "b"})),
+                        ("cmd/remote_stop", sealed("cmd/remote_stop", {"id": "ok"})),
+                        ("cmd/remote_start", sealed("cmd/remote_start", {"id": "r"}))):
         c.handle(suffix, raw)
     assert calls == ["ok"]
     assert [(a["id"], a["status"], a.get("reason")) for a in sync.acks] == [
-        (None, "rejected", "payload must be a JSON object"), (None, "rejected", "payload must be a JSON object"),
+        (None, "rejected", "payload must be a JSON object"),
+        (None, "rejected", 'unauthenticated: not sealed (no trailing "mac" member)'),
         (None, "rejected", "id must be a string of 1..64 characters"),
         ("a", "rejected", "unknown command 'cmd_remote_stop'"), ("b", "rejected", "unknown command '__init__'"),
         ("ok", "accepted", None), ("r", "rejected", "no session running")]
@@ -59,9 +107,9 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
         raise ValueError("id: nothing waiting")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"list_update": fail}, {"auth/resp": answer}, sync, log)
-    c.handle("cmd/list_update", json.dumps({"id": "l"}))
-    c.handle("auth/resp", json.dumps({"id": 3}))
+    c = commands({"list_update": fail}, {"auth/resp": answer}, sync, log)
+    c.handle("cmd/list_update", sealed("cmd/list_update", {"id": "l"}))
+    c.handle("auth/resp", sealed("auth/resp", {"id": 3}))
     c.handle("other/topic", "{}")
     assert sync.acks[0]["status"] == "rejected" and sync.acks[0]["reason"].startswith("storage error")
     assert len(sync.acks) == 1 and log.events[-1]["result"] == "ignored" and log.events[-1]["topic"] == "auth/resp"
@@ -70,7 +118,7 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
 def test_at_most_per_pass_messages_are_handled_the_rest_next_pass():
     seen = []
     sync = Sync()
-    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog())
+    c = commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog())
     for i in range(PER_PASS + 2):
         _cmd(sync, "report_problem", id="p%d" % i)
     c.handle_inbox()
@@ -158,7 +206,7 @@ def test_every_command_reaches_its_own_handler():
     routes = h.routes()
     assert sorted(routes) == sorted(NAMES)
     sync = Sync()
-    c = Commands(routes, h.answers(), sync, ListLog(), per_pass=100)
+    c = commands(routes, h.answers(), sync, ListLog(), per_pass=100)
     _cmd(sync, "remote_start", id="s")
     _cmd(sync, "remote_stop", id="t", tx_id=3)
     _cmd(sync, "list_update", id="l")
@@ -169,8 +217,8 @@ def test_every_command_reaches_its_own_handler():
     _cmd(sync, "tariff", id="tf", version=3, tariff={})
     _cmd(sync, "clear_fault", id="cf")
     _cmd(sync, "update", id="u")
-    sync.inbox.append(("auth/resp", json.dumps({"id": "corr"})))
-    sync.inbox.append(("ack", json.dumps({"msg_ids": ["1-0"]})))
+    sync.inbox.append(("auth/resp", sealed("auth/resp", {"id": "corr"})))
+    sync.inbox.append(("ack", sealed("ack", {"msg_ids": ["1-0"]})))
     c.handle_inbox()
     assert calls == [("remote_start", "s"), ("remote_stop", 3), ("list_update", "l"), ("purge", "abc"),
                      ("forget", "abc"), ("scrub",), ("set_profile", "station_max"), ("clear_profile", "tx_default"),
@@ -186,7 +234,7 @@ def test_handlers_refuse_bad_payloads_before_changing_anything():
     f = Fake(calls)
     h = Handlers(f, f, f, f, f, None, f, f, VirtualClock(), ListLog())
     sync = Sync()
-    c = Commands(h.routes(), h.answers(), sync, ListLog(), per_pass=100)
+    c = commands(h.routes(), h.answers(), sync, ListLog(), per_pass=100)
     _cmd(sync, "purge", id="p", token="busy")
     _cmd(sync, "charging_profile", id="c", kind="nonsense", profile={})
     _cmd(sync, "report_problem", id="r", text=7)
