@@ -36,6 +36,7 @@ from firmware.billing.fixed import parse  # noqa: E402
 from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
 from firmware.billing.tariff import Tariff  # noqa: E402
 from firmware.core.timefmt import parse_iso  # noqa: E402
+from firmware.link.seal import derive  # noqa: E402
 from broker import device_acl, new_password, password_line  # noqa: E402
 
 BOARDS = os.path.join(ROOT, "board_configs")
@@ -251,6 +252,18 @@ def build(args):
             raise ProvisionError("keys: %s must hold a JSON object like secrets.example.json" % args.keys)
     keys, current = _site_keys(args)
     device_key = args.device_key or args.keys_data.get("device_key")
+    if getattr(args, "fleet_key", None):   # the backend derives the same key (docs/security.md "End to end")
+        try:
+            with open(args.fleet_key) as f:
+                fleet = binascii.unhexlify(f.read().strip())
+        except (OSError, ValueError) as e:
+            raise ProvisionError("fleet key: %s: %s" % (args.fleet_key, e))
+        if len(fleet) < 16:
+            raise ProvisionError("fleet key: %s must hold at least 16 bytes in hex" % args.fleet_key)
+        derived = binascii.hexlify(derive(fleet, dev)).decode()
+        if device_key is not None and device_key.strip().lower() != derived:
+            raise ProvisionError("device_key: differs from the one --fleet-key derives; give one of them")
+        device_key = derived
     if device_key is None:
         if not args.out:
             raise ProvisionError("device_key: no key given; a new one is generated only with --out DIR, to keep it")
@@ -452,6 +465,9 @@ def parse_args(argv=None):
     ap.add_argument("--site-key-current", type=int, metavar="VERSION",
                     help="version used for pseudonyms (default: highest)")
     ap.add_argument("--device-key", metavar="HEX", help="this charger's own key (generated when absent, needs --out)")
+    ap.add_argument("--fleet-key", metavar="FILE",
+                    help="fleet secret (hex): the device key is derived from it and the device id, as the backend's "
+                         "--fleet-key does (docs/security.md)")
     ap.add_argument("--update-key", metavar="HEX", help="firmware update key")
     ap.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (port 8883 with TLS, 1883 without)")
     ap.add_argument("--no-tls", action="store_true", help="plain MQTT (closed networks only; refused with a password)")
