@@ -385,7 +385,8 @@ class Store:
             rows = self.query("SELECT record FROM session_events WHERE device = ? AND tx_id = ? AND seq = ?",
                               (device, rec["tx_id"], rec["seq"]))
         else:
-            rows = self.query("SELECT record FROM %s WHERE device = ? AND msg_id = ?" % kind, (device, rec["msg_id"]))
+            table = {"fault": "faults", "feedback": "feedback"}[kind]
+            rows = self.query("SELECT record FROM %s WHERE device = ? AND msg_id = ?" % table, (device, rec["msg_id"]))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
     def count(self, table):

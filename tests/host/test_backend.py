@@ -36,8 +36,11 @@ class Peer:
         self.clients = {}   # device -> paho client logged in as that device
 
     def _on_message(self, client, userdata, msg):
+        device, suffix = msg.topic.split("/", 3)[2:]
+        body = json.loads(unseal(derive(self.broker.fleet_key, device), B2D, device, suffix, msg.payload))
+        del body["ctr"]   # opened as the charger does: what it acts on
         with self.lock:
-            self.got.append((msg.topic, json.loads(msg.payload)))
+            self.got.append((msg.topic, body))
 
     def client(self, device):
         """The device's connection, opened with its subscriptions in place on first use."""
@@ -54,10 +57,10 @@ class Peer:
             self.clients[device] = c
         return self.clients[device]
 
-    def send(self, device, kind, payload, retain=False, key=None):
-        """Sealed as the charger does (under `key` instead: a forger's); bytes that are no object go bare."""
+    def send(self, device, kind, payload, retain=False, key=None, raw=False):
+        """Sealed as the charger does (under `key` instead: a forger's); raw, or bytes that are no object, go bare."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        if data[:1] == b"{" and data[-1:] == b"}":
+        if not raw and data[:1] == b"{" and data[-1:] == b"}":
             data = seal(key or derive(self.broker.fleet_key, device), D2B, device, kind, data)
         self.client(device).publish("cp/v1/%s/%s" % (device, kind), data, qos=1, retain=retain).wait_for_publish(5)
 
@@ -365,7 +368,7 @@ def test_forged_and_conflicting_records_are_refused_or_kept_aside_never_acked_as
             forged = session(3, 1, "ended", energy_wh=0, meter_stop_wh=1000,
                              cost={"currency": "EUR", "total_excl_vat_minor": 0, "total_incl_vat_minor": 0})
             p.send(dev, "session", forged, key=derive(b"another fleet secret", dev))   # a forger's key
-            p.send(dev, "session", json.dumps(forged).encode()[:-1] + b',"mac":"' + b"1" * 64 + b'"}')
+            p.send(dev, "session", json.dumps(forged).encode()[:-1] + b',"mac":"' + b"1" * 64 + b'"}', raw=True)
             p.send(dev, "session", forged, key=derive(ob.fleet_key, "cp-other"))        # another charger's key
             genuine = session(3, 1, "ended")
             p.send(dev, "session", genuine)
@@ -386,11 +389,11 @@ def test_forged_and_conflicting_records_are_refused_or_kept_aside_never_acked_as
             # the acks it sends carry the MAC and a rising counter under the charger's key
             raw = []
             c = p.client(dev)
-            c.on_message = lambda cl, u, m: raw.append(bytes(m.payload))
+            c.on_message = lambda cl, u, m: raw.append(bytes(m.payload))   # as it arrives
             p.send(dev, "session", session(3, 2, "updated"))
             assert wait_for(lambda: raw)
-            body = json.loads(unseal(derive(ob.fleet_key, dev), B2D, dev, "ack", raw[0]))
-            assert body["msg_ids"] == ["3-2"] and body["ctr"] >= 2
+            body = json.loads(unseal(derive(ob.fleet_key, dev), B2D, dev, "ack", raw[-1]))
+            assert "3-2" in body["msg_ids"] and body["ctr"] >= 2
         finally:
             p.close()
             b.stop()
