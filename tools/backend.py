@@ -5,10 +5,10 @@ de-duplicates on (device, tx_id, seq) and (device, msg_id), stores everything th
 tools/store.py (SQLite file or PostgreSQL URL), acknowledges stored and duplicate messages on
 cp/v1/<device>/ack, flags sequence gaps, and answers auth/req from an optional file.
 
-    python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json
-    python3 tools/backend.py --share backends --db postgresql://cp@db/cp   # one of several instances
+    python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json --fleet-key fleet.key
+    python3 tools/backend.py --share backends --db postgresql://cp@db/cp --fleet-key fleet.key   # one of several
 
-In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883); b.start(); ...; b.stop()`.
+In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883, fleet_key=secret); b.start(); ...; b.stop()`.
 A malformed message is kept in the `rejects` table (and acknowledged when it has a msg_id, so
 one bad record cannot block a charger's outbox); it never stops the backend.
 
@@ -482,9 +482,9 @@ def _canonical(rec):
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite\n"
+        epilog="examples:\n  python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --fleet-key fleet.key\n"
                "  python3 tools/backend.py --broker mqtt.example.org:8883 --ca ca.pem --user backend \\\n"
-               "      --db postgresql://cp@localhost/cp --share backends --auth auth.json\n"
+               "      --db postgresql://cp@localhost/cp --share backends --auth auth.json --fleet-key fleet.key\n"
                "  (the MQTT password is read from the environment variable CP_BACKEND_PASSWORD)")
     ap.add_argument("--broker", type=broker_arg, default=("127.0.0.1", 1883), help="HOST:PORT (default 127.0.0.1:1883)")
     ap.add_argument("--db", default=os.path.join("out", "backend.sqlite"),

@@ -8,9 +8,10 @@ message. The map charger tx <-> CSMS transactionId is kept in the same file, so 
 the bridge or of the CSMS loses nothing and sends nothing twice. Mapping: docs/ocpp.md.
 
     python3 tools/ocpp_bridge.py --broker 127.0.0.1:1883 --csms wss://csms.example.org/ocpp \\
-        --ca csms-ca.pem --passwords ocpp-passwords.json --cards ocpp-ids.json --db out/bridge.sqlite
+        --ca csms-ca.pem --passwords ocpp-passwords.json --cards ocpp-ids.json --db out/bridge.sqlite --fleet-key fleet.key
 
-In Python: `b = Bridge("127.0.0.1", 1883, "ws://127.0.0.1:9000/ocpp", "out/b.sqlite").start(); …; b.stop()`.
+In Python: `b = Bridge("127.0.0.1", 1883, "ws://127.0.0.1:9000/ocpp", "out/b.sqlite",
+fleet_key=secret).start(); …; b.stop()`.
 """
 import argparse
 import asyncio
@@ -657,7 +658,10 @@ class Bridge:
 
     def __init__(self, host, port, csms_url, db_path, passwords=None, ca=None, cards=None, vendor="OpenCP",
                  model="cp-mpy", vendor_id=None, command_timeout_s=10, response_timeout_s=10, retry_s=1,
-                 retry_max_s=30, client_id=None, out=None, username=None, password=None, fleet_key=None):
+                 retry_max_s=30, client_id=None, out=None, username=None, password=None, fleet_key=None,
+                 counter=None):
+        """fleet_key: the operator's fleet secret; counter(device) -> next message counter (default: kept
+        in db_path; another sender to the same chargers must share it, docs/mqtt.md "Authenticity")."""
         self.host, self.port = host, port
         self.csms_url = csms_url
         self.db_path = db_path
@@ -670,7 +674,7 @@ class Bridge:
             self.ssl = ssl.create_default_context(cafile=ca)
         if fleet_key is None:
             raise ValueError("a fleet key is needed (--fleet-key): chargers believe nothing unsealed")
-        self.sealer = Sealer(fleet_key, self._next_ctr)   # docs/mqtt.md "Authenticity"
+        self.sealer = Sealer(fleet_key, counter or self._next_ctr)   # docs/mqtt.md "Authenticity"
         self.cards = cards or []
         self.vendor, self.model, self.vendor_id = vendor, model, vendor_id
         self.command_timeout_s = command_timeout_s

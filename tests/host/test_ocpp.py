@@ -13,7 +13,7 @@ import pytest
 from ocpp.v16 import call
 
 from broker import Broker
-from downlink import B2D, derive, unseal
+from downlink import B2D, SHARED, derive, unseal
 from mqtt_watch import Watch
 from ocpp_bridge import Bridge, charger_profile, id_tag, meter_values
 from ocpp_csms import CSMS
@@ -104,7 +104,8 @@ class Rig:
     def new_bridge(self):
         kw = dict(retry_s=0.2, retry_max_s=0.5, command_timeout_s=5, response_timeout_s=5, vendor_id="cp-mpy")
         kw.update(self.bridge_kw)
-        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"), fleet_key=self.broker.fleet_key,
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"),
+                   fleet_key=self.broker.fleet_key,
                    out=self.lines.append, **kw).start()
         assert b.wait_connected()
         return b
@@ -320,8 +321,9 @@ class FirmwareRig:
 
     def new_bridge(self):
         cards = [{"idTag": tag(a), "token": token(a), "key": 1} for a in UIDS]
-        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"), fleet_key=self.broker.fleet_key, cards=cards,
-                   vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"),
+                   fleet_key=self.broker.fleet_key, counter=SHARED,   # the scenario runner sends commands too
+                   cards=cards, vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
                    out=self.bridge_lines.append).start()
         assert b.wait_connected()
         return b
