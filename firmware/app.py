@@ -133,7 +133,7 @@ def main(argv, platform):
         link = Link(settings.device_id, mq.host, mq.port, clock, mq.keepalive_s, mq.timeout_ms, mq.user,
                     mq.password, tls=mq.tls)
         link.tls_context()   # a bad certificate is a config error now, not a failed connect later
-    sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id)
+    sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id, settings.device_key, settings.device_id)
     updater = ota.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
                                 on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
     ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data, updater)

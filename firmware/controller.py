@@ -104,7 +104,8 @@ class Controller:
                              settings.vendor, settings.model)
         h = Handlers(self, auth, self.limits, self.tariffs, self.reactions, updater, outbox, journal, clock, log,
                      self.admin, settings.faults.remote_clear)
-        self.commands = Commands(h.routes(), h.answers(), sync, log, clock)
+        self.commands = Commands(h.routes(), h.answers(), sync, log, clock, settings.device_key, settings.device_id,
+                                 state)
         self._sample = Every(clock, settings.sample_ms)
         self._energy = Every(clock, self.metering.energy_interval_ms)
         self._poll = Every(clock, settings.reader_poll_ms)

@@ -7,13 +7,19 @@ cp/v1/<device>/ack, flags sequence gaps, and answers auth/req from an optional f
 Every command answer (cmd_ack) is kept, so an operator sees whether a tariff was taken or an
 update installed; --http serves the live fleet page over the same store (tools/fleetweb.py).
 
-    python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json
-    python3 tools/backend.py --share backends --db postgresql://cp@db/cp   # one of several instances
-    python3 tools/backend.py --db out/backend.sqlite --http 127.0.0.1:8080 --tz Europe/Berlin
+    python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --auth auth.json --fleet-key fleet.key
+    python3 tools/backend.py --share backends --db postgresql://cp@db/cp --fleet-key fleet.key   # one of several
+    python3 tools/backend.py --db out/backend.sqlite --fleet-key fleet.key --http 127.0.0.1:8080 --tz Europe/Berlin
 
-In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883); b.start(); ...; b.stop()`.
+In Python: `b = Backend("out/b.sqlite", "127.0.0.1", 1883, fleet_key=secret); b.start(); ...; b.stop()`.
 A malformed message is kept in the `rejects` table (and acknowledged when it has a msg_id, so
 one bad record cannot block a charger's outbox); it never stops the backend.
+
+Every message must carry the charger's MAC (firmware/link/seal.py; each device's key derived from
+the fleet secret, --fleet-key): one that does not is refused before it is read, kept in `rejects`
+and never acknowledged, so a broker peer cannot have a charger's records deleted or replaced. A
+second copy of a msg_id with different content is a conflict: kept in `rejects`, reported, and
+acknowledged only because the first copy and this one are both kept (never as a duplicate).
 """
 import argparse
 import json
@@ -28,7 +34,7 @@ import time
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from downlink import broker_arg, to_device  # noqa: E402
+from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
 from store import Store, money  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req", "cmd_ack")
@@ -209,7 +215,8 @@ class Backend:
     """Subscriber + store + acknowledger, running in its own threads until stop()."""
 
     def __init__(self, db_url, host="127.0.0.1", port=1883, share=None, auth=None, client_id=None,
-                 username=None, password=None, tls=None, ack_delay_s=0.2, verbose=False, out=None):
+                 username=None, password=None, tls=None, ack_delay_s=0.2, verbose=False, out=None, fleet_key=None):
+        """fleet_key: the operator's fleet secret (bytes): each charger's key is derived from it."""
         self.db_url = db_url
         self.host = host
         self.port = port
@@ -218,8 +225,11 @@ class Backend:
         self.ack_delay_s = ack_delay_s
         self.verbose = verbose
         self.out = out or (lambda line: print(line, flush=True))
+        self.sealer = Sealer(fleet_key, self._next_ctr) if fleet_key is not None else None
+        if self.sealer is None:
+            raise ValueError("backend: a fleet key is needed (--fleet-key): chargers believe nothing unsealed")
         self.counts = {"stored": 0, "duplicates": 0, "malformed": 0, "acked": 0, "gaps": 0, "auth": 0,
-                       "errors": 0}
+                       "errors": 0, "unauthenticated": 0, "conflicts": 0}
         self.last_message = time.time()
         self.connected = threading.Event()
         self._q = queue.Queue(maxsize=10000)
@@ -334,14 +344,23 @@ class Backend:
         if where is None:
             return
         device, kind = where
-        try:
-            rec = self._decode(payload)
-            CHECKS[kind](rec)
-        except Malformed as e:
-            self._reject(device, kind, topic, payload, str(e), now)
+        if len(payload) > MAX_PAYLOAD:
+            self._reject(device, kind, topic, payload[:65536], "payload of %d bytes is over the %d limit"
+                         % (len(payload), MAX_PAYLOAD), now)
             return
         try:
-            self._store(device, kind, rec, now)
+            body = self.sealer.open(device, kind, payload)
+        except ValueError as e:
+            self._refuse(device, kind, topic, payload, str(e), now)
+            return
+        try:
+            rec = self._decode(body)
+            CHECKS[kind](rec)
+        except Malformed as e:
+            self._reject(device, kind, topic, body, str(e), now)
+            return
+        try:
+            self._store(device, kind, rec, now, topic)
         except self.store.errors as e:
             self.counts["errors"] += 1
             self.out("backend: store error on %s: %s (not acknowledged: the charger re-sends)" % (topic, e))
@@ -358,6 +377,29 @@ class Backend:
         if not isinstance(rec, dict):
             raise Malformed("not a JSON object")
         return rec
+
+    def _next_ctr(self, device):
+        return self.store.next_ctr(device)
+
+    def _refuse(self, device, kind, topic, payload, reason, now):
+        """Not sealed by this charger: kept for a person to see, never stored as data, never acknowledged."""
+        self.counts["unauthenticated"] += 1
+        self.out("%s %s REFUSED %s: unauthenticated: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                                                          device, kind, reason))
+        try:
+            self.store.add_reject(device, topic, payload, "unauthenticated: " + reason, now)
+        except self.store.errors as e:
+            self.out("backend: store error keeping a refused message: %s" % e)
+            self._recover()
+
+    def _conflict(self, device, kind, topic, rec, ts, now):
+        """A second, different copy of a stored message: both kept, reported; True if it could be kept."""
+        self.counts["conflicts"] += 1
+        key = rec.get("msg_id") if kind != "session" else "%s-%s (%s)" % (rec["tx_id"], rec["seq"], rec.get("msg_id"))
+        self.out("%s %s CONFLICT %s %s: a different copy of a stored message (kept in rejects)" % (ts, device, kind, key))
+        self.store.add_reject(device, topic, json.dumps(rec, sort_keys=True).encode(), "conflict: %s %s differs from "
+                              "the stored copy" % (kind, key), now)
+        return True
 
     def _reject(self, device, kind, topic, payload, reason, now):
         self.counts["malformed"] += 1
@@ -377,7 +419,7 @@ class Backend:
             if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_ID_LEN:
                 self._queue_ack(device, msg_id)
 
-    def _store(self, device, kind, rec, now):
+    def _store(self, device, kind, rec, now, topic=None):
         ts = rec.get("ts") if isinstance(rec.get("ts"), str) else time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                  time.gmtime(now))
         if kind == "auth/req":
@@ -396,6 +438,8 @@ class Backend:
         if new:
             self.counts["stored"] += 1
             self.out("%s %s %s" % (ts, device, describe(kind, rec)))
+        elif kind in ACKED and self.store.stored_record(kind, device, rec) not in (None, _canonical(rec)):
+            self._conflict(device, kind, topic, rec, ts, now)
         else:
             self.counts["duplicates"] += 1
             if self.verbose:
@@ -417,7 +461,7 @@ class Backend:
         answer = self.auth.get(rec["token"].lower(), {"status": "Invalid"})
         resp = dict(answer)
         resp["id"] = rec["id"]
-        to_device(self.client, device, "auth/resp", resp)
+        to_device(self.client, device, "auth/resp", resp, self.sealer)
         self.counts["auth"] += 1
         self.out("%s %s auth %s token %s… -> %s" % (ts, device, rec["id"], rec["token"][:12], resp["status"]))
 
@@ -436,7 +480,7 @@ class Backend:
             del self._acks[device]
             for i in range(0, len(ids), MAX_ACK_IDS):
                 chunk = ids[i:i + MAX_ACK_IDS]
-                to_device(self.client, device, "ack", {"msg_ids": chunk})
+                to_device(self.client, device, "ack", {"msg_ids": chunk}, self.sealer)
                 self.counts["acked"] += len(chunk)
 
     def _recover(self):
@@ -472,12 +516,17 @@ def start_web(args):
     return FleetWeb(args.db, tz=args.tz).start(*args.http)
 
 
+def _canonical(rec):
+    """rec as the store keeps it (tools/store.py's _dumps), to compare copies."""
+    return json.loads(json.dumps(rec, sort_keys=True, separators=(",", ":")))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite\n"
+        epilog="examples:\n  python3 tools/backend.py --broker 127.0.0.1:1883 --db out/backend.sqlite --fleet-key fleet.key\n"
                "  python3 tools/backend.py --broker mqtt.example.org:8883 --ca ca.pem --user backend \\\n"
-               "      --db postgresql://cp@localhost/cp --share backends --auth auth.json\n"
+               "      --db postgresql://cp@localhost/cp --share backends --auth auth.json --fleet-key fleet.key\n"
                "  (the MQTT password is read from the environment variable CP_BACKEND_PASSWORD)")
     ap.add_argument("--broker", type=broker_arg, default=("127.0.0.1", 1883), help="HOST:PORT (default 127.0.0.1:1883)")
     ap.add_argument("--db", default=os.path.join("out", "backend.sqlite"),
@@ -492,6 +541,8 @@ def main(argv=None):
     ap.add_argument("--ca", help="CA certificate: connect with TLS")
     ap.add_argument("--cert", help="client certificate (TLS)")
     ap.add_argument("--key", help="client private key (TLS)")
+    ap.add_argument("--fleet-key", metavar="FILE", required=True,
+                    help="the fleet secret (hex): each charger's key is derived from it (docs/security.md)")
     ap.add_argument("--ack-delay-ms", type=int, default=200, help="batch acks per device this long (default 200)")
     ap.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit after this long without messages")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print duplicates and meter values")
@@ -506,10 +557,11 @@ def main(argv=None):
         print("backend: --user %s needs its password in $CP_BACKEND_PASSWORD" % args.user, file=sys.stderr)
         return 2
     try:
+        fleet_key = read_fleet_key(args.fleet_key)
         backend = Backend(args.db, args.broker[0], args.broker[1], share=args.share, auth=args.auth,
                           client_id=args.client_id, username=args.user, password=password,
                           tls={"ca": args.ca, "cert": args.cert, "key": args.key} if args.ca else None,
-                          ack_delay_s=args.ack_delay_ms / 1000, verbose=args.verbose)
+                          ack_delay_s=args.ack_delay_ms / 1000, verbose=args.verbose, fleet_key=fleet_key)
         backend.start()
     except (ValueError, RuntimeError, OSError) as e:
         print("backend: %s" % e, file=sys.stderr)
@@ -528,8 +580,9 @@ def main(argv=None):
         backend.stop()
         c = backend.counts
         print("backend: %d stored, %d duplicates, %d malformed, %d acknowledged, %d gaps, %d auth answers, "
-              "%d store errors" % (c["stored"], c["duplicates"], c["malformed"], c["acked"], c["gaps"],
-                                   c["auth"], c["errors"]), flush=True)
+              "%d store errors, %d unauthenticated, %d conflicts"
+              % (c["stored"], c["duplicates"], c["malformed"], c["acked"], c["gaps"], c["auth"], c["errors"],
+                 c["unauthenticated"], c["conflicts"]), flush=True)
     return 0
 
 

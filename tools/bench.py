@@ -182,15 +182,36 @@ def print_module_table(code_dir, pypi, m32, frozen):
                                          frozen["total"]))
 
 
-def figures(samples):
-    rows = []
-    s = sampling_figures(samples)
+def quick_figures(samples):
+    """The figures a change to the loop or the link can make worse, in a minute or two: allocation
+    per sample, the pipeline ratio and the worst sample gap with a silent broker."""
+    rows = sampling_rows(sampling_figures(samples))
+    rows.append(silent_broker_row())
+    return rows
+
+
+def sampling_rows(s):
     ratio = s["pipeline_us"] / s["bare_us"]
-    rows.append(("bytes allocated per sample (sampling path, %d samples, GC counters)" % s["samples"],
-                 "%.2f B" % s["bytes_per_sample"], "0", s["bytes_per_sample"] == 0))
-    rows.append(("sampling pipeline ÷ bare driver reads of the same registers (%d vs %d reads)"
-                 % (s["reads_per_sample"], s["bare_reads"]),
-                 "%.2f (%.1f µs / %.1f µs)" % (ratio, s["pipeline_us"], s["bare_us"]), "≤ 2.0", ratio <= 2.0))
+    return [("bytes allocated per sample (sampling path, %d samples, GC counters)" % s["samples"],
+             "%.2f B" % s["bytes_per_sample"], "0", s["bytes_per_sample"] == 0),
+            ("sampling pipeline ÷ bare driver reads of the same registers (%d vs %d reads)"
+             % (s["reads_per_sample"], s["bare_reads"]),
+             "%.2f (%.1f µs / %.1f µs)" % (ratio, s["pipeline_us"], s["bare_us"]), "≤ 2.0", ratio <= 2.0)]
+
+
+def silent_broker_row():
+    with Broker() as b:
+        _, halt_rt, _ = run_scenario("realtime_silent.json", broker=b)
+    gap = halt_rt["max_gap_ms"]
+    return ("worst gap between samples, 10 Hz, real clock, broker accepting TCP and never answering",
+            "%d ms%s" % (gap, " (timestamps are whole ms: 100 ms + rounding)" if gap == 101 else ""),
+            "≤ 100 ms", gap <= 101)
+
+
+def figures(samples):
+    s = sampling_figures(samples)
+    rows = sampling_rows(s)
+    ratio = s["pipeline_us"] / s["bare_us"]
     per_sample = [s["reads_per_sample"] * us * ratio * s["bare_reads"] / s["reads_per_sample"] for us in ESP32_READ_US]
     rows.append(("max samples/s, sampling pipeline with the simulated chip (3 phases)",
                  "%d /s; ESP32 estimate %d–%d /s (%d reads × 75–100 µs × %.2f)"
@@ -218,12 +239,7 @@ def figures(samples):
     rows.append(("smallest heap margin above boot that runs the long day (transients, fragmentation)",
                  "%s" % ("%d KB" % margin if margin else "> 192 KB"), "runs in 64 KB", margin == 64))
     rows += mp32_figures(boot["heap"])
-    with Broker() as b:
-        _, halt_rt, _ = run_scenario("realtime_silent.json", broker=b)
-    gap = halt_rt["max_gap_ms"]
-    rows.append(("worst gap between samples, 10 Hz, real clock, broker accepting TCP and never answering",
-                 "%d ms%s" % (gap, " (timestamps are whole ms: 100 ms + rounding)" if gap == 101 else ""),
-                 "≤ 100 ms", gap <= 101))
+    rows.append(silent_broker_row())
     return rows
 
 
@@ -254,8 +270,12 @@ def main():
                                  epilog="example: python3 tools/bench.py --samples 20000")
     ap.add_argument("--samples", type=int, default=10000, help="samples for the sampling-path figures")
     ap.add_argument("--no-readme", action="store_true", help="print only, leave README.md alone")
+    ap.add_argument("--quick", action="store_true", help="only the sampling figures and the silent-broker gap "
+                                                         "(a minute or two; prints, never writes README.md)")
     args = ap.parse_args()
-    rows = figures(args.samples)
+    if args.quick:
+        args.no_readme = True
+    rows = quick_figures(args.samples) if args.quick else figures(args.samples)
     for name, value, target, ok in rows:
         print("%-100s %s  (target %s%s)" % (name, value, target, "" if ok else ", NOT MET"))
     if not args.no_readme:

@@ -123,6 +123,7 @@ class Broker:
         self._accounts = {}       # user name -> (password, role: "device", "backend" or "observer")
         self._appended = ["", ""]   # password_file and acl_file text an operator appended (append())
         self._lock = threading.Lock()
+        self.fleet_key = os.urandom(32)   # the operator's fleet secret for this run (docs/security.md)
 
     @property
     def address(self):
@@ -149,8 +150,12 @@ class Broker:
             return self._add("%s-%d" % (role, n), role)
 
     def client_args(self, role):
-        """host, port, username, password for tools/backend.py's Backend and paho clients."""
-        return dict(host="127.0.0.1", port=self.port, **self.login(role))
+        """host, port, username, password (and for the backend role, the fleet secret) for
+        tools/backend.py's Backend."""
+        args = dict(host="127.0.0.1", port=self.port, **self.login(role))
+        if role == "backend":
+            args["fleet_key"] = self.fleet_key
+        return args
 
     def append(self, passwd, acl):
         """Appends entries as an operator does (tools/provision.py's broker/passwd and broker/acl)

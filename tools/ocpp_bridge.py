@@ -8,9 +8,10 @@ message. The map charger tx <-> CSMS transactionId is kept in the same file, so 
 the bridge or of the CSMS loses nothing and sends nothing twice. Mapping: docs/ocpp.md.
 
     python3 tools/ocpp_bridge.py --broker 127.0.0.1:1883 --csms wss://csms.example.org/ocpp \\
-        --ca csms-ca.pem --passwords ocpp-passwords.json --cards ocpp-ids.json --db out/bridge.sqlite
+        --ca csms-ca.pem --passwords ocpp-passwords.json --cards ocpp-ids.json --db out/bridge.sqlite --fleet-key fleet.key
 
-In Python: `b = Bridge("127.0.0.1", 1883, "ws://127.0.0.1:9000/ocpp", "out/b.sqlite").start(); …; b.stop()`.
+In Python: `b = Bridge("127.0.0.1", 1883, "ws://127.0.0.1:9000/ocpp", "out/b.sqlite",
+fleet_key=secret).start(); …; b.stop()`.
 """
 import argparse
 import asyncio
@@ -36,7 +37,7 @@ from ocpp.v16.enums import Action
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backend import CHECKS, MAX_ID_LEN, Malformed  # noqa: E402
-from downlink import broker_arg, to_device  # noqa: E402
+from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
 from store import epoch  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "meter", "auth/req", "cmd_ack")
@@ -78,6 +79,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS profiles (device TEXT NOT NULL, profile_id INTEGER NOT NULL,
         kind TEXT NOT NULL, stack_level INTEGER NOT NULL, PRIMARY KEY (device, profile_id))""",
     """CREATE TABLE IF NOT EXISTS lists (device TEXT PRIMARY KEY, version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS counters (device TEXT PRIMARY KEY, ctr INTEGER NOT NULL)""",
 )
 
 
@@ -656,7 +658,10 @@ class Bridge:
 
     def __init__(self, host, port, csms_url, db_path, passwords=None, ca=None, cards=None, vendor="OpenCP",
                  model="cp-mpy", vendor_id=None, command_timeout_s=10, response_timeout_s=10, retry_s=1,
-                 retry_max_s=30, client_id=None, out=None, username=None, password=None):
+                 retry_max_s=30, client_id=None, out=None, username=None, password=None, fleet_key=None,
+                 counter=None):
+        """fleet_key: the operator's fleet secret; counter(device) -> next message counter (default: kept
+        in db_path; another sender to the same chargers must share it, docs/mqtt.md "Authenticity")."""
         self.host, self.port = host, port
         self.csms_url = csms_url
         self.db_path = db_path
@@ -667,6 +672,9 @@ class Bridge:
         self.ssl = None
         if csms_url.startswith("wss://"):
             self.ssl = ssl.create_default_context(cafile=ca)
+        if fleet_key is None:
+            raise ValueError("a fleet key is needed (--fleet-key): chargers believe nothing unsealed")
+        self.sealer = Sealer(fleet_key, counter or self._next_ctr)   # docs/mqtt.md "Authenticity"
         self.cards = cards or []
         self.vendor, self.model, self.vendor_id = vendor, model, vendor_id
         self.command_timeout_s = command_timeout_s
@@ -797,7 +805,18 @@ class Bridge:
 
     # -- MQTT ---------------------------------------------------------------------------------
     def send(self, device, suffix, payload):
-        to_device(self.client, device, suffix, payload)
+        to_device(self.client, device, suffix, payload, self.sealer)
+
+    def _next_ctr(self, device):
+        """The next message counter for a charger, kept in the bridge's file (its own connection: any thread)."""
+        con = sqlite3.connect(self.db_path)
+        try:
+            with con:
+                con.execute("CREATE TABLE IF NOT EXISTS counters (device TEXT PRIMARY KEY, ctr INTEGER NOT NULL)")
+                return con.execute("INSERT INTO counters (device, ctr) VALUES (?, 1) ON CONFLICT (device) DO UPDATE "
+                                   "SET ctr = counters.ctr + 1 RETURNING ctr", (device,)).fetchone()[0]
+        finally:
+            con.close()
 
     def ack(self, device, msg_id):
         self.send(device, "ack", {"msg_ids": [msg_id]})
@@ -905,6 +924,8 @@ def main(argv=None):
     ap.add_argument("--model", default="cp-mpy", help="chargePointModel in BootNotification")
     ap.add_argument("--vendor-id", metavar="ID",
                     help="send each session's cost, notices and problem reports as DataTransfer with this vendorId")
+    ap.add_argument("--fleet-key", metavar="FILE", required=True,
+                    help="the fleet secret (hex): each charger's key is derived from it (docs/security.md)")
     ap.add_argument("--user", help="MQTT account with the backend's rights (password from $CP_BACKEND_PASSWORD)")
     args = ap.parse_args(argv)
     mqtt_password = os.environ.get("CP_BACKEND_PASSWORD")
@@ -924,7 +945,8 @@ def main(argv=None):
         cards = load_cards(args.cards) if args.cards else None
         bridge = Bridge(args.broker[0], args.broker[1], args.csms, args.db, passwords, args.ca, cards,
                         args.vendor, args.model, args.vendor_id, username=args.user,
-                        password=mqtt_password if args.user else None).start()
+                        password=mqtt_password if args.user else None,
+                        fleet_key=read_fleet_key(args.fleet_key)).start()
     except (OSError, ValueError, RuntimeError) as e:
         print("ocpp_bridge: %s" % e, file=sys.stderr)
         return 2

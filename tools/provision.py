@@ -42,6 +42,7 @@ from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
 from firmware.billing.tariff import Tariff  # noqa: E402
 from firmware.core.rsa import E, parse_public_key  # noqa: E402
 from firmware.core.timefmt import parse_iso  # noqa: E402
+from firmware.link.seal import derive  # noqa: E402
 from broker import device_acl, new_password, password_line  # noqa: E402
 
 BOARDS = os.path.join(ROOT, "board_configs")
@@ -338,6 +339,18 @@ def build(args):
     keys, current, accept = _site_keys(args)
     config_before, secrets_before = earlier(args.out, dev) if args.out else ({}, {})
     device_key = args.device_key or args.keys_data.get("device_key") or secrets_before.get("device_key")
+    if getattr(args, "fleet_key", None):   # the backend derives the same key (docs/security.md "End to end")
+        try:
+            with open(args.fleet_key) as f:
+                fleet = binascii.unhexlify(f.read().strip())
+        except (OSError, ValueError) as e:
+            raise ProvisionError("fleet key: %s: %s" % (args.fleet_key, e))
+        if len(fleet) < 16:
+            raise ProvisionError("fleet key: %s must hold at least 16 bytes in hex" % args.fleet_key)
+        derived = binascii.hexlify(derive(fleet, dev)).decode()
+        if device_key is not None and device_key.strip().lower() != derived:
+            raise ProvisionError("device_key: differs from the one --fleet-key derives; give one of them")
+        device_key = derived
     if device_key is None:
         if not args.out:
             raise ProvisionError("device_key: no key given; a new one is generated only with --out DIR, to keep it")
@@ -583,6 +596,9 @@ def parse_args(argv=None):
     ap.add_argument("--update-keyfile", metavar="PEM",
                     help="firmware update public key from a PEM file (a private key file: only its public part "
                          "is read)")
+    ap.add_argument("--fleet-key", metavar="FILE",
+                    help="fleet secret (hex): the device key is derived from it and the device id, as the backend's "
+                         "--fleet-key does (docs/security.md)")
     ap.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (port 8883 with TLS, 1883 without)")
     ap.add_argument("--new-mqtt-password", action="store_true",
                     help="a new random MQTT password even where OUT/secrets.json has one (password rotation)")

@@ -22,6 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from downlink import Sealer, derive, read_fleet_key, to_device  # noqa: E402
 from proxy import Proxy  # noqa: E402
 from scenario import ROOT, ScenarioError, normalise, pseudonym  # noqa: E402
 
@@ -149,8 +150,9 @@ class Logins:
     """A broker started elsewhere and its accounts: the charger's password (its user name is its
     device id) and the backend's account; None: that client connects without one."""
 
-    def __init__(self, address, device_password=None, backend_user=None, backend_password=None):
+    def __init__(self, address, device_password=None, backend_user=None, backend_password=None, fleet_key=None):
         self.address = address
+        self.fleet_key = fleet_key or os.urandom(32)   # the backend's side must be given the same one
         self.device_password = device_password
         self.backend = {"username": backend_user, "password": backend_password} if backend_user else {}
 
@@ -182,6 +184,8 @@ def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None, 
     if tls and broker:
         device["mqtt"].update(tls=True, ca=tls["ca"], tls_hostname=tls.get("hostname", "localhost"))
         secrets.update(tls_cert=tls.get("cert"), tls_key=tls.get("key"))
+    if broker and logins is not None:   # the charger's own key, derived from the run's fleet secret (docs/security.md)
+        secrets["device_key"] = derive(logins.fleet_key, device["device_id"]).hex()
     login = logins.device(device["device_id"]) if broker and logins is not None else {}
     if login:   # as tools/provision.py writes them: the user name is the device id
         secrets.update(mqtt_user=login["username"], mqtt_password=login["password"])
@@ -241,7 +245,8 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
-        backend = Backend(real_broker, device["device_id"], site_key, logins.login("backend")) if real_broker else None
+        backend = (Backend(real_broker, device["device_id"], site_key, logins.login("backend"), logins.fleet_key)
+                   if real_broker else None)
         sim = Simulation(world, run_dir, cmd, micropython_env(mpy_dir), printer, proxy, backend, raw, out, killer)
         sim.run()
         return sim
@@ -416,11 +421,12 @@ def _hms(t):
 class Backend:
     """The backend's side of scenario events: publishes commands to the charger (paho)."""
 
-    def __init__(self, broker, device_id, site_key, login=None):
+    def __init__(self, broker, device_id, site_key, login=None, fleet_key=None):
         import paho.mqtt.client as mqtt
 
         host, _, port = broker.rpartition(":")
-        self.prefix = "cp/v1/%s/" % device_id
+        self.device = device_id
+        self.sealer = Sealer(fleet_key)
         self.key = site_key
         self.n = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-backend-%d" % os.getpid())
@@ -434,7 +440,7 @@ class Backend:
         payload = dict(args, id="sim-%d" % self.n)
         if "token" in payload:  # a UID from the scenario: the backend knows cards by pseudonym
             payload["token"] = pseudonym(self.key, bytes.fromhex(payload["token"]))
-        self.client.publish(self.prefix + "cmd/" + name, json.dumps(payload), qos=1).wait_for_publish(5)
+        to_device(self.client, self.device, "cmd/" + name, payload, self.sealer).wait_for_publish(5)
         return payload
 
     def close(self):
@@ -472,10 +478,17 @@ def main():
     ap.add_argument("--heapsize", metavar="SIZE", help="MicroPython heap, e.g. 64K as on a small board")
     ap.add_argument("--mpy", action="store_true",
                     help="run precompiled bytecode (build/mpy-host) as a board does; needed for small heaps")
+    ap.add_argument("--fleet-key", metavar="FILE",
+                    help="fleet secret (hex) the charger's key is derived from, as a tools/backend.py --fleet-key "
+                         "on the same broker needs it (default: random per run)")
     args = ap.parse_args()
     key = bytes.fromhex(args.site_key) if args.site_key else None
+    try:
+        fleet = read_fleet_key(args.fleet_key) if args.fleet_key else None
+    except ValueError as e:
+        ap.error(str(e))
     broker = Logins(args.broker, os.environ.get("CP_MQTT_PASSWORD"), args.backend_user,
-                    os.environ.get("CP_BACKEND_PASSWORD")) if args.broker else None
+                    os.environ.get("CP_BACKEND_PASSWORD"), fleet) if args.broker else None
     sys.exit(run(args.scenario, broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy))
 
 

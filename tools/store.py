@@ -77,6 +77,8 @@ SCHEMA = (
         device TEXT NOT NULL, k TEXT NOT NULL, cmd_id TEXT, cmd TEXT, status TEXT, reason TEXT,
         extra TEXT, record TEXT, received_s BIGINT,
         PRIMARY KEY (device, k))""",
+    """CREATE TABLE IF NOT EXISTS counters (
+        device TEXT PRIMARY KEY, ctr BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_s)",
     "CREATE INDEX IF NOT EXISTS sessions_token ON sessions (token)",
     "CREATE INDEX IF NOT EXISTS status_history_device ON status_history (device, received_s)",
@@ -398,6 +400,24 @@ class Store:
         self.execute("INSERT INTO rejects (device, topic, payload, reason, received_s) VALUES (?, ?, ?, ?, ?)",
                      (device, topic, text[:65536], reason, received_s))
         self.commit()
+
+    def next_ctr(self, device):
+        """The next counter of backend -> device messages (tools/downlink.py): one atomic statement,
+        so restarts and several backend instances on one database never reuse one."""
+        row = self.query("INSERT INTO counters (device, ctr) VALUES (?, 1) ON CONFLICT (device) DO UPDATE "
+                         "SET ctr = counters.ctr + 1 RETURNING ctr", (device,))
+        self.commit()
+        return row[0][0]
+
+    def stored_record(self, kind, device, rec):
+        """The record already stored under this message's key (session: tx_id, seq; else msg_id), or None."""
+        if kind == "session":
+            rows = self.query("SELECT record FROM session_events WHERE device = ? AND tx_id = ? AND seq = ?",
+                              (device, rec["tx_id"], rec["seq"]))
+        else:
+            table = {"fault": "faults", "feedback": "feedback"}[kind]
+            rows = self.query("SELECT record FROM %s WHERE device = ? AND msg_id = ?" % table, (device, rec["msg_id"]))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
     def count(self, table):
         return self.query("SELECT COUNT(*) FROM %s" % table)[0][0]

@@ -5,8 +5,11 @@ ticks it once per loop pass and hands it what is due. A message leaves the outbo
 backend acknowledges it on `ack` (a broker PUBACK is not enough); unacknowledged ones are
 re-sent with backoff. Nothing here waits: a full out-buffer means "try at the next tick".
 Incoming messages are only queued on `inbox` (bounded), for the controller to handle.
+Every payload is sealed under the device key as it is handed to the link (firmware/link/seal.py),
+so the backend can tell this charger's records from a broker peer's; the flash copies stay
+unsealed (a re-stamped or purged record needs no re-signing, the outbox does not grow).
 
-    sync = Sync(link, clock, log, outbox, "cp/v1/cp-0001/")
+    sync = Sync(link, clock, log, outbox, "cp/v1/cp-0001/", key, "cp-0001")
     sync.set_connector("Charging"); sync.tick()     # every loop iteration
 """
 import json
@@ -14,6 +17,7 @@ import json
 from micropython import const
 
 from firmware.core.timefmt import iso
+from firmware.link.seal import D2B, seal
 
 _PUBLISH_PER_TICK = const(4)
 _INBOX_MAX = const(8)
@@ -33,8 +37,11 @@ def parse_ack(payload):
 
 
 class Sync:
-    def __init__(self, link, clock, log, outbox, prefix):
+    def __init__(self, link, clock, log, outbox, prefix, key=None, device_id=None):
+        """key, device_id: what seals each payload (no key: sent unsealed, the backend refuses them)."""
         self.link = link
+        self.key = key
+        self.device_id = device_id
         self.clock = clock
         self.log = log
         self.outbox = outbox
@@ -48,8 +55,8 @@ class Sync:
         self._stats_sent = True
         self._status_sent = None
         if link is not None:
-            link.start(prefix + "status", json.dumps({"state": "offline"}), [prefix + t for t in SUBSCRIPTIONS],
-                       self._on_message, MAX_MESSAGE)
+            will = self._sealed("status", json.dumps({"state": "offline"}))
+            link.start(prefix + "status", will, [prefix + t for t in SUBSCRIPTIONS], self._on_message, MAX_MESSAGE)
 
     @property
     def connected(self):
@@ -93,11 +100,11 @@ class Sync:
             return
         shown = (self.connector, self.error_code)
         if self._status_sent != shown:
-            if not link.publish(self.prefix + "status", self._status("online"), True, 1):
+            if not link.publish(self.prefix + "status", self._sealed("status", self._status("online")), True, 1):
                 return
             self._status_sent = shown
         if not self._stats_sent and self.stats is not None:
-            if not link.publish(self.prefix + "stats", self.stats, True, 1):
+            if not link.publish(self.prefix + "stats", self._sealed("stats", self.stats), True, 1):
                 return
             self._stats_sent = True
         now = self.clock.ticks_ms()
@@ -106,7 +113,7 @@ class Sync:
             if item is None:
                 break
             topic, payload, msg_id = item
-            if not link.publish(self.prefix + topic, payload, False, 1):
+            if not link.publish(self.prefix + topic, self._sealed(topic, payload), False, 1):
                 break   # the out-buffer is full: this one is still due at the next tick
             self.outbox.sent(msg_id, now)
             self.published += 1
@@ -119,7 +126,17 @@ class Sync:
 
     def publish_now(self, suffix, payload, qos=0):
         """Best effort, not queued (meter values, answers): True if handed over (never waits)."""
-        return self.connected and self.link.publish(self.prefix + suffix, payload, False, qos)
+        return self.connected and self.link.publish(self.prefix + suffix, self._sealed(suffix, payload), False, qos)
+
+    def _sealed(self, suffix, payload):
+        """The payload as it goes out: with its MAC under the device key (flash copies stay bare)."""
+        if self.key is None:
+            return payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, bytes):
+            payload = bytes(payload)   # a view of the outbox's reused read buffer
+        return seal(self.key, D2B, self.device_id, suffix, payload)
 
     def _on_message(self, topic, msg):
         """The link delivers here; messages are only queued, never acted on inside the network code."""

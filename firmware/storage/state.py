@@ -12,7 +12,7 @@ the counters from the journal and reports it).
 import json
 import os
 
-_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq")
+_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq", "cmd_ctr")
 
 
 def ensure_dir(path):
@@ -52,7 +52,7 @@ class State:
     def __init__(self, path):
         self.path = path
         self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None,
-                       "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0}
+                       "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0, "cmd_ctr": 0}
         self.seq_of = None   # the journal's next sequence number (app.py): saved as jseq, so a boot
         # finding the journal wiped or emptied knows how many records it lost
         self.problems = []   # what was wrong with the stored file (reported at boot)
@@ -157,6 +157,13 @@ class State:
 
     def set_chain(self, prev_hash, n):
         self.values["chain_prev"], self.values["chain_n"] = prev_hash, n
+
+    def cmd_ctr(self):
+        """The highest counter of a backend command accepted (firmware/link/commands.py): no replays."""
+        return self.values["cmd_ctr"]
+
+    def set_cmd_ctr(self, n):
+        self.values["cmd_ctr"] = n
 
     def faults(self):
         """Fault trip counts and latches (Faults.persist()), None before the first fault."""

@@ -14,6 +14,7 @@ import pytest
 import sim
 from backend import Backend
 from broker import Broker
+from downlink import B2D, Sealer, seal, to_device
 from mqtt_watch import Watch
 from scenario import ROOT
 
@@ -34,6 +35,8 @@ class Injector:
 
     def __init__(self, broker, device_id, batches):
         self.prefix = "cp/v1/%s/" % device_id
+        self.device = device_id
+        self.sealer = Sealer(broker.fleet_key)   # sealed as the backend does (tools/downlink.py)
         self.batches = dict(batches)
         self.lines = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-injector-%d" % os.getpid())
@@ -46,9 +49,11 @@ class Injector:
         at = line[2:10] if line.startswith("[+") and " backend " in line and " sent " in line else None
         if at in self.batches:
             for suffix, payload in self.batches.pop(at):
-                if not isinstance(payload, bytes):
-                    payload = json.dumps(payload).encode()
-                self.client.publish(self.prefix + suffix, payload, qos=1).wait_for_publish(5)
+                if isinstance(payload, bytes):   # raw bytes, sealed as they are
+                    payload = seal(self.sealer.key(self.device), B2D, self.device, suffix, payload)
+                    self.client.publish(self.prefix + suffix, payload, qos=1).wait_for_publish(5)
+                else:
+                    to_device(self.client, self.device, suffix, payload, self.sealer).wait_for_publish(5)
 
     def close(self):
         self.client.loop_stop()
@@ -127,7 +132,7 @@ BATCHES = {
                           "entries": [entry("frank", max_current_a=10), {"token": token("bob"), "remove": True}]}),
      ("cmd/list_update", {"id": "l-4", "version": 4, "type": "diff",
                           "entries": [entry("bob"), entry("mallory", status="Unknown")]}),
-     ("cmd/list_update", b'{"id": "l-5", "version": 5, "type": "full", "entries": ['),
+     ("cmd/list_update", b'{"id": "l-5", "version": 5, "type": "full", "entries": [}'),   # sealed, not JSON
      ("cmd/format_flash", {"id": "u-1"}),
      ("cmd/remote_start", {"id": "w-1", "token": 123})],
     # t=310: an oversized command, a purge of dave (cached after his online accept), a report

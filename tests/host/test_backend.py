@@ -11,6 +11,7 @@ import pytest
 
 from backend import Backend, load_auth
 from broker import Broker
+from downlink import B2D, D2B, derive, seal, unseal
 from store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,8 +36,11 @@ class Peer:
         self.clients = {}   # device -> paho client logged in as that device
 
     def _on_message(self, client, userdata, msg):
+        device, suffix = msg.topic.split("/", 3)[2:]
+        body = json.loads(unseal(derive(self.broker.fleet_key, device), B2D, device, suffix, msg.payload))
+        del body["ctr"]   # opened as the charger does: what it acts on
         with self.lock:
-            self.got.append((msg.topic, json.loads(msg.payload)))
+            self.got.append((msg.topic, body))
 
     def client(self, device):
         """The device's connection, opened with its subscriptions in place on first use."""
@@ -53,8 +57,11 @@ class Peer:
             self.clients[device] = c
         return self.clients[device]
 
-    def send(self, device, kind, payload, retain=False):
+    def send(self, device, kind, payload, retain=False, key=None, raw=False):
+        """Sealed as the charger does (under `key` instead: a forger's); raw, or bytes that are no object, go bare."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        if not raw and data[:1] == b"{" and data[-1:] == b"}":
+            data = seal(key or derive(self.broker.fleet_key, device), D2B, device, kind, data)
         self.client(device).publish("cp/v1/%s/%s" % (device, kind), data, qos=1, retain=retain).wait_for_publish(5)
 
     def acked(self, device):
@@ -171,7 +178,7 @@ def test_sequence_gaps_are_flagged_and_closed_when_the_event_arrives(backend, pe
 
 
 def test_malformed_payloads_are_kept_aside_and_never_stop_the_backend(backend, peer, db_url):
-    peer.send("cp-m", "session", b"not json at all")
+    peer.send("cp-m", "session", b"{not json at all}")
     peer.send("cp-m", "session", b"[1, 2, 3]")
     peer.send("cp-m", "session", b"\xff\xfe")
     peer.send("cp-m", "session", session(9, "x", "started", msg_id="9-0"))
@@ -180,16 +187,17 @@ def test_malformed_payloads_are_kept_aside_and_never_stop_the_backend(backend, p
     peer.send("cp-m", "status", {"connector": "Available"})                   # no state
     peer.send("cp-m", "session", session(10, 0, "started"))
     assert wait_for(lambda: "10-0" in peer.acked("cp-m"))
-    assert backend.counts["malformed"] == 7
+    assert backend.counts["malformed"] == 5 and backend.counts["unauthenticated"] == 2   # [1, 2, 3], \xff\xfe: no MAC
     rej = rows(db_url, "SELECT topic, reason FROM rejects WHERE device = ?", ("cp-m",))
     assert len(rej) == 7
     reasons = " | ".join(r[1] for r in rej)
-    assert "not JSON" in reasons and "not a JSON object" in reasons and "seq must be" in reasons
+    assert "not JSON" in reasons and "unauthenticated: not sealed" in reasons and "seq must be" in reasons
     assert "energy_wh must be an integer" in reasons and "code must be" in reasons
     # malformed records that carry a msg_id are acknowledged so they cannot block the outbox
     assert sorted(peer.acked("cp-m")) == ["10-0", "9-0", "9-1", "f-1"]
     assert [tuple(r) for r in rows(db_url, "SELECT tx_id FROM sessions WHERE device = ?", ("cp-m",))] == [(10,)]
-    assert sum("malformed session skipped" in line for line in backend.lines) == 5
+    assert sum("malformed session skipped" in line for line in backend.lines) == 3
+    assert sum("REFUSED session: unauthenticated" in line for line in backend.lines) == 2
 
 
 def test_offline_events_and_optional_fields_are_stored(backend, peer, db_url):
@@ -319,9 +327,12 @@ def test_command_line_runs_until_idle_and_prints_one_line_per_event(tmp_path, br
               retain=True)
     db = tmp_path / "cli.sqlite"
     login = broker.login("backend")
+    fleet = tmp_path / "fleet.key"
+    fleet.write_text(broker.fleet_key.hex())
     try:
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker",
                             "127.0.0.1:%d" % broker.port, "--user", login["username"], "--db", str(db),
+                            "--fleet-key", str(fleet),
                             "--until-idle", "1.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
                            text=True, env=dict(os.environ, CP_BACKEND_PASSWORD=login["password"]))
     finally:
@@ -336,7 +347,7 @@ def test_a_user_without_its_password_stops_at_once(tmp_path):
     env = dict(os.environ)
     env.pop("CP_BACKEND_PASSWORD", None)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--broker", "127.0.0.1:1",
-                        "--user", "backend-1", "--db", str(tmp_path / "b.sqlite")], stdout=subprocess.PIPE,
+                        "--user", "backend-1", "--db", str(tmp_path / "b.sqlite"), "--fleet-key", "x"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=30, text=True, env=env)
     assert r.returncode == 2 and "--user backend-1 needs its password in $CP_BACKEND_PASSWORD" in r.stdout
 
@@ -345,3 +356,44 @@ def test_help_shows_an_example():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "backend.py"), "--help"],
                        stdout=subprocess.PIPE, text=True, timeout=30)
     assert r.returncode == 0 and "examples:" in r.stdout and "--share" in r.stdout
+
+
+def test_forged_and_conflicting_records_are_refused_or_kept_aside_never_acked_as_duplicates(db_url):
+    """On an open broker anyone may publish as the charger: only what carries its MAC counts."""
+    with Broker(open=True) as ob:
+        b = start_backend(db_url, ob)
+        p = Peer(ob)
+        try:
+            dev = "cp-forge"
+            forged = session(3, 1, "ended", energy_wh=0, meter_stop_wh=1000,
+                             cost={"currency": "EUR", "total_excl_vat_minor": 0, "total_incl_vat_minor": 0})
+            p.send(dev, "session", forged, key=derive(b"another fleet secret", dev))   # a forger's key
+            p.send(dev, "session", json.dumps(forged).encode()[:-1] + b',"mac":"' + b"1" * 64 + b'"}', raw=True)
+            p.send(dev, "session", forged, key=derive(ob.fleet_key, "cp-other"))        # another charger's key
+            genuine = session(3, 1, "ended")
+            p.send(dev, "session", genuine)
+            assert wait_for(lambda: p.acked(dev) == ["3-1"])
+            assert b.counts["unauthenticated"] == 3 and b.counts["stored"] == 1
+            got = rows(db_url, "SELECT energy_wh, total_incl_minor FROM sessions WHERE device = ?", (dev,))
+            assert [tuple(r) for r in got] == [(1840, 66)]
+            assert sum("REFUSED session: unauthenticated: bad MAC" in line for line in b.lines) == 3
+            # a second, different copy under the same msg_id is a conflict: kept and reported, not a duplicate
+            p.send(dev, "session", dict(genuine, energy_wh=1))
+            assert wait_for(lambda: b.counts["conflicts"] == 1)
+            assert b.counts["duplicates"] == 0
+            assert any("CONFLICT session 3-1" in line for line in b.lines)
+            conflicts = rows(db_url, "SELECT reason FROM rejects WHERE device = ? AND reason LIKE 'conflict%'", (dev,))
+            assert len(conflicts) == 1
+            got = rows(db_url, "SELECT energy_wh FROM sessions WHERE device = ?", (dev,))
+            assert [tuple(r) for r in got] == [(1840,)]   # the first copy stays the bill
+            # the acks it sends carry the MAC and a rising counter under the charger's key
+            raw = []
+            c = p.client(dev)
+            c.on_message = lambda cl, u, m: raw.append(bytes(m.payload))   # as it arrives
+            p.send(dev, "session", session(3, 2, "updated"))
+            assert wait_for(lambda: raw)
+            body = json.loads(unseal(derive(ob.fleet_key, dev), B2D, dev, "ack", raw[-1]))
+            assert "3-2" in body["msg_ids"] and body["ctr"] >= 2
+        finally:
+            p.close()
+            b.stop()

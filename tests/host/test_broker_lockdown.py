@@ -171,11 +171,20 @@ def test_another_device_cannot_send_commands_acks_or_answers_to_this_charger(att
 
 
 def test_another_device_cannot_publish_records_as_this_charger(attacked):
-    assert (999 not in attacked.stored_tx) is attacked.locked, attacked.stored_tx
-    assert ("forged-fault" not in attacked.stored_faults) is attacked.locked, attacked.stored_faults
+    # locked: the broker refuses them; open: they pass the broker but carry no MAC, so the backend
+    # refuses them too (docs/mqtt.md "Authenticity")
+    assert 999 not in attacked.stored_tx, attacked.stored_tx
+    assert "forged-fault" not in attacked.stored_faults, attacked.stored_faults
     assert (not attacked.seen("session") and not attacked.seen("fault")) is attacked.locked
-    if attacked.locked:   # the charger's own records still arrive
-        assert 1 in attacked.stored_tx
+    assert 1 in attacked.stored_tx   # the charger's own records still arrive
+
+
+def test_on_an_open_broker_the_charger_refuses_what_another_device_forges(attacked):
+    refused = [e for e in attacked.attack.window_events if e["ev"] == "command"
+               and e.get("result") in ("refused", "rejected")]
+    if not attacked.locked:
+        assert {e.get("id") or e.get("topic") for e in refused} >= {"forged-stop", "ack", "auth/resp", "observer-cmd"}
+        assert all(e["reason"].startswith("unauthenticated") for e in refused), refused
 
 
 def test_the_observer_cannot_send_commands(attacked):

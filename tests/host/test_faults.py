@@ -22,6 +22,7 @@ import scenario
 import sim
 from backend import Backend
 from broker import Broker
+from downlink import Sealer, to_device
 from mqtt_watch import Watch
 from scenario import ROOT
 from store import Store
@@ -153,8 +154,7 @@ def run_scenario(name, tmp, clear_when=None):
             lines.append(line)
             if tech is not None and not sent and line.startswith("@ ") and clear_when(json.loads(line[2:])):
                 sent.append(1)
-                tech.publish("cp/v1/%s/cmd/clear_fault" % device, json.dumps({"id": "tech-1"}),
-                             qos=1).wait_for_publish(5)
+                to_device(tech, device, "cmd/clear_fault", {"id": "tech-1"}, Sealer(broker.fleet_key)).wait_for_publish(5)
 
         rc = sim.run(path, broker=broker, site_key=KEY, raw=True, out=out,
                      run_dir=os.path.join(tmp, "run"))

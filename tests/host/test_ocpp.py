@@ -13,6 +13,7 @@ import pytest
 from ocpp.v16 import call
 
 from broker import Broker
+from downlink import B2D, SHARED, derive, unseal
 from mqtt_watch import Watch
 from ocpp_bridge import Bridge, charger_profile, id_tag, meter_values
 from ocpp_csms import CSMS
@@ -35,6 +36,7 @@ class Charger:
 
     def __init__(self, broker, device=DEV, answers=None):
         self.prefix = "cp/v1/%s/" % device
+        self.device, self.key = device, derive(broker.fleet_key, device)
         self.answers = answers or {}   # command name -> extra ack fields (default: unknown command)
         self.got = []                  # (suffix, payload) received
         self._lock = threading.Lock()
@@ -48,7 +50,8 @@ class Charger:
 
     def _on_message(self, client, userdata, msg):
         suffix = msg.topic[len(self.prefix):]
-        payload = json.loads(msg.payload)
+        payload = json.loads(unseal(self.key, B2D, self.device, suffix, msg.payload))   # as the firmware checks
+        del payload["ctr"]
         with self._lock:
             self.got.append((suffix, payload))
         if suffix.startswith("cmd/"):
@@ -102,6 +105,7 @@ class Rig:
         kw = dict(retry_s=0.2, retry_max_s=0.5, command_timeout_s=5, response_timeout_s=5, vendor_id="cp-mpy")
         kw.update(self.bridge_kw)
         b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"),
+                   fleet_key=self.broker.fleet_key,
                    out=self.lines.append, **kw).start()
         assert b.wait_connected()
         return b
@@ -318,8 +322,9 @@ class FirmwareRig:
 
     def new_bridge(self):
         cards = [{"idTag": tag(a), "token": token(a), "key": 1} for a in UIDS]
-        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"), cards=cards,
-                   vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
+        b = Bridge("127.0.0.1", self.broker.port, self.csms.url, str(self.tmp / "bridge.sqlite"), **self.broker.login("backend"),
+                   fleet_key=self.broker.fleet_key, counter=SHARED,   # the scenario runner sends commands too
+                   cards=cards, vendor_id="cp-mpy", retry_s=0.2, retry_max_s=0.5, command_timeout_s=8, response_timeout_s=5,
                    out=self.bridge_lines.append).start()
         assert b.wait_connected()
         return b
@@ -676,8 +681,9 @@ def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
         assert csms.url.startswith("wss://")
         bridges = [Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "b.sqlite"), ca=str(tmp_path / "ca.pem"),
                           passwords={DEV: "correct-horse-0001", "cp-2": "wrong-password-0002"}, retry_s=0.2,
-                          retry_max_s=0.5, out=lines.append, **broker.login("backend")).start(),
-                   Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "c.sqlite"), **broker.login("backend"),
+                          retry_max_s=0.5, out=lines.append, **broker.login("backend"),
+                          fleet_key=broker.fleet_key).start(),
+                   Bridge("127.0.0.1", broker.port, csms.url, str(tmp_path / "c.sqlite"), **broker.login("backend"), fleet_key=broker.fleet_key,
                           ca=str(tmp_path / "other-ca.pem"), passwords={"cp-3": "correct-horse-0003"},
                           retry_s=0.2, retry_max_s=0.5, out=lines.append).start()]
         try:

@@ -258,7 +258,8 @@ def test_the_broker_entry_lets_the_charger_in_and_a_wrong_password_is_refused(in
         backend = Backend(db, **broker.client_args("backend"), auth={}, out=lambda line: None).start()
         assert backend.wait_connected()
         runner = broker.login("backend")
-        rc = sim.run(str(scenario), sim.Logins(broker.address, password, runner["username"], runner["password"]),
+        rc = sim.run(str(scenario), sim.Logins(broker.address, password, runner["username"], runner["password"],
+                                           broker.fleet_key),
                      raw=True, out=lines.append)
         assert backend.wait_idle(0.5, timeout=20)
         backend.stop()
@@ -574,3 +575,20 @@ def test_provisioning_again_keeps_what_was_generated_and_moves_the_list_on(input
     assert secrets[6]["mqtt_password"] not in (secrets[5]["mqtt_password"], secrets[0]["mqtt_password"])
     line = (out / "broker" / "passwd").read_text()
     assert _pbkdf2_ok(line, "cp-0002", secrets[6]["mqtt_password"])
+
+
+def test_the_device_key_is_derived_from_the_fleet_secret_as_the_backend_derives_it(inputs, tmp_path, capsys):
+    from downlink import derive
+    fleet = bytes(range(7, 39))
+    (inputs / "fleet.key").write_text(fleet.hex() + "\n")
+    keys = json.loads((inputs / "keys.json").read_text())
+    keys.pop("device_key")
+    (inputs / "keys.json").write_text(json.dumps(keys))
+    out = tmp_path / "out"
+    rc, _, err = run(args(inputs, out, "--fleet-key", str(inputs / "fleet.key")), capsys)
+    assert rc == 0, err
+    sec = json.loads((out / "secrets.json").read_text())
+    assert sec["device_key"] == derive(fleet, "cp-0001").hex() != derive(fleet, "cp-0002").hex()
+    rc, _, err = run(args(inputs, tmp_path / "o2", "--fleet-key", str(inputs / "fleet.key"), "--device-key",
+                          DEVICE_KEY), capsys)
+    assert rc == 2 and "differs from the one --fleet-key derives" in err

@@ -17,6 +17,7 @@ from firmware.storage.recordlog import RecordLog
 from firmware.auth.pseudonym import pseudonym
 from firmware.core.settings import Settings, board_settings
 from firmware.storage.state import State, ensure_dir
+from firmware.link.seal import B2D, seal
 from firmware.link.sync import Sync
 from firmware.billing.tariff import flat
 from hal.board import Board
@@ -24,6 +25,7 @@ from hal.sim import machine
 from hal.sim.world import World
 
 KEY = bytes(range(16, 48))
+DEVICE_KEY = "5e" * 32   # secrets.json device_key: the backend seals what it sends under it
 _dirs = [0]
 
 
@@ -72,8 +74,8 @@ class Harness:
                "local_list": {"version": 1, "entries": listed},
                "auth": {"LocalPreAuthorize": True, "LocalAuthorizeOffline": True}}
         dev.update(device or {})
-        secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1},
-                       **(secrets or {}))
+        secrets = dict({"site_keys": {"1": "".join("%02x" % b for b in KEY)}, "site_key_current": 1,
+                        "device_key": DEVICE_KEY}, **(secrets or {}))
         _dirs[0] += 1
         if data is None:
             data = "/tmp/cp-harness-%s-%d" % (binascii.hexlify(os.urandom(4)).decode(), _dirs[0])
@@ -81,6 +83,7 @@ class Harness:
             _wipe(data)
         self.data = data
         self.settings = Settings(self.hw, dev, secrets)
+        self.ctr = 0   # the backend's message counter for this charger
         self.board = Board(self.hw, machine, self.clock.sleep_ms)
         self.log = ListLog()
         if make_link is None:
@@ -121,7 +124,18 @@ class Harness:
 
     def inject(self, suffix, payload):
         """A message from the backend, as the broker would deliver it."""
-        self.sync.inbox.append((suffix, json.dumps(payload)))
+        self.sync.inbox.append((suffix, self.sealed(suffix, payload)))
+
+    def sealed(self, suffix, payload):
+        """payload (an object, or raw bytes) sealed as the backend does; commands get the next ctr."""
+        if not isinstance(payload, bytes):
+            if suffix.startswith("cmd/") and isinstance(payload, dict):
+                self.ctr += 1
+                payload = dict(payload, ctr=self.ctr)
+            payload = json.dumps(payload).encode()
+        if payload[:1] != b"{":
+            return payload   # only an object can carry a MAC: this one arrives unsealed
+        return seal(self.settings.device_key, B2D, self.settings.device_id, suffix, payload)
 
     def acks(self):
         return [json.loads(p) for t, p, _, _ in self.link.published if t.endswith("/cmd_ack")]

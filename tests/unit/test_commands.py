@@ -5,10 +5,59 @@ import json
 from fakes import ListLog
 from firmware.link.commands import BURST, PER_PASS, RATE, Commands
 from firmware.link.handlers import Handlers
+from firmware.link.seal import B2D, seal
 from hal.sim.clock import VirtualClock
 
 NAMES = ("remote_start", "remote_stop", "list_update", "purge", "charging_profile", "report_problem",
          "tariff", "clear_fault", "update")
+
+
+KEY = bytes(range(32))   # this charger's device key
+DEV = "cp-test"
+_ctr = [0]   # the backend's counter for this charger
+
+
+class State:
+    """firmware/storage/state.py's command counter: save() never raises; with `fail` set the flash
+    refuses the write and the values stay `dirty` in RAM, as the real one does. Counts writes."""
+
+    def __init__(self, ctr=0):
+        self.ctr = self.saved = ctr
+        self.fail = None
+        self.dirty = False
+        self.saves = 0
+
+    def cmd_ctr(self):
+        return self.ctr
+
+    def set_cmd_ctr(self, n):
+        self.ctr = n
+
+    def save(self):
+        self.dirty = self.fail is not None
+        if self.dirty:
+            return
+        self.saved = self.ctr
+        self.saves += 1
+
+
+def sealed(suffix, payload, key=KEY, device=DEV, ctr=None):
+    """payload (an object, or raw text) sealed as the backend does; a command gets the next ctr."""
+    if not isinstance(payload, (str, bytes)):
+        if suffix.startswith("cmd/"):
+            if ctr is None:
+                _ctr[0] += 1
+                ctr = _ctr[0]
+            payload = dict(payload, ctr=ctr)
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return seal(key, B2D, device, suffix, payload)
+
+
+def commands(routes, answers, sync, log, per_pass=PER_PASS, state=None, clock=None, burst=BURST):
+    return Commands(routes, answers, sync, log, clock or VirtualClock(), KEY, DEV, state or State(),
+                    per_pass=per_pass, burst=burst)
 
 
 class Sync:
@@ -22,7 +71,7 @@ class Sync:
 
 
 def _cmd(sync, name, **payload):
-    sync.inbox.append(("cmd/" + name, json.dumps(payload)))
+    sync.inbox.append(("cmd/" + name, sealed("cmd/" + name, payload)))
 
 
 def test_routed_commands_are_answered_and_unknown_or_malformed_ones_change_nothing():
@@ -36,15 +85,18 @@ def test_routed_commands_are_answered_and_unknown_or_malformed_ones_change_nothi
         raise ValueError("no session running")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log, VirtualClock())
-    for suffix, raw in (("cmd/remote_stop", "{not json"), ("cmd/remote_stop", "[1]"),
-                        ("cmd/remote_stop", json.dumps({"id": 5})), ("cmd/cmd_remote_stop", json.dumps({"id": "a"})),
-                        ("cmd/__init__", json.dumps({"id": "b"})), ("cmd/remote_stop", json.dumps({"id": "ok"})),
-                        ("cmd/remote_start", json.dumps({"id": "r"}))):
+    c = commands({"remote_stop": stop, "remote_start": refuse}, {}, sync, log)
+    for suffix, raw in (("cmd/remote_stop", sealed("cmd/remote_stop", "{not json}")), ("cmd/remote_stop", "[1]"),
+                        ("cmd/remote_stop", sealed("cmd/remote_stop", {"id": 5})),
+                        ("cmd/cmd_remote_stop", sealed("cmd/cmd_remote_stop", {"id": "a"})),
+                        ("cmd/__init__", sealed("cmd/__init__", {"id": "b"})),
+                        ("cmd/remote_stop", sealed("cmd/remote_stop", {"id": "ok"})),
+                        ("cmd/remote_start", sealed("cmd/remote_start", {"id": "r"}))):
         c.handle(suffix, raw)
     assert calls == ["ok"]
     assert [(a["id"], a["status"], a.get("reason")) for a in sync.acks] == [
-        (None, "rejected", "payload must be a JSON object"), (None, "rejected", "payload must be a JSON object"),
+        (None, "rejected", "payload must be a JSON object"),
+        (None, "rejected", 'unauthenticated: not sealed (no trailing "mac" member)'),
         (None, "rejected", "id must be a string of 1..64 characters"),
         ("a", "rejected", "unknown command 'cmd_remote_stop'"), ("b", "rejected", "unknown command '__init__'"),
         ("ok", "accepted", None), ("r", "rejected", "no session running")]
@@ -59,9 +111,9 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
         raise ValueError("id: nothing waiting")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"list_update": fail}, {"auth/resp": answer}, sync, log, VirtualClock())
-    c.handle("cmd/list_update", json.dumps({"id": "l"}))
-    c.handle("auth/resp", json.dumps({"id": 3}))
+    c = commands({"list_update": fail}, {"auth/resp": answer}, sync, log)
+    c.handle("cmd/list_update", sealed("cmd/list_update", {"id": "l"}))
+    c.handle("auth/resp", sealed("auth/resp", {"id": 3}))
     c.handle("other/topic", "{}")
     assert sync.acks[0]["status"] == "rejected" and sync.acks[0]["reason"].startswith("storage error")
     assert len(sync.acks) == 1 and log.events[-1]["result"] == "ignored" and log.events[-1]["topic"] == "auth/resp"
@@ -70,7 +122,7 @@ def test_a_flash_error_rejects_the_command_and_an_answer_that_fits_nothing_is_ig
 def test_at_most_per_pass_messages_are_handled_the_rest_next_pass():
     seen = []
     sync = Sync()
-    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog(), VirtualClock())
+    c = commands({"report_problem": lambda p: seen.append(p["id"])}, {}, sync, ListLog())
     for i in range(PER_PASS + 2):
         _cmd(sync, "report_problem", id="p%d" % i)
     c.handle_inbox()
@@ -160,7 +212,7 @@ def test_every_command_reaches_its_own_handler():
     routes = h.routes()
     assert sorted(routes) == sorted(NAMES)
     sync = Sync()
-    c = Commands(routes, h.answers(), sync, ListLog(), VirtualClock(), per_pass=100, burst=100)
+    c = commands(routes, h.answers(), sync, ListLog(), per_pass=100, burst=100)
     _cmd(sync, "remote_start", id="s")
     _cmd(sync, "remote_stop", id="t", tx_id=3)
     _cmd(sync, "list_update", id="l")
@@ -171,8 +223,8 @@ def test_every_command_reaches_its_own_handler():
     _cmd(sync, "tariff", id="tf", version=3, tariff={})
     _cmd(sync, "clear_fault", id="cf")
     _cmd(sync, "update", id="u")
-    sync.inbox.append(("auth/resp", json.dumps({"id": "corr"})))
-    sync.inbox.append(("ack", json.dumps({"msg_ids": ["1-0"]})))
+    sync.inbox.append(("auth/resp", sealed("auth/resp", {"id": "corr"})))
+    sync.inbox.append(("ack", sealed("ack", {"msg_ids": ["1-0"]})))
     c.handle_inbox()
     assert calls == [("remote_start", "s"), ("remote_stop", 3), ("list_update", "l"), ("purge", "abc"),
                      ("forget", "abc"), ("scrub",), ("set_profile", "station_max"), ("clear_profile", "tx_default"),
@@ -188,7 +240,7 @@ def test_handlers_refuse_bad_payloads_before_changing_anything():
     f = Fake(calls)
     h = Handlers(f, f, f, f, f, None, f, f, VirtualClock(), ListLog())
     sync = Sync()
-    c = Commands(h.routes(), h.answers(), sync, ListLog(), VirtualClock(), per_pass=100, burst=100)
+    c = commands(h.routes(), h.answers(), sync, ListLog(), per_pass=100, burst=100)
     _cmd(sync, "purge", id="p", token="busy")
     _cmd(sync, "charging_profile", id="c", kind="nonsense", profile={})
     _cmd(sync, "report_problem", id="r", text=7)
@@ -214,7 +266,7 @@ def test_the_ocpp_commands_are_registered_in_the_route_table():
     routes = Handlers(f, f, f, f, f, f, f, f, VirtualClock(), ListLog(), oc).routes()
     assert sorted(routes) == sorted(NAMES + OCPP_NAMES)
     sync = Sync()
-    c = Commands(routes, {}, sync, ListLog(), VirtualClock(), per_pass=100)
+    c = commands(routes, {}, sync, ListLog(), per_pass=100)
     _cmd(sync, "list_version", id="l")
     c.handle_inbox()
     assert sync.acks == [{"id": "l", "cmd": "list_version", "status": "accepted", "version": 2}]
@@ -231,11 +283,11 @@ def test_any_exception_in_a_handler_is_a_refusal_not_an_internal_fault():
         raise TypeError("unhashable")
 
     sync, log = Sync(), ListLog()
-    c = Commands({"tariff": boom, "purge": typo}, {"ack": bad_answer}, sync, log, VirtualClock())
-    c.handle("cmd/tariff", json.dumps({"id": "t"}))
-    c.handle("cmd/purge", json.dumps({"id": "p"}))
-    c.handle("ack", json.dumps({"msg_ids": ["x"]}))
-    c.handle("cmd/tariff", b"\xff\xfe{")                 # not UTF-8
+    c = commands({"tariff": boom, "purge": typo}, {"ack": bad_answer}, sync, log)
+    c.handle("cmd/tariff", sealed("cmd/tariff", {"id": "t"}))
+    c.handle("cmd/purge", sealed("cmd/purge", {"id": "p"}))
+    c.handle("ack", sealed("ack", {"msg_ids": ["x"]}))
+    c.handle("cmd/tariff", sealed("cmd/tariff", b'{"id":"\xff\xfe"}'))   # not UTF-8, under a good MAC
     assert [(a["id"], a["status"], a["reason"]) for a in sync.acks] == [
         ("t", "rejected", "internal error: RuntimeError; not applied"),
         ("p", "rejected", "internal error: KeyError; not applied"),
@@ -246,9 +298,9 @@ def test_any_exception_in_a_handler_is_a_refusal_not_an_internal_fault():
 def test_deep_or_long_payloads_are_refused_naming_the_bound():
     seen = []
     sync = Sync()
-    c = Commands({"tariff": seen.append}, {}, sync, ListLog(), VirtualClock())
-    c.handle("cmd/tariff", '{"id": "d", "tariff": {"x": ' + "[" * 3000 + "]" * 3000 + "}}")
-    c.handle("cmd/tariff", '{"id": "n", "version": %s}' % ("9" * 8037))
+    c = commands({"tariff": seen.append}, {}, sync, ListLog())
+    c.handle("cmd/tariff", sealed("cmd/tariff", '{"id": "d", "tariff": {"x": ' + "[" * 3000 + "]" * 3000 + "}}"))
+    c.handle("cmd/tariff", sealed("cmd/tariff", '{"id": "n", "version": %s}' % ("9" * 8037)))
     assert seen == []
     assert [a["reason"] for a in sync.acks] == ["payload: nested deeper than 16",
                                                  "payload: number longer than 32 characters"]
@@ -258,15 +310,15 @@ def test_a_command_flood_is_dropped_over_the_rate_unanswered_and_answers_still_p
     clock = VirtualClock()
     seen = []
     sync, log = Sync(), ListLog()
-    c = Commands({"report_problem": lambda p: seen.append(p["id"])}, {"ack": lambda p: seen.append("ack")},
-                 sync, log, clock)
+    c = commands({"report_problem": lambda p: seen.append(p["id"])}, {"ack": lambda p: seen.append("ack")},
+                 sync, log, clock=clock)
     handled = []
     for second in range(12):                     # ~30 commands a second for 12 s, a pass every 100 ms
         for tenth in range(10):
             for i in range(3):
                 _cmd(sync, "report_problem", id="f%d-%d-%d" % (second, tenth, i))
             if tenth == 5:
-                sync.inbox.append(("ack", json.dumps({"msg_ids": ["m"]})))
+                sync.inbox.append(("ack", sealed("ack", {"msg_ids": ["m"]})))
             before = len(seen)
             c.handle_inbox()
             handled.append(len(seen) - before)

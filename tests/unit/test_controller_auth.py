@@ -714,8 +714,8 @@ def test_malformed_wrong_typed_unknown_and_oversized_commands_are_refused_and_ch
     tx = h.ctl.session.tx_id
     before = (h.auth.local_list.version, _file(h.auth.local_list.path), len(h.auth.cache))
     inbox = h.sync.inbox
-    inbox.append(("cmd/remote_stop", b"{not json"))
-    inbox.append(("cmd/remote_stop", b"[1, 2]"))
+    inbox.append(("cmd/remote_stop", h.sealed("cmd/remote_stop", b"{not json}")))
+    inbox.append(("cmd/remote_stop", b"[1, 2]"))          # cannot carry a MAC: refused unread
     inbox.append(("cmd/remote_stop", b"\xff\xfe"))
     cmd(h, "remote_stop", tx_id=tx)                                        # no id
     cmd(h, "remote_stop", id=7)                                            # id of the wrong type
@@ -726,12 +726,12 @@ def test_malformed_wrong_typed_unknown_and_oversized_commands_are_refused_and_ch
     cmd(h, "report_problem", id="w-3", text="x" * 201)
     h.run(until_ms=11000)
     for _ in range(9):                         # more than the inbox holds
-        h.sync._on_message("cp/v1/cp-test/cmd/purge", json.dumps({"id": "f", "token": h.tokens["eve"]}))
+        h.sync._on_message("cp/v1/cp-test/cmd/purge", h.sealed("cmd/purge", {"id": "f", "token": h.tokens["eve"]}))
     h.ctl.commands.handle_inbox()
     big = json.dumps({"id": "big-1", "version": 2, "type": "full",
                       "entries": [entry(h.tokens["eve"])] * 200}).encode()
     assert len(big) > 8192
-    h.sync._on_message(b"cp/v1/cp-test/cmd/list_update", big)
+    h.sync._on_message(b"cp/v1/cp-test/cmd/list_update", h.sealed("cmd/list_update", big))
     h.inject("auth/resp", {"id": [1], "status": "Accepted"})
     h.inject("auth/resp", {"id": {"a": 1}, "status": "Accepted"})
     h.inject("auth/resp", "Accepted")
@@ -740,8 +740,8 @@ def test_malformed_wrong_typed_unknown_and_oversized_commands_are_refused_and_ch
     acks = [(a["id"], a["cmd"], a["status"], a.get("reason")) for a in h.acks()]
     assert acks[:10] == [
         (None, "remote_stop", "rejected", "payload must be a JSON object"),
-        (None, "remote_stop", "rejected", "payload must be a JSON object"),
-        (None, "remote_stop", "rejected", "payload must be a JSON object"),
+        (None, "remote_stop", "rejected", 'unauthenticated: not sealed (no trailing "mac" member)'),
+        (None, "remote_stop", "rejected", 'unauthenticated: not sealed (no trailing "mac" member)'),
         (None, "remote_stop", "rejected", "id must be a string of 1..64 characters"),
         (None, "remote_stop", "rejected", "id must be a string of 1..64 characters"),
         (None, "remote_stop", "rejected", "id must be a string of 1..64 characters"),
@@ -751,9 +751,10 @@ def test_malformed_wrong_typed_unknown_and_oversized_commands_are_refused_and_ch
         ("w-3", "report_problem", "rejected", "text must be a string of at most 200 characters")]
     assert [a[0] for a in acks[10:]] == ["f"] * 8 and "big-1" not in [a[0] for a in acks]
     refused = [e["reason"] for e in h.events("command") if e.get("result") == "refused"]
-    assert refused == ["inbox full", "larger than 8192 bytes"]
+    assert refused == ["inbox full", "larger than 8192 bytes",
+                       'unauthenticated: not sealed (no trailing "mac" member)']   # "Accepted": no object, no MAC
     ignored = [e["reason"] for e in h.events("command") if e.get("result") == "ignored"]
-    assert len(ignored) == 4 and ignored[0].startswith("id:") and ignored[3].startswith("ack must be")
+    assert len(ignored) == 3 and ignored[0].startswith("id:") and ignored[2].startswith("ack must be")
     # nothing changed: the session runs on, no fault, the list and cache are as they were
     assert h.ctl.session is not None and h.ctl.session.tx_id == tx and ended(h) == []
     assert not h.events("fault") and h.ctl.connector == "Charging"

@@ -319,7 +319,8 @@ def test_nothing_reenters_the_controller_from_the_link():
         setattr(owner, name, rec)
     h.run(until_ms=5000)   # connected by now (through the slow start above)
     for i in range(6):
-        broker.send("cp/v1/cp-test/cmd/remote_stop", json.dumps({"id": "r-%d" % i}).encode(), qos=1, pid=i + 1)
+        broker.send("cp/v1/cp-test/cmd/remote_stop", h.sealed("cmd/remote_stop", {"id": "r-%d" % i}), qos=1,
+                    pid=i + 1)
     h.run()
     assert [n for n, _ in calls].count("idle") > 100
     assert [c for c in calls if c[1]] == []                      # none while the link was working
