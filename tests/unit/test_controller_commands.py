@@ -129,8 +129,8 @@ def test_a_tariff_that_cannot_be_saved_or_a_bad_tariff_file_never_stops_the_char
     h.run(until_ms=2000)
     deep = '{"id": "t-1", "version": 2, "tariff": {"id": "x", "currency": "EUR", "elements": [], "junk": ' + \
         "[" * 3000 + "]" * 3000 + "}}"
-    h.sync.inbox.append(("cmd/tariff", deep))
-    h.sync.inbox.append(("cmd/tariff", '{"id": "t-2", "version": %s}' % ("9" * 8037)))
+    h.inject("cmd/tariff", deep.encode())
+    h.inject("cmd/tariff", ('{"id": "t-2", "version": %s}' % ("9" * 8037)).encode())
     h.run()
     assert [(a["status"], a["reason"]) for a in h.acks()] == [("rejected", "payload: nested deeper than 16"),
                                                               ("rejected", "payload: number longer than 32 characters")]
