@@ -30,7 +30,7 @@ from firmware.core.log import Log, print_exception
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
 from firmware.core.settings import Settings, board_settings
-from firmware.storage.state import State, ensure_dir
+from firmware.storage.state import State, ensure_dir, exists
 from firmware.link.sync import Sync
 from firmware.version import VERSION
 from hal.board import Board
@@ -58,14 +58,6 @@ def parse_args(argv):
         args[name] = argv[i + 1]
         i += 2
     return args
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def main(argv, platform):
@@ -97,7 +89,7 @@ def main(argv, platform):
     records = RecordLog(data + "/journal")
     log.store = EventLog(data, clock)
     current.update(data=data, log=log, clock=clock, machine=machine, hw=hw)
-    if _exists(data + "/hold"):
+    if exists(data + "/hold"):
         print("Technician hold: the charger stays off (contactor open). "
               "from firmware.ops import tech; tech.status() ... tech.resume() to charge again.")
         watch.healthy()

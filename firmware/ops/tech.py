@@ -21,6 +21,7 @@ from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import BOOT, CHECKPOINT, END, START, read_session
 from firmware.storage.outbox import ACK, read_ack
 from firmware.storage.recordlog import DONE, HAS_MSG, TYPE, UNREADABLE, RecordLog, read_message
+from firmware.storage.state import exists
 
 _RCD_TRIP_MS = const(200)      # the RCD module must trip within this on its test input
 _RCD_RELEASE_MS = const(1000)  # ... and release within this once the test ends
@@ -47,14 +48,6 @@ def _load(path):
         return None
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _data(data):
     """The data directory: given, the firmware's, or config.json's data_dir (default "data")."""
     if data:
@@ -74,7 +67,7 @@ def _data(data):
 def _mode(d):
     if "ctl" in _current():
         return "stopped"
-    return "hold" if _exists(d + "/hold") else "offline"
+    return "hold" if exists(d + "/hold") else "offline"
 
 
 _MODES = {"stopped": "ran this boot, stopped at the REPL (resume: import main, or machine.reset())",

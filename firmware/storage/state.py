@@ -15,6 +15,15 @@ import os
 _COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq", "cmd_ctr")
 
 
+def exists(path):
+    """Whether a file or folder is there (MicroPython's os has no path.exists)."""
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def ensure_dir(path):
     """mkdir -p for MicroPython's os (no makedirs)."""
     cur = "/" if path.startswith("/") else ""
