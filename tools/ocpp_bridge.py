@@ -836,6 +836,11 @@ class Bridge:
         if len(parts) != 4 or parts[3] not in TOPICS or not DEVICE_ID.fullmatch(parts[2]):
             return
         device, kind = parts[2], parts[3]
+        try:   # only what the charger sealed under its own key (docs/mqtt.md "Authenticity")
+            payload = self.sealer.open(device, kind, payload)
+        except ValueError as e:
+            self.say("%s %s refused, unauthenticated: %s" % (device, kind, e))
+            return
         try:
             rec = json.loads(payload.decode("utf-8"))
             if not isinstance(rec, dict):

@@ -13,7 +13,7 @@ import pytest
 from ocpp.v16 import call
 
 from broker import Broker
-from downlink import B2D, SHARED, derive, unseal
+from downlink import B2D, D2B, SHARED, derive, seal, unseal
 from mqtt_watch import Watch
 from ocpp_bridge import Bridge, charger_profile, id_tag, meter_values
 from ocpp_csms import CSMS
@@ -58,10 +58,14 @@ class Charger:
             name = suffix[4:]
             ack = {"id": payload["id"], "cmd": name}
             ack.update(self.answers.get(name, {"status": "rejected", "reason": "unknown command %r" % name}))
-            self.c.publish(self.prefix + "cmd_ack", json.dumps(ack), qos=1)   # no wait: paho's own thread
+            self.c.publish(self.prefix + "cmd_ack", self.sealed("cmd_ack", ack), qos=1)   # no wait: paho's thread
+
+    def sealed(self, suffix, rec):
+        """rec as the firmware publishes it: sealed under the charger's key."""
+        return seal(self.key, D2B, self.device, suffix, json.dumps(rec).encode())
 
     def pub(self, suffix, rec, retain=False):
-        self.c.publish(self.prefix + suffix, json.dumps(rec), qos=1, retain=retain).wait_for_publish(5)
+        self.c.publish(self.prefix + suffix, self.sealed(suffix, rec), qos=1, retain=retain).wait_for_publish(5)
 
     def acked(self):
         with self._lock:
@@ -184,6 +188,27 @@ def test_a_session_reaches_the_csms_in_order_and_is_acked_only_after_each_confir
         ch.pub("session", session(1, 2, "ended", energy_wh=500))
         wait(lambda: ch.acked().count("1-2") == 2, what="re-ack")
         assert csms.actions(DEV).count("StopTransaction") == 1
+    finally:
+        rig.close()
+
+
+def test_records_not_sealed_by_the_charger_never_reach_the_csms_and_are_never_acked(tmp_path):
+    """A broker peer publishing in the charger's name (an unsealed record, or one sealed under another
+    charger's key) starts no transaction at the CSMS and gets no ack; the genuine record still does."""
+    rig = Rig(tmp_path)
+    try:
+        ch, csms = rig.charger, rig.csms
+        ch.pub("status", {"state": "online", "connector": "Available", "ts": "2026-03-02T07:59:00Z"}, retain=True)
+        wait(lambda: csms.actions(DEV) == ["BootNotification", "StatusNotification"], what="boot")
+        forged = json.dumps(session(1, 0, "started")).encode()
+        ch.c.publish(ch.prefix + "session", forged, qos=1).wait_for_publish(5)
+        other = seal(derive(rig.broker.fleet_key, "cp-other"), D2B, DEV, "session", forged)
+        ch.c.publish(ch.prefix + "session", other, qos=1).wait_for_publish(5)
+        wait(lambda: len([x for x in rig.lines if "unauthenticated" in x]) >= 2, what="refusals")
+        assert "StartTransaction" not in csms.actions(DEV) and ch.acked() == []
+        ch.pub("session", session(1, 0, "started"))
+        wait(lambda: ch.acked() == ["1-0"], what="the genuine record's ack")
+        assert csms.actions(DEV)[2:] == ["StartTransaction"]
     finally:
         rig.close()
 
