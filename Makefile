@@ -41,7 +41,7 @@ lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
 	@command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql with apt-get"; $(call APT_INSTALL,postgresql); }
 
-test: setup test-unit test-mp test-mp32 test-host  ## everything: unit tests on three interpreters, end to end, compile checks
+test: setup test-host test-unit test-mp test-mp32  ## everything: end to end, compile checks, unit tests on three interpreters (make -j2 runs the end-to-end tests beside the others)
 
 test-unit: setup  ## unit tests under pytest (CPython)
 	$(PY) -m pytest -q tests/unit
