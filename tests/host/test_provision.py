@@ -24,7 +24,7 @@ from broker import Broker, mqtt_connect
 from bundle import public_hex
 from firmware.billing.tariff import Tariff
 from firmware.core.rsa import parse_public_key
-from firmware.core.settings import Settings
+from firmware.core.settings import Settings, board_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_KEY = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
@@ -39,6 +39,13 @@ TARIFF = {"id": "day-rate", "currency": "EUR", "elements": [{"price_components":
     {"type": "ENERGY", "price": "0.3120", "vat": "19", "step_size": 1}]}]}
 PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
 PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n"
+
+
+def boot_settings(folder):
+    """The firmware's settings from a provisioned folder, parsed as the charger parses them at boot."""
+    board, config, secrets = (json.loads((folder / n).read_text()) for n in ("board.json", "config.json", "secrets.json"))
+    return Settings(board_settings(board), config, secrets)
+
 
 
 def token(uid_hex, key=SITE_KEY):
@@ -219,9 +226,8 @@ def test_the_secrets_never_hold_a_null(inputs, tmp_path, capsys):
         assert rc == 0, err
         sec = json.loads((tmp_path / name / "secrets.json").read_text())
         assert None not in sec.values() and sec["mqtt_user"] == "cp-0001", sec
-        s = Settings(*(json.loads((tmp_path / name / n).read_text())
-                       for n in ("board.json", "config.json", "secrets.json")))   # the charger boots on them
-        assert s.mqtt_user == "cp-0001" and (s.mqtt_password is None) == (name == "plain")
+        s = boot_settings(tmp_path / name)   # the charger boots on them
+        assert s.mqtt.user == "cp-0001" and (s.mqtt.password is None) == (name == "plain")
     with open(os.path.join(ROOT, "secrets.example.json")) as f:
         assert None not in json.load(f).values()
 
@@ -526,14 +532,13 @@ def test_site_key_accept_decides_which_keys_the_charger_holds(inputs, tmp_path, 
     sec = json.loads((out / "secrets.json").read_text())
     assert sec["site_keys"] == {"2": SITE_KEY} and sec["site_key_accept"] == [2] and sec["site_key_current"] == 2
     assert sorted(json.loads((out / "backend" / "auth.json").read_text())) == sorted(token(u) for _, u in CARDS)
-    s = Settings(*(json.loads((out / n).read_text()) for n in ("board.json", "config.json", "secrets.json")))
+    s = boot_settings(out)
     assert s.keys.accept == (2,)
     # the command line overrides the file: the overlap again, both versions on the charger
     assert run(args(inputs, tmp_path / "both", "--site-key-accept", "1,2"), capsys)[0] == 0
     sec = json.loads((tmp_path / "both" / "secrets.json").read_text())
     assert sec["site_keys"] == {"1": OLD_KEY, "2": SITE_KEY} and sec["site_key_accept"] == [1, 2]
-    s = Settings(*(json.loads((tmp_path / "both" / n).read_text())
-                   for n in ("board.json", "config.json", "secrets.json")))
+    s = boot_settings(tmp_path / "both")
     assert s.keys.accept == (2, 1) and [v for v, _ in s.keys.tap(bytes.fromhex(CARDS[0][1]))] == [2, 1]
 
 
