@@ -19,6 +19,7 @@ import pytest
 import sim
 from backend import Backend
 from broker import Broker, free_port
+from downlink import D2B, Sealer, derive, seal, to_device
 from fleetweb import active_faults, day_bounds, snapshot, update_state, zone
 from scenario import ROOT
 from store import Store
@@ -44,10 +45,18 @@ def broker_arg(broker):
 
 
 def backend_argv(broker):
-    """The backend process's --broker/--user and the environment holding its password."""
+    """The backend process's --broker/--user/--fleet-key and the environment holding its password."""
     login = broker.login("backend")
     env = dict(os.environ, CP_BACKEND_PASSWORD=login["password"])
-    return ["--broker", broker_arg(broker), "--user", login["username"]], env
+    fleet = os.path.join(broker.dir, "fleet.key")
+    with open(fleet, "w") as f:
+        f.write(broker.fleet_key.hex())
+    return ["--broker", broker_arg(broker), "--user", login["username"], "--fleet-key", fleet], env
+
+
+def as_device(broker, device, suffix, rec):
+    """rec sealed as a charger publishes it (docs/mqtt.md "Authenticity"): the backend stores nothing else."""
+    return seal(derive(broker.fleet_key, device), D2B, device, suffix, json.dumps(rec).encode())
 
 
 def mqtt_client(broker, name, device=None):
@@ -322,13 +331,15 @@ def _forge_a_charger(fleet):
     c = mqtt_client(fleet.broker, "forger", device=EVIL_ID)
     try:
         prefix = "cp/v1/%s/" % EVIL_ID
-        c.publish(prefix + "status", json.dumps({"state": "online", "connector": "Faulted", "error": "OtherError",
-                                                 "ts": _iso(time.time())}), qos=1, retain=True).wait_for_publish(5)
-        c.publish(prefix + "fault", json.dumps({"msg_id": "f-1", "event": "raised", "code": "OtherError",
-                                                "kind": "<i>internal</i>", "detail": EVIL_DETAIL, "latched": True,
-                                                "ts": _iso(time.time())}), qos=1).wait_for_publish(5)
-        c.publish(prefix + "cmd_ack", json.dumps({"id": EVIL_CMD_ID, "cmd": "update", "status": "rejected",
-                                                  "reason": "<img src=y onerror=alert(2)>"}), qos=1).wait_for_publish(5)
+        c.publish(prefix + "status", as_device(fleet.broker, EVIL_ID, "status", {
+            "state": "online", "connector": "Faulted", "error": "OtherError", "ts": _iso(time.time())}),
+            qos=1, retain=True).wait_for_publish(5)
+        c.publish(prefix + "fault", as_device(fleet.broker, EVIL_ID, "fault", {
+            "msg_id": "f-1", "event": "raised", "code": "OtherError", "kind": "<i>internal</i>", "detail": EVIL_DETAIL,
+            "latched": True, "ts": _iso(time.time())}), qos=1).wait_for_publish(5)
+        c.publish(prefix + "cmd_ack", as_device(fleet.broker, EVIL_ID, "cmd_ack", {
+            "id": EVIL_CMD_ID, "cmd": "update", "status": "rejected", "reason": "<img src=y onerror=alert(2)>"}),
+            qos=1).wait_for_publish(5)
     finally:
         c.loop_stop()
         c.disconnect()
@@ -370,9 +381,9 @@ def test_page_shows_the_fleet_and_updates_live_without_a_reload(fleet):
         # the operator stops the session from the backend: the charger answers, the row changes live
         c = mqtt_client(fleet.broker, "operator")
         try:
-            c.publish("cp/v1/cp-fleet-c/cmd/remote_stop", json.dumps({"id": "fleet-stop-1"}),
-                      qos=1).wait_for_publish(5)
-            c.publish("cp/v1/cp-fleet-c/cmd/update", json.dumps({"id": EVIL_CMD_ID}), qos=1).wait_for_publish(5)
+            sealer = Sealer(fleet.broker.fleet_key)
+            to_device(c, "cp-fleet-c", "cmd/remote_stop", {"id": "fleet-stop-1"}, sealer).wait_for_publish(5)
+            to_device(c, "cp-fleet-c", "cmd/update", {"id": EVIL_CMD_ID}, sealer).wait_for_publish(5)
         finally:
             c.loop_stop()
             c.disconnect()
@@ -418,7 +429,7 @@ def test_backend_keeps_cmd_acks_and_sets_malformed_ones_aside(tmp_path):
                         {"id": None, "cmd": "bogus", "status": "rejected", "reason": "id must be a string"},
                         {"id": "x-1", "cmd": "update"},                       # no status
                         {"id": ["x"], "cmd": "update", "status": "rejected"}):
-                c.publish("cp/v1/cp-9/cmd_ack", json.dumps(rec), qos=1).wait_for_publish(5)
+                c.publish("cp/v1/cp-9/cmd_ack", as_device(broker, "cp-9", "cmd_ack", rec), qos=1).wait_for_publish(5)
             c.loop_stop()
             c.disconnect()
             assert backend.wait_idle(0.5, timeout=20)
