@@ -5,7 +5,7 @@ reason to reject it (firmware/link/commands.py answers). Decisions about session
 the controller: these only check and hand over.
 
     h = Handlers(ctl, auth, limits, tariffs, reactions, updater, outbox, journal, clock, log, ocpp, remote_clear)
-    Commands(h.routes(), h.answers(), sync, log, clock)
+    Commands(h.routes(), h.answers(), sync, log, clock, device_key, device_id, state)
 """
 from firmware.charging.limits import KINDS
 from firmware.link.sync import parse_ack
