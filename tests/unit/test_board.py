@@ -75,24 +75,25 @@ def _imports(path):
     return out
 
 
-def _py_files(top):
+def py_files(top):
+    """The .py files below top (os.walk is not on MicroPython)."""
     out = []
     for name in os.listdir(top):
         path = top + "/" + name
         if os.stat(path)[0] & 0x4000:
-            out += _py_files(path)
+            out += py_files(path)
         elif name.endswith(".py"):
             out.append(path)
     return out
 
 
 def test_hal_never_imports_firmware():
-    bad = [(p, m) for p in _py_files("hal") for m in _imports(p) if m == "firmware" or m.startswith("firmware.")]
+    bad = [(p, m) for p in py_files("hal") for m in _imports(p) if m == "firmware" or m.startswith("firmware.")]
     assert bad == [], bad
 
 
 def test_firmware_never_imports_the_simulator():
-    bad = [(p, m) for p in _py_files("firmware") for m in _imports(p) if m.startswith("hal.sim")]
+    bad = [(p, m) for p in py_files("firmware") for m in _imports(p) if m.startswith("hal.sim")]
     assert bad == [], bad
 
 

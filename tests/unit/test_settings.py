@@ -1,10 +1,10 @@
 """Settings parsed once (firmware/core/settings.py): one default and one bound per key, errors that
 name the key, optional values that may be null, and records that carry what the files said."""
-import os
 
 from check import raises
 from configs import SITE_KEY, board, board_config, device_config, settings
 from firmware.core.config import REQUIRED
+from test_board import py_files
 from testkeys import KEY_A
 from firmware.core.settings import OPTIONAL, PIN, TRIPLE, Settings, board_rows, board_settings, device_rows, one, \
     ota_settings, secret_rows
@@ -64,17 +64,6 @@ def test_one_row_per_key_and_every_default_within_its_bounds():
                     assert r[3] <= v <= r[4], r
 
 
-def _py_files(top):
-    out = []
-    for name in os.listdir(top):
-        path = top + "/" + name
-        if os.stat(path)[0] & 0x4000:
-            out += _py_files(path)
-        elif name.endswith(".py"):
-            out.append(path)
-    return out
-
-
 def _reads_settings(text):
     """Calls or imports firmware/core/config.py's `setting`."""
     for line in text.split("\n"):
@@ -91,7 +80,7 @@ def test_no_other_module_reads_settings_from_the_files():
     # every key is parsed here; the site keys' versioned map is firmware/auth/keys.py's (secrets)
     allowed = ("firmware/core/config.py", "firmware/core/settings.py", "firmware/auth/keys.py")
     found = []
-    for path in _py_files("firmware") + _py_files("hal"):
+    for path in py_files("firmware") + py_files("hal"):
         if path not in allowed:
             with open(path) as f:
                 if _reads_settings(f.read()):
