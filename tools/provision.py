@@ -14,7 +14,7 @@ cards' answers under every accepted key version) and `labels.csv` (pseudonym -> 
 for the device (device key, MQTT password) and moves the local list's version on when it changed.
 
     python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\
-        --broker mqtt.example.org:8883 --ca ca.pem --update-keyfile cp-update.pub.pem \\
+        --broker mqtt.example.org:8883 --ca ca.pem --fleet-key fleet.key --update-keyfile cp-update.pub.pem \\
         --tariff tariff.json --cards cards.csv --out out/cp-0001
     python3 tools/provision.py ... --port /dev/ttyUSB0     # straight onto the board (mpremote)
 
@@ -44,6 +44,7 @@ from firmware.core.rsa import E, parse_public_key  # noqa: E402
 from firmware.core.timefmt import parse_iso  # noqa: E402
 from firmware.link.seal import derive  # noqa: E402
 from broker import device_acl, new_password, password_line  # noqa: E402
+from downlink import read_fleet_key  # noqa: E402
 
 BOARDS = os.path.join(ROOT, "board_configs")
 MAX_CARDS = 1000          # the charger loads the whole list at boot: keep it bounded
@@ -341,12 +342,9 @@ def build(args):
     device_key = args.device_key or args.keys_data.get("device_key") or secrets_before.get("device_key")
     if getattr(args, "fleet_key", None):   # the backend derives the same key (docs/security.md "End to end")
         try:
-            with open(args.fleet_key) as f:
-                fleet = binascii.unhexlify(f.read().strip())
-        except (OSError, ValueError) as e:
-            raise ProvisionError("fleet key: %s: %s" % (args.fleet_key, e))
-        if len(fleet) < 16:
-            raise ProvisionError("fleet key: %s must hold at least 16 bytes in hex" % args.fleet_key)
+            fleet = read_fleet_key(args.fleet_key)
+        except ValueError as e:
+            raise ProvisionError("fleet key: %s" % e)
         derived = binascii.hexlify(derive(fleet, dev)).decode()
         if device_key is not None and device_key.strip().lower() != derived:
             raise ProvisionError("device_key: differs from the one --fleet-key derives; give one of them")
@@ -355,6 +353,8 @@ def build(args):
         if not args.out:
             raise ProvisionError("device_key: no key given; a new one is generated only with --out DIR, to keep it")
         device_key = binascii.hexlify(os.urandom(32)).decode()
+        print("provision: warning: device_key generated at random (no --fleet-key): a backend or bridge that "
+              "derives keys from the fleet secret refuses every message of %s" % dev, file=sys.stderr)
     _hex_key(device_key, "device_key")
     public_key = _update_pubkey(args)
     user = args.keys_data.get("mqtt_user")
@@ -566,13 +566,13 @@ def write_board(files, port, mpremote=None, timeout=60):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n"
                "  cp secrets.example.json secrets.json   # fill in the keys (git ignores secrets.json)\n"
                "  python3 tools/provision.py --board esp32_devkit --device-id cp-0001 --keys secrets.json \\\n"
                "      --broker mqtt.example.org:8883 --ca ca.pem --cert cp-0001.crt --key cp-0001.key \\\n"
-               "      --update-keyfile cp-update.pub.pem --tariff tariff.json --cards cards.csv \\\n"
-               "      --utc-offset-min 60 --dst EU --out out/cp-0001\n"
+               "      --fleet-key fleet.key --update-keyfile cp-update.pub.pem --tariff tariff.json \\\n"
+               "      --cards cards.csv --utc-offset-min 60 --dst EU --out out/cp-0001\n"
                "cards.csv: header uid,status,expiry,group,max_current_a,max_kwh,offpeak_only,name (only uid\n"
                "required; name stays on your side: OUT/backend/labels.csv).\n"
                "MQTT: the user name is the device id; the password is random (with --out), or from\n"

@@ -730,6 +730,8 @@ def test_security_profile_2_tls_with_basic_auth_per_charge_point(tmp_path):
 # -- the same ids on both sides: tools/provision.py --ocpp-ids for the CSMS and the bridge ----------
 def test_provision_exports_the_idtags_the_bridge_sends_and_the_pseudonyms_it_maps_them_back_to(tmp_path):
     import provision
+    from bundle import public_hex
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from ocpp_bridge import load_cards
 
     site_key = "5a1f0c3e9b7d2468ace13579bdf02468" "13579bdf02468ace5a1f0c3e9b7d2468"
@@ -740,11 +742,12 @@ def test_provision_exports_the_idtags_the_bridge_sends_and_the_pseudonyms_it_map
                                         % tuple(uids))
     ids = tmp_path / "ocpp-ids.json"
     argv = ["--board", "esp32_devkit", "--device-id", "cp-0001", "--site-key", "1:" + site_key,
-            "--update-key", "c0ffee00" * 8, "--broker", "mqtt.example.org", "--no-tls",
+            "--update-pubkey", public_hex(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "--broker", "mqtt.example.org", "--no-tls",
             "--tariff", str(tmp_path / "tariff.json"), "--cards", str(tmp_path / "cards.csv"),
             "--out", str(tmp_path / "out")]
     assert provision.main(argv + ["--ocpp-ids", str(ids)]) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["board.json", "config.json", "secrets.json"]   # board unchanged
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["board.json", "config.json", "secrets.json"]
     tokens = sorted(hmac.new(bytes.fromhex(site_key), bytes.fromhex(u), hashlib.sha256).hexdigest()[:32] for u in uids)
     exported = json.loads(ids.read_text())["cards"]
     assert [c["token"] for c in exported] == tokens and [c["key"] for c in exported] == [1, 1]

@@ -21,6 +21,7 @@ import pytest
 import sim
 from backend import Backend
 from broker import Broker
+from downlink import read_fleet_key
 from scenario import normalise
 from store import Store
 
@@ -106,10 +107,13 @@ def operator(tmp_path):
                         str(tmp_path / "keys" / "cp-update.pem")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     _openssl("pkey", "-in", str(tmp_path / "keys" / "cp-update.pem"), "-pubout", "-out", str(d / "cp-update.pub.pem"))
+    # the fleet secret, made as docs/operations.md says; the backend gets the same file
+    (d / "fleet.key").write_text(os.urandom(32).hex() + "\n")
     (d / "tariff.json").write_text(json.dumps(TARIFF))
     (d / "cards.csv").write_text(doc_block("provision:cards") + "\n")
     return {"dir": d, "pki": pki, "site_key": keys["site_keys"]["1"],
-            "public_key": json.loads(r.stdout)["ota"]["public_key"]}
+            "public_key": json.loads(r.stdout)["ota"]["public_key"],
+            "fleet_key": read_fleet_key(str(d / "fleet.key"))}
 
 
 def provision(d, argv):
@@ -142,6 +146,12 @@ def boot(root, scenario):
                        stderr=subprocess.STDOUT, text=True, timeout=300)
     lines = r.stdout.splitlines()
     return r.returncode, lines, [json.loads(line[2:]) for line in lines if line.startswith("@ ")]
+
+
+def start_backend(broker, operator, db, out):
+    """tools/backend.py with its broker account, the operator's fleet secret and the provisioned --auth table."""
+    return Backend(db, **dict(broker.client_args("backend"), fleet_key=operator["fleet_key"]),
+                   auth=os.path.join(out, "backend", "auth.json"), ack_delay_s=0.05, out=lambda line: None).start()
 
 
 def connected(events):
@@ -188,8 +198,7 @@ def test_the_documented_command_provisions_a_charger_that_boots_and_charges(oper
         assert cfg["tariff"] == TARIFF and cfg["mqtt"]["tls"] is True
         # the broker's entries, appended as docs/security.md says
         broker.append(*(open(os.path.join(out, "broker", n)).read() for n in ("passwd", "acl")))
-        backend = Backend(db, **broker.client_args("backend"), auth=os.path.join(out, "backend", "auth.json"),
-                          ack_delay_s=0.05, out=lambda line: None).start()
+        backend = start_backend(broker, operator, db, out)
         assert backend.wait_connected()
         on_board = onto_board(out, root)
         assert on_board == ["board.json", "ca.pem", "cert.pem", "config.json", "key.pem", "secrets.json"]
@@ -218,8 +227,7 @@ def test_the_documented_command_provisions_a_charger_that_boots_and_charges(oper
         assert read_labels(out) == {a1: (1, "Alice Example"), a2: (2, "Alice Example"), b1: (1, "Bob Example"),
                                     token(key2, BOB): (2, "Bob Example")}
         backend.stop()   # the operator restarts the backend with the regenerated table
-        backend = Backend(db, **broker.client_args("backend"), auth=os.path.join(out, "backend", "auth.json"),
-                          ack_delay_s=0.05, out=lambda line: None).start()
+        backend = start_backend(broker, operator, db, out)
         assert backend.wait_connected()
         onto_board(out, root)
         rc, lines, events = boot(root, DRIVE)
@@ -241,8 +249,7 @@ def test_the_documented_command_provisions_a_charger_that_boots_and_charges(oper
         assert sec["site_keys"] == {"2": key2} and sec["site_key_accept"] == [2]
         assert sorted(json.load(open(os.path.join(out, "backend", "auth.json")))) == sorted([a2, token(key2, BOB)])
         backend.stop()
-        backend = Backend(db, **broker.client_args("backend"), auth=os.path.join(out, "backend", "auth.json"),
-                          ack_delay_s=0.05, out=lambda line: None).start()
+        backend = start_backend(broker, operator, db, out)
         assert backend.wait_connected()
         onto_board(out, root)
         rc, lines, events = boot(root, DRIVE)
