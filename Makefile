@@ -52,8 +52,9 @@ test-mp: setup  ## the same unit tests under the MicroPython unix port
 test-mp32: setup mp32  ## the same unit tests on the board-like interpreter (32-bit objects, float32)
 	$(MP32) -X heapsize=8M tests/mp_runner.py tests/unit
 
-test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython, mosquitto, Chromium, mpy-cross)
-	$(PY) -m pytest -q tests/host
+HOST_JOBS ?= 3
+test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython, mosquitto, Chromium, mpy-cross); HOST_JOBS=1 runs them one at a time
+	$(PY) -m pytest -q -n $(HOST_JOBS) --durations=12 tests/host
 
 demo: setup  ## simulated charger + local broker: two drivers, one refused card
 	$(PY) tools/demo.py
