@@ -31,9 +31,12 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packages import require  # noqa: E402
+
+require("paho")
+import paho.mqtt.client as mqtt  # noqa: E402
+
 from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
 from store import Store, money  # noqa: E402
 

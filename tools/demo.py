@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packages import require  # noqa: E402
+
+require("paho", "matplotlib")
+import paho.mqtt.client as mqtt  # noqa: E402
+
 import sim  # noqa: E402
 from backend import Backend  # noqa: E402
 from broker import Broker  # noqa: E402

@@ -22,13 +22,16 @@ import sys
 import threading
 import time
 
-import jinja2
-import uvicorn
-from starlette.applications import Starlette
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packages import require  # noqa: E402
+
+require("jinja2", "uvicorn", "starlette")
+import jinja2  # noqa: E402
+import uvicorn  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
 from store import Store, money  # noqa: E402
 
 REFRESH_S = 1.0          # how often the store is read while someone watches the live stream

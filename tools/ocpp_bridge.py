@@ -28,14 +28,17 @@ import threading
 import time
 import urllib.parse
 
-import paho.mqtt.client as mqtt
-import websockets
-from ocpp.exceptions import NotSupportedError, OCPPError
-from ocpp.routing import after, on
-from ocpp.v16 import ChargePoint, call, call_result
-from ocpp.v16.enums import Action
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packages import require  # noqa: E402
+
+require("paho", "websockets", "ocpp")
+import paho.mqtt.client as mqtt  # noqa: E402
+import websockets  # noqa: E402
+from ocpp.exceptions import NotSupportedError, OCPPError  # noqa: E402
+from ocpp.routing import after, on  # noqa: E402
+from ocpp.v16 import ChargePoint, call, call_result  # noqa: E402
+from ocpp.v16.enums import Action  # noqa: E402
+
 from backend import CHECKS, MAX_ID_LEN, Malformed  # noqa: E402
 from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
 from store import epoch  # noqa: E402

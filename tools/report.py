@@ -25,6 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "tools", "compat"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+from packages import require  # noqa: E402
+
+require("matplotlib")
 from firmware.billing.fixed import round_div, text  # noqa: E402
 from reportlib import charts, exports  # noqa: E402
 from reportlib.labels import load_labels  # noqa: E402
