@@ -140,3 +140,16 @@ def test_the_harmless_commands_run_as_written(doc, line, tmp_path):
         argv[1] = os.path.join(ROOT, argv[1])
     r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (doc, line, r.stderr)
+
+
+def test_the_readme_small_heap_run_boots_and_charges(tmp_path):
+    """README's `--mpy --heapsize` line, on a short session instead of my.json: the size it names is enough."""
+    line = [argv for doc, _, _, argv in ALL if doc == "README.md" and "--heapsize" in argv][0]
+    scenario = tmp_path / "my.json"
+    scenario.write_text('{"board": "sim", "start": "2026-03-02T07:00:00Z", "cards": {"a": "04A1B2C3D4E5F6"}, '
+                        '"allow": ["a"], "events": [{"t": 5, "plug": true}, {"t": 10, "tap": "a"}, '
+                        '{"t": 15, "ev_current_a": 16}, {"t": 120, "tap": "a"}], "end": 130}')
+    argv = [sys.executable if a == ".venv/bin/python" else str(scenario) if a == "my.json" else a for a in line]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
+    assert "MemoryError" not in r.stdout + r.stderr and "session_end" in r.stdout
