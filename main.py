@@ -7,7 +7,7 @@ from firmware import app
 
 
 def platform(hw, scenario):
-    """(machine module, clock, stop condition) for the parsed board settings `hw`."""
+    """(machine module, clock, stop condition, console input) for the parsed board settings `hw`."""
     if hw.platform == "sim":
         from hal.sim import machine
         from hal.sim.world import World
@@ -15,12 +15,13 @@ def platform(hw, scenario):
         if scenario is None:
             raise ValueError("the sim board needs --scenario (see tools/sim.py)")
         world = World(hw, scenario)
-        return machine, world.clock, world.finished
+        return machine, world.clock, world.finished, world.console
     import machine
 
     from firmware.core.clock import Clock
+    from hal.console import Console
 
-    return machine, Clock(), lambda: False
+    return machine, Clock(), lambda: False, Console()
 
 
 app.run(platform)

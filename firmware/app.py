@@ -27,6 +27,7 @@ from firmware.controller import Controller
 from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import Journal
 from firmware.core.log import Log, print_exception
+from firmware.ops.console import Console
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
 from firmware.core.settings import Settings, board_settings
@@ -61,7 +62,7 @@ def parse_args(argv):
 
 
 def main(argv, platform):
-    """Boot with `platform(hw, scenario)` -> (machine, clock, stop) choosing the hardware."""
+    """Boot with `platform(hw, scenario)` -> (machine, clock, stop, console input) choosing the hardware."""
     args = parse_args(argv)
     try:
         hw = board_settings(load(args["board"]))
@@ -70,7 +71,7 @@ def main(argv, platform):
         raise
     device_cfg = load(args["config"])
     secrets = load(args["secrets"])
-    machine, clock, stop = platform(hw, load(args["scenario"]) if args["scenario"] else None)
+    machine, clock, stop, port = platform(hw, load(args["scenario"]) if args["scenario"] else None)
     log = Log(clock)
     try:
         settings = Settings(hw, device_cfg, secrets)
@@ -140,7 +141,9 @@ def main(argv, platform):
     log.event("tariff", id=ctl.tariffs.current.id, version=ctl.tariffs.version, text=ctl.tariffs.price_text())
     ctl.recover(boot)
     try:
-        ctl.run(lambda: watch.tick() or stop())
+        console = Console(port, clock)   # the technician's read-only commands, typed while charging
+        current["running"] = True
+        ctl.run(lambda: watch.tick() or console.tick() or stop())
     except KeyboardInterrupt:
         _stopped(ctl, board, data, "interrupted at the console")
         return
@@ -149,6 +152,7 @@ def main(argv, platform):
         _stopped(ctl, board, data, "%s: %s" % (type(e).__name__, e))
         raise
     finally:
+        current["running"] = False
         board.contactor.open()  # whatever ended the loop, the contactor opens
         log.store.flush()
     watch.healthy()   # a clean end (scenario over, update reset) is no crash

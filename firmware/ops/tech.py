@@ -65,12 +65,14 @@ def _data(data):
 
 
 def _mode(d):
-    if "ctl" in _current():
-        return "stopped"
+    cur = _current()
+    if "ctl" in cur:
+        return "running" if cur.get("running") else "stopped"
     return "hold" if exists(d + "/hold") else "offline"
 
 
-_MODES = {"stopped": "ran this boot, stopped at the REPL (resume: import main, or machine.reset())",
+_MODES = {"running": "running: charging goes on (console commands read only; Ctrl-C stops the charger)",
+          "stopped": "ran this boot, stopped at the REPL (resume: import main, or machine.reset())",
           "hold": "technician hold: the charger stays off (tech.resume() to charge again)",
           "offline": "not started this boot: figures from the data directory"}
 
@@ -286,9 +288,10 @@ def status(data=None):
 
 def _print_status(o):
     say("Charger: %s" % _MODES[o["mode"]])
-    known = o["mode"] == "stopped"
-    say("  connector  not running (last reported %s%s)" % (o["connector"] or "nothing",
-                                                            ", %s" % o["error"] if o["error"] else ""))
+    known = o["mode"] in ("running", "stopped")
+    say("  connector  %s%s%s" % ("" if o["mode"] == "running" else "not running (last reported ",
+                                 o["connector"] or "nothing", ", %s" % o["error"] if o["error"] else "")
+        + ("" if o["mode"] == "running" else ")"))
     aux = o["aux_closed"]
     say("  contactor  %s%s, %s cycles" % ("CLOSED" if o["contactor_closed"] else "open",
                                            "" if aux is None else " (aux contact %s)" % ("closed" if aux else "open"),

@@ -90,6 +90,24 @@ class Line:
         self.temp_c = 25.0
 
 
+class Typed:
+    """The console's receive buffer: bytes typed, kept (up to 256, as a UART's) until read."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def typed(self, b):
+        if len(self._buf) < 256:
+            self._buf.append(b)
+
+    def read_byte(self):
+        if not self._buf:
+            return None
+        b = self._buf[0]
+        self._buf = self._buf[1:]
+        return b
+
+
 class World:
     def __init__(self, hw, scenario):
         """hw: the board settings as records (firmware/core/settings.py board_settings), the same
@@ -166,11 +184,13 @@ class World:
             machine.net(hw.button.pin).source = lambda a=hw.button.active: a if self.pressed else 1 - a
 
         self._console = None
+        self.console = None      # what the firmware reads of the console (hal/console.py's interface)
         if scenario.get("console"):   # tools/ptyrun.py: the console is a terminal, like a board's USB UART
             import select
 
             self._console = select.poll()
             self._console.register(sys.stdin, select.POLLIN)
+            self.console = Typed()
 
         self.end_ms = scenario["end_ms"]
         self._retap_ms = scenario.get("retap_after_cut_ms")
@@ -235,7 +255,8 @@ class World:
     def _console_input(self):
         """Ctrl-C typed on the console raises KeyboardInterrupt here, between two steps of the world,
         as an ESP32's UART driver schedules it for the next bytecode. (The unix port's own SIGINT
-        lands anywhere, even inside a garbage collection, and can leave the heap locked.)"""
+        lands anywhere, even inside a garbage collection, and can leave the heap locked.) Other
+        bytes wait in `console` for the firmware, as in the UART's receive buffer."""
         while self._console.poll(0):
             b = sys.stdin.buffer.read(1)
             if not b:
@@ -243,6 +264,7 @@ class World:
                 return
             if b == b"\x03":
                 raise KeyboardInterrupt
+            self.console.typed(b[0])
 
     def _update_line(self):
         ev = self.ev

@@ -7,6 +7,7 @@ at its REPL; a second boot on the same data sits in technician hold and reads th
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -147,3 +148,61 @@ def test_a_reboot_on_the_same_data_sits_in_technician_hold(stopped):
         assert "Technician hold ended" in tech(run.device, "resume()")
         assert "hold" not in os.listdir(run.data)
         assert '"ev": "boot"' not in run.transcript()   # the charger never started
+
+
+def _repl(dev, typed, settle_s=1.5):
+    """`mpremote connect dev resume repl` on a terminal of its own (it needs one), the lines typed
+    into it one by one, then Ctrl-] to leave; what the terminal showed."""
+    import select as _select
+
+    master, slave = os.openpty()
+    p = subprocess.Popen([_mpremote_exe(), "connect", dev, "resume", "repl"], stdin=slave, stdout=slave,
+                         stderr=slave)
+    os.close(slave)
+    out = bytearray()
+
+    def drain(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if _select.select([master], [], [], 0.1)[0]:
+                try:
+                    out.extend(os.read(master, 65536))
+                except OSError:   # EIO: mpremote ended
+                    return
+
+    try:
+        drain(settle_s)
+        for line in typed:
+            os.write(master, line.encode() + b"\r")
+            drain(settle_s)
+        os.write(master, b"\x1d")
+        drain(1.0)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    return out.decode("utf-8", "replace")
+
+
+def test_console_commands_read_the_running_charger_without_stopping_it(tmp_path):
+    """mpremote's `repl` sends no Ctrl-C: lines typed there reach the firmware's console commands
+    (firmware/ops/console.py), which answer while the session goes on."""
+    path = str(tmp_path / "scenario.json")
+    with open(path, "w") as f:
+        json.dump(SCENARIO, f)
+    with PtyRun(path, str(tmp_path / "run"), KEY) as run:
+        run.wait_for('"closed": true', timeout=60)
+        shown = _repl(run.device, ["status", "log 3", "sessions 1", "faults", "selftest"])
+        assert "Charger: running: charging goes on" in shown, shown[-2000:]
+        assert "connector  Charging" in shown and "contactor  CLOSED" in shown and "#1 running" in shown
+        assert "> log 3" in shown and "> sessions 1" in shown and "Active faults: none" in shown
+        assert "console: unknown command 'selftest'" in shown       # nothing that drives the hardware
+        later = _repl(run.device, ["status"])                       # the session went on meanwhile
+        energy = [float(re.search(r"#1 running, since \S+, ([\d.]+) kWh", x).group(1)) for x in (shown, later)]
+        assert 0 < energy[0] < energy[1], energy
+        out = run.transcript()
+        assert '"ev": "shutdown"' not in out and "Charger stopped safely" not in out
+        assert not journal_messages(run.data, "ended")               # the session is still running
+        for uid in CARDS.values():
+            assert uid.upper() not in shown and uid.lower() not in shown

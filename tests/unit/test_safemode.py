@@ -66,7 +66,7 @@ def _boot(d, crashed):
         world = World(hw, {"start_utc": 1772438100, "end_ms": 60000, "events": [
             {"t": 1000, "plug": True}, {"t": 2000, "tap": ["04A1B2C3"]}, {"t": 3000, "ev_current_a": 16}]})
         worlds.append(world)
-        return machine, world.clock, world.finished
+        return machine, world.clock, world.finished, world.console
 
     try:
         app.current.clear()

@@ -1,0 +1,24 @@
+"""The USB console's input, read without waiting: what a technician types while the charger runs.
+
+The UART driver keeps Ctrl-C for itself (KeyboardInterrupt, the explicit stop); every other byte
+waits here until the loop asks for it.
+
+    console = Console(); b = console.read_byte()   # an int, or None when nothing was typed
+"""
+import select
+import sys
+
+
+class Console:
+    def __init__(self, stream=None):
+        stream = stream or sys.stdin
+        self._stream = getattr(stream, "buffer", stream)   # bytes, not text
+        self._poll = select.poll()
+        self._poll.register(stream, select.POLLIN)
+
+    def read_byte(self):
+        """One byte typed, or None when none waits (never blocks)."""
+        if not self._poll.poll(0):
+            return None
+        b = self._stream.read(1)
+        return b[0] if b else None
