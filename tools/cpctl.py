@@ -38,7 +38,7 @@ for _p in (os.path.join(ROOT, "tools", "compat"), os.path.join(ROOT, "tools"), R
 from firmware.auth.pseudonym import parse_key, pseudonym  # noqa: E402
 from firmware.billing.tariff import Tariff  # noqa: E402
 from firmware.charging.limits import KINDS, Limits  # noqa: E402
-from firmware.link.ota import check_command  # noqa: E402
+from firmware.link.ota import FLEET, check_command  # noqa: E402
 from downlink import B2D, CTR_MAX, Sealer, broker_arg, read_fleet_key, seal, to_device  # noqa: E402
 from provision import ProvisionError, card_entry, local_list, parse_uid, read_cards  # noqa: E402
 from store import Store  # noqa: E402
@@ -296,7 +296,7 @@ class Link:
         import paho.mqtt.client as mqtt
 
         self.sealer = sealer
-        self.ready = threading.Event()
+        self.ready = threading.Event()   # subscribed, or refused
         self.refused = None
         self._cv = threading.Condition()
         self._waiting = {}   # (device, command id) -> None until its cmd_ack arrives
@@ -320,7 +320,7 @@ class Link:
         except (OSError, ValueError) as e:
             raise RuntimeError("cannot reach the broker %s:%d: %s" % (self.host, self.port, e))
         self.client.loop_start()
-        if not self.ready.wait(timeout):
+        if not self.ready.wait(timeout) or self.refused:
             self.close()
             raise RuntimeError("the broker %s:%d %s" % (self.host, self.port, "refused the login: %s" % self.refused
                                                        if self.refused else "did not answer in %g s" % timeout))
@@ -333,6 +333,7 @@ class Link:
         if reason_code.is_failure:
             self.refused = str(reason_code)
             client.disconnect()
+            self.ready.set()
             return
         client.subscribe("cp/v1/+/cmd_ack", qos=1)
 
@@ -532,9 +533,9 @@ def main(argv=None, out=None):
         return fail("--user %s needs its password in $%s" % (args.user, PASSWORD_ENV))
     try:
         cmd = build(args) if args.cmd != "acks" else None
-        fleet = read_fleet_key(args.fleet_key) if cmd is not None or args.fleet_key else None
-        if cmd is not None and fleet is None:
+        if cmd is not None and not args.fleet_key:
             raise InputError("--fleet-key FILE is needed: commands are sealed under each charger's key")
+        fleet = read_fleet_key(args.fleet_key) if cmd is not None else None
         store = Store(args.db, create=False)   # a mistyped --db must not start new counters
     except InputError as e:
         return fail(str(e))
@@ -544,6 +545,9 @@ def main(argv=None, out=None):
         devices = targets(args, store)
         if cmd is None:
             return list_acks(store, devices, args.limit, out)
+        target = cmd.payload.get("target") if cmd.name == "update" else None
+        if target not in (None, FLEET) and devices != [target]:
+            raise InputError("the update manifest is signed for %s only: the charger would refuse it" % target)
         versions = {d: tariff_version(store, d) for d in devices} if cmd.version == "tariff" else {}
         for d in devices:
             size = sealed_size(d, cmd, versions.get(d, 1 << 29))

@@ -146,6 +146,33 @@ def test_a_counter_from_another_store_is_refused_with_a_hint(rig, tmp_path):
     assert [a["status"] for a in _stored_acks(other, "remote_stop")] == ["rejected"]
 
 
+def manifest(**changes):
+    """A cmd/update payload with every field well formed (the signature is not a real one)."""
+    m = {"id": "u-9.9.9-test", "url": "https://updates.example.org/cp.bin", "version": "9.9.9", "target": "*",
+         "expires": "2030-01-01T00:00:00Z", "rollback": False, "size": 1000, "sha256": "ab" * 32, "sig": "cd" * 256}
+    m.update(changes)
+    return m
+
+
+def test_an_update_reaches_the_charger_which_checks_it(rig, tmp_path):
+    path = _write(str(tmp_path / "update.json"), manifest())
+    rc, lines = rig.ctl("update", path, "--device", DEVICE)
+    assert rc == cpctl.REFUSED   # the simulated charger has no update key: its own reason says so
+    assert lines[0].startswith(DEVICE + " refused update: ") and "update" in lines[0].split(":", 1)[1], lines
+
+
+def test_a_wrong_broker_password_sends_nothing(rig, capsys):
+    os.environ[cpctl.PASSWORD_ENV] = "not-the-password"
+    try:
+        start = time.time()
+        rc = cpctl.main(["stop", "--device", DEVICE, "--broker", "127.0.0.1:%d" % rig.broker.port, "--user",
+                         rig.ctl_login["username"], "--fleet-key", rig.fleet, "--db", rig.db], out=print)
+    finally:
+        del os.environ[cpctl.PASSWORD_ENV]
+    assert rc == cpctl.BAD_INPUT and time.time() - start < 5
+    assert "refused the login" in capsys.readouterr().err
+
+
 def test_an_unreachable_device_times_out_with_exit_3(rig):
     start = time.time()
     rc, lines = rig.ctl("stop", "--device", DEVICE, "--device", "cp-ghost", "--timeout", "1")
@@ -264,18 +291,55 @@ def test_bad_arguments_exit_2_before_connecting(offline, argv, why, capsys, monk
     assert why in err and "broker" not in err, err
 
 
-def test_a_list_too_big_for_the_charger_is_refused(offline, tmp_path):
+def _build(*argv):
+    return cpctl.build(cpctl.parser().parse_args(list(argv)))
+
+
+def test_cards_are_sent_as_pseudonyms_under_every_accepted_key(tmp_path):
+    key2 = bytes(range(80, 112))
+    keys = _write(str(tmp_path / "s.json"), {"site_keys": {"1": KEY.hex(), "2": key2.hex()}, "site_key_current": 2})
+    block = _build("card", "block", "04:a1:b2:c3:d4:e5:f6", "--keys", keys)
+    assert block.name == "list_update" and block.version == "list"
+    tok2 = hmac.new(key2, bytes.fromhex(ALICE), hashlib.sha256).hexdigest()[:32]
+    assert block.payload == {"type": "diff", "entries": [{"token": pseudo(ALICE), "key": 1, "status": "Blocked"},
+                                                         {"token": tok2, "key": 2, "status": "Blocked"}]}
+    add = _build("card", "add", ALICE, "--keys", keys, "--max-kwh", "7.5", "--group", "fleet", "--list-version", "9")
+    assert add.version is None and add.for_device() == {
+        "id": add.cid, "type": "diff", "version": 9,
+        "entries": [{"token": tok2, "key": 2, "status": "Accepted", "group": "fleet", "max_kwh": "7.5"}]}
+    gone = _build("card", "remove", ALICE, "--keys", keys)
+    assert [e.get("remove") for e in gone.payload["entries"]] == [True, True]
+    start = _build("start", ALICE, "--keys", keys, "--max-current-a", "16")
+    assert start.payload == {"token": tok2, "key": 2, "max_current_a": 16}
+    assert ALICE not in json.dumps([block.payload, add.payload, gone.payload, start.payload])
+
+
+def test_profiles_and_updates_as_the_charger_expects_them(tmp_path):
+    prof = _write(str(tmp_path / "p.json"), {"periods": [[0, 16], [3600, 10]], "stack_level": 1})
+    assert _build("profile", "station_max", prof).payload == {
+        "kind": "station_max", "profile": {"periods": [[0, 16], [3600, 10]], "stack_level": 1}}
+    assert _build("profile", "tx_default", "--clear", "--stack-level", "2").payload == {
+        "kind": "tx_default", "profile": None, "stack_level": 2}
+    up = _build("update", _write(str(tmp_path / "m.json"), manifest()))
+    assert up.cid == "u-9.9.9-test" and up.for_device() == manifest()
+
+
+def test_an_update_for_another_device_is_refused(offline, tmp_path, capsys):
+    path = _write(str(tmp_path / "m.json"), manifest(target="cp-b"))
+    assert offline["ctl"]("update", path, "--device", "cp-a")[0] == cpctl.BAD_INPUT
+    assert "signed for cp-b only" in capsys.readouterr().err
+
+
+def test_a_list_too_big_for_the_charger_is_refused(offline, tmp_path, capsys):
     rows = "".join("%08X\n" % (0x10000000 + i) for i in range(200))
     cards = _write(str(tmp_path / "many.csv"), "uid\n" + rows)
     rc, lines = offline["ctl"]("list", "full", cards, "--keys", offline["keys"], "--device", "cp-a",
                                "--list-version", "3")
-    assert rc == cpctl.BAD_INPUT
+    assert rc == cpctl.BAD_INPUT and "over the charger's 8192" in capsys.readouterr().err
 
 
 def test_an_update_manifest_is_checked_like_the_charger_does(offline, tmp_path, capsys):
-    manifest = {"id": "u-1", "url": "ftp://x/y.bin", "version": "1.4.0", "target": "*",
-                "expires": "2030-01-01T00:00:00Z", "rollback": False, "size": 10, "sha256": "00" * 32, "sig": "00"}
-    path = _write(str(tmp_path / "m.json"), manifest)
+    path = _write(str(tmp_path / "m.json"), manifest(url="ftp://x/y.bin"))
     assert offline["ctl"]("update", path, "--device", "cp-a")[0] == cpctl.BAD_INPUT
     assert "url must start with http" in capsys.readouterr().err
 
