@@ -5,6 +5,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import shlex
 import threading
 import time
 
@@ -21,7 +23,7 @@ from store import Store
 
 KEY = bytes(range(40, 72))           # the site key
 ALICE, BOB = "04A1B2C3D4E5F6", "DEADBEEF"
-DEVICE = "cp-ctl-1"
+DEVICE = "cp-0001"                   # as docs/operations.md names it
 TAP_S = 16                           # the charger's tap of alice, after the commands below
 
 
@@ -130,6 +132,40 @@ def test_full_list_then_a_card_blocked_by_uid(rig, tmp_path):
     assert not any(ALICE in line for line in lines + rig.backend_lines)   # the raw UID stays local
 
 
+def doc_commands():
+    """The argv of each command in docs/operations.md's block marked cpctl:example."""
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as f:
+        m = re.search(r"<!-- cpctl:example\b[^\n]*-->\n```sh\n(.*?)\n```", f.read(), re.S)
+    assert m, "docs/operations.md has no block marked cpctl:example"
+    out = []
+    for line in m.group(1).splitlines():
+        if line.startswith("export "):
+            assert line.split()[1].startswith(cpctl.PASSWORD_ENV + "=")
+            continue
+        argv = shlex.split(line)
+        assert argv[:2] == [".venv/bin/python", "tools/cpctl.py"], argv
+        out.append(argv[2:])
+    return out
+
+
+def test_the_documented_commands_run(rig, tmp_path):
+    files = {"tariff.json": _write(str(tmp_path / "t.json"), flat("0.3120", "EUR", "19", "day-rate")),
+             "cards.csv": _write(str(tmp_path / "c.csv"), "uid,name\n%s,Alice\n%s,Bob\n" % (ALICE, BOB)),
+             "secrets.json": rig.keys, "fleet.key": rig.fleet, "out/backend.sqlite": rig.db,
+             "ctl-1": rig.ctl_login["username"]}
+    commands = doc_commands()
+    assert [argv[0] for argv in commands] == ["tariff", "list", "card", "acks"]
+    os.environ[cpctl.PASSWORD_ENV] = rig.ctl_login["password"]
+    try:
+        for argv in commands:
+            lines = []
+            argv = [files.get(a, a) for a in argv] + ["--broker", "127.0.0.1:%d" % rig.broker.port]
+            assert cpctl.main(argv, out=lines.append) == cpctl.OK, (argv, lines)
+            assert lines and all(DEVICE in line.split()[:2] for line in lines), lines
+    finally:
+        del os.environ[cpctl.PASSWORD_ENV]
+
+
 def test_a_refused_command_prints_its_reason_and_exits_1(rig):
     rc, lines = rig.ctl("clear-fault", "--device", DEVICE)
     assert rc == cpctl.REFUSED
@@ -224,7 +260,7 @@ def test_the_blocked_card_is_refused_at_the_tap(rig):
     taps = [ev for _, ev in rig.sim.events if ev.get("ev") == "tap"]
     assert [(t.get("result"), t.get("status"), t.get("token")) for t in taps] == [("refused", "Blocked", pseudo(ALICE))]
     tariffs = [ev for _, ev in rig.sim.events if ev.get("ev") == "tariff"]
-    assert [(t["version"], t["id"]) for t in tariffs if t["version"]] == [(1, "day-rate"), (2, "day-rate")]
+    assert [(t["version"], t["id"]) for t in tariffs if t["version"]] == [(v, "day-rate") for v in (1, 2, 3)]
 
 
 def test_acks_lists_what_the_store_holds(rig):
