@@ -15,8 +15,8 @@ answer only under the charger's seal; the backend records it in the store. An an
 has not recorded within 2 s (not running?) is written by the CLI, as the same row, and said so.
 
     export CP_CTL_PASSWORD=...     # with --user: an account of the backend role of its own
-    python3 tools/cpctl.py tariff tariff.json --all --fleet-key fleet.key --db out/backend.sqlite
-    python3 tools/cpctl.py card block 04A1B2C3D4E5F6 --keys secrets.json --device cp-0001 --fleet-key fleet.key
+    .venv/bin/python tools/cpctl.py tariff tariff.json --all --fleet-key fleet.key --db out/backend.sqlite
+    .venv/bin/python tools/cpctl.py card block 04A1B2C3D4E5F6 --keys secrets.json --device cp-0001 --fleet-key fleet.key
 
 One line per device: `<device> ok|refused|timeout <command> ...`. Exit status: 0 every device
 accepted; 1 some refused (none timed out); 2 nothing sent (bad input, unreadable key or store,
@@ -77,6 +77,7 @@ class Command:
 # --- input ------------------------------------------------------------------------------------
 
 def _load_json(path, what):
+    """A JSON input file, or InputError naming it (nothing is sent on a bad file)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -125,6 +126,7 @@ def read_devices(path):
 
 
 def check_device(text, where="--device"):
+    """A device id that can be a topic level: no wildcards, separators or spaces reach the broker."""
     if not DEVICE_ID.fullmatch(text):
         raise InputError("%s: %r is not a device id (1..64 of A-Z a-z 0-9 . _ : -)" % (where, text[:70]))
     return text
@@ -147,6 +149,7 @@ def targets(args, store):
 
 
 def _version(text):
+    """argparse type for a version the charger can accept (1..2^30-1)."""
     try:
         v = int(text)
     except ValueError:
@@ -157,6 +160,7 @@ def _version(text):
 
 
 def _card_row(args, uid):
+    """The options as a card row, so tools/provision.py's own checks apply to them."""
     row = {"uid": uid}
     for name in ("status", "expiry", "group", "max_current_a", "max_kwh"):
         value = getattr(args, name, None)
@@ -176,6 +180,7 @@ def build(args):
 
 
 def _tariff(args):
+    """cmd/tariff: the version per device unless --version fixes it."""
     tariff = _load_json(args.file, "tariff")
     try:
         Tariff(tariff)   # the charger's own check
@@ -187,6 +192,7 @@ def _tariff(args):
 
 
 def _card(args):
+    """cmd/list_update diff for one card, by pseudonym only."""
     keys, current, accept = site_keys(args.keys)
     action = args.action
     if action == "add":
@@ -202,6 +208,7 @@ def _card(args):
 
 
 def _list(args):
+    """cmd/list_update from a cards file, pseudonyms under the current site key."""
     keys, current, _ = site_keys(args.keys)
     cards = read_cards(args.file)
     if args.kind == "full" and not cards:
@@ -221,6 +228,7 @@ def _list_command(kind, entries, version):
 
 
 def _start(args):
+    """cmd/remote_start for a card's pseudonym under the current site key."""
     keys, current, _ = site_keys(args.keys)
     uid, entry, _ = card_entry(_card_row(args, args.uid), "start")
     payload = {"token": pseudonym(keys[current], uid), "key": current}
@@ -442,6 +450,7 @@ def keep(answered, store, out, wait_s=BACKEND_WAIT_S):
 
 
 def list_acks(store, devices, limit, out):
+    """The answers the store holds, newest first: what a late or earlier command did."""
     for d in devices:
         rows = store.cmd_acks_of(d, limit=limit)
         if not rows:
@@ -455,6 +464,7 @@ def list_acks(store, devices, limit, out):
 # --- the command line ---------------------------------------------------------------------------
 
 def parser():
+    """Every subcommand takes the targets and connection options, before or after its arguments."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("targets and connection")
     g.add_argument("--device", action="append", metavar="ID", help="a charger (repeatable)")
@@ -562,6 +572,9 @@ def main(argv=None, out=None):
             return fail(str(e))
         try:
             rc = run(cmd, devices, link, store, versions, args.timeout, out)
+        except KeyboardInterrupt:   # sent, perhaps applied: like a timeout, `acks` shows what came
+            print("cpctl: interrupted before every answer came", file=sys.stderr)
+            rc = TIMEOUT
         finally:
             link.close()
         if link.ignored:
