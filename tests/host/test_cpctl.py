@@ -398,3 +398,15 @@ def test_the_help_runs_as_a_program():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "cpctl.py"), "card", "--help"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "block" in r.stdout and "--keys" in r.stdout
+
+
+def test_versions_targets_and_counters_from_the_store(tmp_path):
+    with Store(str(tmp_path / "s.sqlite")) as st:
+        st.add_cmd_ack("cp-pg", {"id": "t1", "cmd": "tariff", "status": "accepted", "version": 41}, 1)
+        st.add_cmd_ack("cp-pg", {"id": "t2", "cmd": "tariff", "status": "accepted", "version": 42}, 2)
+        assert cpctl.tariff_version(st, "cp-pg") == 43
+        assert cpctl.targets(cpctl.parser().parse_args(["stop", "--all"]), st) == ["cp-pg"]
+        first = st.next_ctr("cp-pg")
+        cmd = cpctl.Command("remote_stop", {})
+        sealer = cpctl.Sealer(bytes(range(32)), st.next_ctr)   # as cpctl seals: the store's counters
+        assert json.loads(sealer.seal("cp-pg", "cmd/remote_stop", cmd.for_device()).decode())["ctr"] == first + 1
