@@ -79,8 +79,8 @@ class Command:
 def _load_json(path, what):
     """A JSON input file, or InputError naming it (nothing is sent on a bad file)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, parse_float=str)   # decimals stay exact (prices, VAT), as the charger reads them
     except (OSError, ValueError) as e:
         raise InputError("%s %s: %s" % (what, path, e))
 

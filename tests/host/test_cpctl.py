@@ -350,6 +350,14 @@ def test_cards_are_sent_as_pseudonyms_under_every_accepted_key(tmp_path):
     assert ALICE not in json.dumps([block.payload, add.payload, gone.payload, start.payload])
 
 
+def test_tariff_prices_stay_exact_decimals(tmp_path):
+    path = _write(str(tmp_path / "t.json"), '{"id": "x", "currency": "EUR", "elements": [{"price_components": '
+                                            '[{"type": "ENERGY", "price": 0.3120, "vat": 19, "step_size": 1}]}]}')
+    cmd = _build("tariff", path, "--version", "5")
+    assert cmd.for_device()["tariff"]["elements"][0]["price_components"][0]["price"] == "0.3120"
+    assert cmd.for_device()["version"] == 5 and cmd.version is None
+
+
 def test_profiles_and_updates_as_the_charger_expects_them(tmp_path):
     prof = _write(str(tmp_path / "p.json"), {"periods": [[0, 16], [3600, 10]], "stack_level": 1})
     assert _build("profile", "station_max", prof).payload == {
