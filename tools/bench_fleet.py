@@ -61,8 +61,18 @@ class BackendProcess:
         self.proc.kill()
         self.proc.wait(10)
 
+    def cpu_s(self):
+        """CPU seconds it used so far (Linux /proc), or None."""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self):
         """SIGTERM, then (stored, duplicates) from its totals line; None for a killed one."""
+        self.cpu = self.cpu_s()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -99,7 +109,7 @@ def stored_sessions(db_url):
     return sessions, events
 
 
-def run(pg, n, sessions, updates, window, resend_s, ack_delay_ms):
+def run(pg, n, sessions, updates, window, resend_s, ack_delay_ms, interval_s=0.0):
     """One fleet of n chargers against two fresh instances on a fresh database: the figures as a dict."""
     with Broker() as broker, tempfile.TemporaryDirectory(prefix="cp-fleet-") as tmp:
         key_file = os.path.join(tmp, "fleet.key")
@@ -107,7 +117,7 @@ def run(pg, n, sessions, updates, window, resend_s, ack_delay_ms):
             f.write(broker.fleet_key.hex())
         db_url = pg.url()
         gen = LoadGen("127.0.0.1", broker.port, fleet_accounts(broker, n), broker.fleet_key, sessions=sessions,
-                      updates=updates, window=window, resend_s=resend_s)
+                      updates=updates, window=window, resend_s=resend_s, interval_s=interval_s)
         procs = start_backends(broker, db_url, key_file, ack_delay_ms=ack_delay_ms)
         try:
             r = gen.run(timeout=600)
@@ -115,17 +125,22 @@ def run(pg, n, sessions, updates, window, resend_s, ack_delay_ms):
             totals = [p.stop() for p in procs]
         stored, events = stored_sessions(db_url)
     r["per_instance"] = [(t[0] + t[1]) / r["seconds"] if t else None for t in totals]
+    r["cpu_s"] = [p.cpu for p in procs]
+    r["interval_s"] = interval_s
     r["store_ok"] = stored == gen.expected() and events == r["messages"]
     return r
 
 
 def report(r):
     lat = r["latency_ms"]
-    return ("fleet N=%d: %d records (%d publications) acked in %.1f s; per instance %s messages/s; "
-            "publish -> stored (ack) median %.0f ms, p95 %.0f ms; store %s" % (
-                r["chargers"], r["messages"], r["publishes"], r["seconds"],
+    how = ("paced, a record every %g s per charger" % r["interval_s"] if r["interval_s"]
+           else "backlog, every charger at once")
+    cpu = [c for c in r["cpu_s"] if c is not None]
+    return ("fleet N=%d (%s): %d records (%d publications) acked in %.1f s; per instance %s messages/s "
+            "(CPU %s s); publish -> stored (ack) median %.0f ms, p95 %.0f ms; store %s" % (
+                r["chargers"], how, r["messages"], r["publishes"], r["seconds"],
                 " + ".join("%.0f" % x for x in r["per_instance"] if x is not None),
-                percentile(lat, 50), percentile(lat, 95),
+                " + ".join("%.1f" % c for c in cpu) or "?", percentile(lat, 50), percentile(lat, 95),
                 "complete, nothing twice" if r["store_ok"] and not r["unacked"] else "WRONG"))
 
 
@@ -137,6 +152,8 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=1, help="unacked records in flight per charger (default 1)")
     ap.add_argument("--resend-s", type=float, default=5.0, help="a charger's first re-send (default 5 s)")
     ap.add_argument("--ack-delay-ms", type=int, default=200, help="the backends' ack batching (default 200)")
+    ap.add_argument("--interval-s", type=float, action="append",
+                    help="a charger's records this far apart (repeatable; 0: a backlog; default 0 and 4)")
     args = ap.parse_args(argv)
     if not postgres_available():
         print("bench_fleet: skipped: PostgreSQL is not installed (apt-get install postgresql)")
@@ -144,9 +161,10 @@ def main(argv=None):
     ok = True
     with TempPostgres() as pg:
         for n in args.chargers or (100, 1000):
-            r = run(pg, n, args.sessions, args.updates, args.window, args.resend_s, args.ack_delay_ms)
-            print(report(r), flush=True)
-            ok = ok and r["store_ok"] and not r["unacked"]
+            for interval in args.interval_s or (0.0, 4.0):
+                r = run(pg, n, args.sessions, args.updates, args.window, args.resend_s, args.ack_delay_ms, interval)
+                print(report(r), flush=True)
+                ok = ok and r["store_ok"] and not r["unacked"]
     return 0 if ok else 1
 
 

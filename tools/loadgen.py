@@ -30,6 +30,7 @@ PRICE_MINOR_PER_KWH = 30   # the simulated flat tariff, excl. VAT
 VAT_PERCENT = 19
 BASE_S = 1772438400        # 2026-03-02T08:00:00Z: the first simulated session's start
 RESEND_MAX_S = 60.0
+SWEEP_S = 0.02             # how often every charger is looked at; one that got an ack at once
 
 
 def iso(t):
@@ -58,15 +59,16 @@ def session_records(device, tx, updates, meter_start_wh, chain):
     end = start + 1800
     common = {"tx_id": tx, "token": TOKEN, "key": 1, "auth": "local_list", "tariff_id": "flat",
               "meter_start_wh": meter_start_wh}
-    recs = [dict(common, seq=0, event="started", ts=iso(start), group=None, max_wh=None, start_utc=start)]
+    recs = [dict(common, msg_id="%d-0" % tx, seq=0, event="started", ts=iso(start), group=None, max_wh=None,
+                 start_utc=start)]
     for i in range(1, updates + 1):
-        recs.append(dict(common, seq=i, event="updated", ts=iso(start + 1800 * i // (updates + 1)),
-                         energy_wh=energy * i // (updates + 1)))
-    recs.append(chain.sign(dict(common, seq=updates + 1, event="ended", ts=iso(end), started_at=iso(start),
-                                ended_at=iso(end), meter_stop_wh=meter_start_wh + energy, energy_wh=energy,
-                                stop_reason="EVDisconnected", cost=cost_of(energy), parking_s=0)))
-    for r in recs:
-        r["msg_id"] = "%d-%d" % (tx, r["seq"])
+        recs.append(dict(common, msg_id="%d-%d" % (tx, i), seq=i, event="updated",
+                         ts=iso(start + 1800 * i // (updates + 1)), energy_wh=energy * i // (updates + 1)))
+    last = updates + 1
+    recs.append(chain.sign(dict(common, msg_id="%d-%d" % (tx, last), seq=last, event="ended", ts=iso(end),
+                                started_at=iso(start), ended_at=iso(end), meter_stop_wh=meter_start_wh + energy,
+                                energy_wh=energy, stop_reason="EVDisconnected", cost=cost_of(energy),
+                                parking_s=0)))
     return recs, energy
 
 
@@ -77,7 +79,7 @@ class Charger:
         self.device = device
         self.password = password
         self.key = derive(fleet_key, device)
-        self.outbox = []          # [msg_id, sealed payload, tries, next due (monotonic s)], oldest first
+        self.outbox = []          # [msg_id, sealed payload, tries, next due (monotonic s), n], oldest first
         self.first_sent = {}      # msg_id -> monotonic s of its first publish
         self.acked = {}           # msg_id -> monotonic s of its first ack
         self.energy = {}          # tx_id -> Wh, what the store must end up with
@@ -92,7 +94,9 @@ class Charger:
             self.energy[tx] = energy
             for r in recs:
                 body = json.dumps(r, separators=(",", ":")).encode()
-                self.outbox.append([r["msg_id"], seal(self.key, D2B, device, "session", body), 0, 0.0])
+                self.outbox.append([r["msg_id"], seal(self.key, D2B, device, "session", body), 0, 0.0,
+                                    len(self.outbox)])
+        self.t0 = 0.0             # when its first record happens (run() staggers the chargers)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, clean_session=True)
         self.client.username_pw_set(device, password)
         self.client.on_connect = self._on_connect
@@ -121,9 +125,12 @@ class Charger:
             self.acked.setdefault(i, now)
         self.outbox = [e for e in self.outbox if e[0] not in gone]
 
-    def pump(self, now, window, resend_s):
-        """Publishes what is due among the oldest `window` unacknowledged records."""
+    def pump(self, now, window, resend_s, interval_s):
+        """Publishes what is due among the oldest `window` unacknowledged records; record n happens
+        at t0 + n * interval_s (0: all at once, a backlog)."""
         for e in self.outbox[:window]:
+            if not e[2] and now < self.t0 + e[4] * interval_s:
+                break   # not happened yet, nor have the later ones
             if e[2] and now < e[3]:
                 continue
             self.client.publish("cp/v1/%s/session" % self.device, e[1], qos=1)
@@ -140,10 +147,12 @@ class Charger:
 class LoadGen:
     """N chargers on one selector; run() returns the figures once every record is acked (or at the timeout)."""
 
-    def __init__(self, host, port, accounts, fleet_key, sessions=3, updates=1, window=4, resend_s=5.0):
-        """accounts: {device id: password}; window: unacked records in flight per charger."""
+    def __init__(self, host, port, accounts, fleet_key, sessions=3, updates=1, window=4, resend_s=5.0,
+                 interval_s=0.0):
+        """accounts: {device id: password}; window: unacked records in flight per charger; interval_s:
+        a charger's records happen this far apart (the chargers staggered), 0: all at once."""
         self.host, self.port = host, port
-        self.window, self.resend_s = window, resend_s
+        self.window, self.resend_s, self.interval_s = window, resend_s, interval_s
         self.chargers = [Charger(d, p, fleet_key, sessions, updates) for d, p in sorted(accounts.items())]
         self.sel = selectors.DefaultSelector()
 
@@ -173,12 +182,16 @@ class LoadGen:
             self._io(0.05)
 
     def _io(self, wait):
+        """One select: reads and writes what is ready; the chargers that read something (an ack, perhaps)."""
+        woke = []
         for key, events in self.sel.select(wait):
             c = key.data.client
             if events & selectors.EVENT_READ:
                 c.loop_read()
+                woke.append(key.data)
             if events & selectors.EVENT_WRITE and c.socket() is not None:
                 c.loop_write()
+        return woke
 
     def run(self, timeout=120.0, on_tick=None):
         """Connects, publishes until every record is acked or `timeout`; on_tick(gen) once per pass."""
@@ -186,14 +199,18 @@ class LoadGen:
         start = time.monotonic()
         deadline = start + timeout
         misc = start
-        while True:
+        for i, ch in enumerate(self.chargers):
+            ch.t0 = start + self.interval_s * i / len(self.chargers)
+        pending, woke, sweep = list(self.chargers), [], 0.0
+        while pending and time.monotonic() < deadline:
             now = time.monotonic()
-            pending = [ch for ch in self.chargers if not ch.done]
-            if not pending or now > deadline:
-                break
-            for ch in pending:
-                ch.pump(now, self.window, self.resend_s)
-            self._io(0.01)
+            if now - sweep >= SWEEP_S:   # re-sends due, records that happened meanwhile
+                sweep = now
+                pending = [ch for ch in pending if not ch.done]
+                woke = pending
+            for ch in woke:   # an ack frees a place in the window at once
+                ch.pump(now, self.window, self.resend_s, self.interval_s)
+            woke = self._io(SWEEP_S)
             if now - misc > 1.0:
                 misc = now
                 for ch in self.chargers:
@@ -248,6 +265,8 @@ def main(argv=None):
     ap.add_argument("--updates", type=int, default=1, help="`updated` records per session (default 1)")
     ap.add_argument("--window", type=int, default=4, help="unacked records in flight per charger (default 4)")
     ap.add_argument("--resend-s", type=float, default=5.0, help="first re-send after this, doubling (default 5)")
+    ap.add_argument("--interval-s", type=float, default=0.0,
+                    help="a charger's records this far apart (default 0: all at once, a backlog)")
     ap.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     args = ap.parse_args(argv)
     try:
@@ -258,7 +277,7 @@ def main(argv=None):
         print("loadgen: %s" % e, file=sys.stderr)
         return 2
     r = LoadGen(args.broker[0], args.broker[1], accounts, key, args.sessions, args.updates, args.window,
-                args.resend_s).run(args.timeout)
+                args.resend_s, args.interval_s).run(args.timeout)
     lat = r["latency_ms"]
     print("loadgen: %d chargers, %d records, %d acked in %.1f s (%.0f/s), %d publications; publish -> ack "
           "median %s ms, p95 %s ms" % (r["chargers"], r["messages"], r["acked"], r["seconds"],

@@ -6,8 +6,10 @@ import threading
 
 import pytest
 
+import verify
 from bench_fleet import start_backends, stored_sessions
 from broker import Broker
+from downlink import derive
 from loadgen import LoadGen, fleet_accounts
 from store import Store
 
@@ -60,6 +62,7 @@ def test_a_backend_killed_mid_run_loses_nothing_and_stores_nothing_twice(pg_url,
     assert killed and killed[0] < 180, "the kill came before the end of the run"
     assert any(" session tx " in line for line in a.lines), "the killed instance had taken a share"
     assert r["unacked"] == 0 and r["acked"] == r["messages"] == 180
+    assert r["publishes"] > r["messages"], "what the killed instance had taken was sent again"
     assert r["refused_acks"] == 0
     assert stored == gen.expected()          # every session, with its own energy, once
     assert events == 180                     # every record once: (device, tx_id, seq) is the key
@@ -67,7 +70,12 @@ def test_a_backend_killed_mid_run_loses_nothing_and_stores_nothing_twice(pg_url,
     with Store(pg_url) as st:
         assert st.query("SELECT COUNT(*) FROM rejects")[0][0] == 0
         costs = st.query("SELECT device, tx_id, energy_wh, total_excl_minor FROM sessions")
+        ended = st.query("SELECT device, record FROM session_events WHERE event = 'ended' ORDER BY device, tx_id")
     assert all(excl == (wh * 30 + 500) // 1000 for _, _, wh, excl in costs)
+    for device in ("lg-0001", "lg-0020"):   # the stored `ended` records still carry an intact chain
+        lines = [rec for d, rec in ended if d == device]
+        assert verify.check(lines, derive(broker.fleet_key, device), count=3) == []
+        assert verify.check(lines[:1] + lines[2:], derive(broker.fleet_key, device), count=3) != []
 
 
 def test_the_load_generator_is_refused_without_its_fleet_key(pg_url, tmp_path):
