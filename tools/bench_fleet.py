@@ -104,7 +104,8 @@ def start_backends(broker, db_url, key_file, n=2, share="fleet", ack_delay_ms=20
 def stored_sessions(db_url):
     """{(device, tx_id): energy_wh} of the finished sessions, and the count of stored session events."""
     with Store(db_url) as st:
-        sessions = {(d, tx): wh for d, tx, wh in st.query("SELECT device, tx_id, energy_wh FROM sessions WHERE final = 1")}
+        rows = st.query("SELECT device, tx_id, energy_wh FROM sessions WHERE final = 1")
+        sessions = {(d, tx): wh for d, tx, wh in rows}
         events = st.query("SELECT COUNT(*) FROM session_events")[0][0]
     return sessions, events
 
