@@ -1,12 +1,16 @@
 """`make bench`, fleet part: two backend instances on one shared subscription and one PostgreSQL store
 under a simulated fleet (tools/loadgen.py), for N = 100 and 1 000 chargers.
 
-Prints, per N, the messages each instance handled per second and the latency from a record's first
-publish to its ack (the backend acks only after its commit, so: publish -> stored -> ack received),
-median and 95th percentile; then checks the store holds every session once with its energy.
+Each charger has 3 sessions (started, updated, ended: 9 records), one record in flight. Two runs per
+N: a backlog (every record there at once, each sent as soon as the one before is acked: the fleet at
+full pressure, so the latency is mostly queueing) and paced (a charger's records 4 s apart, the
+chargers staggered). Prints the messages each instance handled per second (stored + duplicates over
+the run; its CPU seconds, start-up included) and the latency from a record's first publish to its
+ack (the backend acks only after its commit, batched for --ack-delay-ms: publish -> stored -> ack
+received), median and 95th percentile; then checks the store holds every session once with its energy.
 
     .venv/bin/python tools/bench_fleet.py                 # N = 100 and 1000
-    .venv/bin/python tools/bench_fleet.py --chargers 50 --sessions 2
+    .venv/bin/python tools/bench_fleet.py --chargers 50 --interval-s 0
 """
 import argparse
 import os
@@ -125,7 +129,8 @@ def run(pg, n, sessions, updates, window, resend_s, ack_delay_ms, interval_s=0.0
         finally:
             totals = [p.stop() for p in procs]
         stored, events = stored_sessions(db_url)
-    r["per_instance"] = [(t[0] + t[1]) / r["seconds"] if t else None for t in totals]
+    r["handled"] = [t[0] + t[1] if t else None for t in totals]   # stored + duplicates
+    r["per_instance"] = [h / r["seconds"] if h is not None else None for h in r["handled"]]
     r["cpu_s"] = [p.cpu for p in procs]
     r["interval_s"] = interval_s
     r["store_ok"] = stored == gen.expected() and events == r["messages"]
@@ -136,12 +141,15 @@ def report(r):
     lat = r["latency_ms"]
     how = ("paced, a record every %g s per charger" % r["interval_s"] if r["interval_s"]
            else "backlog, every charger at once")
-    cpu = [c for c in r["cpu_s"] if c is not None]
-    return ("fleet N=%d (%s): %d records (%d publications) acked in %.1f s; per instance %s messages/s "
-            "(CPU %s s); publish -> stored (ack) median %.0f ms, p95 %.0f ms; store %s" % (
-                r["chargers"], how, r["messages"], r["publishes"], r["seconds"],
-                " + ".join("%.0f" % x for x in r["per_instance"] if x is not None),
-                " + ".join("%.1f" % c for c in cpu) or "?", percentile(lat, 50), percentile(lat, 95),
+    each = []
+    for rate, handled, cpu in zip(r["per_instance"], r["handled"], r["cpu_s"]):
+        if rate is not None:
+            each.append("%.0f messages/s" % rate + (" (%.1f CPU s, %.0f messages per CPU s)" % (cpu, handled / cpu)
+                                                   if cpu else ""))
+    return ("fleet N=%d (%s): %d records (%d publications) acked in %.1f s; per instance %s; "
+            "publish -> stored (ack) median %.0f ms, p95 %.0f ms; store %s" % (
+                r["chargers"], how, r["messages"], r["publishes"], r["seconds"], " and ".join(each),
+                percentile(lat, 50), percentile(lat, 95),
                 "complete, nothing twice" if r["store_ok"] and not r["unacked"] else "WRONG"))
 
 

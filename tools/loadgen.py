@@ -77,7 +77,6 @@ class Charger:
 
     def __init__(self, device, password, fleet_key, sessions, updates):
         self.device = device
-        self.password = password
         self.key = derive(fleet_key, device)
         self.outbox = []          # [msg_id, sealed payload, tries, next due (monotonic s), n], oldest first
         self.first_sent = {}      # msg_id -> monotonic s of its first publish
@@ -166,6 +165,7 @@ class LoadGen:
         ch.client.on_socket_register_write = lambda c, u, s: self.sel.modify(s, selectors.EVENT_READ
                                                                               | selectors.EVENT_WRITE, ch)
         ch.client.on_socket_unregister_write = lambda c, u, s: self.sel.modify(s, selectors.EVENT_READ, ch)
+        ch.client.on_socket_close = lambda c, u, s: self.sel.unregister(s)   # not re-opened: it shows as unacked
         if ch.client.want_write():
             self.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ch)
 
