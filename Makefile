@@ -11,7 +11,7 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto .test-tools .gcc-multilib test test-unit test-mp test-mp32 test-host mp32 demo chaos bench mpy \
+.PHONY: help setup .mosquitto .postgres .test-tools .gcc-multilib test test-unit test-mp test-mp32 test-host mp32 demo chaos bench mpy \
 	deploy bundle clean
 
 help:  ## list the targets
@@ -35,11 +35,13 @@ lib/.lock.sha256: lib.lock.json tools/fetch_lib.py $(VENV)/.installed
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto with apt-get"; $(call APT_INSTALL,mosquitto); }
 
-.test-tools:  # the report test renders HTML in headless Chromium; PostgreSQL proves the store on it; openssl makes TLS certificates
-	@test -x /usr/bin/chromium || { echo "installing chromium with apt-get"; $(call APT_INSTALL,chromium); }
-	@command -v openssl >/dev/null 2>&1 || { echo "installing openssl with apt-get"; $(call APT_INSTALL,openssl); }
+.postgres:  # the store's PostgreSQL runs (tests, the fleet benchmark)
 	@command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql with apt-get"; $(call APT_INSTALL,postgresql); }
+
+.test-tools: .postgres  # the report test renders HTML in headless Chromium; PostgreSQL proves the store on it; openssl makes TLS certificates
+	@test -x /usr/bin/chromium || { echo "installing chromium with apt-get"; $(call APT_INSTALL,chromium); }
+	@command -v openssl >/dev/null 2>&1 || { echo "installing openssl with apt-get"; $(call APT_INSTALL,openssl); }
 
 test: setup test-host test-unit test-mp test-mp32  ## everything: end to end, compile checks, unit tests on three interpreters (make -j2 runs the end-to-end tests beside the others)
 
@@ -62,8 +64,9 @@ demo: setup  ## simulated charger + local broker: two drivers, one refused card
 chaos: setup  ## the long chaos run: 40 sessions, 400 power cuts at random moments, then the audit
 	$(PY) tools/chaos.py
 
-bench: setup mp32  ## speed and memory figures on the MicroPython unix port and the board-like one, written into README.md
+bench: setup mp32 .postgres  ## speed and memory figures on the MicroPython unix port and the board-like one, written into README.md; fleet scale (two backends, PostgreSQL, 100 and 1000 chargers)
 	MP32=$(MP32) MP32_FROZEN=$(MP32_FROZEN) $(PY) tools/bench.py
+	$(PY) tools/bench_fleet.py
 
 mpy: setup  ## compile the firmware for the ESP32 into build/
 	rm -rf build && mkdir -p build

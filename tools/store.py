@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 
 SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x63707631   # PostgreSQL advisory lock held while the schema is created ("cpv1")
 MAX_GAPS_LISTED = 256  # missing seqs flagged per check; a wilder jump is reported as a count
 
 SCHEMA = (
@@ -240,6 +241,8 @@ class Store:
         self.conn.rollback()
 
     def _schema(self):
+        if self.kind == "postgresql":   # instances starting together would race on CREATE TABLE: one at a time
+            self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         for stmt in SCHEMA:
             self.execute(stmt)
         self.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
