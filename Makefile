@@ -56,7 +56,7 @@ test-mp32: setup mp32  ## the same unit tests on the board-like interpreter (32-
 
 HOST_JOBS ?= 3
 test-host: setup .test-tools  ## end-to-end and tooling tests (real MicroPython, mosquitto, Chromium, mpy-cross); HOST_JOBS=1 runs them one at a time
-	$(PY) -m pytest -q -n $(HOST_JOBS) --durations=12 tests/host
+	$(PY) -m pytest -q -n $(HOST_JOBS) --dist loadfile --durations=12 tests/host
 
 demo: setup  ## simulated charger + local broker: two drivers, one refused card
 	$(PY) tools/demo.py

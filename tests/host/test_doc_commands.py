@@ -17,7 +17,7 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.pat
 BLOCK = re.compile(r"(<!--[^\n]*-->\n)?^([ \t]*)```(\w*)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)
 COMMANDISH = re.compile(r"^\s*(python3|\.venv/|make |mpremote|cp )", re.M)
 OUTSIDE = "<!-- commands: outside the project"   # a block run in another tree (e.g. MicroPython's ESP32 port)
-SYSTEM = {"openssl", "mosquitto_passwd", "kill", "cd", "psql", "createdb", "curl", "chromium"}
+SYSTEM = {"export", "openssl", "mosquitto_passwd", "kill", "cd", "psql", "createdb", "curl", "chromium"}
 PLACEHOLDER = "..."
 
 
