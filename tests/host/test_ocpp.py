@@ -671,10 +671,13 @@ def test_an_hour_without_the_csms_and_a_bridge_restart_lose_and_duplicate_nothin
     # what the CSMS received once it was back, in order: boot, status, then the queue
     replay = [(a, p.get("transactionId"), p.get("meterStart"), p.get("meterStop")) for _, a, p in rig.after_down
               if a not in ("Heartbeat", "StatusNotification", "MeterValues")]
-    assert replay == [("BootNotification", None, None, None),
-                      ("StartTransaction", None, ended[1]["meter_start_wh"], None),
-                      ("StopTransaction", 1002, None, ended[1]["meter_stop_wh"]),
-                      ("DataTransfer", None, None, None)]
+    # (a connection the CSMS side drops later, e.g. a missed websocket ping on a loaded machine,
+    # brings one more BootNotification: a new connection, not a duplicate)
+    assert replay[0] == ("BootNotification", None, None, None)
+    assert [r for r in replay if r[0] != "BootNotification"] == [
+        ("StartTransaction", None, ended[1]["meter_start_wh"], None),
+        ("StopTransaction", 1002, None, ended[1]["meter_stop_wh"]),
+        ("DataTransfer", None, None, None)]
     assert len(rig.csms.of("StartTransaction")) == 2 and len(rig.csms.of("StopTransaction")) == 2
     stops = rig.csms.of("StopTransaction")
     assert [s["meterStop"] for s in stops] == [r["meter_stop_wh"] for r in ended]
