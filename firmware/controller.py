@@ -263,10 +263,13 @@ class Controller:
         session (no offer, no new session) until a collection leaves room (_memory_allows)."""
         self.contactor.open()   # before anything that allocates
         gc.collect()
-        self._memory_trip = True   # if raising the fault fails too, the next pass tries again
+        self._memory_trip = True   # no offer, no new session until the fault is raised
         self.short_n = (self.short_n + 1) & 0x3FFFFFFF
-        self.reactions.trip("memory", "out of heap in the safety path")
-        self._memory_trip = False
+        try:
+            self.reactions.trip("memory", "out of heap in the safety path")
+            self._memory_trip = False
+        except MemoryError:
+            pass   # the next pass tries again
 
     def _memory_check(self, now):
         """Once a second: a suspension for memory ends when memory allows; deferred work is told

@@ -76,10 +76,10 @@ class Faults:
         now = self.clock.time()
         if now - self.last_trip.get(kind, now) > _QUIET_S and kind not in self.latched:
             self.trips[kind] = 0   # a day without this fault: old trips no longer count towards a latch
-        self.last_trip[kind] = now
         n = self.trips.get(kind, 0) + 1   # new, or a retry that found the condition still there
+        f = Fault(kind, detail, self.clock.ticks_ms(), n)   # first: out of heap, nothing was counted
+        self.last_trip[kind] = now
         self.trips[kind] = n
-        f = Fault(kind, detail, self.clock.ticks_ms(), n)
         if kind in self.latched:
             f.latched = True
         elif f.latched:

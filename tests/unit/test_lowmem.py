@@ -97,3 +97,17 @@ def test_the_safety_path_short_of_memory_suspends_charging_until_memory_allows()
     started, ended = h.sessions()
     assert ended["tx_id"] == tx and ended["stop_reason"] == "Local"
     assert 0 < ended["energy_wh"] < 230 * 10 * 87 // 3600   # the suspension drew nothing
+
+
+
+def test_a_fault_that_cannot_be_raised_for_memory_keeps_power_off_and_is_raised_once_there_is_room():
+    h = Harness(CARDS, ["alice"], PLUGGED + [{"t": 90000, "tap": "alice"}], 100000)
+    h.run(until_ms=20000)
+    h.ctl.safety.fast = Squeeze(h.ctl.safety.fast, 1)
+    trip = h.ctl.faults.trip = Squeeze(h.ctl.faults.trip, 5)   # building the fault runs out of heap too
+    h.run(until_ms=21000)   # on main the second MemoryError escaped the loop: the charger stopped
+    assert trip.raised == 5 and not h.board.contactor.commanded and h.ctl.ev.offered_a == 0
+    assert "memory" in h.ctl.faults.active and h.ctl.connector == "Faulted"
+    h.run()
+    assert [r["event"] for r in h.sessions()] == ["started", "ended"]
+    assert h.sessions()[1]["energy_wh"] > 230 * 10 * 30 // 3600   # charged again after the suspension
