@@ -7,8 +7,9 @@ waits on the network. The watchdog is fed only when every task of the loop ran w
 deadline. Running short of heap is not an outage: a MemoryError in a task outside the safety
 path defers that task to its next turn (commands are answered busy, messages sent later, meter
 values dropped) while the charge goes on; one in the safety path suspends charging (fault
-`memory`) until a collection leaves room again. What it decides is carried out by small owners: the Session (its records and
-billing), Reactions (faults), Status (connector, LED, meter values), Handlers (commands).
+`memory`) until a collection leaves room again. What it decides is carried out by small
+owners: the Session (its records and billing), Reactions (faults), Status (connector, LED,
+meter values), Handlers (commands).
 
     ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data_dir)
     ctl.recover(journal.recover()); ctl.run(stop=lambda: False)
@@ -507,8 +508,8 @@ class Controller:
         self._decided(self.auth.tap(pairs, self.sync.connected))
 
     def _unavailable(self):
-        return self._memory_trip or self.faults.blocking() is not None or self.ev.fault is not None or not self.admin.accepting() \
-            or self.reset_requested is not None
+        return self._memory_trip or self.faults.blocking() is not None or self.ev.fault is not None \
+            or not self.admin.accepting() or self.reset_requested is not None
 
     def _decided(self, d):
         """Act on an authorization decision (from a tap, a remote start or the backend)."""
