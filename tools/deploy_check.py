@@ -14,7 +14,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Measured on the board-like 32-bit build (docs/deploy.md): importing the firmware, drivers, umqtt and
 # urequests from .mpy keeps 206 KB on the heap; a charger running from .mpy has 320 KB live after
-# boot and ran a one-hour session in a 416 KB heap, not in 384 KB. 512 KB adds about 20 % for longer
+# boot and ran a one-hour session in a 384 KB heap, not in 352 KB. 512 KB adds a third for longer
 # runs and fragmentation. An ESP32 without PSRAM reports at most about 112 KB; one with PSRAM, megabytes.
 MIN_HEAP_KB = 512
 _ASK = "import gc\ngc.collect()\nprint('heap', gc.mem_free() + gc.mem_alloc(), gc.mem_free())"
