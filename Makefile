@@ -11,8 +11,8 @@ PORT ?= /dev/ttyUSB0
 BOARD ?= esp32_devkit
 FIRMWARE_PY := $(shell find firmware hal -name '*.py' -not -path 'hal/sim/*') boot.py main.py
 
-.PHONY: help setup .mosquitto .postgres .test-tools .gcc-multilib test test-unit test-mp test-mp32 test-host mp32 demo chaos bench mpy \
-	deploy bundle clean
+.PHONY: help setup .mosquitto .postgres .test-tools .gcc-multilib test test-unit test-mp test-mp32 test-host mp32 demo chaos \
+	bench mpy deploy deploy-frozen bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,12 +74,18 @@ mpy: setup  ## compile the firmware for the ESP32 into build/
 	  $(MPY_CROSS) -O2 -march=$(MPY_ARCH) -o build/$${f%.py}.mpy $$f || exit 1; done
 	rm -f build/boot.mpy build/main.mpy && cp boot.py main.py build/
 
-deploy: mpy  ## flash a board: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit
+deploy: mpy  ## copy the firmware as .mpy onto a board with PSRAM: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit (docs/deploy.md)
+	$(PY) tools/deploy_check.py $(PORT)
 	$(VENV)/bin/mpremote connect $(PORT) mip install umqtt.simple urequests
 	$(VENV)/bin/mpremote connect $(PORT) fs cp -r build/firmware build/hal : + \
 	  fs cp build/boot.py build/main.py : + fs cp board_configs/$(BOARD).json :board.json + \
 	  exec "import os\ntry:\n os.remove('slots/state.json')\nexcept OSError:\n pass" + reset
 	@echo "deployed; a slot installed over the air no longer shadows it (slots/state.json removed)"
+
+deploy-frozen: setup  ## a board flashed with the firmware frozen in (docs/deploy.md): only boot.py, main.py, board.json
+	$(PY) tools/deploy_check.py --frozen $(PORT)
+	$(VENV)/bin/mpremote connect $(PORT) fs cp boot.py main.py : + fs cp board_configs/$(BOARD).json :board.json + \
+	  exec "import os\ntry:\n os.remove('slots/state.json')\nexcept OSError:\n pass" + reset
 
 # the operator's RSA private key (tools/bundle.py keygen), never in the repo; DEVICE empty: the whole fleet
 UPDATE_KEY ?= $(HOME)/keys/cp-update.pem

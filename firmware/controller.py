@@ -4,8 +4,12 @@ Each iteration samples the meter and checks for emergencies, follows the EV (con
 plug contact or current), polls the card reader, handles the backend's commands, starts and
 stops sessions, sets the offered current and lets the sync talk to the broker. Nothing in it
 waits on the network. The watchdog is fed only when every task of the loop ran within its
-deadline. What it decides is carried out by small owners: the Session (its records and
-billing), Reactions (faults), Status (connector, LED, meter values), Handlers (commands).
+deadline. Running short of heap is not an outage: a MemoryError in a task outside the safety
+path defers that task to its next turn (commands are answered busy, messages sent later, meter
+values dropped) while the charge goes on; one in the safety path suspends charging (fault
+`memory`) until a collection leaves room again. What it decides is carried out by small
+owners: the Session (its records and billing), Reactions (faults), Status (connector, LED,
+meter values), Handlers (commands).
 
     ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data_dir)
     ctl.recover(journal.recover()); ctl.run(stop=lambda: False)
@@ -41,10 +45,27 @@ _HOUSEKEEPING_MS = 1000
 _FOLLOW_MS = 5000       # IEC 61851-1: an EV has 5 s to follow a lower offer
 _DRAWING_MA = 500
 _CHARGING_W = 100       # above this the EV is charging; below, an authorized EV is parking
+# the control step's tasks in order (_control_task); a MemoryError defers the one it hit, except in
+# the safety checks (None), which suspend charging instead
+_CONTROL = ("commands", "authorization", "charging", None, "feedback", "checkpoint", "status")
+_SAFETY = 3
+_RESUME_BYTES = 8192    # a block this big after a collection: room for a session's end record
+_SHORT_NOTICE_MS = 60000   # at most one low-memory notice upstream a minute
 try:
     _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
 except AttributeError:
     _mem_alloc = None          # CPython (tests on a PC): its collector needs no help
+
+
+def _memory_allows():
+    """A collection leaves a block the size of a session's end record (on an ESP32 asking for it
+    also grows the heap if it can): charging suspended for memory may go on."""
+    gc.collect()
+    try:
+        bytearray(_RESUME_BYTES)
+    except MemoryError:
+        return False
+    return True
 
 
 def _ev_sense(board, clock, settings, metering):
@@ -117,6 +138,12 @@ class Controller:
                                    self._housekeeping) if t is not None]
         self.reset_requested = None  # "install" / "rollback" / "reset_soft" / "reset_hard": the loop ends, the board resets
         self.heap_peak = 0          # most live heap seen after a collection, bytes
+        self.short_n = 0            # MemoryErrors the loop survived since boot (mod 2^30)
+        self._short_task = None     # the last task deferred for memory, not yet told upstream
+        self._short_told = None     # ticks_ms of the last low-memory notice
+        self._memory_trip = False   # the safety path ran out of heap and its fault is not raised yet
+        self._ending = None         # the stop reason of a session close in progress (out of heap: retried)
+        self._closing = None        # its signed end record, energy, cost and reason, built once
         self.iteration = 0          # loop iterations since boot (fault reports name the one that acted)
         self.session = None         # the running Session
         self.last_tx = None         # (tx_id, token) of the last session, for feedback after it
@@ -151,6 +178,8 @@ class Controller:
             self.iteration += 1
             try:
                 self.step()
+            except MemoryError:      # the safety path (the rest defers its own): suspend charging
+                self._safety_short()
             except Exception as e:   # a bug must not leave power flowing: safe state, report
                 self.reactions.internal_error(e)
             now = self.clock.ticks_ms()
@@ -164,27 +193,96 @@ class Controller:
 
     def step(self):
         self.idle()
+        if self._memory_trip:
+            self._safety_short()
         now = self.clock.ticks_ms()
         if self._poll.due(now):
-            self._read_card()
+            try:
+                self._read_card()
+            except MemoryError:
+                self._short_of_memory("card")
         if self._control.due(now):
+            for i in range(len(_CONTROL)):
+                try:
+                    self._control_task(i, now)
+                except MemoryError:
+                    if i == _SAFETY:
+                        raise
+                    self._short_of_memory(_CONTROL[i])
+        if self._housekeeping.due(now):
+            try:
+                self._memory_check(now)
+                self._housekeep()
+            except MemoryError:
+                self._short_of_memory("housekeeping")
+        self.feedback.tick()
+        try:
+            self.sync.tick()
+        except MemoryError:
+            self._short_of_memory("sync")
+        if self.updater is not None:
+            try:
+                self._update_step()
+            except MemoryError:
+                self._short_of_memory("update")
+        self._feed_watchdog(now)
+
+    def _control_task(self, i, now):
+        """The control step's task i, as _CONTROL names them."""
+        if i == 0:
             self.commands.handle_inbox()
+        elif i == 1:
             self.admin.tick()
             self._auth_timeouts()
+        elif i == 2:
             self._follow_ev()
             self._apply_offer()
+        elif i == _SAFETY:
             self._check_faults()
+        elif i == 4:
             self._check_button()
+        elif i == 5:
             self._checkpoint()
+        else:
             self._update_status()
             self.status.report_meter(now, self.session)
-        if self._housekeeping.due(now):
-            self._housekeep()
-        self.feedback.tick()
-        self.sync.tick()
-        if self.updater is not None:
-            self._update_step()
-        self._feed_watchdog(now)
+
+    def _short_of_memory(self, task):
+        """A MemoryError outside the safety path: the task's work waits for its next turn, the
+        cheapest queued messages (meter values, `updated`, reports) go, the charge goes on."""
+        self.short_n = (self.short_n + 1) & 0x3FFFFFFF
+        self._short_task = task
+        gc.collect()
+        try:
+            self.outbox.shed(0)
+            self.log.event("low_memory", deferred=task, n=self.short_n)
+        except MemoryError:
+            pass   # the notice upstream still tells it
+
+    def _safety_short(self):
+        """A MemoryError in the safety path: power off first, then the `memory` fault suspends the
+        session (no offer, no new session) until a collection leaves room (_memory_allows)."""
+        self.contactor.open()   # before anything that allocates
+        gc.collect()
+        self._memory_trip = True   # no offer, no new session until the fault is raised
+        self.short_n = (self.short_n + 1) & 0x3FFFFFFF
+        try:
+            self.reactions.trip("memory", "out of heap in the safety path")
+            self._memory_trip = False
+        except MemoryError:
+            pass   # the next pass tries again
+
+    def _memory_check(self, now):
+        """Once a second: a suspension for memory ends when memory allows; deferred work is told
+        upstream (a `low_memory` notice, at most one a minute)."""
+        if "memory" in self.faults.active and _memory_allows():
+            self.faults.gone("memory")   # cleared after its backoff by the fault checks
+        task = self._short_task
+        if task is not None and (self._short_told is None or
+                                 self.clock.ticks_diff(now, self._short_told) >= _SHORT_NOTICE_MS):
+            self._short_told = now
+            self._short_task = None
+            self._notice(info="low_memory", deferred=task, n=self.short_n)
 
     def idle(self):
         """What must never wait (the EV, the meter, emergencies): first in every loop pass."""
@@ -254,7 +352,7 @@ class Controller:
         if self.stamp.check():
             self._restamp()
         s = self.session
-        if s is not None:
+        if s is not None and self._ending is None:
             m = self.metering
             s.tick(self.stamp.now(), m.register_wh(), m.i_sum_ma, m.p_w, m.p_w > _CHARGING_W)
         if self.meter_ok:
@@ -410,8 +508,8 @@ class Controller:
         self._decided(self.auth.tap(pairs, self.sync.connected))
 
     def _unavailable(self):
-        return self.faults.blocking() is not None or self.ev.fault is not None or not self.admin.accepting() \
-            or self.reset_requested is not None
+        return self._memory_trip or self.faults.blocking() is not None or self.ev.fault is not None \
+            or not self.admin.accepting() or self.reset_requested is not None
 
     def _decided(self, d):
         """Act on an authorization decision (from a tap, a remote start or the backend)."""
@@ -487,6 +585,9 @@ class Controller:
         s = self.session
         now = self.clock.ticks_ms()
         if s is not None:
+            if self._ending is not None:
+                self._finish(self._ending)   # a close that ran out of heap: finished now
+                return
             if self.metering.i_max_ma > _DRAWING_MA:
                 s.drew(now)
             if not ev.plugged:
@@ -497,6 +598,9 @@ class Controller:
                 self._finish(s.stopping[0])   # the EV did not stop in time: open anyway
             elif self.s.idle_end_s and self.clock.ticks_diff(now, s.drawing_at) > self.s.idle_end_s * 1000:
                 self.stop("StoppedByEV")          # boards that cannot see the plug: no draw for long
+            elif not ev.has_pilot and not self.contactor.commanded and s.stopping is None \
+                    and self.faults.blocking() is None and not self._memory_trip:
+                self._close()   # a suspension is over (memory): no pilot asks, power is made available
             return
         if not ev.plugged:
             self._finishing = False
@@ -511,7 +615,7 @@ class Controller:
 
     def _apply_offer(self):
         s = self.session
-        if s is None or s.stopping is not None or self._unavailable() or \
+        if s is None or s.stopping is not None or self._ending is not None or self._unavailable() or \
                 s.offpeak_only and not self.s.offpeak_now(self.clock.time()):
             amps = 0   # off-peak-only drivers wait (SuspendedEVSE) until the site's off-peak hours
         else:
@@ -544,7 +648,7 @@ class Controller:
 
     def _checkpoint(self):
         s = self.session
-        if s is None:
+        if s is None or self._ending is not None:
             return
         wh, rem = self.metering.register()
         t = self.stamp.now()
@@ -566,19 +670,26 @@ class Controller:
         self.log.event("stopping", tx_id=s.tx_id, reason=reason)
 
     def _finish(self, reason):
+        """Close the session. Its end record is built and signed once; a close that runs out of heap
+        is finished by the next control step (_follow_ev), with the same record."""
         s = self.session
-        s.finishing()
-        self.open()
-        if self.meter_ok:
-            try:
-                self.metering.read_energy()  # what the chip counted up to the opening
-            except OSError as e:
-                self._meter_failed(e)
-        m = self.metering
-        m.end_session()
-        stop_wh = m.register_wh()
-        rec, cost = s.ended(self.stamp.ts(), self.stamp.now(), stop_wh, reason, m.integral_wh, m.profile)
-        self._close_session(s, self.stamp.record(rec), s.energy_wh(stop_wh), cost, reason)
+        if self._ending is None:
+            self._ending = reason
+        reason = self._ending
+        if self._closing is None:
+            s.finishing()
+            self.open()
+            if self.meter_ok:
+                try:
+                    self.metering.read_energy()  # what the chip counted up to the opening
+                except OSError as e:
+                    self._meter_failed(e)
+            m = self.metering
+            m.end_session()
+            stop_wh = m.register_wh()
+            rec, cost = s.ended(self.stamp.ts(), self.stamp.now(), stop_wh, reason, m.integral_wh, m.profile)
+            self._closing = (self._signed(self.stamp.record(rec)), s.energy_wh(stop_wh), cost, reason)
+        self._close_session(s, *self._closing)
 
     def abandon(self, reason):
         """Close the session after an internal error; if even that fails the journal still holds it
@@ -588,23 +699,29 @@ class Controller:
         except Exception as e:  # noqa: BLE001
             print_exception(e)
             self.session = None
+            self._ending = self._closing = None
+
+    def _signed(self, rec):
+        """The end record signed last (every field is set), chained: tamper evidence for the backend."""
+        if self.chain is not None:
+            rec = self.chain.sign(rec)
+            self.state.set_chain(self.chain.prev_hash, self.chain.n)
+        return rec
 
     def _close_session(self, s, rec, energy, cost, reason):
-        if self.chain is not None:
-            rec = self.chain.sign(rec)   # last: every field is set; tamper evidence for the backend
-            self.state.set_chain(self.chain.prev_hash, self.chain.n)
         # saved before the END record: a cut between the two finds the session open and the register
         # where it was, never the register of the session's start (it only goes up)
         self.state.set_meter(*self.metering.register())
         self.state.set_cycles(self.contactor.cycles)
         self.state.save()
         self.journal.session_ended(s.tx_id, rec)
+        self.session = None   # closed: what follows are statistics and the log
+        self._ending = self._closing = None
+        self.last_tx = (s.tx_id, s.token)
+        self._finishing = self.ev.knows_plug and self.ev.plugged
         self.revenue.add(self.s.tz.local(self.clock.time())[:3], energy, cost["total_excl_vat_minor"],
                          cost["total_incl_vat_minor"], cost["currency"])
         self.status.publish_stats()
-        self.session = None
-        self.last_tx = (s.tx_id, s.token)
-        self._finishing = self.ev.knows_plug and self.ev.plugged
         self.log.event("session_end", tx_id=s.tx_id, token=s.token, energy_wh=energy, reason=reason, cost=cost)
         self._apply_offer()
 
@@ -635,7 +752,7 @@ class Controller:
                                          recovered_wh=wh - counted)
         energy = s.energy_wh(wh)
         self.log.event("recovered", tx_id=s.tx_id, energy_wh=energy, uncertain_wh=uncertain)
-        self._close_session(s, self.stamp.record(rec), energy, cost, "PowerLoss")
+        self._close_session(s, self._signed(self.stamp.record(rec)), energy, cost, "PowerLoss")
 
     def shutdown(self, reason, why):
         """The loop was interrupted (Ctrl-C at the console, or an escaping error): safe state now."""

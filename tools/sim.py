@@ -30,7 +30,10 @@ from hal.sim.world import read_state  # noqa: E402  (scenario put the project on
 
 
 def micropython_path():
-    """The venv's micropython if there is one, else the one on PATH."""
+    """$MICROPYTHON (e.g. the board-like build of `make mp32`), else the venv's micropython if there
+    is one, else the one on PATH."""
+    if os.environ.get("MICROPYTHON"):
+        return os.environ["MICROPYTHON"]
     venv = os.path.join(ROOT, ".venv", "bin", "micropython")
     return venv if os.path.exists(venv) else (shutil.which("micropython") or "micropython")
 

@@ -11,13 +11,15 @@ A command is a JSON object with an `id`; it is validated, handed to the handler 
 to in an explicit route table (firmware/link/handlers.py builds it) and answered on `cmd_ack`
 with `accepted` or `rejected` and a reason. Anything malformed, oversized, too deep, unknown,
 or that makes its handler raise anything at all is rejected: a command never becomes an
-internal fault. At most `per_pass` messages are handled per loop pass, and commands pass a
+internal fault. Short of heap, a command is rejected as `busy` (not applied; the backend sends
+it again) and an answer is ignored. At most `per_pass` messages are handled per loop pass, and commands pass a
 token bucket (RATE a second, BURST at once): the excess is dropped unparsed and unanswered,
 counted and logged at most once per 10 s, so a flood cannot starve sampling or the watchdog.
 
     commands = Commands({"remote_stop": h.remote_stop}, {"ack": h.ack}, sync, log, clock, key, "cp-0001", state)
     commands.handle_inbox()   # every control step
 """
+import gc
 import json
 
 from micropython import const
@@ -32,6 +34,7 @@ RATE = 4                    # commands a second, sustained
 BURST = 16                  # commands at once after a quiet spell (a reconnect's catch-up)
 _DROP_PER_PASS = const(16)  # excess commands discarded per pass (cheap, but bounded too)
 _DROP_LOG_MS = const(10000)
+BUSY = "busy: low memory, not applied; try again"
 NO_KEY = "no device_key in secrets.json: every backend message is refused"
 
 
@@ -101,6 +104,12 @@ class Commands:
             return
         try:
             body = self._open(suffix, raw)
+        except MemoryError:
+            gc.collect()
+            if command:
+                return self.answer(_id_of(raw), suffix[4:], "rejected", BUSY)
+            self.log.event("command", topic=suffix, result="ignored", reason=BUSY)
+            return
         except ValueError as e:
             if command:
                 return self.answer(_id_of(raw), suffix[4:], "rejected", "unauthenticated: %s" % e)
@@ -111,6 +120,9 @@ class Commands:
             payload = jsonx.loads(body)   # prices stay exact decimals, never floats
         except jsonx.TooBig as e:
             payload, why = None, "payload: %s" % e
+        except MemoryError:
+            gc.collect()
+            payload, why = None, BUSY
         except Exception:   # malformed JSON (ValueError), bad UTF-8, anything else: refused
             payload = None
         if command:
@@ -118,6 +130,9 @@ class Commands:
             return
         try:
             fn(payload)
+        except MemoryError:
+            gc.collect()
+            self.log.event("command", topic=suffix, result="ignored", reason=BUSY)
         except ValueError as e:
             self.log.event("command", topic=suffix, result="ignored", reason=str(e))
         except Exception as e:   # a bug in an answer's handler must not stop the charger
@@ -160,6 +175,9 @@ class Commands:
             return self.answer(cid, name, "rejected", str(e))
         except OSError as e:   # the flash failed: the command did not take effect, the charge goes on
             return self.answer(cid, name, "rejected", "storage error: %s; try again" % e)
+        except MemoryError:
+            gc.collect()
+            return self.answer(cid, name, "rejected", BUSY)
         except Exception as e:   # a bug, or a value no check foresaw: refused, never an internal fault
             print_exception(e)
             return self.answer(cid, name, "rejected", "internal error: %s; not applied" % type(e).__name__)

@@ -1,7 +1,9 @@
 """Faults: what each one means (OCPP error code, stop reason), how the charger reacts, when it retries.
 
 Every fault kind has a policy: `emergency` ones open the contactor in the iteration that
-detects them; the others first withdraw the offer and let the EV stop. After a trip the
+detects them; the others first withdraw the offer and let the EV stop. An emergency without a
+stop reason (`memory`: the safety checks ran out of heap) suspends the session instead of ending
+it: power off and no offer until it clears, then the same session charges again. After a trip the
 charger retries after a backoff; past `max_retries` trips the fault LATCHES and only a
 technician clears it at the charger (REPL `tech.clear_fault()`); MQTT `cmd/clear_fault` clears
 only the kinds the operator's `faults.remote_clear` lists, never a welded contactor. Trip counts and
@@ -30,6 +32,7 @@ POLICIES = {
     "overtemp": ("HighTemperature", "Other", False, 0, None),
     "pilot": ("EVCommunicationError", "Other", True, 0, None),
     "internal": ("InternalError", "Other", True, 10, 3),
+    "memory": ("InternalError", None, True, 10, None),   # suspends; clears when memory allows
     "reader": ("ReaderFailure", None, False, 0, None),   # non-fatal: remote start still works
 }
 # conditions only a retry can test (a failed meter is not read): due for a retry while present
@@ -73,10 +76,10 @@ class Faults:
         now = self.clock.time()
         if now - self.last_trip.get(kind, now) > _QUIET_S and kind not in self.latched:
             self.trips[kind] = 0   # a day without this fault: old trips no longer count towards a latch
-        self.last_trip[kind] = now
         n = self.trips.get(kind, 0) + 1   # new, or a retry that found the condition still there
+        f = Fault(kind, detail, self.clock.ticks_ms(), n)   # first: out of heap, nothing was counted
+        self.last_trip[kind] = now
         self.trips[kind] = n
-        f = Fault(kind, detail, self.clock.ticks_ms(), n)
         if kind in self.latched:
             f.latched = True
         elif f.latched:
@@ -122,7 +125,7 @@ class Faults:
         """The active fault that keeps the charger from charging (the oldest), or None."""
         worst = None
         for f in self.active.values():
-            if f.stop_reason is not None and (worst is None or self.clock.ticks_diff(f.at_ms, worst.at_ms) < 0):
+            if (f.stop_reason is not None or f.emergency) and (worst is None or self.clock.ticks_diff(f.at_ms, worst.at_ms) < 0):
                 worst = f
         return worst
 

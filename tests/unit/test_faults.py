@@ -73,3 +73,18 @@ def test_reader_failure_does_not_block_charging():
     f = Faults(VirtualClock())
     r = f.trip("reader", "VersionReg 0x00")
     assert r.code == "ReaderFailure" and f.blocking() is None
+
+
+def test_memory_suspends_charging_without_a_stop_reason_and_never_latches():
+    clock = VirtualClock()
+    f = Faults(clock)
+    assert f.trip("reader", "no answer") is not None and f.blocking() is None   # no emergency: charging goes on
+    for _ in range(8):
+        m = f.trip("memory", "out of heap in the safety path")
+        assert m.stop_reason is None and m.emergency and not m.latched
+        assert f.blocking() is m   # no offer, no new session while it lasts
+        f.gone("memory")
+        while not f.clearable():
+            clock.sleep_ms(1000)
+        f.clear("memory")
+    assert f.blocking() is None and f.latched == []
