@@ -68,17 +68,20 @@ bench: setup mp32 .postgres  ## speed and memory figures on the MicroPython unix
 	MP32=$(MP32) MP32_FROZEN=$(MP32_FROZEN) $(PY) tools/bench.py
 	$(PY) tools/bench_fleet.py
 
-mpy: setup  ## compile the firmware for the ESP32 into build/
-	rm -rf build && mkdir -p build
-	for f in $(FIRMWARE_PY); do mkdir -p build/$$(dirname $$f); \
-	  $(MPY_CROSS) -O2 -march=$(MPY_ARCH) -o build/$${f%.py}.mpy $$f || exit 1; done
-	rm -f build/boot.mpy build/main.mpy && cp boot.py main.py build/
+MPY_OUT := build/esp32
+mpy: setup  ## compile the firmware and the pinned lib/ for the ESP32 into build/esp32/ (other build outputs stay)
+	rm -rf $(MPY_OUT) && mkdir -p $(MPY_OUT)
+	for f in $(FIRMWARE_PY); do mkdir -p $(MPY_OUT)/$$(dirname $$f); \
+	  $(MPY_CROSS) -O2 -march=$(MPY_ARCH) -o $(MPY_OUT)/$${f%.py}.mpy $$f || exit 1; done
+	for f in $$(cd lib && find . -name '*.py'); do mkdir -p $(MPY_OUT)/lib/$$(dirname $$f); \
+	  $(MPY_CROSS) -O2 -march=$(MPY_ARCH) -o $(MPY_OUT)/lib/$${f%.py}.mpy lib/$$f || exit 1; done
+	rm -f $(MPY_OUT)/boot.mpy $(MPY_OUT)/main.mpy && cp boot.py main.py $(MPY_OUT)/
 
-deploy: mpy  ## copy the firmware as .mpy onto a board with PSRAM: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit (docs/deploy.md)
+deploy: setup  ## copy the firmware and the pinned lib/ as .mpy onto a board with PSRAM: make deploy PORT=/dev/ttyUSB0 BOARD=esp32_devkit (docs/deploy.md)
 	$(PY) tools/deploy_check.py $(PORT)
-	$(VENV)/bin/mpremote connect $(PORT) mip install umqtt.simple urequests
-	$(VENV)/bin/mpremote connect $(PORT) fs cp -r build/firmware build/hal : + \
-	  fs cp build/boot.py build/main.py : + fs cp board_configs/$(BOARD).json :board.json + \
+	$(MAKE) --no-print-directory mpy
+	$(VENV)/bin/mpremote connect $(PORT) fs cp -r $(MPY_OUT)/firmware $(MPY_OUT)/hal $(MPY_OUT)/lib : + \
+	  fs cp $(MPY_OUT)/boot.py $(MPY_OUT)/main.py : + fs cp board_configs/$(BOARD).json :board.json + \
 	  exec "import os\ntry:\n os.remove('slots/state.json')\nexcept OSError:\n pass" + reset
 	@echo "deployed; a slot installed over the air no longer shadows it (slots/state.json removed)"
 

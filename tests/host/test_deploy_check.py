@@ -83,3 +83,32 @@ def test_deploy_frozen_accepts_the_frozen_image_unless_a_copy_on_flash_shadows_i
     (tmp_path / "board-fs" / "firmware").mkdir()   # left by an earlier `make deploy`
     r = _check(env, "--frozen", "/dev/board")
     assert r.returncode == 2 and "fs rm -r :firmware :hal" in r.stderr, r.stderr
+
+
+def test_make_mpy_keeps_other_build_outputs_and_compiles_the_pinned_lib():
+    """`make mpy` (and so `make deploy`) rebuilds only build/esp32/: a bundle `make bundle` wrote stays."""
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    kept = os.path.join(ROOT, "build", "cp-test-keep.bin")
+    with open(kept, "wb") as f:
+        f.write(b"a bundle")
+    try:
+        r = subprocess.run(["make", "--no-print-directory", "mpy"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert open(kept, "rb").read() == b"a bundle"
+    finally:
+        os.remove(kept)
+    out = os.path.join(ROOT, "build", "esp32")
+    for name in ("lib/umqtt/simple.mpy", "lib/urequests/__init__.mpy", "firmware/app.mpy", "hal/board.mpy",
+                 "boot.py", "main.py"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not os.path.exists(os.path.join(out, "hal", "sim"))
+
+
+def test_make_deploy_installs_the_pinned_lib_copies_not_the_network_ones():
+    r = subprocess.run(["make", "--no-print-directory", "-n", "deploy", "PORT=/dev/board"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    plan = r.stdout
+    assert "mip" not in plan and "build/esp32/lib" in plan
+    assert plan.index("deploy_check.py") < plan.index("mpy-cross") < plan.index("fs cp -r build/esp32/firmware")
