@@ -26,6 +26,8 @@ from firmware.auth.pseudonym import pseudonym  # noqa: E402
 from firmware.billing.localtime import LocalTime  # noqa: E402
 from firmware.billing.tariff import Tariff, flat  # noqa: E402
 from firmware.core import jsonx  # noqa: E402
+from firmware.core.rsa import parse_public_key  # noqa: E402
+from firmware.link.ota import check_command  # noqa: E402
 from firmware.core.timefmt import iso  # noqa: E402
 from firmware.core.timesync import VALID_AFTER, synced  # noqa: E402
 
@@ -159,6 +161,53 @@ def _power_cut(value, ctx, where):
     return {"off_ms": int(round(value * 1000)), "meter_kept": False}
 
 
+def _json_file(value, base_dir, where):
+    """value, or when it is a path (relative to the scenario's folder) the JSON object in that file."""
+    if not isinstance(value, str):
+        return value
+    path = os.path.join(base_dir or "", value)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ScenarioError("%s: cannot read %s (%s)" % (where, path, e.strerror))
+    except ValueError as e:
+        raise ScenarioError("%s: %s is not valid JSON (%s)" % (where, path, e))
+
+
+def _update_key(value, base_dir):
+    """ota.public_key from "update_key": the hex tools/bundle.py keygen/pubkey prints, or the path of
+    a file holding what they print ({"ota": {"public_key": hex}})."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9a-fA-F]{256,}", value):
+        value = _json_file(value, base_dir, "update_key")
+        value = value.get("ota", {}).get("public_key") if isinstance(value, dict) else None
+    try:
+        parse_public_key(value)
+    except (ValueError, TypeError) as e:
+        raise ScenarioError("update_key: the public key hex, or a file with what `tools/bundle.py keygen` "
+                            "prints (%s)" % e)
+    return value.lower()
+
+
+def _update_event(value, ctx, where):
+    """{"command": cmd/update payload or its file, "bundle": the bundle file}: the runner serves the
+    bundle on loopback and points the (unsigned) url at it; the charger checks everything else."""
+    if not isinstance(value, dict) or set(value) != {"command", "bundle"} or not isinstance(value["bundle"], str):
+        raise ScenarioError("%s: {\"command\": the JSON tools/bundle.py prints (or its file), \"bundle\": the "
+                            "bundle file it wrote} (got %r)" % (where, value))
+    if "update_key" not in ctx:
+        raise ScenarioError("%s: needs the top-level \"update_key\" the charger checks the signature with" % where)
+    cmd = _json_file(value["command"], ctx["base_dir"], where + ".command")
+    try:
+        check_command(cmd if isinstance(cmd, dict) else {}, 4 << 20)
+    except ValueError as e:
+        raise ScenarioError("%s.command: %s" % (where, e))
+    bundle = os.path.abspath(os.path.join(ctx["base_dir"] or "", value["bundle"]))
+    if not os.path.isfile(bundle):
+        raise ScenarioError("%s.bundle: no file %s" % (where, bundle))
+    return {"manifest": cmd, "bundle": bundle}
+
+
 def _tariff_event(value, ctx, where):
     return {"tariff": _ocpi_tariff(value, ctx["base_dir"], where)}   # the version is set in time order
 
@@ -188,6 +237,8 @@ EVENTS = {
                               "started again; with \"meter_kept\": true the meter chip keeps its supply"),
     "tariff": (_tariff_event, "the backend sends a new OCPI tariff for new sessions (cmd/tariff, sealed), "
                               "an object or a file path; versions count 1, 2, ... in time order"),
+    "update": (_update_event, "the backend starts an over-the-air update (cmd/update, sealed): "
+                              "{\"command\": file or object, \"bundle\": file} as tools/bundle.py makes them"),
     "ntp": (_true, "NTP answers: the board's wall clock, unset since power-on (\"clock_unset\": true), "
                            "is the real UTC from now on; after a power cut it is unset again"),
 }
@@ -301,7 +352,7 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
              "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal",
-             "clock_unset", "faults", "tariff", "tz"}
+             "clock_unset", "faults", "tariff", "tz", "update_key"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -313,6 +364,8 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     if not isinstance(cards, dict):
         raise ScenarioError("cards: an object of alias -> UID hex")
     ctx = {"cards": {a: _uid_hex(u, "cards.%s" % a) for a, u in cards.items()}, "base_dir": base_dir}
+    if "update_key" in sc:
+        ctx["update_key"] = _update_key(sc["update_key"], base_dir)
     allow = sc.get("allow", [])
     if not isinstance(allow, list):
         raise ScenarioError("allow: a list of card aliases or UIDs")
@@ -390,6 +443,8 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
         device["journal"] = journal
     if "tz" in sc:
         device["site"] = _site(sc["tz"], world["start_utc"], end)
+    if "update_key" in ctx:
+        device["ota"] = {"public_key": ctx["update_key"]}
     faults = sc.get("faults", {})
     if not isinstance(faults, dict) or any(k != "remote_clear" for k in faults):
         raise ScenarioError("faults: {\"remote_clear\": [fault kinds cmd/clear_fault may clear]} (got %r)" % (faults,))
