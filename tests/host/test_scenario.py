@@ -1,5 +1,6 @@
 """Malformed scenarios are refused with an error naming the event and field, exit status 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -155,3 +156,12 @@ def test_tariff_events_are_versioned_in_time_order(tmp_path):
                       base_dir=str(tmp_path))[0]
     assert world["events"][0]["t"] == 50000 and world["events"][0]["tariff"]["version"] == 2
     assert world["events"][1]["tariff"] == {"tariff": flat, "version": 1}
+
+
+def test_the_operator_demo_scenario_is_valid():
+    """demo/operator_evening.json, as docs/simulator.md shows it: night tariff, Berlin, a pushed tariff."""
+    demo = os.path.join(ROOT, "demo")
+    world, device, _, _, _ = normalise(load(os.path.join(demo, "operator_evening.json")), KEY, base_dir=demo)
+    assert device["tariff"]["id"] == "night" and device["site"] == {"utc_offset_min": 60, "dst": "EU"}
+    pushed = [ev["tariff"] for ev in world["events"] if "tariff" in ev]
+    assert [(p["version"], p["tariff"]["id"]) for p in pushed] == [(1, "parking")]
