@@ -313,10 +313,11 @@ def _zone_rule(name, start_utc, end_s):
         zone = zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ScenarioError("tz: %r is not a time zone name like \"Europe/Berlin\"" % name)
-    years = range(datetime.datetime.utcfromtimestamp(start_utc).year,
-                  datetime.datetime.utcfromtimestamp(start_utc + end_s).year + 1)
-    first = int(datetime.datetime(years[0], 1, 1, tzinfo=datetime.timezone.utc).timestamp())
-    last = int(datetime.datetime(years[-1] + 1, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
+    utc = datetime.timezone.utc
+    years = range(datetime.datetime.fromtimestamp(start_utc, utc).year,
+                  datetime.datetime.fromtimestamp(start_utc + end_s, utc).year + 1)
+    first = int(datetime.datetime(years[0], 1, 1, tzinfo=utc).timestamp())
+    last = int(datetime.datetime(years[-1] + 1, 1, 1, tzinfo=utc).timestamp())
     hours = range(first, last, 3600)
     wanted = [int(datetime.datetime.fromtimestamp(t, zone).utcoffset().total_seconds()) for t in hours]
     std = min(wanted)
@@ -347,7 +348,8 @@ def _site(value, start_utc, end_s):
 
 def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs"), base_dir=None):
     """(world scenario, device config) from a parsed scenario; ScenarioError on bad input.
-    base_dir: where the scenario's file paths (a tariff) are relative to (default: the current folder)."""
+    base_dir: where the scenario's file paths (tariffs, the update key and bundle) are relative to
+    (default: the current folder)."""
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
