@@ -8,10 +8,10 @@ seconds. One line is printed per notable event.
     CP_MQTT_PASSWORD=... CP_BACKEND_PASSWORD=... python3 tools/sim.py demo/two_drivers.json \
         --broker mqtt.lan:1883 --backend-user backend     # a locked-down broker (docs/security.md)
     python3 tools/sim.py my.json --keep out/run1 --raw        # keep files, show firmware lines
+    python3 tools/sim.py my.json --backend --keep out/run1    # a private broker and the reference backend
 
-    python3 tools/sim.py my.json --backend --keep out/run1    # with a private broker and the reference backend
-
-Exit status: the firmware's (0 at the scenario's end), 2 for a malformed scenario or no broker.
+Exit status: the firmware's (0 at the scenario's end, 4 when it restarts into an update), 2 for a
+malformed scenario or no broker.
 """
 import argparse
 import contextlib
@@ -30,7 +30,8 @@ from downlink import Sealer, derive, read_fleet_key, to_device  # noqa: E402
 from proxy import Proxy  # noqa: E402
 from scenario import ROOT, ScenarioError, load, normalise, pseudonym  # noqa: E402
 
-from firmware.storage.recordlog import HAS_MSG, UNREADABLE, RecordLog, read_message  # noqa: E402  (scenario put the project on the path)
+# (scenario put the project on the path)
+from firmware.storage.recordlog import HAS_MSG, UNREADABLE, RecordLog, read_message  # noqa: E402
 from hal.sim.world import read_state  # noqa: E402
 
 
@@ -144,8 +145,8 @@ class Printer:
         if kind == "feedback":
             return "problem reported (%s), session %s" % (ev["source"], ev["tx_id"])
         if kind == "update":
-            return "%s%s" % (ev.get("status") or ev.get("action"), "".join(" %s %s" % (k, ev[k]) for k in ("version", "percent", "reason")
-                                                   if ev.get(k) is not None))
+            details = "".join(" %s %s" % (k, ev[k]) for k in ("version", "percent", "reason") if ev.get(k) is not None)
+            return "%s%s" % (ev.get("status") or ev.get("action"), details)
         if kind == "reset":
             return "%s: the charger restarts (the simulator stops here)" % ev.get("why")
         if kind == "tariff":
