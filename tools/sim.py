@@ -616,7 +616,7 @@ def _backend_line(line, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="example: python3 tools/sim.py demo/two_drivers.json --broker 127.0.0.1:1883",
+                                 epilog="example: .venv/bin/python tools/sim.py demo/two_drivers.json --backend",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario JSON file (see README: Scenario contract)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker; without it the charger runs offline")
