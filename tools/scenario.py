@@ -11,6 +11,7 @@ Adding an event kind: one entry in EVENTS here, one `_on_<kind>` method in hal/s
 A `power_cut` is the runner's as much as the world's: see docs/simulator.md.
 """
 import datetime
+import json
 import os
 import re
 import sys
@@ -22,7 +23,11 @@ for _p in (os.path.join(ROOT, "tools", "compat"), ROOT):
 
 from firmware.billing import fixed  # noqa: E402  (after the path set-up above)
 from firmware.auth.pseudonym import pseudonym  # noqa: E402
+from firmware.billing.localtime import LocalTime  # noqa: E402
 from firmware.billing.tariff import Tariff, flat  # noqa: E402
+from firmware.core import jsonx  # noqa: E402
+from firmware.core.rsa import parse_public_key  # noqa: E402
+from firmware.link.ota import check_command  # noqa: E402
 from firmware.core.timefmt import iso  # noqa: E402
 from firmware.core.timesync import VALID_AFTER, synced  # noqa: E402
 
@@ -32,6 +37,57 @@ MAX_OFF_S = 7 * 24 * 3600
 
 class ScenarioError(ValueError):
     pass
+
+
+class Exact(float):
+    """A JSON number with a fraction that remembers how it was written, so a price stays exact."""
+
+    def __new__(cls, text):
+        number = float.__new__(cls, text)
+        number.text = text
+        return number
+
+
+def load(path):
+    """A scenario file parsed so that numbers with a fraction keep their text (see Exact)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_float=Exact)
+
+
+def _exact(value):
+    """value with every Exact number turned into its plain decimal string (a plain float stays one:
+    its exact value is already lost, and the tariff check refuses it)."""
+    if isinstance(value, Exact):
+        return jsonx.plain(value.text)
+    if isinstance(value, dict):
+        return {k: _exact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    return value
+
+
+def _ocpi_tariff(value, base_dir, where):
+    """An OCPI 2.2.1 tariff given inline or as a path (relative to the scenario's folder), checked
+    as the firmware checks it."""
+    if isinstance(value, str):
+        path = os.path.join(base_dir or "", value)
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = jsonx.loads(f.read())
+        except OSError as e:
+            raise ScenarioError("%s: cannot read %s (%s)" % (where, path, e.strerror))
+        except ValueError as e:
+            raise ScenarioError("%s: %s is not valid JSON (%s)" % (where, path, e))
+    elif isinstance(value, dict):
+        value = _exact(value)
+    else:
+        raise ScenarioError("%s: an OCPI 2.2.1 tariff object, or the path of a JSON file holding one (got %r)"
+                            % (where, value))
+    try:
+        Tariff(value)
+    except ValueError as e:
+        raise ScenarioError("%s: %s" % (where, e))
+    return value
 
 
 def _uid_hex(text, where):
@@ -105,6 +161,57 @@ def _power_cut(value, ctx, where):
     return {"off_ms": int(round(value * 1000)), "meter_kept": False}
 
 
+def _json_file(value, base_dir, where):
+    """value, or when it is a path (relative to the scenario's folder) the JSON object in that file."""
+    if not isinstance(value, str):
+        return value
+    path = os.path.join(base_dir or "", value)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ScenarioError("%s: cannot read %s (%s)" % (where, path, e.strerror))
+    except ValueError as e:
+        raise ScenarioError("%s: %s is not valid JSON (%s)" % (where, path, e))
+
+
+def _update_key(value, base_dir):
+    """ota.public_key from "update_key": the hex tools/bundle.py keygen/pubkey prints, or the path of
+    a file holding what they print ({"ota": {"public_key": hex}})."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9a-fA-F]{256,}", value):
+        value = _json_file(value, base_dir, "update_key")
+        value = value.get("ota", {}).get("public_key") if isinstance(value, dict) else None
+    try:
+        parse_public_key(value)
+    except (ValueError, TypeError) as e:
+        raise ScenarioError("update_key: the public key hex, or a file with what `tools/bundle.py keygen` "
+                            "prints (%s)" % e)
+    return value.lower()
+
+
+def _update_event(value, ctx, where):
+    """{"command": cmd/update payload or its file, "bundle": the bundle file}: the runner serves the
+    bundle on loopback and points the (unsigned) url at it; the charger checks everything else."""
+    if not isinstance(value, dict) or set(value) != {"command", "bundle"} or not isinstance(value["bundle"], str):
+        raise ScenarioError("%s: {\"command\": the JSON tools/bundle.py prints (or its file), \"bundle\": the "
+                            "bundle file it wrote} (got %r)" % (where, value))
+    if "update_key" not in ctx:
+        raise ScenarioError("%s: needs the top-level \"update_key\" the charger checks the signature with" % where)
+    cmd = _json_file(value["command"], ctx["base_dir"], where + ".command")
+    try:
+        check_command(cmd if isinstance(cmd, dict) else {}, 4 << 20)
+    except ValueError as e:
+        raise ScenarioError("%s.command: %s" % (where, e))
+    bundle = os.path.abspath(os.path.join(ctx["base_dir"] or "", value["bundle"]))
+    if not os.path.isfile(bundle):
+        raise ScenarioError("%s.bundle: no file %s" % (where, bundle))
+    return {"manifest": cmd, "bundle": bundle}
+
+
+def _tariff_event(value, ctx, where):
+    return {"tariff": _ocpi_tariff(value, ctx["base_dir"], where)}   # the version is set in time order
+
+
 # event kind -> (validator, what it means)
 EVENTS = {
     "plug": (_bool, "EV cable plugged in (true) or out (false)"),
@@ -128,6 +235,10 @@ EVENTS = {
     "meter": (_choice("silent", "stuck_ffff", "brownout", "ok"), "the ATM90E32 stops answering, reads 0xFFFF, resets itself"),
     "power_cut": (_power_cut, "the board loses power for this many seconds: the firmware is killed hard and "
                               "started again; with \"meter_kept\": true the meter chip keeps its supply"),
+    "tariff": (_tariff_event, "the backend sends a new OCPI tariff for new sessions (cmd/tariff, sealed), "
+                              "an object or a file path; versions count 1, 2, ... in time order"),
+    "update": (_update_event, "the backend starts an over-the-air update (cmd/update, sealed): "
+                              "{\"command\": file or object, \"bundle\": file} as tools/bundle.py makes them"),
     "ntp": (_true, "NTP answers: the board's wall clock, unset since power-on (\"clock_unset\": true), "
                            "is the real UTC from now on; after a power cut it is unset again"),
 }
@@ -193,13 +304,57 @@ def _clock_unset(value, world):
         world["clock_unset"] = True
 
 
-def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs")):
-    """(world scenario, device config) from a parsed scenario; ScenarioError on bad input."""
+def _zone_rule(name, start_utc, end_s):
+    """{"utc_offset_min", "dst"} that gives the IANA zone `name`'s local time at every hour of the
+    years the scenario spans, or ScenarioError: the firmware knows a fixed offset plus the EU or
+    US rule only (firmware/billing/localtime.py)."""
+    import zoneinfo
+    try:
+        zone = zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ScenarioError("tz: %r is not a time zone name like \"Europe/Berlin\"" % name)
+    utc = datetime.timezone.utc
+    years = range(datetime.datetime.fromtimestamp(start_utc, utc).year,
+                  datetime.datetime.fromtimestamp(start_utc + end_s, utc).year + 1)
+    first = int(datetime.datetime(years[0], 1, 1, tzinfo=utc).timestamp())
+    last = int(datetime.datetime(years[-1] + 1, 1, 1, tzinfo=utc).timestamp())
+    hours = range(first, last, 3600)
+    wanted = [int(datetime.datetime.fromtimestamp(t, zone).utcoffset().total_seconds()) for t in hours]
+    std = min(wanted)
+    if std % 60 == 0 and -720 * 60 <= std <= 840 * 60:
+        for rule in ("none", "EU", "US"):
+            lt = LocalTime(std // 60, rule)
+            if all(lt.offset(t) == w for t, w in zip(hours, wanted)):
+                return {"utc_offset_min": std // 60, "dst": rule}
+    raise ScenarioError("tz: %s's local time in %s is not a fixed offset plus the EU or US daylight-saving "
+                        "rule, which is all the firmware knows; give {\"utc_offset_min\": n, \"dst\": "
+                        "\"none\"} and check the tariff's times" % (name, "/".join(map(str, years))))
+
+
+def _site(value, start_utc, end_s):
+    """The device config's site record from "tz": a zone name or {"utc_offset_min", "dst"}."""
+    if isinstance(value, str):
+        return _zone_rule(value, start_utc, end_s)
+    if not isinstance(value, dict) or any(k not in ("utc_offset_min", "dst") for k in value):
+        raise ScenarioError("tz: a zone name like \"Europe/Berlin\" or {\"utc_offset_min\": 60, \"dst\": \"EU\"} "
+                            "(got %r)" % (value,))
+    site = {"utc_offset_min": value.get("utc_offset_min", 0), "dst": value.get("dst", "none")}
+    try:
+        LocalTime(site["utc_offset_min"], site["dst"])
+    except ValueError as e:
+        raise ScenarioError("tz: %s" % e)
+    return site
+
+
+def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_configs"), base_dir=None):
+    """(world scenario, device config) from a parsed scenario; ScenarioError on bad input.
+    base_dir: where the scenario's file paths (tariffs, the update key and bundle) are relative to
+    (default: the current folder)."""
     if not isinstance(sc, dict):
         raise ScenarioError("a scenario is a JSON object")
     known = {"name", "board", "start", "device_id", "cards", "allow", "price_per_kwh", "currency",
              "vat_percent", "events", "end", "comment", "realtime", "auth", "retap_after_cut", "journal",
-             "clock_unset", "faults"}
+             "clock_unset", "faults", "tariff", "tz", "update_key"}
     for key in sc:
         if key not in known:
             raise ScenarioError("unknown top-level field %r (known: %s)" % (key, ", ".join(sorted(known))))
@@ -210,18 +365,27 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
     cards = sc.get("cards", {})
     if not isinstance(cards, dict):
         raise ScenarioError("cards: an object of alias -> UID hex")
-    ctx = {"cards": {a: _uid_hex(u, "cards.%s" % a) for a, u in cards.items()}}
+    ctx = {"cards": {a: _uid_hex(u, "cards.%s" % a) for a, u in cards.items()}, "base_dir": base_dir}
+    if "update_key" in sc:
+        ctx["update_key"] = _update_key(sc["update_key"], base_dir)
     allow = sc.get("allow", [])
     if not isinstance(allow, list):
         raise ScenarioError("allow: a list of card aliases or UIDs")
     entries = [_list_entry(a, ctx, site_key, "allow[%d]" % i) for i, a in enumerate(allow)]
-    price = sc.get("price_per_kwh", "0.30")
-    try:
-        fixed.parse(price, 6, "price_per_kwh")
-        tariff = flat(price, sc.get("currency", "EUR"), sc.get("vat_percent", "0"))
-        Tariff(tariff)
-    except ValueError as e:
-        raise ScenarioError(str(e))
+    if "tariff" in sc:
+        flat_fields = [k for k in ("price_per_kwh", "currency", "vat_percent") if k in sc]
+        if flat_fields:
+            raise ScenarioError("tariff: the OCPI tariff holds the prices, currency and VAT; drop %s"
+                                % ", ".join(flat_fields))
+        tariff = _ocpi_tariff(sc["tariff"], base_dir, "tariff")
+    else:
+        price = sc.get("price_per_kwh", "0.30")
+        try:
+            fixed.parse(price, 6, "price_per_kwh")
+            tariff = flat(price, sc.get("currency", "EUR"), sc.get("vat_percent", "0"))
+            Tariff(tariff)
+        except ValueError as e:
+            raise ScenarioError(str(e))
     end = sc.get("end")
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 < end <= MAX_END_S:
         raise ScenarioError("end: virtual seconds, a number within 1..%d (got %r)" % (MAX_END_S, end))
@@ -251,6 +415,8 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
                 value[opt] = check(ev[opt], ctx, "%s (t=%s).%s" % (where, t, opt))
         out.append({"t": int(round(t * 1000)), kind: value})
     _check_power_cuts(out, end)
+    for version, ev in enumerate(sorted((ev for ev in out if "tariff" in ev), key=lambda ev: ev["t"]), 1):
+        ev["tariff"]["version"] = version   # each must be above the one the charger holds
     realtime = sc.get("realtime", False)
     if not isinstance(realtime, bool):
         raise ScenarioError("realtime: true (virtual time follows the wall clock, for benchmarks) or false")
@@ -277,6 +443,10 @@ def normalise(sc, site_key, broker=None, board_dir=os.path.join(ROOT, "board_con
                             % (journal,))
     if journal:
         device["journal"] = journal
+    if "tz" in sc:
+        device["site"] = _site(sc["tz"], world["start_utc"], end)
+    if "update_key" in ctx:
+        device["ota"] = {"public_key": ctx["update_key"]}
     faults = sc.get("faults", {})
     if not isinstance(faults, dict) or any(k != "remote_clear" for k in faults):
         raise ScenarioError("faults: {\"remote_clear\": [fault kinds cmd/clear_fault may clear]} (got %r)" % (faults,))

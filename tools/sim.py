@@ -8,10 +8,13 @@ seconds. One line is printed per notable event.
     CP_MQTT_PASSWORD=... CP_BACKEND_PASSWORD=... python3 tools/sim.py demo/two_drivers.json \
         --broker mqtt.lan:1883 --backend-user backend     # a locked-down broker (docs/security.md)
     python3 tools/sim.py my.json --keep out/run1 --raw        # keep files, show firmware lines
+    python3 tools/sim.py my.json --backend --keep out/run1    # a private broker and the reference backend
 
-Exit status: the firmware's (0 at the scenario's end), 2 for a malformed scenario.
+Exit status: the firmware's (0 at the scenario's end, 4 when it restarts into an update), 2 for a
+malformed scenario or no broker.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -19,14 +22,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from downlink import Sealer, derive, read_fleet_key, to_device  # noqa: E402
 from proxy import Proxy  # noqa: E402
-from scenario import ROOT, ScenarioError, normalise, pseudonym  # noqa: E402
+from scenario import ROOT, ScenarioError, load, normalise, pseudonym  # noqa: E402
 
-from hal.sim.world import read_state  # noqa: E402  (scenario put the project on the path)
+# (scenario put the project on the path)
+from firmware.storage.recordlog import HAS_MSG, UNREADABLE, RecordLog, read_message  # noqa: E402
+from hal.sim.world import read_state  # noqa: E402
 
 
 def micropython_path():
@@ -141,6 +147,13 @@ class Printer:
                                 ": %s" % ev["reason"] if ev.get("reason") else "")
         if kind == "feedback":
             return "problem reported (%s), session %s" % (ev["source"], ev["tx_id"])
+        if kind == "update":
+            details = "".join(" %s %s" % (k, ev[k]) for k in ("version", "percent", "reason") if ev.get(k) is not None)
+            return "%s%s" % (ev.get("status") or ev.get("action"), details)
+        if kind == "reset":
+            return "%s: the charger restarts (the simulator stops here)" % ev.get("why")
+        if kind == "tariff":
+            return "%s version %d%s" % (ev["id"], ev["version"], ": %s" % ev["text"] if ev.get("text") else "")
         if kind == "fault_cleared":
             return "%s cleared" % ev["code"]
         if kind == "recovered":
@@ -178,17 +191,17 @@ def prepare(scenario_path, run_dir, site_key, broker, board_dir=None, tls=None, 
     """Validate the scenario and write what the firmware reads into run_dir (tls: see simulate;
     logins: where the charger's MQTT account comes from, see _endpoint)."""
     try:
-        with open(scenario_path) as f:
-            sc = json.load(f)
+        sc = load(scenario_path)
     except (OSError, ValueError) as e:
         raise ScenarioError("%s: %s" % (scenario_path, e))
     world, device, secrets, board_path, names = normalise(sc, site_key, broker,
-                                                          board_dir or os.path.join(ROOT, "board_configs"))
+                                                          board_dir or os.path.join(ROOT, "board_configs"),
+                                                          base_dir=os.path.dirname(os.path.abspath(scenario_path)))
     if tls and broker:
         device["mqtt"].update(tls=True, ca=tls["ca"], tls_hostname=tls.get("hostname", "localhost"))
         secrets.update(tls_cert=tls.get("cert"), tls_key=tls.get("key"))
-    if broker and logins is not None:   # the charger's own key, derived from the run's fleet secret (docs/security.md)
-        secrets["device_key"] = derive(logins.fleet_key, device["device_id"]).hex()
+    if logins is not None:   # the charger's own key, derived from the run's fleet secret (docs/security.md):
+        secrets["device_key"] = derive(logins.fleet_key, device["device_id"]).hex()   # online or not, it signs
     login = logins.device(device["device_id"]) if broker and logins is not None else {}
     if login:   # as tools/provision.py writes them: the user name is the device id
         secrets.update(mqtt_user=login["username"], mqtt_password=login["password"])
@@ -248,10 +261,17 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
                 "--scenario", os.path.join(run_dir, "scenario.json"),
                 "--data", os.path.join(run_dir, "data")]
         printer = Printer(world["start_utc"], names, out)
-        backend = (Backend(real_broker, device["device_id"], site_key, logins.login("backend"), logins.fleet_key)
-                   if real_broker else None)
+        try:
+            backend = (Backend(real_broker, device["device_id"], site_key, logins.login("backend"), logins.fleet_key)
+                       if real_broker else None)
+        except OSError as e:
+            print("sim: no MQTT broker answers at %s (%s): start one (docs/security.md), or run with --backend "
+                  "for a private broker and the reference backend" % (real_broker, e), file=sys.stderr)
+            return Simulation.failed(2)
         sim = Simulation(world, run_dir, cmd, micropython_env(mpy_dir), printer, proxy, backend, raw, out, killer)
         sim.run()
+        if real_broker:
+            _warn_unacked(sim, out)
         return sim
     finally:
         if backend:
@@ -260,6 +280,50 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
             proxy.__exit__()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def signed_records(data_dir):
+    """The ended-session records the charger's journal holds (signed and chained when it has a
+    device key), oldest first, each once: the stream tools/verify.py checks."""
+    recs, seen = [], set()
+    try:
+        for rtype, _, body, _ in RecordLog(os.path.join(data_dir, "journal")).records():
+            if not rtype & HAS_MSG:
+                continue
+            try:
+                kind, mid, payload, _ = read_message(body)
+            except UNREADABLE:
+                continue   # the firmware's boot scan reports it; verify.py reports the gap
+            if kind == "ended" and mid not in seen:
+                seen.add(mid)
+                recs.append(payload.decode() if isinstance(payload, bytes) else payload)
+    except OSError:
+        pass   # no journal: nothing was recorded
+    return recs
+
+
+def _warn_unacked(sim, out):
+    """Say so when the charger ends with records no backend acknowledged (it also slows the run:
+    virtual time waits at the wall clock's pace for acks that never come); after an update's
+    restart (exit 4) they are merely not acknowledged yet."""
+    halts = [ev for _, ev in sim.events if ev.get("ev") == "halt"]
+    if halts and halts[-1]["queued"] and sim.rc == 4:
+        out("note: %d records still queued when the charger restarted into the update: they stay on its flash "
+            "and go out after the restart, which the simulator does not run" % halts[-1]["queued"])
+    elif halts and halts[-1]["queued"]:
+        out("warning: %d records still queued at the end: no backend acknowledged them. Run with --backend, "
+            "or start tools/backend.py --fleet-key FILE on this broker and give the runner the same --fleet-key"
+            % halts[-1]["queued"])
+
+
+def _export_records(run_dir, out):
+    """records.jsonl in a kept run directory, and how to check it."""
+    recs = signed_records(os.path.join(run_dir, "data"))
+    path = os.path.join(run_dir, "records.jsonl")
+    with open(path, "w") as f:
+        f.write("".join(r + "\n" for r in recs))
+    out("%d session records in %s; check them with: .venv/bin/python tools/verify.py %s --key "
+        "<device_key from %s>" % (len(recs), path, path, os.path.join(run_dir, "secrets.json")))
 
 
 class Simulation:
@@ -432,6 +496,7 @@ class Backend:
         self.sealer = Sealer(fleet_key)
         self.key = site_key
         self.n = 0
+        self.files = None   # the HTTP server for update bundles, started by the first update
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-backend-%d" % os.getpid())
         if login:
             self.client.username_pw_set(login["username"], login["password"])
@@ -440,15 +505,64 @@ class Backend:
 
     def command(self, name, args):
         self.n += 1
-        payload = dict(args, id="sim-%d" % self.n)
+        if name == "update":   # the signed manifest as tools/bundle.py made it; its id is signed
+            payload = dict(args["manifest"], url=self._serve(args["bundle"]))
+        else:
+            payload = dict(args, id="sim-%d" % self.n)
         if "token" in payload:  # a UID from the scenario: the backend knows cards by pseudonym
             payload["token"] = pseudonym(self.key, bytes.fromhex(payload["token"]))
         to_device(self.client, self.device, "cmd/" + name, payload, self.sealer).wait_for_publish(5)
         return payload
 
+    def _serve(self, path):
+        """The bundle's URL on a loopback HTTP server started for it (the url is not signed: the
+        charger installs the bytes only if they match the signed size and sha256)."""
+        if self.files is None:
+            self.files = Files()
+        return self.files.url(path)
+
     def close(self):
+        if self.files is not None:
+            self.files.close()
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class Files:
+    """Serves the update bundles of a run over HTTP on 127.0.0.1, each under a fixed name."""
+
+    def __init__(self):
+        import http.server
+
+        served = self.served = {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = served.get(self.path)
+                if path is None:
+                    self.send_error(404)
+                    return
+                with open(path, "rb") as f:
+                    body = f.read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        name = "/%d/%s" % (len(self.served), os.path.basename(path))
+        self.served[name] = path
+        return "http://127.0.0.1:%d%s" % (self.server.server_address[1], name)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _world_request(req, proxy, backend, printer):
@@ -466,9 +580,50 @@ def _world_request(req, proxy, backend, printer):
         printer.at(t, "backend", "sent %s %s" % (req["command"], payload["id"]))
 
 
+def rehearse(scenario_path, address=None, fleet_key=None, db=None, out=print, **kw):
+    """Run a scenario with the reference backend (tools/backend.py) storing, acknowledging and
+    keeping every cmd_ack beside it: on the broker at `address` (open, no accounts), or on a
+    private locked-down one (tools/broker.py). Returns (the Simulation, the backend's counts);
+    db: its SQLite file or PostgreSQL URL (default: a temporary file); kw as for simulate()."""
+    from backend import Backend as Reference
+    from broker import Broker
+
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            broker = stack.enter_context(Broker())
+            broker.fleet_key = fleet_key or broker.fleet_key
+            args = broker.client_args("backend")
+        else:
+            broker = Logins(address, fleet_key=fleet_key)
+            host, _, port = address.rpartition(":")
+            args = {"host": host, "port": int(port), "fleet_key": broker.fleet_key}
+        if db is None:
+            db = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="cp-sim-backend-")),
+                              "backend.sqlite")
+        ref = Reference(db, **args, out=lambda line: _backend_line(line, out)).start()
+        try:
+            if not ref.wait_connected(10):
+                raise OSError("the reference backend could not connect to the broker at %s:%s"
+                              % (args["host"], args["port"]))
+            sim = simulate(scenario_path, broker, out=out, **kw)
+            ref.wait_idle(0.5, timeout=10)
+        finally:
+            ref.stop()
+        c = ref.counts
+        out("backend: %d stored, %d acknowledged, %d duplicates, %d malformed, %d unauthenticated (store: %s)"
+            % (c["stored"], c["acked"], c["duplicates"], c["malformed"], c["unauthenticated"], db))
+        return sim, c
+
+
+def _backend_line(line, out):
+    """The reference backend's lines worth a rehearsal's attention: command answers and refusals."""
+    if "cmd_ack" in line or "refused" in line or "malformed" in line or "reject" in line:
+        out("backend: " + line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="example: python3 tools/sim.py demo/two_drivers.json --broker 127.0.0.1:1883",
+                                 epilog="example: .venv/bin/python tools/sim.py demo/two_drivers.json --backend",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario JSON file (see README: Scenario contract)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker; without it the charger runs offline")
@@ -484,15 +639,37 @@ def main():
     ap.add_argument("--fleet-key", metavar="FILE",
                     help="fleet secret (hex) the charger's key is derived from, as a tools/backend.py --fleet-key "
                          "on the same broker needs it (default: random per run)")
+    ap.add_argument("--backend", action="store_true",
+                    help="start the reference backend (tools/backend.py: stores and acknowledges the records, keeps "
+                         "every cmd_ack) beside the run, on --broker (an open one) or else on a private locked-down "
+                         "broker; with --keep DIR its store is DIR/backend.sqlite")
     args = ap.parse_args()
     key = bytes.fromhex(args.site_key) if args.site_key else None
     try:
         fleet = read_fleet_key(args.fleet_key) if args.fleet_key else None
     except ValueError as e:
         ap.error(str(e))
-    broker = Logins(args.broker, os.environ.get("CP_MQTT_PASSWORD"), args.backend_user,
-                    os.environ.get("CP_BACKEND_PASSWORD"), fleet) if args.broker else None
-    sys.exit(run(args.scenario, broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy))
+    if args.backend:
+        if args.backend_user:
+            ap.error("--backend starts its own backend client with no account: on a locked-down broker start "
+                     "tools/backend.py with its own --user and run the simulator with --backend-user instead")
+        db = None
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            db = os.path.join(args.keep, "backend.sqlite")
+        try:
+            rc = rehearse(args.scenario, args.broker, fleet, db, site_key=key, run_dir=args.keep, raw=args.raw,
+                          heapsize=args.heapsize, mpy=args.mpy)[0].rc
+        except (OSError, RuntimeError) as e:
+            print("sim: %s" % e, file=sys.stderr)
+            sys.exit(2)
+    else:
+        broker = Logins(args.broker, os.environ.get("CP_MQTT_PASSWORD"), args.backend_user,
+                        os.environ.get("CP_BACKEND_PASSWORD"), fleet) if args.broker else None
+        rc = run(args.scenario, broker, key, args.keep, args.raw, args.heapsize, mpy=args.mpy)
+    if args.keep and rc != 2:
+        _export_records(args.keep, print)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -399,6 +399,12 @@ class World:
     def _on_clear_fault(self, _):
         self._command("clear_fault", {})
 
+    def _on_tariff(self, args):
+        self._command("tariff", args)
+
+    def _on_update(self, args):
+        self._command("update", args)
+
     def _command(self, name, args):
         """The backend sends a command: the runner publishes it, the firmware gets it by MQTT."""
         self._ask_runner({"command": name, "args": args})

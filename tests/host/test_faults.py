@@ -212,8 +212,8 @@ def runs(request, tmp_path_factory):
                 wanted.add(callspec.params["name"])
     boards = make_boards(str(tmp_path_factory.mktemp("boards") / "b"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sim, "normalise", lambda sc, key, broker=None, board_dir=None: scenario.normalise(
-            sc, key, broker, board_dir=boards))
+        mp.setattr(sim, "normalise", lambda sc, key, broker=None, board_dir=None, base_dir=None: scenario.normalise(
+            sc, key, broker, board_dir=boards, base_dir=base_dir))
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             futures = {name: pool.submit(run_scenario, name, str(tmp_path_factory.mktemp(name)), **opts)
                        for name, opts in SCENARIOS.items() if name in wanted}

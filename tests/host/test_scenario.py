@@ -1,11 +1,12 @@
 """Malformed scenarios are refused with an error naming the event and field, exit status 2."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from scenario import ROOT, ScenarioError, normalise
+from scenario import ROOT, ScenarioError, load, normalise
 
 KEY = bytes(range(32))
 
@@ -80,3 +81,87 @@ def test_runner_exits_2_with_the_message(tmp_path):
     r = subprocess.run([sys.executable, "tools/sim.py", str(tmp_path / "missing.json")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "missing.json" in r.stderr
+
+
+NIGHT = ('{"id": "night", "currency": "EUR", "elements": ['
+         '{"price_components": [{"type": "ENERGY", "price": 0.20, "vat": 19, "step_size": 1}],'
+         ' "restrictions": {"start_time": "22:00", "end_time": "06:00"}},'
+         '{"price_components": [{"type": "ENERGY", "price": 0.4, "vat": 19, "step_size": 1}]}]}')
+
+
+def _scenario_file(tmp_path, **over):
+    text = json.dumps(_base(**over)).replace('"@NIGHT"', NIGHT)
+    path = tmp_path / "sc.json"
+    path.write_text(text)
+    return path
+
+
+def test_an_ocpi_tariff_inline_keeps_its_decimals_exact(tmp_path):
+    path = _scenario_file(tmp_path, tariff="@NIGHT")
+    _, device, _, _, _ = normalise(load(str(path)), KEY, base_dir=str(tmp_path))
+    comps = [e["price_components"][0] for e in device["tariff"]["elements"]]
+    assert [(c["price"], c["vat"]) for c in comps] == [("0.2", 19), ("0.4", 19)]
+    assert device["tariff"]["elements"][0]["restrictions"]["start_time"] == "22:00"
+
+
+def test_an_ocpi_tariff_from_a_file_relative_to_the_scenario(tmp_path):
+    (tmp_path / "tariffs").mkdir()
+    (tmp_path / "tariffs" / "night.json").write_text(NIGHT)
+    _, device, _, _, _ = normalise(_base(tariff="tariffs/night.json"), KEY, base_dir=str(tmp_path))
+    assert device["tariff"]["id"] == "night" and device["tariff"]["elements"][1]["price_components"][0]["price"] == "0.4"
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"tariff": {"id": "x", "currency": "EUR", "elements": [{"price_components": [{"type": "COFFEE", "price": "1",
+                                                                                    "step_size": 1}]}]}},
+     ["tariff", "COFFEE"]),
+    ({"tariff": {"id": "x", "currency": "EUR", "elements": [{"price_components": [{"type": "ENERGY", "price": 0.3,
+                                                                                    "step_size": 1}]}]}},
+     ["tariff", "float"]),                                      # a float from Python: its exact value is lost
+    ({"tariff": "no/such/tariff.json"}, ["tariff", "cannot read", "no/such/tariff.json"]),
+    ({"tariff": 30}, ["tariff", "OCPI"]),
+    ({"tariff": "tariff.json", "price_per_kwh": "0.30"}, ["tariff", "price_per_kwh"]),
+    ({"events": [{"t": 5, "tariff": {"id": "x"}}]}, ["events[0]", "tariff"]),
+    ({"tz": "Mars/Olympus_Mons"}, ["tz", "Mars/Olympus_Mons"]),
+    ({"tz": "Australia/Sydney"}, ["tz", "Australia/Sydney", "EU or US"]),
+    ({"tz": {"utc_offset_min": 60, "dst": "CH"}}, ["tz", "dst"]),
+    ({"tz": {"utc_offset_min": 60.5}}, ["tz", "offset"]),
+    ({"tz": {"offset": 60}}, ["tz", "utc_offset_min"]),
+])
+def test_bad_tariffs_and_zones_are_refused_with_the_field(tmp_path, over, words):
+    (tmp_path / "tariff.json").write_text(NIGHT)
+    with pytest.raises(ScenarioError) as e:
+        normalise(_base(**over), KEY, base_dir=str(tmp_path))
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("zone, site", [
+    ("Europe/Berlin", {"utc_offset_min": 60, "dst": "EU"}),
+    ("Europe/London", {"utc_offset_min": 0, "dst": "EU"}),
+    ("America/New_York", {"utc_offset_min": -300, "dst": "US"}),
+    ("Asia/Kolkata", {"utc_offset_min": 330, "dst": "none"}),
+    ({"utc_offset_min": 120}, {"utc_offset_min": 120, "dst": "none"}),
+])
+def test_a_site_zone_becomes_the_firmwares_offset_and_rule(zone, site):
+    assert normalise(_base(tz=zone), KEY)[1]["site"] == site
+    assert "site" not in normalise(_base(), KEY)[1]
+
+
+def test_tariff_events_are_versioned_in_time_order(tmp_path):
+    (tmp_path / "night.json").write_text(NIGHT)
+    flat = {"id": "flat", "currency": "EUR", "elements": [{"price_components": [
+        {"type": "ENERGY", "price": "0.5", "step_size": 1}]}]}
+    world = normalise(_base(events=[{"t": 50, "tariff": "night.json"}, {"t": 20, "tariff": flat}]), KEY,
+                      base_dir=str(tmp_path))[0]
+    assert world["events"][0]["t"] == 50000 and world["events"][0]["tariff"]["version"] == 2
+    assert world["events"][1]["tariff"] == {"tariff": flat, "version": 1}
+
+
+def test_the_operator_demo_scenario_is_valid():
+    """demo/operator_evening.json, as docs/simulator.md shows it: night tariff, Berlin, a pushed tariff."""
+    demo = os.path.join(ROOT, "demo")
+    world, device, _, _, _ = normalise(load(os.path.join(demo, "operator_evening.json")), KEY, base_dir=demo)
+    assert device["tariff"]["id"] == "night" and device["site"] == {"utc_offset_min": 60, "dst": "EU"}
+    pushed = [ev["tariff"] for ev in world["events"] if "tariff" in ev]
+    assert [(p["version"], p["tariff"]["id"]) for p in pushed] == [(1, "parking")]
