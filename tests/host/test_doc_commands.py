@@ -17,7 +17,7 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.pat
 BLOCK = re.compile(r"(<!--[^\n]*-->\n)?^([ \t]*)```(\w*)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)
 COMMANDISH = re.compile(r"^\s*(python3|\.venv/|make |mpremote|cp )", re.M)
 OUTSIDE = "<!-- commands: outside the project"   # a block run in another tree (e.g. MicroPython's ESP32 port)
-SYSTEM = {"export", "openssl", "mosquitto_passwd", "kill", "cd", "psql", "createdb", "curl", "chromium"}
+SYSTEM = {"export", ".", "git", "openssl", "mosquitto_passwd", "kill", "cd", "psql", "createdb", "curl", "chromium"}
 PLACEHOLDER = "..."
 
 
@@ -77,6 +77,8 @@ def test_the_docs_show_commands():
 def check(argv, targets):
     """None when the command can run as written on a fresh clone (after `make setup`), else why not."""
     prog, args = argv[0], argv[1:]
+    if prog == "make" and args[:1] == ["-C"]:
+        return None if args[1].startswith("../") else "make -C %s: a folder of the project has no Makefile" % args[1]
     if prog == "make":
         missing = [a for a in args if not a.startswith("-") and "=" not in a and not a.startswith("[")
                    and a not in targets]
@@ -99,6 +101,8 @@ def check(argv, targets):
             if re.match(r"(demo|tests|board_configs)/", a) and not os.path.exists(os.path.join(ROOT, a)):
                 return "no file %s in the repository" % a
         return None
+    if prog.startswith("out/mp32/"):   # the board-like interpreters
+        return None if "mp32" in targets else "%s: no make mp32 builds it" % prog
     if prog.startswith(".venv/bin/"):
         return None if os.path.exists(os.path.join(ROOT, prog)) else "%s is not made by make setup" % prog
     if prog == "mpremote":
@@ -128,6 +132,8 @@ def test_the_checks_catch_what_a_fresh_clone_cannot_run():
     assert "bare mpremote" in check(["mpremote", "connect", "/dev/ttyUSB0"], targets)
     assert "no file" in check([".venv/bin/python", "tools/sim.py", "demo/none.json"], targets)
     assert "unknown program" in check(["pip", "install", "x"], targets)
+    assert "has no Makefile" in check(["make", "-C", "firmware"], targets)
+    assert check(["make", "-C", "../micropython/mpy-cross"], targets) is None
 
 
 @pytest.mark.parametrize("doc,line", sorted(set((doc, line) for doc, _, line, argv in ALL
