@@ -192,10 +192,18 @@ class Broker:
             self._write_security()
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.time() + 10
-        while mqtt_connect("127.0.0.1", self.port, probe[0], probe[1], probe[0]) != 0:
+        while self._probe(probe) != 0:
             if time.time() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("broker: mosquitto did not take the new account %s" % probe[0])
             time.sleep(0.02)
+
+    def _probe(self, account):
+        """The CONNACK code for the account, or None while mosquitto is busy reloading (it may reset
+        a connection that arrives meanwhile: seen on a loaded machine)."""
+        try:
+            return mqtt_connect("127.0.0.1", self.port, account[0], account[1], account[0])
+        except OSError:
+            return None
 
     def _write_security(self):
         """password_file and acl_file from the accounts, each replaced whole."""
