@@ -126,8 +126,18 @@ class Printer:
             return ev["connector"] + (" (%s)" % ev["error"] if ev.get("error") else "")
         if kind == "mqtt":
             return "%s%s (%d queued)" % (ev["state"], (": " + ev["error"]) if "error" in ev else "", ev["queued"])
-        if kind in ("fault", "config_error"):
-            return "%s %s" % (ev.get("code", ""), ev.get("error", ""))
+        if kind == "fault":   # what tripped and why, as the firmware measured it
+            return "%s %s: %s%s" % (ev.get("code"), ev.get("kind"), ev.get("detail"),
+                                    "".join(", " + w for w in ("emergency", "latched") if ev.get(w)))
+        if kind == "config_error":
+            return ev.get("error", "")
+        if kind == "fault_notice":
+            return "%s%s" % (ev.get("info"), " (%s)" % ev["code"] if ev.get("code") else "")
+        if kind == "fault_reset":
+            return "%s cleared by %s" % (", ".join(ev.get("kinds") or ()) or "nothing",
+                                         "the backend" if ev.get("remote") else "a technician")
+        if kind == "low_memory":
+            return "%s deferred (%d since boot)" % (ev.get("deferred"), ev.get("n", 0))
         if kind == "boot":
             return "%s on board %s" % (ev["device_id"], ev["board"])
         if kind == "halt":

@@ -1,6 +1,7 @@
 """Malformed scenarios are refused with an error naming the event and field, exit status 2."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -165,3 +166,23 @@ def test_the_operator_demo_scenario_is_valid():
     assert device["tariff"]["id"] == "night" and device["site"] == {"utc_offset_min": 60, "dst": "EU"}
     pushed = [ev["tariff"] for ev in world["events"] if "tariff" in ev]
     assert [(p["version"], p["tariff"]["id"]) for p in pushed] == [(1, "parking")]
+
+
+def test_the_runners_fault_lines_carry_what_tripped_and_why(tmp_path):
+    """A real overheating and a technician's clear, as tools/sim.py prints them: code, kind, the
+    firmware's measured detail, and who cleared what (not bare codes or raw JSON)."""
+    import sim
+
+    sc = {"board": "sim", "start": "2026-03-02T07:00:00Z", "cards": {"alice": "04A1B2C3D4E5F6"}, "allow": ["alice"],
+          "events": [{"t": 5, "plug": True}, {"t": 8, "tap": "alice"}, {"t": 10, "ev_current_a": 16},
+                     {"t": 30, "temp_c": 95}, {"t": 60, "temp_c": 30}], "end": 120}
+    path = tmp_path / "hot.json"
+    path.write_text(json.dumps(sc))
+    lines = []
+    result = sim.simulate(str(path), site_key=bytes(32), out=lines.append)
+    assert result.rc == 0, "\n".join(lines[-20:])
+    faults = [x for x in lines if "] fault " in x]
+    assert faults, "\n".join(lines)
+    code, kind, detail = re.match(r"\[\+[\d:]+\] fault\s+(\S+) (\S+): (.+)", faults[0]).groups()
+    assert kind == "overtemp" and "95" in detail, faults[0]
+    assert not [x for x in lines if "] fault" in x and "{" in x]   # no raw JSON for fault events
