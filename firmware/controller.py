@@ -36,6 +36,7 @@ from firmware.core.log import print_exception
 from firmware.storage.health import Health
 from firmware.safety.checks import Safety
 from firmware.safety.faults import Faults
+from firmware.safety.lowmem import LowMemory
 from firmware.safety.reactions import Reactions
 from firmware.storage.journal import COMPACT
 from firmware.version import VERSION
@@ -49,23 +50,10 @@ _CHARGING_W = 100       # above this the EV is charging; below, an authorized EV
 # the safety checks (None), which suspend charging instead
 _CONTROL = ("commands", "authorization", "charging", None, "feedback", "checkpoint", "status")
 _SAFETY = 3
-_RESUME_BYTES = 8192    # a block this big after a collection: room for a session's end record
-_SHORT_NOTICE_MS = 60000   # at most one low-memory notice upstream a minute
 try:
     _mem_alloc = gc.mem_alloc  # MicroPython: collect at quiet points, track the live heap
 except AttributeError:
     _mem_alloc = None          # CPython (tests on a PC): its collector needs no help
-
-
-def _memory_allows():
-    """A collection leaves a block the size of a session's end record (on an ESP32 asking for it
-    also grows the heap if it can): charging suspended for memory may go on."""
-    gc.collect()
-    try:
-        bytearray(_RESUME_BYTES)
-    except MemoryError:
-        return False
-    return True
 
 
 def _ev_sense(board, clock, settings, metering):
@@ -138,10 +126,7 @@ class Controller:
                                    self._housekeeping) if t is not None]
         self.reset_requested = None  # "install" / "rollback" / "reset_soft" / "reset_hard": the loop ends, the board resets
         self.heap_peak = 0          # most live heap seen after a collection, bytes
-        self.short_n = 0            # MemoryErrors the loop survived since boot (mod 2^30)
-        self._short_task = None     # the last task deferred for memory, not yet told upstream
-        self._short_told = None     # ticks_ms of the last low-memory notice
-        self._memory_trip = False   # the safety path ran out of heap and its fault is not raised yet
+        self.lowmem = LowMemory(clock, log, outbox, self.contactor, self.reactions, self.faults, self._notice)
         self._ending = None         # the stop reason of a session close in progress (out of heap: retried)
         self._closing = None        # its signed end record, energy, cost and reason, built once
         self.iteration = 0          # loop iterations since boot (fault reports name the one that acted)
@@ -179,7 +164,7 @@ class Controller:
             try:
                 self.step()
             except MemoryError:      # the safety path (the rest defers its own): suspend charging
-                self._safety_short()
+                self.lowmem.safety()
             except Exception as e:   # a bug must not leave power flowing: safe state, report
                 self.reactions.internal_error(e)
             now = self.clock.ticks_ms()
@@ -193,14 +178,14 @@ class Controller:
 
     def step(self):
         self.idle()
-        if self._memory_trip:
-            self._safety_short()
+        if self.lowmem.tripped:
+            self.lowmem.safety()
         now = self.clock.ticks_ms()
         if self._poll.due(now):
             try:
                 self._read_card()
             except MemoryError:
-                self._short_of_memory("card")
+                self.lowmem.deferred("card")
         if self._control.due(now):
             for i in range(len(_CONTROL)):
                 try:
@@ -208,23 +193,23 @@ class Controller:
                 except MemoryError:
                     if i == _SAFETY:
                         raise
-                    self._short_of_memory(_CONTROL[i])
+                    self.lowmem.deferred(_CONTROL[i])
         if self._housekeeping.due(now):
             try:
-                self._memory_check(now)
+                self.lowmem.check(now)
                 self._housekeep()
             except MemoryError:
-                self._short_of_memory("housekeeping")
+                self.lowmem.deferred("housekeeping")
         self.feedback.tick()
         try:
             self.sync.tick()
         except MemoryError:
-            self._short_of_memory("sync")
+            self.lowmem.deferred("sync")
         if self.updater is not None:
             try:
                 self._update_step()
             except MemoryError:
-                self._short_of_memory("update")
+                self.lowmem.deferred("update")
         self._feed_watchdog(now)
 
     def _control_task(self, i, now):
@@ -246,43 +231,6 @@ class Controller:
         else:
             self._update_status()
             self.status.report_meter(now, self.session)
-
-    def _short_of_memory(self, task):
-        """A MemoryError outside the safety path: the task's work waits for its next turn, the
-        cheapest queued messages (meter values, `updated`, reports) go, the charge goes on."""
-        self.short_n = (self.short_n + 1) & 0x3FFFFFFF
-        self._short_task = task
-        gc.collect()
-        try:
-            self.outbox.shed(0)
-            self.log.event("low_memory", deferred=task, n=self.short_n)
-        except MemoryError:
-            pass   # the notice upstream still tells it
-
-    def _safety_short(self):
-        """A MemoryError in the safety path: power off first, then the `memory` fault suspends the
-        session (no offer, no new session) until a collection leaves room (_memory_allows)."""
-        self.contactor.open()   # before anything that allocates
-        gc.collect()
-        self._memory_trip = True   # no offer, no new session until the fault is raised
-        self.short_n = (self.short_n + 1) & 0x3FFFFFFF
-        try:
-            self.reactions.trip("memory", "out of heap in the safety path")
-            self._memory_trip = False
-        except MemoryError:
-            pass   # the next pass tries again
-
-    def _memory_check(self, now):
-        """Once a second: a suspension for memory ends when memory allows; deferred work is told
-        upstream (a `low_memory` notice, at most one a minute)."""
-        if "memory" in self.faults.active and _memory_allows():
-            self.faults.gone("memory")   # cleared after its backoff by the fault checks
-        task = self._short_task
-        if task is not None and (self._short_told is None or
-                                 self.clock.ticks_diff(now, self._short_told) >= _SHORT_NOTICE_MS):
-            self._short_told = now
-            self._short_task = None
-            self._notice(info="low_memory", deferred=task, n=self.short_n)
 
     def idle(self):
         """What must never wait (the EV, the meter, emergencies): first in every loop pass."""
@@ -508,7 +456,7 @@ class Controller:
         self._decided(self.auth.tap(pairs, self.sync.connected))
 
     def _unavailable(self):
-        return self._memory_trip or self.faults.blocking() is not None or self.ev.fault is not None \
+        return self.lowmem.tripped or self.faults.blocking() is not None or self.ev.fault is not None \
             or not self.admin.accepting() or self.reset_requested is not None
 
     def _decided(self, d):
@@ -599,7 +547,7 @@ class Controller:
             elif self.s.idle_end_s and self.clock.ticks_diff(now, s.drawing_at) > self.s.idle_end_s * 1000:
                 self.stop("StoppedByEV")          # boards that cannot see the plug: no draw for long
             elif not ev.has_pilot and not self.contactor.commanded and s.stopping is None \
-                    and self.faults.blocking() is None and not self._memory_trip:
+                    and self.faults.blocking() is None and not self.lowmem.tripped:
                 self._close()   # a suspension is over (memory): no pilot asks, power is made available
             return
         if not ev.plugged:

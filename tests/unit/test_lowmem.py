@@ -39,7 +39,7 @@ def test_a_link_short_of_memory_sends_later_and_the_charge_goes_on():
     h.run(until_ms=1500)
     squeeze = h.link.publish = Squeeze(h.link.publish, 100)   # ~10 s of passes: sending, acks, meter values
     h.run()
-    assert squeeze.raised == 100 and h.ctl.short_n >= 100
+    assert squeeze.raised == 100 and h.ctl.lowmem.n >= 100
     assert set(e["deferred"] for e in h.events("low_memory")) >= {"sync"}
     assert _opened(h)[:-1] == []   # the contactor opened once: at the end of the session
     assert not h.ctl.faults.active
