@@ -15,10 +15,12 @@ class Console:
         self._stream = getattr(stream, "buffer", stream)   # bytes, not text
         self._poll = select.poll()
         self._poll.register(stream, select.POLLIN)
+        # MicroPython's ipoll reuses its result: asking every 100 ms allocates nothing
+        self._ready = getattr(self._poll, "ipoll", self._poll.poll)
 
     def read_byte(self):
-        """One byte typed, or None when none waits (never blocks)."""
-        if not self._poll.poll(0):
-            return None
-        b = self._stream.read(1)
-        return b[0] if b else None
+        """One byte typed, or None when none waits or the console is closed (never blocks)."""
+        for _ in self._ready(0):
+            b = self._stream.read(1)
+            return b[0] if b else None
+        return None
