@@ -19,10 +19,14 @@ class Watch:
         self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-watch-%d" % id(self))
         self._c.username_pw_set(login["username"], login["password"])
         self._c.on_message = self._on_message
+        subscribed = threading.Event()
+        self._c.on_subscribe = lambda client, userdata, mid, codes, props: subscribed.set()
         self._c.connect("127.0.0.1", broker.port)
         self._c.subscribe(topic, qos=1)
         self._c.loop_start()
-        time.sleep(0.2)
+        # the broker's SUBACK, not a guess: on a loaded machine 0.2 s missed a charger's first status
+        if not subscribed.wait(15):
+            raise RuntimeError("watch: no SUBACK for %s within 15 s" % topic)
 
     def _on_message(self, client, userdata, msg):
         with self._lock:
