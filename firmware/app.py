@@ -21,8 +21,9 @@ from micropython import const
 from firmware.link import ota
 from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.billing.signing import record_hash
-from firmware.core.clock import Clock
+from firmware.core.clock import VALID_AFTER, Clock
 from firmware.core.config import load
+from firmware.core.timesync import synced
 from firmware.controller import Controller
 from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import Journal
@@ -43,6 +44,7 @@ CRASH_BOOTS = 5                   # crashed boots in a row before safe mode: abo
 _HEALTHY_MS = const(60000)        # running this long ends a crash count
 _PWRON_RESET = const(1)
 _REASON_MAX = const(200)
+_EP_MASK = const(0x3FFFFFFF)      # data epochs stay small ints on a 32-bit board
 RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
 current = {}   # the running charger's parts, for the technician's REPL helpers (firmware/ops/tech.py)
 
@@ -117,7 +119,7 @@ def main(argv, platform):
     records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
     state = State(data + "/state.json")
-    troubles = storage_troubles(state, boot, records)
+    troubles = storage_troubles(state, boot, journal, clock.time())
     link = None
     mq = settings.mqtt
     if mq.host:
@@ -134,7 +136,7 @@ def main(argv, platform):
         ctl.health.report(troubles)   # on the console and upstream (a `fault` notice)
     current.update(ctl=ctl, sync=sync, journal=journal, board=board, settings=settings)
     gc.collect()
-    log.event("boot", device_id=settings.device_id, board=hw.name, boot=boot["boot"],
+    log.event("boot", device_id=settings.device_id, board=hw.name, boot=boot["boot"], ep=state.epoch(),
               version=updater.version or VERSION,
               reset=RESET_CAUSES.get(board.reset_cause, board.reset_cause),
               heap=gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0)
@@ -253,10 +255,36 @@ def clear_crashes():
             pass
 
 
-def storage_troubles(state, boot, records):
+def new_epoch(utc, old=0):
+    """The data epoch of a new life (0 < ep < 2**30): seconds since VALID_AFTER while the wall
+    clock is known, so successive lives go up; 30 random bits when it is not."""
+    if synced(utc):
+        ep = (utc - VALID_AFTER + 1) & _EP_MASK
+        if ep <= old < _EP_MASK:
+            ep = old + 1
+    else:
+        r = os.urandom(4)
+        ep = (r[0] << 24 | r[1] << 16 | r[2] << 8 | r[3]) & _EP_MASK
+    return ep or 1
+
+
+def _epoch(state, boot, first):
+    """This life's data epoch: state.json's; if it is lost, the journal's (records older firmware
+    wrote say none: epoch 0); a new one when both are gone (new_epoch, by the caller)."""
+    if not state.lost:
+        return state.epoch()
+    for ep in (boot.get("ep"), (boot.get("session") or {}).get("ep"), (boot.get("last_end") or {}).get("ep")):
+        if isinstance(ep, int) and not isinstance(ep, bool) and 0 <= ep <= _EP_MASK:
+            return ep
+    return None if first else 0
+
+
+def storage_troubles(state, boot, journal, utc):
     """Rebuild state.json's counters from the journal (never below what it holds: a lost or stale
-    file must not reuse a tx id or restart the meter register) and list what was wrong as
-    (file, text) pairs to report."""
+    file must not reuse a tx id or restart the meter register), settle the data epoch (a new one
+    when state.json and the journal are both gone: ids start again, in a new epoch) and list what
+    was wrong as (file, text) pairs to report."""
+    records = journal.log
     out = []
     if records.trouble:
         out.append(("journal", records.trouble))
@@ -267,7 +295,10 @@ def storage_troubles(state, boot, records):
                     % (lost, boot["bad"], ", emptied" if not boot["records"] else "")))
     for p in state.problems:
         out.append(("state", p))
-    first = state.lost and boot["boot"] == 1 and not boot["records"]   # a new device: nothing to rebuild
+    first = state.lost and boot["boot"] == 1 and not boot["records"]   # a new device (or one that lost all)
+    ep = _epoch(state, boot, first)
+    state.set_epoch(new_epoch(utc, state.epoch()) if ep is None else ep)
+    journal.set_epoch(state.epoch())
     rebuilt = state.rebuild(boot["top_tx"], *boot["meter"])
     end = boot.get("last_end") or {}
     n = end.get("chain_n")

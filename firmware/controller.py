@@ -91,7 +91,8 @@ class Controller:
                 log.event("storage", file="fram", error=self.metering.nv_error)
         self.ev = _ev_sense(board, clock, settings, self.metering)
         self.faults = Faults(clock, state.faults())
-        self.stamp = Stamp(clock, sync, journal, outbox)
+        self.stamp = Stamp(clock, sync, journal, outbox, state.epoch())
+        sync.ep = state.epoch()   # named in every online status
         self.tariffs = Tariffs(data_dir + "/tariff.json", settings.tariff, log)
         self.revenue = Revenue(data_dir + "/revenue.json")
         self.chain = None           # signs each ended record, chained to the one before

@@ -126,6 +126,6 @@ class Handlers:
 
     def ack(self, payload):
         """End-to-end acknowledgements: those messages leave the persistent outbox."""
-        self.outbox.ack(parse_ack(payload))
+        self.outbox.ack(parse_ack(payload, self.journal.ep))
         if not self.outbox.pending():
             self.clock.outside(0)

@@ -4,8 +4,11 @@ One owner for "what time is it for a record": the controller, the fault reaction
 session records all stamp through it, and it re-stamps this boot's waiting records (in the
 outbox) when the wall clock becomes known (docs/journal.md).
 
-    stamp = Stamp(clock, sync, journal, outbox)
+    stamp = Stamp(clock, sync, journal, outbox, state.epoch())
     rec = stamp.record({"msg_id": "f-1", "ts": stamp.ts()}); ... if stamp.check(): stamp.restamp()
+
+Every record names the data epoch (`ep`, firmware/app.py new_epoch) of the device's life: ids
+(tx ids, msg_ids) start again after state.json and the journal are both lost, (ep, msg_id) never.
 """
 import json
 
@@ -45,8 +48,9 @@ def rewrite_waiting(outbox, marker, change):
 
 
 class Stamp:
-    def __init__(self, clock, sync, journal, outbox):
+    def __init__(self, clock, sync, journal, outbox, ep=0):
         self.clock = clock
+        self.ep = ep
         self.time = TimeSync(clock)   # wall clock known yet? seconds since boot until it is
         self.sync = sync
         self.journal = journal
@@ -65,7 +69,9 @@ class Stamp:
         return None if self.time.synced else self.time.uptime_s()
 
     def record(self, rec):
-        """Mark a record made offline, and one made before the wall clock was known (boot + uptime)."""
+        """Name the data epoch; mark a record made offline, and one made before the wall clock was
+        known (boot + uptime)."""
+        rec["ep"] = self.ep
         if not self.sync.connected:
             rec["offline"] = True
         if rec["ts"] is None and "boot" not in rec:

@@ -28,11 +28,16 @@ MAX_MESSAGE = const(8192)   # larger incoming messages are drained unread and re
 SUBSCRIPTIONS = ("cmd/+", "auth/resp", "ack")
 
 
-def parse_ack(payload):
-    """The msg_ids of a backend `ack` message; ValueError if it is not {"msg_ids": [str, ...]}."""
+def parse_ack(payload, ep=None):
+    """The msg_ids of a backend `ack` message ({"msg_ids": [str, ...], "ep": int}); ValueError if it
+    is not one, or if it names another data epoch than ep (a stale ack from an earlier life of this
+    device must not delete a new record that reuses the msg_id). An ack without ep: older backends."""
     ids = payload.get("msg_ids") if isinstance(payload, dict) else None
     if not isinstance(ids, list) or len(ids) > 256 or [i for i in ids if not isinstance(i, str) or len(i) > 64]:
         raise ValueError('ack must be {"msg_ids": [up to 256 strings]}')
+    got = payload.get("ep", ep)
+    if ep is not None and (got != ep or isinstance(got, bool)):
+        raise ValueError("ack names data epoch %r, this charger's is %d: ignored" % (got, ep))
     return ids
 
 
@@ -49,6 +54,7 @@ class Sync:
         self.connector = "Unavailable"
         self.error_code = None
         self.identity = None   # {"firmware", "vendor", "model"} shown in every online status
+        self.ep = None         # the data epoch of the device's records (firmware/link/records.py), ditto
         self.published = 0
         self.inbox = []   # (topic suffix, raw bytes) received, for the controller to handle
         self.stats = None      # the retained stats payload, re-sent after every connect
@@ -79,6 +85,8 @@ class Sync:
         st = {"state": state, "connector": self.connector, "ts": iso(self.clock.time())}
         if self.identity:
             st.update(self.identity)
+        if self.ep is not None:
+            st["ep"] = self.ep
         if self.error_code:
             st["error"] = self.error_code
         return json.dumps(st)

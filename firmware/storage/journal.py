@@ -18,7 +18,7 @@ from firmware.storage.jsonpack import dump, unpack
 from firmware.storage.recordlog import DONE, HAS_MSG, KEEP, TYPE, UNREADABLE, message_at
 
 # record types (the low 6 bits of the type byte; 5 and 6 are the outbox's)
-BOOT = const(1)        # body: u32 boot count
+BOOT = const(1)        # body: u32 boot count [, u32 data epoch] (older firmware: the count alone)
 START = const(2)       # body: message section whose payload is the `started` record (the state)
 CHECKPOINT = const(3)  # body: [message section] u32 tx_id, u32 energy_wh, u32 t, u32 seq, u16 rem
 END = const(4)         # body: [message section] u32 tx_id
@@ -49,6 +49,11 @@ def read_session(rtype, body):
     if base == CHECKPOINT:
         return struct.unpack_from("<IIIIH", body, a)
     return struct.unpack_from("<I", body, a)[0]
+
+
+def _boot_ep(body):
+    """The data epoch a BOOT record names, None if it names none (older firmware)."""
+    return struct.unpack_from("<I", body, 4)[0] if len(body) >= 8 else None
 
 
 def _ended_of(body):
@@ -85,6 +90,7 @@ class Journal:
         self.every_s = every_s
         self.min_s = min_s
         self.boot = 0
+        self.ep = None   # the data epoch the latest BOOT record names (app.py sets it: set_epoch)
         self._open = None
         self._start_seq = self._cp_seq = self._boot_seq = -1
         self._cp = self._base = None
@@ -110,7 +116,7 @@ class Journal:
         records = 0
         opened = cp = None
         start_seq = cp_seq = boot_seq = -1
-        boot = 0
+        boot, ep = 0, None
         top_tx, meter = 0, (0, 0)   # the highest tx id and meter register seen: a lost state.json is rebuilt from them
         last_end, end_seq = None, -1   # the latest `ended` record: its signing chain fields
         for rtype, seq, body, loc in log.records():
@@ -144,7 +150,7 @@ class Journal:
                 if opened is not None and v == _tx_of(opened):
                     opened, start_seq = None, -1
             elif base == BOOT and seq > boot_seq:
-                boot, boot_seq = v, seq
+                boot, boot_seq, ep = v, seq, _boot_ep(body)
             records += 1
         self._open = opened
         self._start_seq = start_seq
@@ -154,12 +160,25 @@ class Journal:
             self._cp_seq = cp_seq
         self.boot = boot + 1
         self._boot_seq = boot_seq
+        self.ep = ep
         ob.loaded()
-        seq = log.next_seq()
-        if log.append(BOOT, seq, struct.pack("<I", self.boot)) is not None:
-            self._boot_seq = seq
+        seq = self._write_boot()
         return {"session": opened, "checkpoint": self._cp, "boot": self.boot, "bad": log.bad, "lost": log.lost,
-                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end, "seq": seq}
+                "records": records, "top_tx": top_tx, "meter": meter, "last_end": last_end, "seq": seq, "ep": ep}
+
+    def set_epoch(self, ep):
+        """The data epoch of this life (app.py): a new BOOT record names it if the last one did not,
+        so a boot that finds state.json lost keeps the epoch (firmware/app.py storage_troubles)."""
+        if ep != self.ep:
+            self.ep = ep
+            self._write_boot()
+
+    def _write_boot(self):
+        seq = self.log.next_seq()
+        body = struct.pack("<I", self.boot) if self.ep is None else struct.pack("<II", self.boot, self.ep)
+        if self.log.append(BOOT, seq, body) is not None:
+            self._boot_seq = seq
+        return seq
 
     def session_started(self, rec):
         """Record a new session; `rec` (the `started` record, with tx_id and msg_id) is also queued."""

@@ -12,7 +12,7 @@ the counters from the journal and reports it).
 import json
 import os
 
-_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq", "cmd_ctr")
+_COUNTERS = ("tx", "fb", "fault", "meter_wh", "meter_rem", "cycles", "chain_n", "jseq", "cmd_ctr", "ep")
 
 
 def exists(path):
@@ -61,7 +61,7 @@ class State:
     def __init__(self, path):
         self.path = path
         self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None,
-                       "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0, "cmd_ctr": 0}
+                       "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0, "cmd_ctr": 0, "ep": 0}
         self.seq_of = None   # the journal's next sequence number (app.py): saved as jseq, so a boot
         # finding the journal wiped or emptied knows how many records it lost
         self.problems = []   # what was wrong with the stored file (reported at boot)
@@ -173,6 +173,14 @@ class State:
 
     def set_cmd_ctr(self, n):
         self.values["cmd_ctr"] = n
+
+    def epoch(self):
+        """The data epoch of this life of the device (app.py chooses it): every record carries it, so
+        (device, ep, msg_id) never repeats even after state.json and the journal are both lost."""
+        return self.values["ep"]
+
+    def set_epoch(self, ep):
+        self.values["ep"] = ep
 
     def faults(self):
         """Fault trip counts and latches (Faults.persist()), None before the first fault."""

@@ -104,7 +104,7 @@ class Harness:
         if dev["local_list"]["version"] > self.auth.local_list.version:   # as firmware/app.py provisions
             self.auth.local_list.update(dict(dev["local_list"], type="full"))
         state = State(data + "/state.json")
-        self.troubles = storage_troubles(state, self.boot, self.records)
+        self.troubles = storage_troubles(state, self.boot, self.journal, self.clock.time())
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
                               self.auth, self.journal, data)
         if self.troubles:
@@ -120,7 +120,11 @@ class Harness:
             answer = dict(self.online_answers.get(req["token"], {"status": "Invalid"}), id=req["id"])
             self.inject("auth/resp", answer)
         elif self.acking and topic.endswith(("/session", "/fault", "/feedback")):
-            self.inject("ack", {"msg_ids": [json.loads(payload)["msg_id"]]})
+            rec = json.loads(payload)
+            ack = {"msg_ids": [rec["msg_id"]]}
+            if "ep" in rec:   # as tools/backend.py: the ack names the record's data epoch
+                ack["ep"] = rec["ep"]
+            self.inject("ack", ack)
 
     def inject(self, suffix, payload):
         """A message from the backend, as the broker would deliver it."""

@@ -138,6 +138,7 @@ class Fake:
         self.calls = calls
         self.result = result
         self.version = 2
+        self.ep = None   # the journal's data epoch: not known, every ack counts
         self.local_list = self
         self.current = self
         self.faults = self

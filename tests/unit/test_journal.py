@@ -416,7 +416,7 @@ def test_an_empty_or_missing_directory_is_a_fresh_journal():
     def run(path):
         boot = opened(path)[2]
         assert boot == {"session": None, "checkpoint": None, "boot": 1, "bad": 0, "lost": 0, "records": 0,
-                        "top_tx": 0, "meter": (0, 0), "last_end": None, "seq": 0}
+                        "top_tx": 0, "meter": (0, 0), "last_end": None, "seq": 0, "ep": None}
     each_fs(run)
 
 

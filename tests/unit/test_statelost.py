@@ -17,11 +17,12 @@ def _dir():
     return d
 
 
-def _session(data, amps=10, secs=600):
+def _session(data, amps=10, secs=600, start_utc=1772438100, run=True):
     h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"},
                                    {"t": 3000, "ev_current_a": amps}, {"t": 3000 + secs * 1000, "tap": "alice"}],
-                secs * 1000 + 20000, data=data, secrets={"device_key": KEY})
-    h.run()
+                secs * 1000 + 20000, data=data, secrets={"device_key": KEY}, start_utc=start_utc)
+    if run:
+        h.run()
     return h
 
 
@@ -50,6 +51,7 @@ def test_lost_state_continues_tx_ids_and_meter_from_the_journal_and_says_so():
     assert second["tx_id"] == 2 and second["msg_id"] != first["msg_id"]
     assert second["meter_start_wh"] == first["meter_stop_wh"]
     assert second["chain_n"] == first["chain_n"] + 1   # the signing chain goes on
+    assert second["ep"] == first["ep"] > 0   # the journal keeps the data epoch
     assert any("lost" in str(e) for _, e in _items(h, "state")), _notices(h)
     assert all(int(n["msg_id"][2:]) >= 1000 for n in _notices(h))   # fault ids above a fresh random base
 
@@ -172,3 +174,78 @@ def test_revenue_and_tariff_saves_never_raise_and_retry():
     assert rev.retry() and tf.retry() and rev.error == 0 and tf.error == 0
     assert Revenue(d + "/gone/revenue.json").snapshot()["day"]["sessions"] == 1
     assert Tariffs(d + "/gone/tariff.json", Tariff(flat("0.30", "EUR", "20")), ListLog()).version == 2
+
+
+# -- state.json and the journal both lost: a new data epoch, ids never repeat ---------------------
+def _upstream(h):
+    """Every record sent upstream with a msg_id (session, fault, feedback), each once."""
+    out = {}
+    for t, p, _, _ in h.link.published:
+        if t.endswith(("/session", "/fault", "/feedback")):
+            rec = json.loads(p)
+            out[rec["msg_id"]] = rec
+    return list(out.values())
+
+
+def _wipe_all(d):
+    os.remove(d + "/state.json")
+    for n in os.listdir(d + "/journal"):
+        os.remove(d + "/journal/" + n)
+
+
+def test_state_and_journal_both_lost_start_a_new_epoch_and_no_id_repeats():
+    d = _dir()
+    h1 = _session(d)
+    _wipe_all(d)
+    h2 = _session(d, start_utc=1772438100 + 86400)   # the next day: it looks like a first boot
+    first, second = _ended(h1), _ended(h2)
+    assert second["tx_id"] == 1 and second["msg_id"] == first["msg_id"]   # ids start again ...
+    assert second["ep"] != first["ep"] and second["ep"] > first["ep"] > 0   # ... in a new, later epoch
+    lives = [_upstream(h1), _upstream(h2)]
+    for life, h in zip(lives, (h1, h2)):
+        assert life and all(r["ep"] == h.ctl.stamp.ep for r in life)   # every record names its epoch
+    keys = [(r["ep"], r["msg_id"]) for life in lives for r in life]
+    assert len(keys) == len(set(keys))   # on main: "1-0", "1-1" ... again, taken for duplicates
+    status = [json.loads(p) for t, p, _, _ in h2.link.published if t.endswith("/status")]
+    assert status and all(st.get("ep") == second["ep"] for st in status if st["state"] == "online")
+
+
+def test_a_new_epoch_without_a_wall_clock_is_random_and_one_with_it_grows():
+    from firmware.app import new_epoch
+    from firmware.core.clock import VALID_AFTER
+
+    eps = set(new_epoch(VALID_AFTER - 3600) for _ in range(8))   # the board's RTC was never set
+    assert len(eps) > 1 and all(0 < e < 1 << 30 for e in eps)
+    assert new_epoch(VALID_AFTER + 99) == 100 and new_epoch(VALID_AFTER + 99, 100) == 101
+    assert new_epoch(VALID_AFTER) == 1 and 0 < new_epoch(VALID_AFTER + (1 << 30) * 2) < 1 << 30
+
+
+def test_a_stale_ack_naming_the_old_epoch_deletes_nothing():
+    d = _dir()
+    old = _ended(_session(d))
+    _wipe_all(d)
+    h = _session(d, start_utc=1772438100 + 86400, run=False)
+    h.acking = False   # the backend is away: the new life's records wait
+    h.run()
+    waiting = h.outbox.pending()
+    assert old["msg_id"] in waiting
+    h.inject("ack", {"msg_ids": waiting, "ep": old["ep"]})   # the previous life's ack, delivered late
+    h.ctl.commands.handle_inbox()
+    assert h.outbox.pending() == waiting   # on main: the new records are deleted, never stored
+    h.inject("ack", {"msg_ids": waiting, "ep": h.ctl.stamp.ep})
+    h.ctl.commands.handle_inbox()
+    assert h.outbox.pending() == []
+
+
+def test_a_state_file_from_older_firmware_keeps_epoch_0():
+    d = _dir()
+    _session(d, secs=60)
+    with open(d + "/state.json") as f:
+        st = json.load(f)
+    del st["ep"]   # older firmware knew no epochs: its records (without ep) are epoch 0 upstream
+    with open(d + "/state.json", "w") as f:
+        f.write(json.dumps(st))
+    h = _session(d, secs=60)
+    assert _ended(h)["ep"] == 0 and _ended(h)["tx_id"] == 2
+    os.remove(d + "/state.json")   # now lost: the journal says epoch 0
+    assert _ended(_session(d, secs=60))["ep"] == 0
