@@ -1,9 +1,12 @@
 """Reference backend: receives every charger's MQTT messages, stores them once, acknowledges them.
 
 Subscribes to cp/v1/+/{session,fault,feedback,status,stats,meter,auth/req,cmd_ack} (docs/mqtt.md),
-de-duplicates on (device, tx_id, seq) and (device, msg_id), stores everything through
+de-duplicates on (device, ep, tx_id, seq) and (device, ep, msg_id), stores everything through
 tools/store.py (SQLite file or PostgreSQL URL), acknowledges stored and duplicate messages on
-cp/v1/<device>/ack, flags sequence gaps, and answers auth/req from an optional file.
+cp/v1/<device>/ack (naming their data epoch), flags sequence gaps, and answers auth/req from an
+optional file. `ep` is the data epoch of the device's life (0 for firmware without one): a device
+that lost both its state and its journal starts its ids again in a new epoch, stored as new
+sessions; the backend reports such a re-initialisation of a known device (table `epochs`).
 Every command answer (cmd_ack) is kept, so an operator sees whether a tariff was taken or an
 update installed; --http serves the live fleet page over the same store (tools/fleetweb.py).
 
@@ -38,7 +41,7 @@ require("paho")
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
-from store import Store, money  # noqa: E402
+from store import Store, ep_of, money  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "stats", "meter", "auth/req", "cmd_ack")
 ACKED = ("session", "fault", "feedback")
@@ -46,6 +49,7 @@ AUTH_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
 MAX_PAYLOAD = 1 << 20    # bytes; anything larger is rejected unread
 MAX_ACK_IDS = 32         # msg_ids per ack message, so the charger's parser stays bounded
 MAX_ID_LEN = 64
+MAX_EP = (1 << 31) - 1
 _SESSION_INTS = ("energy_wh", "meter_start_wh", "meter_stop_wh", "key", "parking_s")
 
 
@@ -73,12 +77,19 @@ def _need(rec, name, check, what):
 def _msg_id(rec):
     _need(rec, "msg_id", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN,
           "must be a string of 1..%d characters" % MAX_ID_LEN)
+    _ep(rec)
+
+
+def _ep(rec):
+    if "ep" in rec:
+        _need(rec, "ep", lambda v: _is_int(v) and 0 <= v <= MAX_EP, "must be an integer 0..%d" % MAX_EP)
 
 
 def check_session(rec):
     _need(rec, "tx_id", lambda v: _is_int(v) and 0 <= v < 1 << 53, "must be a non-negative integer")
     _need(rec, "seq", lambda v: _is_int(v) and 0 <= v < 1 << 31, "must be a non-negative integer")
     _need(rec, "event", lambda v: v in ("started", "updated", "ended"), "must be started, updated or ended")
+    _ep(rec)
     if "msg_id" in rec:
         _msg_id(rec)
     for name in _SESSION_INTS:
@@ -113,6 +124,7 @@ def check_feedback(rec):
 
 def check_status(rec):
     _need(rec, "state", lambda v: v in ("online", "offline"), "must be online or offline")
+    _ep(rec)
 
 
 def check_stats(rec):
@@ -232,12 +244,13 @@ class Backend:
         if self.sealer is None:
             raise ValueError("backend: a fleet key is needed (--fleet-key): chargers believe nothing unsealed")
         self.counts = {"stored": 0, "duplicates": 0, "malformed": 0, "acked": 0, "gaps": 0, "auth": 0,
-                       "errors": 0, "unauthenticated": 0, "conflicts": 0}
+                       "errors": 0, "unauthenticated": 0, "conflicts": 0, "reinitialised": 0}
         self.last_message = time.time()
         self.connected = threading.Event()
         self._q = queue.Queue(maxsize=10000)
         self._stop = threading.Event()
-        self._acks = {}   # device -> (first queued at, [msg_ids])
+        self._acks = {}   # (device, ep) -> (first queued at, [msg_ids])
+        self._eps = {}    # device -> its newest data epoch (the store's `epochs` table)
         self._worker = None
         self.store = None
         cid = client_id or "cp-backend-%d-%d" % (os.getpid(), id(self) % 100000)
@@ -399,6 +412,8 @@ class Backend:
         """A second, different copy of a stored message: both kept, reported; True if it could be kept."""
         self.counts["conflicts"] += 1
         key = rec.get("msg_id") if kind != "session" else "%s-%s (%s)" % (rec["tx_id"], rec["seq"], rec.get("msg_id"))
+        if ep_of(rec):
+            key = "%s ep %d" % (key, ep_of(rec))
         self.out("%s %s CONFLICT %s %s: a different copy of a stored message (kept in rejects)" % (ts, device, kind, key))
         self.store.add_reject(device, topic, json.dumps(rec, sort_keys=True).encode(), "conflict: %s %s differs from "
                               "the stored copy" % (kind, key), now)
@@ -416,11 +431,12 @@ class Backend:
             return
         if kind in ACKED:
             try:
-                msg_id = json.loads(payload.decode("utf-8")).get("msg_id")
+                rec = json.loads(payload.decode("utf-8"))
+                msg_id, ep = rec.get("msg_id"), rec.get("ep", 0)
             except (UnicodeDecodeError, ValueError, AttributeError):
-                msg_id = None
-            if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_ID_LEN:
-                self._queue_ack(device, msg_id)
+                msg_id = ep = None
+            if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_ID_LEN and _is_int(ep) and 0 <= ep <= MAX_EP:
+                self._queue_ack(device, msg_id, ep)
 
     def _store(self, device, kind, rec, now, topic=None):
         ts = rec.get("ts") if isinstance(rec.get("ts"), str) else time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -428,8 +444,10 @@ class Backend:
         if kind == "auth/req":
             self._answer(device, rec, ts)
             return
+        if kind in ACKED or (kind == "status" and "ep" in rec):
+            self._epoch(device, ep_of(rec), ts, now)
         if kind == "meter":
-            self.store.add_meter(device, rec, now)
+            self.store.add_meter(device, rec, now, self._current_ep(device))
             if self.verbose:
                 self.out("%s %s %s" % (ts, device, describe(kind, rec)))
             return
@@ -454,7 +472,25 @@ class Backend:
         for seq in closed:
             self.out("%s %s gap closed: tx %s seq %d arrived late" % (ts, device, rec["tx_id"], seq))
         if kind in ACKED and "msg_id" in rec:
-            self._queue_ack(device, rec["msg_id"])
+            self._queue_ack(device, rec["msg_id"], ep_of(rec))
+
+    def _current_ep(self, device):
+        if device not in self._eps:
+            self._eps[device] = self.store.current_epoch(device)
+        return self._eps[device]
+
+    def _epoch(self, device, ep, ts, now):
+        """Notes a data epoch; a new one of a known device is a re-initialisation: said and kept."""
+        if self._eps.get(device) == ep:
+            return
+        previous = self.store.note_epoch(device, ep, now)
+        if previous is False:
+            return   # seen before (an older life's late record, or another instance noted it)
+        self._eps[device] = ep
+        if previous is not None:
+            self.counts["reinitialised"] += 1
+            self.out("%s %s RE-INITIALISED: new data epoch %d after %d (the charger lost its state and journal; "
+                     "its ids start again, kept apart by the epoch)" % (ts, device, ep, previous))
 
     def _answer(self, device, rec, ts):
         if self.auth is None:
@@ -468,22 +504,23 @@ class Backend:
         self.counts["auth"] += 1
         self.out("%s %s auth %s token %s… -> %s" % (ts, device, rec["id"], rec["token"][:12], resp["status"]))
 
-    def _queue_ack(self, device, msg_id):
-        first, ids = self._acks.get(device, (time.time(), []))
+    def _queue_ack(self, device, msg_id, ep):
+        first, ids = self._acks.get((device, ep), (time.time(), []))
         if msg_id not in ids:
             ids.append(msg_id)
-        self._acks[device] = (first, ids)
+        self._acks[(device, ep)] = (first, ids)
 
     def _flush_acks(self, force=False):
         now = time.time()
-        for device in list(self._acks):
-            first, ids = self._acks[device]
+        for key in list(self._acks):
+            first, ids = self._acks[key]
             if not force and now - first < self.ack_delay_s and len(ids) < MAX_ACK_IDS:
                 continue
-            del self._acks[device]
+            del self._acks[key]
+            device, ep = key
             for i in range(0, len(ids), MAX_ACK_IDS):
                 chunk = ids[i:i + MAX_ACK_IDS]
-                to_device(self.client, device, "ack", {"msg_ids": chunk}, self.sealer)
+                to_device(self.client, device, "ack", {"msg_ids": chunk, "ep": ep}, self.sealer)
                 self.counts["acked"] += len(chunk)
 
     def _recover(self):
@@ -583,9 +620,9 @@ def main(argv=None):
         backend.stop()
         c = backend.counts
         print("backend: %d stored, %d duplicates, %d malformed, %d acknowledged, %d gaps, %d auth answers, "
-              "%d store errors, %d unauthenticated, %d conflicts"
+              "%d store errors, %d unauthenticated, %d conflicts, %d re-initialised"
               % (c["stored"], c["duplicates"], c["malformed"], c["acked"], c["gaps"], c["auth"], c["errors"],
-                 c["unauthenticated"], c["conflicts"]), flush=True)
+                 c["unauthenticated"], c["conflicts"], c["reinitialised"]), flush=True)
     return 0
 
 

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import tempfile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: the data epoch (`ep`) in the keys of what a device's ids name
 SCHEMA_LOCK = 0x63707631   # PostgreSQL advisory lock held while the schema is created ("cpv1")
 MAX_GAPS_LISTED = 256  # missing seqs flagged per check; a wilder jump is reported as a count
 
@@ -28,7 +28,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
         name TEXT PRIMARY KEY, value TEXT)""",
     """CREATE TABLE IF NOT EXISTS sessions (
-        device TEXT NOT NULL, tx_id BIGINT NOT NULL,
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, tx_id BIGINT NOT NULL,
         token TEXT, key_version INTEGER, auth TEXT, tariff_id TEXT,
         started_at TEXT, started_s BIGINT, ended_at TEXT, ended_s BIGINT,
         energy_wh BIGINT, meter_start_wh BIGINT, meter_stop_wh BIGINT, stop_reason TEXT,
@@ -36,26 +36,26 @@ SCHEMA = (
         parking_s BIGINT, parking_excl_minor BIGINT, parking_incl_minor BIGINT,
         offline INTEGER NOT NULL DEFAULT 0, final INTEGER NOT NULL DEFAULT 0,
         record TEXT, updated_s BIGINT,
-        PRIMARY KEY (device, tx_id))""",
+        PRIMARY KEY (device, ep, tx_id))""",
     """CREATE TABLE IF NOT EXISTS session_events (
-        device TEXT NOT NULL, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL,
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL,
         msg_id TEXT, event TEXT, ts TEXT, ts_s BIGINT, offline INTEGER NOT NULL DEFAULT 0,
         record TEXT, received_s BIGINT,
-        PRIMARY KEY (device, tx_id, seq))""",
+        PRIMARY KEY (device, ep, tx_id, seq))""",
     """CREATE TABLE IF NOT EXISTS gaps (
-        device TEXT NOT NULL, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL, kind TEXT,
-        found_s BIGINT, resolved_s BIGINT,
-        PRIMARY KEY (device, tx_id, seq))""",
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL,
+        kind TEXT, found_s BIGINT, resolved_s BIGINT,
+        PRIMARY KEY (device, ep, tx_id, seq))""",
     """CREATE TABLE IF NOT EXISTS faults (
-        device TEXT NOT NULL, msg_id TEXT NOT NULL, event TEXT, code TEXT, ts TEXT, ts_s BIGINT,
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, msg_id TEXT NOT NULL, event TEXT, code TEXT, ts TEXT, ts_s BIGINT,
         tx_id BIGINT, latched INTEGER, trips INTEGER, stop_reason TEXT, detail TEXT,
         offline INTEGER NOT NULL DEFAULT 0, record TEXT, received_s BIGINT,
-        PRIMARY KEY (device, msg_id))""",
+        PRIMARY KEY (device, ep, msg_id))""",
     """CREATE TABLE IF NOT EXISTS feedback (
-        device TEXT NOT NULL, msg_id TEXT NOT NULL, ts TEXT, ts_s BIGINT, tx_id BIGINT,
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, msg_id TEXT NOT NULL, ts TEXT, ts_s BIGINT, tx_id BIGINT,
         token TEXT, source TEXT, text TEXT, offline INTEGER NOT NULL DEFAULT 0,
         record TEXT, received_s BIGINT,
-        PRIMARY KEY (device, msg_id))""",
+        PRIMARY KEY (device, ep, msg_id))""",
     """CREATE TABLE IF NOT EXISTS status_current (
         device TEXT PRIMARY KEY, state TEXT, connector TEXT, error TEXT, ts TEXT,
         received_s BIGINT, record TEXT)""",
@@ -70,7 +70,7 @@ SCHEMA = (
         month_incl_minor BIGINT, contactor_cycles BIGINT, boots BIGINT, record TEXT, received_s BIGINT,
         PRIMARY KEY (device, ts))""",
     """CREATE TABLE IF NOT EXISTS meter_values (
-        device TEXT NOT NULL, tx_id BIGINT, ts TEXT, ts_s BIGINT, register_wh BIGINT,
+        device TEXT NOT NULL, ep BIGINT NOT NULL DEFAULT 0, tx_id BIGINT, ts TEXT, ts_s BIGINT, register_wh BIGINT,
         energy_wh BIGINT, p_w BIGINT, record TEXT, received_s BIGINT)""",
     """CREATE TABLE IF NOT EXISTS rejects (
         device TEXT, topic TEXT, payload TEXT, reason TEXT, received_s BIGINT)""",
@@ -80,6 +80,11 @@ SCHEMA = (
         PRIMARY KEY (device, k))""",
     """CREATE TABLE IF NOT EXISTS counters (
         device TEXT PRIMARY KEY, ctr BIGINT NOT NULL)""",
+    # each data epoch (a life of the device: firmware/app.py new_epoch) as first seen; `previous`
+    # is the epoch seen before it: set when a known device was re-initialised (state and journal lost)
+    """CREATE TABLE IF NOT EXISTS epochs (
+        device TEXT NOT NULL, ep BIGINT NOT NULL, first_s BIGINT, previous BIGINT,
+        PRIMARY KEY (device, ep))""",
     "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_s)",
     "CREATE INDEX IF NOT EXISTS sessions_token ON sessions (token)",
     "CREATE INDEX IF NOT EXISTS status_history_device ON status_history (device, received_s)",
@@ -94,14 +99,15 @@ _SESSION_COLS = ("token", "key_version", "auth", "tariff_id", "started_at", "sta
                  "parking_incl_minor", "record", "updated_s")
 
 _SESSION_UPSERT = (
-    "INSERT INTO sessions (device, tx_id, final, offline, %s) VALUES (?, ?, ?, ?, %s) "
-    "ON CONFLICT (device, tx_id) DO UPDATE SET %s, "
+    "INSERT INTO sessions (device, ep, tx_id, final, offline, %s) VALUES (?, ?, ?, ?, ?, %s) "
+    "ON CONFLICT (device, ep, tx_id) DO UPDATE SET %s, "
     "final = CASE WHEN sessions.final = 1 THEN 1 ELSE excluded.final END, "
     "offline = CASE WHEN sessions.offline = 1 OR excluded.offline = 1 THEN 1 ELSE 0 END"
 ) % (", ".join(_SESSION_COLS), ", ".join("?" for _ in _SESSION_COLS), ", ".join(
     "%s = CASE WHEN sessions.final = 1 AND excluded.final = 0 THEN COALESCE(sessions.%s, excluded.%s) "
     "ELSE COALESCE(excluded.%s, sessions.%s) END" % (c, c, c, c, c) for c in _SESSION_COLS))
 
+_MIGRATED = ("sessions", "session_events", "gaps", "faults", "feedback", "meter_values")   # v1 -> v2: + ep
 _ACK_COLS = ("id", "cmd", "status", "reason")   # cmd_ack fields with a column; the rest go to `extra`
 
 DECIMALS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "XAF": 0, "XOF": 0}
@@ -142,6 +148,11 @@ def _int(value):
 def _text(value):
     """A text field, or None when absent or not a string."""
     return value if isinstance(value, str) else None
+
+
+def ep_of(rec):
+    """A record's data epoch: 0 for records of older firmware, which name none."""
+    return _int(rec.get("ep")) or 0
 
 
 def _dumps(rec):
@@ -243,22 +254,47 @@ class Store:
     def _schema(self):
         if self.kind == "postgresql":   # instances starting together would race on CREATE TABLE: one at a time
             self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+        self.execute(SCHEMA[0])
+        rows = self.query("SELECT value FROM meta WHERE name = ?", ("schema_version",))
+        old = int(rows[0][0]) if rows else SCHEMA_VERSION
+        if old > SCHEMA_VERSION:
+            raise RuntimeError("the store's schema %d is newer than this tool's (%d)" % (old, SCHEMA_VERSION))
+        if old == 1:
+            self._to_v2()
         for stmt in SCHEMA:
             self.execute(stmt)
-        self.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                     ("schema_version", str(SCHEMA_VERSION)))
+        self.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                     "SET value = excluded.value", ("schema_version", str(SCHEMA_VERSION)))
         self.commit()
+
+    def _to_v2(self):
+        """Schema 1 -> 2, in the same transaction: the tables keyed on ids get `ep` (0: the rows
+        came from firmware without epochs); every device seen so far has epoch 0 on record."""
+        for t in _MIGRATED:
+            self.execute("ALTER TABLE %s RENAME TO %s_v1" % (t, t))
+        for stmt in SCHEMA:
+            if stmt.startswith("CREATE TABLE"):
+                self.execute(stmt)
+        for t in _MIGRATED:
+            cur = self.execute("SELECT * FROM %s_v1 WHERE 1 = 0" % t)
+            cols = ", ".join(d[0] for d in cur.description)
+            cur.close()
+            self.execute("INSERT INTO %s (%s) SELECT %s FROM %s_v1" % (t, cols, cols, t))
+            self.execute("DROP TABLE %s_v1" % t)
+        self.execute("INSERT INTO epochs (device, ep, first_s) SELECT device, 0, MIN(received_s) FROM ("
+                     "SELECT device, received_s FROM session_events UNION ALL SELECT device, received_s FROM faults "
+                     "UNION ALL SELECT device, received_s FROM feedback) old GROUP BY device")
 
     # --- writes (the backend) -------------------------------------------------------------
 
     def add_session_event(self, device, rec, received_s):
         """Stores one `session` record: (new?, newly missing seqs [(seq, kind)], seqs now filled)."""
-        tx, seq, event = rec["tx_id"], rec["seq"], rec["event"]
+        tx, seq, event, ep = rec["tx_id"], rec["seq"], rec["event"], ep_of(rec)
         offline = _flag(rec.get("offline"))
         cur = self.execute(
-            "INSERT INTO session_events (device, tx_id, seq, msg_id, event, ts, ts_s, offline, record, "
-            "received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, tx_id, seq) DO NOTHING",
-            (device, tx, seq, rec.get("msg_id"), event, rec.get("ts"), epoch(rec.get("ts")), offline,
+            "INSERT INTO session_events (device, ep, tx_id, seq, msg_id, event, ts, ts_s, offline, record, "
+            "received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, ep, tx_id, seq) DO NOTHING",
+            (device, ep, tx, seq, rec.get("msg_id"), event, rec.get("ts"), epoch(rec.get("ts")), offline,
              _dumps(rec), received_s))
         if cur.rowcount != 1:
             self.commit()
@@ -279,15 +315,15 @@ class Store:
             "parking_s": _int(rec.get("parking_s")), "parking_excl_minor": _int(parking.get("excl_vat_minor")),
             "parking_incl_minor": _int(parking.get("incl_vat_minor")), "record": _dumps(rec),
             "updated_s": received_s}
-        self.execute(_SESSION_UPSERT, (device, tx, final, offline) + tuple(row[c] for c in _SESSION_COLS))
-        missing, closed = self._gaps(device, tx, seq, event, received_s)
+        self.execute(_SESSION_UPSERT, (device, ep, tx, final, offline) + tuple(row[c] for c in _SESSION_COLS))
+        missing, closed = self._gaps(device, ep, tx, seq, event, received_s)
         self.commit()
         return True, missing, closed
 
-    def _gaps(self, device, tx, seq, event, now):
+    def _gaps(self, device, ep, tx, seq, event, now):
         """Flags seqs missing below the newest one of a tx; clears a flag the event just filled."""
         seen = set(r[0] for r in self.query(
-            "SELECT seq FROM session_events WHERE device = ? AND tx_id = ?", (device, tx)))
+            "SELECT seq FROM session_events WHERE device = ? AND ep = ? AND tx_id = ?", (device, ep, tx)))
         top = max(seen)
         missing = []
         extra = 0
@@ -298,28 +334,28 @@ class Store:
                     continue
                 kind = "started_missing" if s == 0 else "seq_missing"
                 cur = self.execute(
-                    "INSERT INTO gaps (device, tx_id, seq, kind, found_s) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (device, tx_id, seq) DO NOTHING", (device, tx, s, kind, now))
+                    "INSERT INTO gaps (device, ep, tx_id, seq, kind, found_s) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (device, ep, tx_id, seq) DO NOTHING", (device, ep, tx, s, kind, now))
                 if cur.rowcount == 1:
                     missing.append((s, kind))
         if extra:
             missing.append((-1, "%d more seqs missing" % extra))
         if event == "ended" and seq == 0:  # an `ended` that claims seq 0 has no `started` at all
-            cur = self.execute("INSERT INTO gaps (device, tx_id, seq, kind, found_s) VALUES (?, ?, ?, ?, ?) "
-                               "ON CONFLICT (device, tx_id, seq) DO NOTHING",
-                               (device, tx, -1, "started_missing", now))
+            cur = self.execute("INSERT INTO gaps (device, ep, tx_id, seq, kind, found_s) VALUES (?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (device, ep, tx_id, seq) DO NOTHING",
+                               (device, ep, tx, -1, "started_missing", now))
             if cur.rowcount == 1:
                 missing.append((-1, "started_missing"))
-        cur = self.execute("UPDATE gaps SET resolved_s = ? WHERE device = ? AND tx_id = ? AND seq = ? "
-                           "AND resolved_s IS NULL", (now, device, tx, seq))
+        cur = self.execute("UPDATE gaps SET resolved_s = ? WHERE device = ? AND ep = ? AND tx_id = ? AND seq = ? "
+                           "AND resolved_s IS NULL", (now, device, ep, tx, seq))
         return missing, [seq] if cur.rowcount == 1 else []
 
     def add_fault(self, device, rec, received_s):
         cur = self.execute(
-            "INSERT INTO faults (device, msg_id, event, code, ts, ts_s, tx_id, latched, trips, stop_reason, "
-            "detail, offline, record, received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device, msg_id) DO NOTHING",
-            (device, rec["msg_id"], rec.get("event"), rec.get("code"), rec.get("ts"), epoch(rec.get("ts")),
+            "INSERT INTO faults (device, ep, msg_id, event, code, ts, ts_s, tx_id, latched, trips, stop_reason, "
+            "detail, offline, record, received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device, ep, msg_id) DO NOTHING",
+            (device, ep_of(rec), rec["msg_id"], rec.get("event"), rec.get("code"), rec.get("ts"), epoch(rec.get("ts")),
              _int(rec.get("tx_id")), _flag(rec.get("latched")), _int(rec.get("trips")), rec.get("stop_reason"),
              rec.get("detail"), _flag(rec.get("offline")), _dumps(rec), received_s))
         self.commit()
@@ -327,9 +363,9 @@ class Store:
 
     def add_feedback(self, device, rec, received_s):
         cur = self.execute(
-            "INSERT INTO feedback (device, msg_id, ts, ts_s, tx_id, token, source, text, offline, record, "
-            "received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, msg_id) DO NOTHING",
-            (device, rec["msg_id"], rec.get("ts"), epoch(rec.get("ts")), _int(rec.get("tx_id")),
+            "INSERT INTO feedback (device, ep, msg_id, ts, ts_s, tx_id, token, source, text, offline, record, "
+            "received_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, ep, msg_id) DO NOTHING",
+            (device, ep_of(rec), rec["msg_id"], rec.get("ts"), epoch(rec.get("ts")), _int(rec.get("tx_id")),
              rec.get("token"), rec.get("source"), rec.get("text"), _flag(rec.get("offline")), _dumps(rec),
              received_s))
         self.commit()
@@ -373,11 +409,12 @@ class Store:
         self.commit()
         return cur.rowcount == 1
 
-    def add_meter(self, device, rec, received_s):
+    def add_meter(self, device, rec, received_s, ep=0):
+        """ep: the device's current data epoch, for meter values that do not name theirs."""
         self.execute(
-            "INSERT INTO meter_values (device, tx_id, ts, ts_s, register_wh, energy_wh, p_w, record, received_s) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, _int(rec.get("tx_id")), rec.get("ts"), epoch(rec.get("ts")), _int(rec.get("register_wh")),
+            "INSERT INTO meter_values (device, ep, tx_id, ts, ts_s, register_wh, energy_wh, p_w, record, received_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, _int(rec.get("ep")) if "ep" in rec else ep, _int(rec.get("tx_id")), rec.get("ts"), epoch(rec.get("ts")), _int(rec.get("register_wh")),
              _int(rec.get("energy_wh")), _int(rec.get("p_w")), _dumps(rec), received_s))
         self.commit()
 
@@ -413,14 +450,42 @@ class Store:
         return row[0][0]
 
     def stored_record(self, kind, device, rec):
-        """The record already stored under this message's key (session: tx_id, seq; else msg_id), or None."""
+        """The record already stored under this message's key (session: ep, tx_id, seq; else ep, msg_id), or None."""
         if kind == "session":
-            rows = self.query("SELECT record FROM session_events WHERE device = ? AND tx_id = ? AND seq = ?",
-                              (device, rec["tx_id"], rec["seq"]))
+            rows = self.query("SELECT record FROM session_events WHERE device = ? AND ep = ? AND tx_id = ? AND seq = ?",
+                              (device, ep_of(rec), rec["tx_id"], rec["seq"]))
         else:
             table = {"fault": "faults", "feedback": "feedback"}[kind]
-            rows = self.query("SELECT record FROM %s WHERE device = ? AND msg_id = ?" % table, (device, rec["msg_id"]))
+            rows = self.query("SELECT record FROM %s WHERE device = ? AND ep = ? AND msg_id = ?" % table,
+                              (device, ep_of(rec), rec["msg_id"]))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    def note_epoch(self, device, ep, received_s):
+        """Keeps a data epoch of a device as first seen: the epoch it follows if the device was known
+        before (re-initialised: its state and journal were lost), else None; False if it is not new."""
+        cur = self.execute("INSERT INTO epochs (device, ep, first_s) VALUES (?, ?, ?) "
+                           "ON CONFLICT (device, ep) DO NOTHING", (device, ep, received_s))
+        if cur.rowcount != 1:
+            self.commit()
+            return False
+        rows = self.query("SELECT ep FROM epochs WHERE device = ? AND ep <> ? ORDER BY first_s DESC, ep DESC LIMIT 1",
+                          (device, ep))
+        previous = rows[0][0] if rows else None
+        if previous is not None:
+            self.execute("UPDATE epochs SET previous = ? WHERE device = ? AND ep = ?", (previous, device, ep))
+        self.commit()
+        return previous
+
+    def current_epoch(self, device):
+        """The device's newest data epoch (its current life), 0 when none is on record."""
+        rows = self.query("SELECT ep FROM epochs WHERE device = ? ORDER BY first_s DESC, ep DESC LIMIT 1", (device,))
+        return rows[0][0] if rows else 0
+
+    def reinitialised(self):
+        """Every re-initialisation seen: [{device, ep, previous, first_s}], oldest first."""
+        names = ("device", "ep", "previous", "first_s")
+        rows = self.query("SELECT %s FROM epochs WHERE previous IS NOT NULL ORDER BY first_s, device" % ", ".join(names))
+        return [dict(zip(names, r)) for r in rows]
 
     def count(self, table):
         return self.query("SELECT COUNT(*) FROM %s" % table)[0][0]
@@ -449,16 +514,17 @@ class Store:
                          ("connector", "error", "ts", "received_s"))
 
     def latest_meter(self, device):
-        """The newest meter value: tx_id, ts, energy_wh, p_w, register_wh, received_s; or None."""
-        return self._one("SELECT tx_id, ts, energy_wh, p_w, register_wh, received_s FROM meter_values "
+        """The newest meter value: ep, tx_id, ts, energy_wh, p_w, register_wh, received_s; or None."""
+        return self._one("SELECT ep, tx_id, ts, energy_wh, p_w, register_wh, received_s FROM meter_values "
                          "WHERE device = ? ORDER BY received_s DESC, ts_s DESC LIMIT 1", (device,),
-                         ("tx_id", "ts", "energy_wh", "p_w", "register_wh", "received_s"))
+                         ("ep", "tx_id", "ts", "energy_wh", "p_w", "register_wh", "received_s"))
 
     def latest_session(self, device):
-        """The device's newest transaction (tx_ids only grow): tx_id, final, started_at, energy_wh."""
-        return self._one("SELECT tx_id, final, started_at, started_s, energy_wh, updated_s FROM sessions "
-                         "WHERE device = ? ORDER BY tx_id DESC LIMIT 1", (device,),
-                         ("tx_id", "final", "started_at", "started_s", "energy_wh", "updated_s"))
+        """The device's newest transaction (tx_ids only grow within a data epoch, the current one):
+        ep, tx_id, final, started_at, energy_wh."""
+        return self._one("SELECT ep, tx_id, final, started_at, started_s, energy_wh, updated_s FROM sessions "
+                         "WHERE device = ? AND ep = ? ORDER BY tx_id DESC LIMIT 1", (device, self.current_epoch(device)),
+                         ("ep", "tx_id", "final", "started_at", "started_s", "energy_wh", "updated_s"))
 
     def fault_events(self, device, limit=1000):
         """The newest `limit` raised/cleared fault records (msg_id, event, code, latched, detail, ts, record)."""

@@ -397,3 +397,105 @@ def test_forged_and_conflicting_records_are_refused_or_kept_aside_never_acked_as
         finally:
             p.close()
             b.stop()
+
+
+def _acks(peer, device):
+    """(msg_ids, ep) of each ack the backend sent the device."""
+    with peer.lock:
+        return [(p["msg_ids"], p.get("ep")) for t, p in peer.got if t == "cp/v1/%s/ack" % device]
+
+
+def test_a_charger_that_lost_state_and_journal_is_billed_for_its_new_life(backend, peer, db_url):
+    dev = "cp-reinit"
+    peer.send(dev, "session", session(1, 0, "started", ep=100))
+    peer.send(dev, "session", session(1, 1, "ended", ep=100))
+    peer.send(dev, "fault", {"msg_id": "f-1", "event": "raised", "code": "GroundFailure", "ep": 100})
+    assert wait_for(lambda: sorted(peer.acked(dev)) == ["1-0", "1-1", "f-1"])
+    # state.json and the journal are lost: tx 1 and f-1 again, in a new data epoch
+    peer.send(dev, "status", {"state": "online", "connector": "Available", "ep": 250})
+    peer.send(dev, "session", session(1, 0, "started", ep=250, meter_start_wh=0))
+    peer.send(dev, "session", session(1, 1, "ended", ep=250, meter_start_wh=0, meter_stop_wh=700, energy_wh=700,
+                                      cost={"currency": "EUR", "total_excl_vat_minor": 21, "total_incl_vat_minor": 25}))
+    peer.send(dev, "fault", {"msg_id": "f-1", "event": "raised", "code": "OverCurrentFailure", "ep": 250})
+    assert wait_for(lambda: len(peer.acked(dev)) == 6)
+    # on main: a conflict each (a different copy of a stored msg_id), the new session never billed
+    assert backend.counts["conflicts"] == 0 and backend.counts["duplicates"] == 0
+    got = rows(db_url, "SELECT ep, tx_id, energy_wh, total_incl_minor, final FROM sessions WHERE device = ? "
+                       "ORDER BY ep", (dev,))
+    assert [tuple(r) for r in got] == [(100, 1, 1840, 66, 1), (250, 1, 700, 25, 1)]
+    assert [tuple(r) for r in rows(db_url, "SELECT ep, code FROM faults WHERE device = ? ORDER BY ep", (dev,))] \
+        == [(100, "GroundFailure"), (250, "OverCurrentFailure")]
+    for ep in (100, 250):   # each ack names the epoch of the records it acknowledges
+        assert sorted(i for ids, e in _acks(peer, dev) if e == ep for i in ids) == ["1-0", "1-1", "f-1"]
+    assert [tuple(r) for r in rows(db_url, "SELECT ep, previous FROM epochs WHERE device = ? ORDER BY ep", (dev,))] \
+        == [(100, None), (250, 100)]
+    assert backend.counts["reinitialised"] == 1
+    assert sum("RE-INITIALISED: new data epoch 250 after 100" in line for line in backend.lines) == 1
+    # a late copy from the old life is still a duplicate of the old life, acknowledged as such
+    peer.send(dev, "session", session(1, 1, "ended", ep=100))
+    assert wait_for(lambda: backend.counts["duplicates"] == 1)
+    assert wait_for(lambda: _acks(peer, dev)[-1] == (["1-1"], 100))
+    assert backend.counts["reinitialised"] == 1 and backend.counts["conflicts"] == 0
+
+
+V1_TABLES = (   # tools/store.py schema 1: the tables that schema 2 keys on the data epoch too
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE sessions (device TEXT NOT NULL, tx_id BIGINT NOT NULL, token TEXT, key_version INTEGER, auth TEXT,"
+    " tariff_id TEXT, started_at TEXT, started_s BIGINT, ended_at TEXT, ended_s BIGINT, energy_wh BIGINT,"
+    " meter_start_wh BIGINT, meter_stop_wh BIGINT, stop_reason TEXT, currency TEXT, total_excl_minor BIGINT,"
+    " total_incl_minor BIGINT, parking_s BIGINT, parking_excl_minor BIGINT, parking_incl_minor BIGINT,"
+    " offline INTEGER NOT NULL DEFAULT 0, final INTEGER NOT NULL DEFAULT 0, record TEXT, updated_s BIGINT,"
+    " PRIMARY KEY (device, tx_id))",
+    "CREATE TABLE session_events (device TEXT NOT NULL, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL, msg_id TEXT,"
+    " event TEXT, ts TEXT, ts_s BIGINT, offline INTEGER NOT NULL DEFAULT 0, record TEXT, received_s BIGINT,"
+    " PRIMARY KEY (device, tx_id, seq))",
+    "CREATE TABLE gaps (device TEXT NOT NULL, tx_id BIGINT NOT NULL, seq INTEGER NOT NULL, kind TEXT,"
+    " found_s BIGINT, resolved_s BIGINT, PRIMARY KEY (device, tx_id, seq))",
+    "CREATE TABLE faults (device TEXT NOT NULL, msg_id TEXT NOT NULL, event TEXT, code TEXT, ts TEXT, ts_s BIGINT,"
+    " tx_id BIGINT, latched INTEGER, trips INTEGER, stop_reason TEXT, detail TEXT,"
+    " offline INTEGER NOT NULL DEFAULT 0, record TEXT, received_s BIGINT, PRIMARY KEY (device, msg_id))",
+    "CREATE TABLE feedback (device TEXT NOT NULL, msg_id TEXT NOT NULL, ts TEXT, ts_s BIGINT, tx_id BIGINT,"
+    " token TEXT, source TEXT, text TEXT, offline INTEGER NOT NULL DEFAULT 0, record TEXT, received_s BIGINT,"
+    " PRIMARY KEY (device, msg_id))",
+    "CREATE TABLE meter_values (device TEXT NOT NULL, tx_id BIGINT, ts TEXT, ts_s BIGINT, register_wh BIGINT,"
+    " energy_wh BIGINT, p_w BIGINT, record TEXT, received_s BIGINT)",
+    "CREATE INDEX sessions_started ON sessions (started_s)",
+    "CREATE INDEX meter_values_device ON meter_values (device, received_s)",
+)
+
+
+def test_a_store_of_schema_1_is_migrated_and_keeps_its_rows(db_url):
+    if db_url.startswith("postgresql"):
+        import psycopg
+        conn = psycopg.connect(db_url)
+        ph = "%s"
+    else:
+        import sqlite3
+        conn = sqlite3.connect(db_url)
+        ph = "?"
+    for stmt in V1_TABLES:
+        conn.execute(stmt)
+    ins = lambda sql, *p: conn.execute(sql.replace("?", ph), p)   # noqa: E731
+    ins("INSERT INTO meta VALUES ('schema_version', '1')")
+    ins("INSERT INTO sessions (device, tx_id, energy_wh, final, updated_s) VALUES (?, ?, ?, ?, ?)", "cp-old", 1, 900, 1, 5)
+    ins("INSERT INTO session_events (device, tx_id, seq, msg_id, event, record, received_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "cp-old", 1, 1, "1-1", "ended", "{}", 5)
+    ins("INSERT INTO gaps (device, tx_id, seq, kind, found_s) VALUES (?, ?, ?, ?, ?)", "cp-old", 1, 0, "started_missing", 5)
+    ins("INSERT INTO faults (device, msg_id, code, received_s) VALUES (?, ?, ?, ?)", "cp-old", "f-1", "WeakSignal", 4)
+    ins("INSERT INTO feedback (device, msg_id, text, received_s) VALUES (?, ?, ?, ?)", "cp-old", "fb-1", "slow", 6)
+    ins("INSERT INTO meter_values (device, tx_id, energy_wh, received_s) VALUES (?, ?, ?, ?)", "cp-old", 1, 450, 3)
+    conn.commit()
+    conn.close()
+    with Store(db_url) as st:
+        assert st.query("SELECT value FROM meta WHERE name = 'schema_version'")[0][0] == "2"
+        for table, n in (("sessions", 1), ("session_events", 1), ("gaps", 1), ("faults", 1), ("feedback", 1),
+                         ("meter_values", 1)):
+            assert [tuple(r) for r in st.query("SELECT device, ep FROM %s" % table)] == [("cp-old", 0)] * n, table
+        assert [tuple(r) for r in st.query("SELECT energy_wh, final FROM sessions")] == [(900, 1)]
+        assert [tuple(r) for r in st.query("SELECT device, ep, first_s, previous FROM epochs")] == [("cp-old", 0, 4, None)]
+        # the old rows are epoch 0: tx 1 of a new life is another session
+        assert st.add_session_event("cp-old", session(1, 1, "ended", ep=7), 10)[0]
+        assert st.note_epoch("cp-old", 7, 10) == 0
+        assert st.count("sessions") == 2
+    with Store(db_url) as st:   # opening it again changes nothing
+        assert st.count("sessions") == 2 and st.count("session_events") == 2
