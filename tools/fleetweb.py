@@ -127,7 +127,7 @@ def charger(st, device, totals):
         session = {"tx_id": tx["tx_id"], "started_at": tx["started_at"], "energy_wh": tx["energy_wh"],
                    "p_w": None, "meter_ts": None, "meter_s": None}
         m = st.latest_meter(device)
-        if m and m["tx_id"] == tx["tx_id"]:
+        if m and (m["ep"], m["tx_id"]) == (tx["ep"], tx["tx_id"]):
             if m["energy_wh"] is not None and (session["energy_wh"] is None or m["energy_wh"] >= session["energy_wh"]):
                 session["energy_wh"] = m["energy_wh"]
             session.update(p_w=m["p_w"], meter_ts=m["ts"], meter_s=m["received_s"])

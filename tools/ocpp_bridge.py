@@ -41,7 +41,7 @@ from ocpp.v16.enums import Action  # noqa: E402
 
 from backend import CHECKS, MAX_ID_LEN, Malformed  # noqa: E402
 from downlink import Sealer, broker_arg, read_fleet_key, to_device  # noqa: E402
-from store import epoch  # noqa: E402
+from store import ep_of, epoch  # noqa: E402
 
 TOPICS = ("session", "fault", "feedback", "status", "meter", "auth/req", "cmd_ack")
 ID_TAG_LEN = 20            # OCPP 1.6 idTag is CiString20: 20 hex digits = 80 bits of the pseudonym
@@ -68,22 +68,25 @@ FIXED_KEYS = {"NumberOfConnectors": "1", "LocalAuthListEnabled": "true", "Suppor
               "ChargeProfileMaxStackLevel": "99", "ChargingScheduleAllowedChargingRateUnit": "Current",
               "StopTransactionOnEVSideDisconnect": "true", "SecurityProfile": None}
 
+# ep: the charger's data epoch (docs/mqtt.md): a charger that lost its state and journal numbers
+# its transactions and messages from 1 again, in a new epoch; 0 for firmware without epochs
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS queue (n INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
-        msg_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (device, msg_id))""",
-    """CREATE TABLE IF NOT EXISTS done (device TEXT NOT NULL, msg_id TEXT NOT NULL, outcome TEXT,
-        PRIMARY KEY (device, msg_id))""",
-    """CREATE TABLE IF NOT EXISTS txmap (device TEXT NOT NULL, tx_id INTEGER NOT NULL,
+        ep INTEGER NOT NULL DEFAULT 0, msg_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, UNIQUE (device, ep, msg_id))""",
+    """CREATE TABLE IF NOT EXISTS done (device TEXT NOT NULL, ep INTEGER NOT NULL DEFAULT 0, msg_id TEXT NOT NULL,
+        outcome TEXT, PRIMARY KEY (device, ep, msg_id))""",
+    """CREATE TABLE IF NOT EXISTS txmap (device TEXT NOT NULL, ep INTEGER NOT NULL DEFAULT 0, tx_id INTEGER NOT NULL,
         transaction_id INTEGER NOT NULL, meter_start INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,
         cost_sent INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (device, tx_id))""",
+        PRIMARY KEY (device, ep, tx_id))""",
     """CREATE TABLE IF NOT EXISTS idtags (id_tag TEXT PRIMARY KEY, token TEXT NOT NULL, key INTEGER)""",
     """CREATE TABLE IF NOT EXISTS profiles (device TEXT NOT NULL, profile_id INTEGER NOT NULL,
         kind TEXT NOT NULL, stack_level INTEGER NOT NULL, PRIMARY KEY (device, profile_id))""",
     """CREATE TABLE IF NOT EXISTS lists (device TEXT PRIMARY KEY, version INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS counters (device TEXT PRIMARY KEY, ctr INTEGER NOT NULL)""",
 )
+EPOCH_TABLES = ("queue", "done", "txmap")
 
 
 def id_tag(token):
@@ -480,13 +483,13 @@ class Link:
     async def _drain(self, cp):
         db = self.bridge.db
         while True:
-            row = db.execute("SELECT n, msg_id, kind, record, attempts FROM queue WHERE device = ? ORDER BY n LIMIT 1",
-                             (self.device,)).fetchone()
+            row = db.execute("SELECT n, ep, msg_id, kind, record, attempts FROM queue WHERE device = ? "
+                             "ORDER BY n LIMIT 1", (self.device,)).fetchone()
             if row is None:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            n, msg_id, kind, record, attempts = row
+            n, ep, msg_id, kind, record, attempts = row
             rec = json.loads(record)
             try:
                 outcome = await self._deliver(cp, kind, rec)
@@ -505,16 +508,16 @@ class Link:
                 self.say("%s %s %s" % (kind, msg_id, outcome))
             with db:
                 db.execute("DELETE FROM queue WHERE n = ?", (n,))
-                db.execute("INSERT OR IGNORE INTO done (device, msg_id, outcome) VALUES (?, ?, ?)",
-                           (self.device, msg_id, outcome))
-            self.bridge.ack(self.device, msg_id)
+                db.execute("INSERT OR IGNORE INTO done (device, ep, msg_id, outcome) VALUES (?, ?, ?, ?)",
+                           (self.device, ep, msg_id, outcome))
+            self.bridge.ack(self.device, msg_id, ep)
 
     async def _deliver(self, cp, kind, rec):
         """Send what one queued record means in OCPP; returns a short outcome once the CSMS confirmed."""
         if kind == "session":
             if rec["event"] == "updated":   # no meter_start_wh in it: a StartTransaction cannot come from it
                 row = self.bridge.db.execute("SELECT transaction_id, meter_start, stopped FROM txmap WHERE device = ? "
-                                             "AND tx_id = ?", (self.device, rec["tx_id"])).fetchone()
+                                             "AND ep = ? AND tx_id = ?", (self.device, ep_of(rec), rec["tx_id"])).fetchone()
                 if row is None or row[2] or not isinstance(rec.get("energy_wh"), int):
                     return "not sent (transaction not started or already stopped)"
                 await cp.call(call.MeterValues(connector_id=1, transaction_id=row[0], meter_value=[{
@@ -552,25 +555,25 @@ class Link:
         return call.DataTransfer(vendor_id=self.bridge.vendor_id, message_id=message_id,
                                  data=json.dumps(rec, separators=(",", ":")))
 
-    def _stopped(self, tx_id):
-        row = self.bridge.db.execute("SELECT stopped FROM txmap WHERE device = ? AND tx_id = ?",
-                                     (self.device, tx_id)).fetchone()
+    def _stopped(self, ep, tx_id):
+        row = self.bridge.db.execute("SELECT stopped FROM txmap WHERE device = ? AND ep = ? AND tx_id = ?",
+                                     (self.device, ep, tx_id)).fetchone()
         return row is not None and row[0] == 1
 
     async def _started(self, cp, rec):
         """The CSMS's transactionId for the charger's tx, sending StartTransaction first if the CSMS
         has not started it yet (a Stop never goes out for a transaction the CSMS did not start)."""
         db = self.bridge.db
-        row = db.execute("SELECT transaction_id FROM txmap WHERE device = ? AND tx_id = ?",
-                         (self.device, rec["tx_id"])).fetchone()
+        row = db.execute("SELECT transaction_id FROM txmap WHERE device = ? AND ep = ? AND tx_id = ?",
+                         (self.device, ep_of(rec), rec["tx_id"])).fetchone()
         if row is not None:
             return row[0]
         res = await cp.call(call.StartTransaction(
             connector_id=1, id_tag=id_tag(rec.get("token")), meter_start=rec["meter_start_wh"],
             timestamp=ocpp_time(rec.get("started_at") or rec.get("ts"))), suppress=False)
         with db:
-            db.execute("INSERT INTO txmap (device, tx_id, transaction_id, meter_start) VALUES (?, ?, ?, ?)",
-                       (self.device, rec["tx_id"], res.transaction_id, rec["meter_start_wh"]))
+            db.execute("INSERT INTO txmap (device, ep, tx_id, transaction_id, meter_start) VALUES (?, ?, ?, ?, ?)",
+                       (self.device, ep_of(rec), rec["tx_id"], res.transaction_id, rec["meter_start_wh"]))
         status = (res.id_tag_info or {}).get("status")
         if status != "Accepted" and rec["event"] == "started":   # StopTransactionOnInvalidId: stop it if it runs
             self.say("tx %d: the CSMS answered StartTransaction with %s: asking the charger to stop it"
@@ -580,25 +583,24 @@ class Link:
 
     async def _stop(self, cp, rec, tid):
         db = self.bridge.db
-        if not self._stopped(rec["tx_id"]):
+        key = (self.device, ep_of(rec), rec["tx_id"])
+        if not self._stopped(*key[1:]):
             await cp.call(call.StopTransaction(
                 transaction_id=tid, meter_stop=rec["meter_stop_wh"], id_tag=id_tag(rec.get("token")),
                 timestamp=ocpp_time(rec.get("ended_at") or rec.get("ts")),
                 reason=STOP_REASONS.get(rec.get("stop_reason"), "Other")), suppress=False)
             with db:
-                db.execute("UPDATE txmap SET stopped = 1 WHERE device = ? AND tx_id = ?", (self.device, rec["tx_id"]))
+                db.execute("UPDATE txmap SET stopped = 1 WHERE device = ? AND ep = ? AND tx_id = ?", key)
         cost = rec.get("cost")
         if self.bridge.vendor_id and cost is not None:
-            sent = db.execute("SELECT cost_sent FROM txmap WHERE device = ? AND tx_id = ?",
-                              (self.device, rec["tx_id"])).fetchone()[0]
+            sent = db.execute("SELECT cost_sent FROM txmap WHERE device = ? AND ep = ? AND tx_id = ?", key).fetchone()[0]
             if not sent:
                 body = dict(cost, transactionId=tid, energy_wh=rec.get("energy_wh"),
                             tariff_id=rec.get("tariff_id"))
                 await cp.call(call.DataTransfer(vendor_id=self.bridge.vendor_id, message_id="SessionCost",
                                                 data=json.dumps(body, separators=(",", ":"))), suppress=False)
                 with db:
-                    db.execute("UPDATE txmap SET cost_sent = 1 WHERE device = ? AND tx_id = ?",
-                               (self.device, rec["tx_id"]))
+                    db.execute("UPDATE txmap SET cost_sent = 1 WHERE device = ? AND ep = ? AND tx_id = ?", key)
 
     async def command(self, name, args):
         """Publish cmd/<name> to the charger and wait for its cmd_ack (None: no answer in time)."""
@@ -629,8 +631,9 @@ class Link:
         if cp is None or not isinstance(rec.get("register_wh"), int) or not isinstance(rec.get("tx_id"), int):
             return   # live values only: the transaction's energy travels in Start/Stop and `updated`
         db = self.bridge.db
-        row = db.execute("SELECT transaction_id, stopped FROM txmap WHERE device = ? AND tx_id = ?",
-                         (self.device, rec["tx_id"])).fetchone()
+        row = db.execute("SELECT transaction_id, stopped FROM txmap WHERE device = ? AND tx_id = ? "
+                         "ORDER BY rowid DESC LIMIT 1", (self.device, rec["tx_id"])).fetchone()   # meter values name no
+        # epoch: the transaction of the charger's latest life
         if row is None or row[1]:
             return
         self.bridge.spawn(cp.call(call.MeterValues(connector_id=1, transaction_id=row[0], meter_value=[
@@ -729,8 +732,17 @@ class Bridge:
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self.db = sqlite3.connect(self.db_path)
+        for t in EPOCH_TABLES:   # a file of a bridge before data epochs: rebuilt with ep 0 in its keys
+            cols = [r[1] for r in self.db.execute("PRAGMA table_info(%s)" % t)]
+            if cols and "ep" not in cols:
+                self.db.execute("ALTER TABLE %s RENAME TO %s_v1" % (t, t))
         for stmt in SCHEMA:
             self.db.execute(stmt)
+        for t in EPOCH_TABLES:
+            if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (t + "_v1",)).fetchone():
+                cols = ", ".join(r[1] for r in self.db.execute("PRAGMA table_info(%s_v1)" % t))
+                self.db.execute("INSERT INTO %s (%s) SELECT %s FROM %s_v1" % (t, cols, cols, t))
+                self.db.execute("DROP TABLE %s_v1" % t)
         for c in self.cards:
             self.learn(c["token"], c.get("key"))
         self.db.commit()
@@ -778,8 +790,8 @@ class Bridge:
         return tuple(row) if row else None
 
     def tx_of(self, device, transaction_id):
-        row = self.db.execute("SELECT tx_id FROM txmap WHERE device = ? AND transaction_id = ? AND stopped = 0",
-                              (device, transaction_id)).fetchone()
+        row = self.db.execute("SELECT tx_id FROM txmap WHERE device = ? AND transaction_id = ? AND stopped = 0 "
+                              "ORDER BY rowid DESC LIMIT 1", (device, transaction_id)).fetchone()
         return row[0] if row else None
 
     def set_profile(self, device, profile_id, kind, level):
@@ -821,8 +833,8 @@ class Bridge:
         finally:
             con.close()
 
-    def ack(self, device, msg_id):
-        self.send(device, "ack", {"msg_ids": [msg_id]})
+    def ack(self, device, msg_id, ep):
+        self.send(device, "ack", {"msg_ids": [msg_id], "ep": ep})
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -883,12 +895,14 @@ class Bridge:
         msg_id = rec.get("msg_id") or "%s-%s" % (rec.get("tx_id"), rec.get("seq"))
         if len(msg_id) > MAX_ID_LEN:
             return
-        if self.db.execute("SELECT 1 FROM done WHERE device = ? AND msg_id = ?", (link.device, msg_id)).fetchone():
-            self.ack(link.device, msg_id)   # the CSMS has it; our earlier ack was lost
+        ep = ep_of(rec)
+        if self.db.execute("SELECT 1 FROM done WHERE device = ? AND ep = ? AND msg_id = ?",
+                           (link.device, ep, msg_id)).fetchone():
+            self.ack(link.device, msg_id, ep)   # the CSMS has it; our earlier ack was lost
             return
         with self.db:
-            self.db.execute("INSERT OR IGNORE INTO queue (device, msg_id, kind, record) VALUES (?, ?, ?, ?)",
-                            (link.device, msg_id, kind, json.dumps(rec)))
+            self.db.execute("INSERT OR IGNORE INTO queue (device, ep, msg_id, kind, record) VALUES (?, ?, ?, ?, ?)",
+                            (link.device, ep, msg_id, kind, json.dumps(rec)))
         link.wake.set()
 
     def queued(self, device=None):

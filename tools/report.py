@@ -35,7 +35,7 @@ from reportlib.sitetime import local, local_iso, local_text, site_zone, tariff_c
 from store import DECIMALS, Store, money  # noqa: E402
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-SESSION_COLS = ("device", "tx_id", "token", "auth", "started_s", "ended_s", "energy_wh", "currency",
+SESSION_COLS = ("device", "ep", "tx_id", "token", "auth", "started_s", "ended_s", "energy_wh", "currency",
                 "total_excl_minor", "total_incl_minor", "parking_s", "parking_excl_minor", "parking_incl_minor",
                 "offline", "final", "stop_reason", "tariff_id", "meter_start_wh", "meter_stop_wh", "record")
 RECORD_KEEP = ("uncertain_wh", "recovered_wh", "profile", "charging_periods")   # kept from an ended record
@@ -128,7 +128,7 @@ class Report:
 
     def read_sessions(self):
         n = 0
-        sql = "SELECT %s FROM sessions ORDER BY started_s, device, tx_id" % ", ".join(SESSION_COLS)
+        sql = "SELECT %s FROM sessions ORDER BY started_s, device, ep, tx_id" % ", ".join(SESSION_COLS)
         for row in self.st.iterate(sql):
             n += 1
             if self.progress_every and n % self.progress_every == 0:
@@ -208,10 +208,10 @@ class Report:
         return result
 
     def read_feedback(self, starts):
-        rows = self.st.query("SELECT device, msg_id, ts, ts_s, tx_id, token, source, text, record FROM feedback "
-                             "ORDER BY ts_s, device, msg_id")
+        rows = self.st.query("SELECT device, ep, msg_id, ts, ts_s, tx_id, token, source, text, record FROM feedback "
+                             "ORDER BY ts_s, device, ep, msg_id")
         items = []
-        for device, msg_id, ts, ts_s, tx_id, token, source, txt, record in rows:
+        for device, ep, msg_id, ts, ts_s, tx_id, token, source, txt, record in rows:
             _record(record, "feedback %s %s" % (device, msg_id), self.skip)
             if self.driver and (token or "").lower() != self.driver:
                 continue
@@ -219,7 +219,7 @@ class Report:
                 continue
             items.append({"station": device, "msg_id": msg_id, "ts": self.stamp(ts_s, ts), "tx_id": tx_id,
                           "token": token, "label": self.label(token), "source": source, "text": txt,
-                          "session_start": starts.get((device, tx_id))})
+                          "session_start": starts.get((device, ep, tx_id))})
         return items
 
     # --- figures ---------------------------------------------------------------------------
@@ -388,7 +388,9 @@ class Report:
         gaps = self.st.query("SELECT COUNT(*), COUNT(resolved_s) FROM gaps")[0]
         return {"faults": by_code, "latched": latched, "reader_failures": readers, "notices": notices,
                 "contactors": self.read_contactors(), "gaps": {"flagged": gaps[0], "closed": gaps[1]},
-                "rejects": self.st.count("rejects"), "fault_list": faults}
+                "rejects": self.st.count("rejects"), "fault_list": faults,
+                "reinitialised": [{"station": r["device"], "ep": r["ep"], "previous": r["previous"],
+                                   "ts": self.stamp(r["first_s"], None)} for r in self.st.reinitialised()]}
 
     # --- exports ---------------------------------------------------------------------------
 
@@ -561,7 +563,8 @@ def write_files(rep, f, m, feedback, cdrs, curves, out_dir):
     if curves:
         os.makedirs(os.path.join(out_dir, "curves"), exist_ok=True)
     for s, data in curves:
-        name = os.path.join("curves", "%s-tx%s.png" % (s["device"], s["tx_id"]))
+        ep = "-ep%d" % s["ep"] if s["ep"] else ""   # tx ids start again in a new data epoch
+        name = os.path.join("curves", "%s%s-tx%s.png" % (s["device"], ep, s["tx_id"]))
         with open(path(name), "wb") as fh:
             fh.write(data)
         curve_files.append(name)
@@ -696,6 +699,11 @@ def page(rep, f, m, feedback, images, cdrs, curves):
                      for d, c in sorted(m["contactors"].items())]))
     h.append("<p>Sequence gaps flagged by the backend: %d (%d filled later). Malformed messages kept aside: %d.</p>"
              % (m["gaps"]["flagged"], m["gaps"]["closed"], m["rejects"]))
+    if m["reinitialised"]:
+        h.append("<h3>Chargers re-initialised (state and journal lost: transaction ids start again, "
+                 "in a new data epoch)</h3>")
+        h.append(_table(("station", "first seen", "epoch", "after epoch"),
+                        [(x["station"], short(x["ts"]), x["ep"], x["previous"]) for x in m["reinitialised"]]))
     h.append("<h2>Driver feedback</h2>")
     h.append(_table(("station", "time", "tx", "session start", "driver", "source", "text"),
                     [(x["station"], short(x["ts"]), "" if x["tx_id"] is None else x["tx_id"], x["session_start"] or "",
@@ -779,7 +787,7 @@ def build_report(db_url, out_dir, date_from=None, date_to=None, driver=None, tz=
                      keep_periods=tariff_objs is not None, curves=curves)
         rep.read_sessions()
         f = rep.figures()
-        starts = {(s["device"], s["tx_id"]): rep.local(s["started_s"]).strftime("%Y-%m-%d %H:%M")
+        starts = {(s["device"], s["ep"], s["tx_id"]): rep.local(s["started_s"]).strftime("%Y-%m-%d %H:%M")
                   for s in rep.sessions}
         feedback = rep.read_feedback(starts)
         m = rep.maintenance()

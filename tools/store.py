@@ -527,10 +527,12 @@ class Store:
                          ("ep", "tx_id", "final", "started_at", "started_s", "energy_wh", "updated_s"))
 
     def fault_events(self, device, limit=1000):
-        """The newest `limit` raised/cleared fault records (msg_id, event, code, latched, detail, ts, record)."""
+        """The newest `limit` raised/cleared fault records (msg_id, event, code, latched, detail, ts, record)
+        of the device's current data epoch (a re-initialised charger forgot the faults of its earlier life)."""
         names = ("msg_id", "event", "code", "latched", "detail", "ts", "received_s", "record")
-        rows = self.query("SELECT %s FROM faults WHERE device = ? AND event IN ('raised', 'cleared') "
-                          "ORDER BY received_s DESC LIMIT %d" % (", ".join(names), int(limit)), (device,))
+        rows = self.query("SELECT %s FROM faults WHERE device = ? AND ep = ? AND event IN ('raised', 'cleared') "
+                          "ORDER BY received_s DESC LIMIT %d" % (", ".join(names), int(limit)),
+                          (device, self.current_epoch(device)))
         return [dict(zip(names, r)) for r in rows]
 
     def latest_stats(self, device):

@@ -253,6 +253,43 @@ def test_offline_csms_queues_in_order_a_restart_keeps_the_queue_and_start_goes_b
         rig.close()
 
 
+def test_a_charger_that_lost_state_and_journal_gets_new_transactions_at_the_csms(tmp_path):
+    """tx 1 again, in a new data epoch: a new StartTransaction, never the old transaction's Stop replayed;
+    each ack names its epoch. A bridge file from before epochs is kept (its rows: epoch 0)."""
+    import sqlite3
+    db = sqlite3.connect(str(tmp_path / "bridge.sqlite"))
+    db.execute("CREATE TABLE txmap (device TEXT NOT NULL, tx_id INTEGER NOT NULL, transaction_id INTEGER NOT NULL,"
+               " meter_start INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0, cost_sent INTEGER NOT NULL DEFAULT 0,"
+               " PRIMARY KEY (device, tx_id))")
+    db.execute("CREATE TABLE done (device TEXT NOT NULL, msg_id TEXT NOT NULL, outcome TEXT, PRIMARY KEY (device, msg_id))")
+    db.execute("INSERT INTO txmap VALUES ('cp-gone', 9, 77, 5, 1, 1)")
+    db.execute("INSERT INTO done VALUES ('cp-gone', '9-1', 'transaction 77')")
+    db.commit()
+    db.close()
+    rig = Rig(tmp_path)
+    try:
+        ch, csms = rig.charger, rig.csms
+        assert rig.bridge.db_query("SELECT device, ep, tx_id, transaction_id FROM txmap") == [("cp-gone", 0, 9, 77)]
+        assert rig.bridge.db_query("SELECT device, ep, msg_id FROM done") == [("cp-gone", 0, "9-1")]
+        ch.pub("status", {"state": "online", "connector": "Available", "ep": 40}, retain=True)
+        wait(lambda: "BootNotification" in csms.actions(DEV), what="boot")
+        ch.pub("session", session(1, 0, "started", ep=40))
+        ch.pub("session", session(1, 1, "ended", energy_wh=300, ep=40))
+        wait(lambda: len(ch.acked()) == 2, what="first life")
+        ch.pub("session", session(1, 0, "started", ep=41, meter_start_wh=0))   # state and journal lost
+        ch.pub("session", session(1, 1, "ended", energy_wh=200, ep=41, meter_start_wh=0))
+        wait(lambda: len(ch.acked()) == 4, what="second life")
+        starts, stops = csms.of("StartTransaction"), csms.of("StopTransaction")
+        assert [s["meterStart"] for s in starts] == [1000, 0]   # on main: the second life's start never sent
+        assert [(s["transactionId"], s["meterStop"]) for s in stops] == [(1001, 1300), (1002, 1200)]
+        assert [(p["msg_ids"], p["ep"]) for p in ch.of("ack")] == [(["1-0"], 40), (["1-1"], 40), (["1-0"], 41),
+                                                                  (["1-1"], 41)]
+        assert rig.bridge.db_query("SELECT ep, tx_id, transaction_id FROM txmap WHERE device = ? ORDER BY ep",
+                                   (DEV,)) == [(40, 1, 1001), (41, 1, 1002)]
+    finally:
+        rig.close()
+
+
 def test_commands_the_charger_does_not_know_yet_are_answered_from_its_rejection(tmp_path):
     rig = Rig(tmp_path, answers={"remote_stop": {"status": "accepted", "tx_id": 1}})
     try:

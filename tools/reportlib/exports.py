@@ -87,6 +87,14 @@ def _periods(periods, tariff_id):
     return out
 
 
+def session_id(s):
+    """A session's id across the fleet: device-tx, device-ep-tx after the device's data epoch 0 (a
+    charger that lost its state and journal numbers its transactions from 1 again, in a new epoch)."""
+    if s.get("ep"):
+        return "%s-%d-%d" % (s["device"], s["ep"], s["tx_id"])
+    return "%s-%d" % (s["device"], s["tx_id"])
+
+
 def cdr(s, tariff, clock, party, location):
     """One OCPI 2.2.1 CDR for a finished session; ValueError when its record cannot be priced."""
     rec = s["rec"]
@@ -97,7 +105,7 @@ def cdr(s, tariff, clock, party, location):
     core = {"start_date_time": start, "end_date_time": end, "currency": tariff["currency"],
             "charging_periods": _periods(periods, tariff["id"])}
     totals = json.loads(price_tool.price(tariff, core, clock), parse_float=Num)
-    sid = "%s-%d" % (s["device"], s["tx_id"])
+    sid = session_id(s)
     remote = s["auth"] == "remote"
     out = {"country_code": party[0], "party_id": party[1], "id": sid, "start_date_time": start,
            "end_date_time": end, "session_id": sid,
