@@ -8,7 +8,10 @@ changed: its successor is chained to the original), missing (a gap in chain_n), 
 (a record after a later one), broken chain (chain_prev is not the previous record's hash).
 Identical duplicates (at-least-once delivery) are not problems. Exit 0 clean, 1 problems,
 2 usage. --partial: the stream may start mid-chain. --count N: the device says it signed N
-records (chain_n 0 … N-1), so records cut off at the end are reported too.
+records (chain_n 0 … N-1) in its current data epoch, so records cut off at the end are reported too.
+Each data epoch (`ep`: a life of the device; a new one begins when its state and journal were
+lost) has a chain of its own, from chain_n 0: a new epoch is noted, not a problem; within an
+epoch every check above holds (a replayed chain_n of an old epoch is still a fork).
 This is tamper evidence for the operator's books, not a legal-for-trade signature.
 """
 import hmac
@@ -54,10 +57,36 @@ def _signed_by(key, rec):
         return False
 
 
+def _epochs(recs):
+    """The data epochs of the records, in order of first appearance (0: records without `ep`)."""
+    out = []
+    for _, rec in recs:
+        if _ep(rec) not in out:
+            out.append(_ep(rec))
+    return out
+
+
+def _ep(rec):
+    ep = rec.get("ep", 0)
+    return ep if isinstance(ep, int) and not isinstance(ep, bool) else -1
+
+
 def check(lines, key, partial=False, count=None):
-    """The list of problems found in the record lines (empty when the stream is clean)."""
+    """The list of problems found in the record lines (empty when the stream is clean), one chain
+    per data epoch; problems of a stream of several epochs name theirs."""
     problems = []
     recs = _records(lines, problems)
+    eps = _epochs(recs)
+    for i, ep in enumerate(eps):
+        found = []
+        _check_chain([r for r in recs if _ep(r[1]) == ep], key, partial and i == 0,
+                     count if ep == _ep(recs[-1][1]) else None, found)
+        problems.extend(found if len(eps) == 1 else ["epoch %d: %s" % (ep, p) for p in found])
+    return problems
+
+
+def _check_chain(recs, key, partial, count, problems):
+    """The checks of one data epoch's chain: its problems go to `problems`."""
     hashes = {}        # line -> record hash, for the records whose signature verifies
     good = {}          # chain_n -> (line, hash) of the first verified record with it
     bad = []           # (line, record) whose signature fails
@@ -92,7 +121,6 @@ def check(lines, key, partial=False, count=None):
         last = max(at) if count is None else max(max(at), count - 1)
         _gaps(at, first, last, problems)
         _links(good, by_line, first, partial, problems)
-    return problems
 
 
 def _reordered(recs, hashes, good, problems):
@@ -171,6 +199,10 @@ def main(argv):
     problems = check(lines, key, partial, count)
     for p in problems:
         print(p)
+    eps = _epochs(_records(lines, []))
+    if len(eps) > 1:
+        print("note: %d data epochs (%s): the device was re-initialised %d times, each epoch's chain "
+              "checked on its own" % (len(eps), ", ".join(str(e) for e in eps), len(eps) - 1))
     if not problems:
         print("ok: %d records, chain intact" % sum(1 for x in lines if x.strip()))
     return 1 if problems else 0

@@ -91,6 +91,28 @@ def test_a_rolled_back_chain_shows_as_a_fork(tmp_path):
     assert rc == 1 and out[0].startswith("line 4: forked chain: chain_n 1 also on line 2")
 
 
+def _life(ep, n, first_tx=1):
+    """n ended records of one data epoch, signed from a fresh chain (as after state and journal were lost)."""
+    chain = Chain(KEY)
+    return [chain.sign({"msg_id": "%d-1" % (first_tx + i), "event": "ended", "tx_id": first_tx + i, "ep": ep,
+                        "energy_wh": 500 + i}) for i in range(n)]
+
+
+def test_a_new_epoch_starts_a_new_chain_and_an_old_epochs_replay_is_still_a_fork(tmp_path):
+    old, new = _life(100, 3), _life(250, 2)
+    rc, out = _verify(tmp_path, old + new, "--count", "2")
+    # on main: "forked chain: chain_n 0 also on line 1" and chain_n 1 too
+    assert rc == 0 and out == ["note: 2 data epochs (100, 250): the device was re-initialised 1 times, each "
+                               "epoch's chain checked on its own", "ok: 5 records, chain intact"]
+    replay = Chain(KEY, old[0]["chain_prev"], 1).sign({"msg_id": "9-1", "tx_id": 9, "ep": 100})   # old epoch, n 1
+    rc, out = _verify(tmp_path, old + new + [replay])
+    assert rc == 1 and any(line.startswith("epoch 100: line 6: forked chain: chain_n 1 also on line 2")
+                           for line in out), out
+    forged = dict(new[1], ep=100)   # moved to the old epoch: the signature covers ep
+    rc, out = _verify(tmp_path, old + [new[0], forged])
+    assert rc == 1 and any("epoch 100: line 5: forged" in line for line in out), out
+
+
 def test_the_wrong_key_fails_everything(tmp_path):
     rc, out = _verify(tmp_path, _records(2), key=bytes(32))
     assert rc == 1 and len(out) == 2 and all("signature does not verify" in line for line in out)
