@@ -444,8 +444,9 @@ class Backend:
         if kind == "auth/req":
             self._answer(device, rec, ts)
             return
-        if kind in ACKED or (kind == "status" and "ep" in rec):
-            self._epoch(device, ep_of(rec), ts, now)
+        # records without ep (older firmware, the safe mode's notice) are epoch 0 but start no epoch
+        if "ep" in rec and kind in ACKED + ("status",):
+            self._epoch(device, rec["ep"], ts, now)
         if kind == "meter":
             self.store.add_meter(device, rec, now, self._current_ep(device))
             if self.verbose:
