@@ -54,7 +54,7 @@ class Sync:
         self.connector = "Unavailable"
         self.error_code = None
         self.identity = None   # {"firmware", "vendor", "model"} shown in every online status
-        self.ep = None         # the data epoch of the device's records (firmware/link/records.py), ditto
+        self.ep = None         # the data epoch of the device's records (firmware/link/records.py): also shown
         self.published = 0
         self.inbox = []   # (topic suffix, raw bytes) received, for the controller to handle
         self.stats = None      # the retained stats payload, re-sent after every connect
