@@ -283,6 +283,27 @@ def test_partially_corrupt_store_renders_and_says_what_it_skipped(db_url, tmp_pa
     assert "missing energy_wh" in (tmp_path / "out" / "skipped.txt").read_text()
 
 
+def test_a_reinitialised_charger_s_second_life_is_counted_apart_and_listed(tmp_path):
+    """State and journal lost: tx 1 again in a new data epoch, another session in the totals."""
+    url = str(tmp_path / "store.sqlite")
+    first, second = known_sessions(2, seed=5)
+    second.update(station=first["station"], tx=1, start=first["end"] + 3600, end=first["end"] + 7200)
+    with Store(url) as st:
+        for s, ep in ((first, 0), (second, 77)):
+            for rec in records(s):
+                st.add_session_event(s["station"], dict(rec, ep=ep) if ep else rec, s["end"])
+            st.note_epoch(s["station"], ep, s["end"])
+        st.add_feedback(second["station"], {"msg_id": "fb-1", "ep": 77, "ts": iso(second["end"]), "tx_id": 1,
+                                            "source": "button"}, 0)
+    f = build_report(url, str(tmp_path / "out"), out=quiet)
+    assert f["sessions"] == 2 and f["energy_wh"] == first["energy"] + second["energy"]   # on main: one, overwritten
+    assert [(x["station"], x["ep"], x["previous"]) for x in f["maintenance"]["reinitialised"]] == \
+        [(first["station"], 77, 0)]
+    assert [x["session_start"] for x in f["feedback"]] == [iso(second["start"])[:16].replace("T", " ")]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Chargers re-initialised" in page
+
+
 def test_html_is_self_contained(sqlite_report):
     _, f, _, _ = sqlite_report
     page = open(f["files"]["report.html"], encoding="utf-8").read()
