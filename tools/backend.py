@@ -485,8 +485,9 @@ class Backend:
         if self._eps.get(device) == ep:
             return
         previous = self.store.note_epoch(device, ep, now)
-        if previous is False:
-            return   # seen before (an older life's late record, or another instance noted it)
+        if previous is False:   # seen before (an older life's late record, or another instance noted it)
+            self._eps[device] = self.store.current_epoch(device)
+            return
         self._eps[device] = ep
         if previous is not None:
             self.counts["reinitialised"] += 1
