@@ -80,8 +80,8 @@ def test_transaction_schedule_counts_from_the_session_start():
     lim.set_profile("tx_default", {"periods": [[0, 6], [900, 24]]})
     assert lim.offer_a(T0) == 32                                  # no session: does not apply
     start = T0 + 100
-    assert lim.offer_a(start + 10, session_start_utc=start) == 6
-    assert lim.offer_a(start + 900, session_start_utc=start) == 24
+    assert lim.offer_a(start + 10, session_start=start) == 6
+    assert lim.offer_a(start + 900, session_start=start) == 24
 
 
 def test_higher_stack_level_wins_within_a_kind_and_min_over_kinds():
@@ -93,16 +93,16 @@ def test_higher_stack_level_wins_within_a_kind_and_min_over_kinds():
     assert lim.offer_a(T0) == 20                                  # level 2 wins, though higher
     assert lim.offer_a(T0 + 60) == 10                             # expired: back to level 0
     lim.set_profile("tx_default", {"periods": [[0, 16]]})
-    assert lim.offer_a(T0, session_start_utc=T0) == 16            # min(20, 16)
+    assert lim.offer_a(T0, session_start=T0) == 16            # min(20, 16)
     lim.set_profile("station_max", {"stack_level": 2, "periods": [[0, 12]]})   # replaces level 2
-    assert lim.offer_a(T0 + 3600, session_start_utc=T0) == 12
+    assert lim.offer_a(T0 + 3600, session_start=T0) == 12
 
 
 def test_duration_ends_a_schedule():
     lim = Limits(32)
     lim.set_profile("tx_default", {"duration": 600, "periods": [[0, 8]]})
-    assert lim.offer_a(T0 + 599, session_start_utc=T0) == 8
-    assert lim.offer_a(T0 + 600, session_start_utc=T0) == 32
+    assert lim.offer_a(T0 + 599, session_start=T0) == 8
+    assert lim.offer_a(T0 + 600, session_start=T0) == 32
 
 
 def test_clear_profiles():
@@ -151,7 +151,7 @@ def test_a_station_max_below_the_minimum_offer_is_refused_a_tx_default_pause_is_
     assert lim.offer_a(T0) == 32 and lim.schedule_a(T0) is None
     lim.set_profile("station_max", {"periods": [[0, 6]]})
     lim.set_profile("tx_default", {"periods": [[0, 0], [600, 16]]})   # one session's pause stays possible
-    assert lim.offer_a(T0 + 10, session_start_utc=T0) == 0
+    assert lim.offer_a(T0 + 10, session_start=T0) == 0
 
 
 def test_stack_levels_are_bounded():
