@@ -565,7 +565,7 @@ class Controller:
     def _apply_offer(self):
         s = self.session
         if s is None or s.stopping is not None or self._ending is not None or self._unavailable() or \
-                s.offpeak_only and not self.s.offpeak_now(self.clock.time()):
+                s.offpeak_only and not self.s.offpeak_now(self.clock.seconds()):
             amps = 0   # off-peak-only drivers wait (SuspendedEVSE) until the site's off-peak hours
         else:
             now = self.clock.seconds()   # every step: small ints (firmware/core/clock.py)

@@ -47,6 +47,7 @@ MIN_OFFER_A = const(6)
 _MAX_PROFILES = const(4)     # stack levels kept per kind
 _MAX_PERIODS = const(24)
 _RECURRENCY = {"Daily": 86400, "Weekly": 604800}
+_SMALL = const(0x3FFFFFFF)   # the largest small int on a 32-bit port
 _FIELDS = ("periods", "stack_level", "valid_from", "valid_to", "duration", "start_schedule",
            "recurrency")
 
@@ -92,12 +93,10 @@ class _Profile:
             self.cycle = _RECURRENCY[rec]
         if self.start is None:
             self.start = 0
-        self.start -= base          # from here on counted from base, as the times asked about
-        for name in ("valid_from", "valid_to"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name) - base)
         self.low = MIN_OFFER_A if kind == "station_max" else 0   # a station-wide 0 A is refused
         self.offsets, self.limits = self._periods(prof.get("periods"), where)
+        if base:
+            self._count_from(base, kind == "station_max")
         self.raw = prof             # as received: what is saved, so a reboot installs the same
 
     def _periods(self, periods, where):
@@ -123,6 +122,30 @@ class _Profile:
             offsets.append(off)
             limits.append(lim)
         return offsets, limits
+
+    def _count_from(self, base, own_start):
+        """Times from base on, as they are asked about: near it, small ints on a 32-bit port. A
+        schedule of its own start (station_max) that started before base is taken up at base where
+        it stands then (nothing charges before 2026), so no offset is a big int either; validity far
+        off is clamped (same answers)."""
+        for name in ("valid_from", "valid_to"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, max(-_SMALL, min(_SMALL, v - base)))
+        start = self.start - base if own_start else 0   # tx_default: from the session's start
+        if start < 0:
+            c = self.cycle
+            shift = -start if c is None else -start // c * c   # whole cycles (the same days): from <= base
+            if self.duration is not None:
+                self.duration -= shift   # <= 0: over before base, never runs
+            if c is None:
+                i = len(self.offsets) - 1
+                while self.offsets[i] > shift:
+                    i -= 1
+                self.offsets = [0] + [o - shift for o in self.offsets[i + 1:]]
+                self.limits = self.limits[i:]
+            start += shift
+        self.start = start
 
     def limit_at(self, now, base):
         """The limit at second `now` for a schedule starting at `base`, or None (not running)."""
