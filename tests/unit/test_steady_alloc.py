@@ -20,6 +20,7 @@ except ImportError:  # CPython: no heap lock, the same calls run unlocked
     def heap_unlock():
         pass
 
+
 START = 1772438100   # 2026-03-02T07:55:00Z: Unix seconds above 2^30
 
 
