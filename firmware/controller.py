@@ -303,7 +303,7 @@ class Controller:
         s = self.session
         if s is not None and self._ending is None:
             m = self.metering
-            s.tick(self.stamp.now(), m.register_wh(), m.i_sum_ma, m.p_w, m.p_w > _CHARGING_W)
+            s.tick(self.stamp.boot_s(), m.register_wh(), m.i_sum_ma, m.p_w, m.p_w > _CHARGING_W)
         if self.meter_ok:
             try:
                 self.board.meter.check()   # MeterEn still set: the chip did not brown out
@@ -400,7 +400,8 @@ class Controller:
 
     def _check_faults(self):
         self.reactions.react(self.safety.check(self.session is not None, self.temp_c, self.freq_chz))
-        self.reactions.retry(self._init_meter)
+        if self.faults.active:   # else nothing to retry (and no bound method made every step)
+            self.reactions.retry(self._init_meter)
         s = self.session
         if s is not None and self.ev.offered_a:   # a pilot EV that never asks (state B) counts too
             now = self.clock.ticks_ms()
@@ -565,10 +566,11 @@ class Controller:
     def _apply_offer(self):
         s = self.session
         if s is None or s.stopping is not None or self._ending is not None or self._unavailable() or \
-                s.offpeak_only and not self.s.offpeak_now(self.clock.time()):
+                s.offpeak_only and not self.s.offpeak_now(self.clock.seconds()):
             amps = 0   # off-peak-only drivers wait (SuspendedEVSE) until the site's off-peak hours
         else:
-            amps = self.limits.offer_a(self.stamp.now(), s.start_utc, s.max_current_a, self.temp_c)
+            now = self.clock.seconds()   # every step: small ints (firmware/core/clock.py)
+            amps = self.limits.offer_a(now, now - s.since_s(self.stamp.boot_s()), s.max_current_a, self.temp_c)
         old = self.ev.offered_a
         if amps != old:
             if amps < old:   # the EV may keep drawing the old offer for 5 s
@@ -583,7 +585,7 @@ class Controller:
         tx = self.state.next_tx()
         wh = m.register_wh()
         self.session = s = Session(tx, d, self.tariffs.current, self.s, self.stamp.now(), self.stamp.ts(), wh,
-                                   m.start_session(tx), self.clock.ticks_ms())
+                                   m.start_session(tx), self.clock.ticks_ms(), self.stamp.boot_s())
         self.authorized = None
         self._finishing = False
         if self._updated is not None:
@@ -599,12 +601,13 @@ class Controller:
         s = self.session
         if s is None or self._ending is not None:
             return
-        wh, rem = self.metering.register()
-        t = self.stamp.now()
+        m = self.metering
         if self._updated is not None and self._updated.due(self.clock.ticks_ms()):
-            s.checkpoint(self.journal, wh, rem, t, self.stamp.record(s.updated(self.stamp.ts(), wh)))
-        elif self.journal.checkpoint_due(wh, t):
-            s.checkpoint(self.journal, wh, rem, t)
+            wh, rem = m.register()
+            s.checkpoint(self.journal, wh, rem, self.stamp.now(), self.stamp.record(s.updated(self.stamp.ts(), wh)))
+        elif self.journal.checkpoint_due(m.register_wh(), self.stamp.boot_s()):   # every step: no big int
+            wh, rem = m.register()
+            s.checkpoint(self.journal, wh, rem, self.stamp.now())
 
     def stop(self, reason, emergency=False):
         """End the session; with a pilot, first withdraw the offer and let the EV stop drawing."""

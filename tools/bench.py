@@ -182,10 +182,25 @@ def print_module_table(code_dir, pypi, m32, frozen):
                                          frozen["total"]))
 
 
+def loop_pass_row():
+    """A loop pass in steady charging, nothing due, under heap_lock on each interpreter (tools/bench_loop.py)."""
+    got = []
+    for interp in ([MP32] if os.path.exists(MP32) else []) + [sim.micropython_path()]:
+        out = subprocess.run([interp, "-X", "heapsize=8M", "tools/bench_loop.py"], cwd=ROOT,
+                             env=sim.micropython_env(), capture_output=True, text=True, check=True)
+        got.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ok = all(g["error"] is None and g["charging"] for g in got)
+    value = " / ".join("0 B (%d passes under heap_lock)" % g["passes"] if g["error"] is None
+                       else "allocates: %s after %d passes" % (g["error"], g["passes"]) for g in got)
+    return ("bytes allocated per loop pass, steady charging with two schedules, nothing due: "
+            + ("32-bit float32 port / " if len(got) == 2 else "") + "PyPI port", value, "0", ok)
+
+
 def quick_figures(samples):
     """The figures a change to the loop or the link can make worse, in a minute or two: allocation
     per sample, the pipeline ratio and the worst sample gap with a silent broker."""
     rows = sampling_rows(sampling_figures(samples))
+    rows.append(loop_pass_row())
     rows.append(silent_broker_row())
     return rows
 
@@ -211,6 +226,7 @@ def silent_broker_row():
 def figures(samples):
     s = sampling_figures(samples)
     rows = sampling_rows(s)
+    rows.append(loop_pass_row())
     ratio = s["pipeline_us"] / s["bare_us"]
     per_sample = [s["reads_per_sample"] * us * ratio * s["bare_reads"] / s["reads_per_sample"] for us in ESP32_READ_US]
     rows.append(("max samples/s, sampling pipeline with the simulated chip (3 phases)",

@@ -603,10 +603,15 @@ class Authorizer:
         return d
 
     def timeouts(self):
-        """Decisions for every request older than timeout_ms; call from the loop."""
+        """Decisions for every request older than timeout_ms; call from the loop (nothing waits: ())."""
+        if not self._pending:
+            return ()
         now = self.clock.ticks_ms()
-        late = [c for c, p in self._pending.items() if self.clock.ticks_diff(now, p[1]) >= 0]
-        return [self.online_timeout(c) for c in late]
+        out = []   # loops, not comprehensions: a closure over self and now costs heap on every call
+        for c in list(self._pending):
+            if self.clock.ticks_diff(now, self._pending[c][1]) >= 0:
+                out.append(self.online_timeout(c))
+        return out
 
     def group_of(self, pairs):
         """The group a card has in the list or cache (to stop a group member's session), or None."""

@@ -11,11 +11,9 @@ the session at max_periods. MAX_CURRENT/MAX_POWER are the period's highest readi
 inside the period's tariff band, so pricing the CDR gives exactly what the charger billed.
 
     pb = PeriodBuilder(tariff, LocalTime(60, "EU"), start_utc)
-    pb.update(utc, energy_wh, current_ma, power_w, charging)      # every second or so
+    pb.update(t, energy_wh, current_ma, power_w, charging)   # every second or so; t: seconds since start
     periods = pb.finish(end_utc, energy_wh); cost = tariff.price_cdr(periods, start_utc, end_utc, tz)
 """
-import struct
-
 from micropython import const
 
 from firmware.billing.fixed import round_div, text
@@ -60,10 +58,6 @@ class PeriodBuilder:
         self.tariff = tariff
         self.tz = tz if tz is not None else LocalTime(0)
         self.start = start_utc
-        self._utc = bytearray(4)  # a Unix time as 4 bytes: read in 16-bit halves, it makes no big int
-        self._start_hi = 0        # self.start in 16-bit halves, for _offset
-        self._start_lo = 0
-        self._split_start()
         self.dwell_s = dwell_s
         self.max_periods = max_periods
         self.periods = [[0, 0, 0, 0, 0, 0]]
@@ -100,12 +94,12 @@ class PeriodBuilder:
         """The wall clock became known: the start moves by shift seconds (periods are relative to it),
         and the next tariff clock boundary is found again in real time."""
         self.start += shift
-        self._split_start()
         self._next = self._next_boundary(self._t)
 
-    def update(self, utc, energy_wh, current_ma, power_w, charging):
-        """Account the time since the last update and cut periods where the tariff may switch."""
-        t = self._offset(utc)
+    def update(self, t, energy_wh, current_ma, power_w, charging):
+        """Account the time since the last update and cut periods where the tariff may switch. t:
+        seconds since the start, from a clock that makes no big int (Unix seconds are >= 2^30, a
+        heap object on 32-bit ports, and this runs every second of every session)."""
         if t < self._t:
             t = self._t                 # the clock stepped back: no negative time
         if energy_wh < self._e:
@@ -162,19 +156,6 @@ class PeriodBuilder:
         return out
 
     # -- internals ---------------------------------------------------------------------------
-    def _split_start(self):
-        """Keep the start as two 16-bit halves: update() subtracts them without a big int."""
-        struct.pack_into("<I", self._utc, 0, self.start)
-        b = self._utc
-        self._start_hi = b[3] << 8 | b[2]
-        self._start_lo = b[1] << 8 | b[0]
-
-    def _offset(self, utc):
-        """utc - start without arithmetic on utc: Unix seconds are >= 2^30, a heap object on 32-bit ports."""
-        b = self._utc
-        struct.pack_into("<I", b, 0, utc)
-        return ((b[3] << 8 | b[2]) - self._start_hi) * 65536 + (b[1] << 8 | b[0]) - self._start_lo
-
     def _floor(self, p):
         """Reported readings start at the band's lowest value: a period without readings has one."""
         th = self.tariff.current_ma

@@ -9,7 +9,12 @@ not offer); `reason` names the limit that bound ("board", "cable", "card", "ther
     limits.load("data/profiles.json")    # profiles survive reboots: each change is saved there
     limits.set_profile("station_max", {"stack_level": 0, "periods": [[0, 16], [3600, 10]],
                                        "start_schedule": 1772438400})
-    amps = limits.offer_a(clock.time(), session_start_utc, card_max_a=16, temp_c=45)
+    amps = limits.offer_a(now, session_start, card_max_a=16, temp_c=45)
+
+Times are UTC seconds counted from `base` (0: Unix seconds). The firmware's Limits count from the
+clock's BASE (from_settings) and are asked with `clock.seconds()`: every control step asks, and
+near 2026 those are small ints on 32-bit ports where Unix seconds would be heap objects. Profiles
+keep Unix seconds in what they save and report; each is converted once, when installed.
 
 Thermal ladder (t1, t2, reduced_a, hyst), degrees C: full current below t1, reduced_a from
 t1, 0 at or above t2. Going back is stateful: from 0 to reduced_a once the temperature is
@@ -33,6 +38,7 @@ import json
 
 from micropython import const
 
+from firmware.core.clock import BASE
 from firmware.storage.state import write_atomic
 
 
@@ -41,6 +47,7 @@ MIN_OFFER_A = const(6)
 _MAX_PROFILES = const(4)     # stack levels kept per kind
 _MAX_PERIODS = const(24)
 _RECURRENCY = {"Daily": 86400, "Weekly": 604800}
+_SMALL = const(0x3FFFFFFF)   # the largest small int on a 32-bit port
 _FIELDS = ("periods", "stack_level", "valid_from", "valid_to", "duration", "start_schedule",
            "recurrency")
 
@@ -57,7 +64,7 @@ def _int(prof, name, lo, hi, where, default=None):
 class _Profile:
     """One validated charging profile: when it runs and the limit of each period."""
 
-    def __init__(self, kind, prof):
+    def __init__(self, kind, prof, base):
         where = kind + " profile"
         if not isinstance(prof, dict):
             raise ValueError("%s must be an object" % where)
@@ -88,6 +95,8 @@ class _Profile:
             self.start = 0
         self.low = MIN_OFFER_A if kind == "station_max" else 0   # a station-wide 0 A is refused
         self.offsets, self.limits = self._periods(prof.get("periods"), where)
+        if base:
+            self._count_from(base, kind == "station_max")
         self.raw = prof             # as received: what is saved, so a reboot installs the same
 
     def _periods(self, periods, where):
@@ -114,8 +123,32 @@ class _Profile:
             limits.append(lim)
         return offsets, limits
 
+    def _count_from(self, base, own_start):
+        """Times from base on, as they are asked about: near it, small ints on a 32-bit port. A
+        schedule of its own start (station_max) that started before base is taken up at base where
+        it stands then (nothing charges before 2026), so no offset is a big int either; validity far
+        off is clamped (same answers)."""
+        for name in ("valid_from", "valid_to"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, max(-_SMALL, min(_SMALL, v - base)))
+        start = self.start - base if own_start else 0   # tx_default: from the session's start
+        if start < 0:
+            c = self.cycle
+            shift = -start if c is None else -start // c * c   # whole cycles (the same days): from <= base
+            if self.duration is not None:
+                self.duration -= shift   # <= 0: over before base, never runs
+            if c is None:
+                i = len(self.offsets) - 1
+                while self.offsets[i] > shift:
+                    i -= 1
+                self.offsets = [0] + [o - shift for o in self.offsets[i + 1:]]
+                self.limits = self.limits[i:]
+            start += shift
+        self.start = start
+
     def limit_at(self, now, base):
-        """The limit at UTC second `now` for a schedule starting at `base`, or None (not running)."""
+        """The limit at second `now` for a schedule starting at `base`, or None (not running)."""
         if self.valid_from is not None and now < self.valid_from:
             return None
         if self.valid_to is not None and now >= self.valid_to:
@@ -135,7 +168,7 @@ class _Profile:
 
 
 class Limits:
-    def __init__(self, board_max_a, cable_max_a=None, thermal=None):
+    def __init__(self, board_max_a, cable_max_a=None, thermal=None, base=0):
         if not isinstance(board_max_a, int) or not MIN_OFFER_A <= board_max_a <= 80:
             raise ValueError("limits.max_current_a must be an integer 6..80")
         if cable_max_a is not None and (not isinstance(cable_max_a, int) or not MIN_OFFER_A <= cable_max_a <= 80):
@@ -148,6 +181,7 @@ class Limits:
             if not t1 < t2 or reduced < 0 or hyst < 1:
                 raise ValueError("limits.thermal needs t1_c < t2_c, reduced_a >= 0 and hyst_c >= 1")
         self.board_max_a = board_max_a
+        self.base = base            # the UTC second the times asked about count from
         self.cable_max_a = cable_max_a
         self._thermal = thermal
         self.thermal_step = 0       # 0 full, 1 reduced, 2 stopped
@@ -169,7 +203,7 @@ class Limits:
             self.load_error = "%s: %s" % (path, e)
             return
         try:
-            got = {k: [_Profile(k, prof) for prof in saved.get(k, ())][:_MAX_PROFILES] for k in KINDS}
+            got = {k: [_Profile(k, prof, self.base) for prof in saved.get(k, ())][:_MAX_PROFILES] for k in KINDS}
         except (ValueError, AttributeError, TypeError) as e:
             self.load_error = "%s: %s" % (path, e)
             return
@@ -186,7 +220,7 @@ class Limits:
         """Install a profile, replacing the one at the same stack level; ValueError keeps the old ones."""
         if kind not in self._profiles:
             raise ValueError("profile kind must be station_max or tx_default (got %r)" % (kind,))
-        p = _Profile(kind, profile)
+        p = _Profile(kind, profile, self.base)
         kept = [q for q in self._profiles[kind] if q.stack_level != p.stack_level]
         if len(kept) >= _MAX_PROFILES:
             raise ValueError("%s: at most %d stack levels; clear one first" % (kind, _MAX_PROFILES))
@@ -200,18 +234,18 @@ class Limits:
         self._commit(kind, [q for q in self._profiles[kind]
                             if stack_level is not None and q.stack_level != stack_level])
 
-    def schedule_a(self, now_utc, session_start_utc=None):
+    def schedule_a(self, now, session_start=None):
         """The schedule's limit now (minimum over kinds), or None when no profile applies."""
         limit = None
         for kind in KINDS:
-            base = session_start_utc if kind == "tx_default" else None
+            base = session_start if kind == "tx_default" else None
             if kind == "tx_default" and base is None:
                 continue
             level = -1
             got = None
             for p in self._profiles[kind]:
                 if p.stack_level > level:
-                    lim = p.limit_at(now_utc, p.start if base is None else base)
+                    lim = p.limit_at(now, p.start if base is None else base)
                     if lim is not None:
                         level, got = p.stack_level, lim
             if got is not None and (limit is None or got < limit):
@@ -236,7 +270,7 @@ class Limits:
             self.thermal_step = step
         return None if step == 0 else reduced if step == 1 else 0
 
-    def offer_a(self, now_utc, session_start_utc=None, card_max_a=None, temp_c=None):
+    def offer_a(self, now, session_start=None, card_max_a=None, temp_c=None):
         """Amps to offer now (0 = do not offer); sets `reason` to the binding limit."""
         amps, reason = self.board_max_a, "board"
         if self.cable_max_a is not None and self.cable_max_a < amps:
@@ -246,7 +280,7 @@ class Limits:
         lim = self.thermal_a(temp_c)
         if lim is not None and lim < amps:
             amps, reason = lim, "thermal"
-        lim = self.schedule_a(now_utc, session_start_utc)
+        lim = self.schedule_a(now, session_start)
         if lim is not None and lim < amps:
             amps, reason = lim, "schedule"
         self.reason = reason
@@ -256,4 +290,4 @@ class Limits:
 def from_settings(limits):
     """Limits from the board's limits record (firmware/core/settings.py): board, cable, thermal."""
     t = limits.thermal
-    return Limits(limits.max_current_a, limits.cable_max_a, (t.t1_c, t.t2_c, t.reduced_a, t.hyst_c))
+    return Limits(limits.max_current_a, limits.cable_max_a, (t.t1_c, t.t2_c, t.reduced_a, t.hyst_c), BASE)

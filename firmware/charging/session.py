@@ -17,7 +17,7 @@ from firmware.core.timesync import synced
 
 class Session:
     def __init__(self, tx_id, decision, tariff, settings, start_utc, started_at, meter_start_wh, integral0,
-                 now_ms):
+                 now_ms, boot_s=0):
         self.tx_id = tx_id
         self.token = decision.token       # pseudonym under the current site key
         self.key = decision.key
@@ -35,6 +35,7 @@ class Session:
         self.meter_start_wh = meter_start_wh
         self.integral0 = integral0        # the ∫P·dt mark the energy cross-check starts from
         self.periods = PeriodBuilder(tariff, settings.tz, start_utc)   # OCPI charging periods
+        self.start_boot_s = boot_s        # seconds since boot at the start: tick() counts from it
         self.stopping = None              # (reason, deadline ms): the EV was asked to stop first
         self.drawing_at = now_ms          # when the EV last drew current
         self.idle_told = False            # "authorized, plugged, no current" reported once
@@ -65,9 +66,15 @@ class Session:
         """The session is being closed: a soft stop in progress is over."""
         self.stopping = None
 
-    def tick(self, utc, register_wh, i_sum_ma, p_w, charging):
-        """Once a second: account the time since the last tick into the charging periods."""
-        self.periods.update(utc, register_wh - self.meter_start_wh, i_sum_ma, p_w, charging)
+    def tick(self, boot_s, register_wh, i_sum_ma, p_w, charging):
+        """Once a second: account the time since the last tick into the charging periods (boot_s:
+        seconds since boot, a small int whether or not the wall clock is known)."""
+        self.periods.update(self.since_s(boot_s), register_wh - self.meter_start_wh, i_sum_ma, p_w,
+                            charging)
+
+    def since_s(self, boot_s):
+        """Seconds since the start, at boot_s seconds since boot."""
+        return boot_s - self.start_boot_s
 
     def rebase(self, shift):
         """The wall clock became known: the start moves from seconds since boot to UTC."""

@@ -10,6 +10,7 @@ records, one per concern, that are handed to whoever needs them (`hw.reader.gain
     hw = board_settings(load("board.json"))          # the hardware: buses, pins, calibration
     s = Settings(hw, load("config.json"), load("secrets.json"))
 """
+from firmware.core.clock import BASE
 from firmware.core.config import REQUIRED, setting
 from firmware.auth.keys import keys_from_config
 from firmware.billing.localtime import LocalTime
@@ -370,6 +371,8 @@ class Settings:
         self.local_list = d["local_list"]
         self.tz = LocalTime(d["site.utc_offset_min"], d["site.dst"])
         self.offpeak = [_window(w, i) for i, w in enumerate(d["site.offpeak"])]
+        self._offpeak_at = None     # clock.seconds() of the minute offpeak_now() last worked out
+        self._offpeak_in = False
         self.mqtt = Record(host=d["mqtt.host"], port=d["mqtt.port"], keepalive_s=d["mqtt.keepalive_s"],
                            user=sec["mqtt_user"], password=sec["mqtt_password"],
                            timeout_ms=board.network.timeout_ms, tls=_tls(d, sec))
@@ -422,10 +425,18 @@ class Settings:
             setattr(self, key, v)
         return v
 
-    def offpeak_now(self, utc):
-        """Inside one of the site's off-peak windows (local time)?"""
-        lt = self.tz.local(utc)
-        minute = lt[3] * 60 + lt[4]
+    def offpeak_now(self, now_s):
+        """Inside one of the site's off-peak windows (local time)? now_s: clock.seconds(). Every
+        control step of an off-peak-only session asks; the answer changes only at a whole minute
+        (UTC offsets are whole minutes), so it is worked out once a minute."""
+        at = self._offpeak_at
+        if at is None or not 0 <= now_s - at < 60:
+            lt = self.tz.local(BASE + now_s)
+            self._offpeak_at = now_s - lt[5]
+            self._offpeak_in = self._in_offpeak(lt[3] * 60 + lt[4])
+        return self._offpeak_in
+
+    def _in_offpeak(self, minute):
         for a, b in self.offpeak:
             if (a <= minute < b) if a <= b else (minute >= a or minute < b):
                 return True

@@ -64,6 +64,10 @@ class Stamp:
         """The ISO time of now for a record, None until the wall clock is known."""
         return iso(self.clock.time()) if self.time.synced else None
 
+    def boot_s(self):
+        """Seconds since boot, always: a small int for what runs every second (a session's ticks)."""
+        return self.time.uptime_s()
+
     def uptime_s(self):
         """Seconds since boot while the wall clock is unknown, None once it is (a session's start)."""
         return None if self.time.synced else self.time.uptime_s()

@@ -106,8 +106,9 @@ class Sync:
                            queued=len(self.outbox))
         if not link.ready:
             return
-        shown = (self.connector, self.error_code)
-        if self._status_sent != shown:
+        sent = self._status_sent   # compared field by field: a tuple each pass would be garbage
+        if sent is None or sent[0] != self.connector or sent[1] != self.error_code:
+            shown = (self.connector, self.error_code)
             if not link.publish(self.prefix + "status", self._sealed("status", self._status("online")), True, 1):
                 return
             self._status_sent = shown

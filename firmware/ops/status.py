@@ -9,6 +9,7 @@ Derived each control step from the faults, the EV and the session; published onl
 """
 import json
 
+from firmware.core.clock import BASE
 from firmware.core.schedule import Every
 from firmware.core.timefmt import iso
 
@@ -33,6 +34,7 @@ class Status:
         self.error_code = None      # OCPP error code with it, None for NoError
         self._meter_values = Every(clock, settings.meter_values_s * 1000)
         self._aligned_s = settings.meter_aligned_s
+        self._phase = BASE % self._aligned_s if self._aligned_s else 0   # aligned to Unix time, not BASE
         self._aligned_slot = None   # the clock-aligned interval last reported, None: no aligned values
         self._storage_told = False
         self.operative = True       # False: taken out of service by the backend (Unavailable)
@@ -54,10 +56,11 @@ class Status:
         """New meter value intervals (ChangeConfiguration), live: periodic from now, aligned from the next slot."""
         self._meter_values = Every(self.clock, meter_values_s * 1000)
         self._aligned_s = aligned_s
+        self._phase = BASE % aligned_s if aligned_s else 0
         if not aligned_s:
             self._aligned_slot = None
         elif self._aligned_slot is not None:
-            self._aligned_slot = self.clock.time() // aligned_s
+            self._aligned_slot = self._slot()
 
     def republish(self):
         """TriggerMessage StatusNotification: the retained status goes out again."""
@@ -103,12 +106,16 @@ class Status:
 
     def session_started(self):
         """Clock-aligned meter values count from the session's start."""
-        self._aligned_slot = self.clock.time() // self._aligned_s if self._aligned_s else None
+        self._aligned_slot = self._slot() if self._aligned_s else None
 
     def rebased(self):
         """The wall clock became known during a session: aligned instants are real ones now."""
         if self._aligned_slot is not None:
-            self._aligned_slot = self.clock.time() // self._aligned_s
+            self._aligned_slot = self._slot()
+
+    def _slot(self):
+        """The clock-aligned interval now (Unix time // aligned_s), from small ints: every step asks."""
+        return (self.clock.seconds() + self._phase) // self._aligned_s
 
     def report_meter(self, now, s, now_asked=False):
         """Meter values upstream while session s runs: periodic, at clock-aligned instants, and
@@ -118,7 +125,7 @@ class Status:
             return
         aligned = False
         if self._aligned_slot is not None:
-            slot = self.clock.time() // self._aligned_s
+            slot = self._slot()
             aligned = slot != self._aligned_slot
             self._aligned_slot = slot
         if not (periodic or aligned):

@@ -6,8 +6,10 @@ periodic self-test. Thresholds come from the board settings' records (firmware/c
 safety, limits.thermal, sampling), checked at boot.
 
     safety = Safety(settings.board, board, metering, faults, clock)
-    new = safety.fast(offer_limit_ma) + safety.rcd()   # every sample / iteration: emergencies
-    new += safety.check(session_running)     # every control step: the rest
+    react(safety.fast(offer_limit_ma)); react(safety.rcd())   # every sample / iteration: emergencies
+    react(safety.check(session_running, temp_c, freq_chz))    # every control step: the rest
+
+Each returns a list of the new faults, or () when there are none: nothing is allocated then.
 """
 _RCD_TEST_MS = 200       # the RCD module must trip within this while its test input is driven
 _SETTLE_MS = 1000        # after the meter starts, its readings need this long to mean anything
@@ -52,6 +54,7 @@ class Safety:
         self.last_selftest = None    # "passed" / "failed", for the technician
         # EMMState0 bits 15..13: the chip's own over-current flags for phases A, B, C
         self._oc_bits = sum(1 << (15 - ph) for ph in range(metering.phases))
+        self._new = None             # the faults the running check tripped (a list), None: none yet
 
     def meter_started(self):
         """The meter was (re)initialised: ignore its readings until they settled."""
@@ -63,67 +66,64 @@ class Safety:
     def fast(self, limit_ma):
         """Emergencies, checked right after each sample; the new Faults to react to.
         OSError for a sample no working chip gives (a bus stuck at 0xFFFF): a meter failure."""
-        new = []
         self.m.limit_ma = limit_ma * (100 + self.oc_margin_pct) // 100
         m = self.m
         if m.u_max_cv == 0xFFFF or (m.status0 & m.status1) == 0xFFFF:
             raise OSError("ATM90E32 implausible sample (U %d cV, status 0x%04x 0x%04x)"
                           % (m.u_max_cv, m.status0, m.status1))
         if m.over_current >= self.oc_samples or m.over_current and m.status0 & self._oc_bits:
-            self._trip(new, "overcurrent", "%d mA > %d mA for %d samples%s" % (
+            self._trip("overcurrent", "%d mA > %d mA for %d samples%s" % (
                 m.i_max_ma, m.limit_ma, m.over_current, ", chip flags it" if m.status0 & self._oc_bits else ""))
         elif self.m.over_current == 0:
             self.faults.gone("overcurrent")
-        return new
+        return self._taken()
 
     def rcd(self):
         """The residual-current module's trip output, every loop iteration (also while the meter is
         down): the new Faults to react to."""
-        new = []
         if self._test is None:   # during its self-test the module is meant to trip
             if self.board.rcd_tripped():
-                self._trip(new, "rcd", "residual current device tripped")
+                self._trip("rcd", "residual current device tripped")
             else:
                 self.faults.gone("rcd")
-        return new
+        return self._taken()
 
     def check(self, session_running, temp_c, freq_chz):
         """Everything else, every control step; the new Faults to react to."""
-        new = []
         m = self.m
-        self._contactor(new)
-        self._selftest(new, session_running)
+        self._contactor()
+        self._selftest(session_running)
         if not self._settled() or "meter" in self.faults.active:
-            return new   # a failed meter's last readings are stale: nothing to judge from them
+            return self._taken()   # a failed meter's last readings are stale: nothing to judge from them
         if m.over_voltage >= self.v_samples:
-            self._trip(new, "overvoltage", "%d.%02d V > %d V" % (m.u_max_cv // 100, m.u_max_cv % 100, self.v_high_cv // 100))
+            self._trip("overvoltage", "%d.%02d V > %d V" % (m.u_max_cv // 100, m.u_max_cv % 100, self.v_high_cv // 100))
         elif m.over_voltage == 0:
             self.faults.gone("overvoltage")
         lost = self._lost_phase()
         self._loss_n = self._loss_n + 1 if lost is not None else 0
         if self._loss_n >= self.v_checks:
-            self._trip(new, "phase_loss", "phase L%d below %d V" % (lost + 1, self.loss_cv // 100))
+            self._trip("phase_loss", "phase L%d below %d V" % (lost + 1, self.loss_cv // 100))
         else:
             self.faults.gone("phase_loss")
             if m.under_voltage >= self.v_samples:
-                self._trip(new, "undervoltage", "%d.%02d V < %d V" % (m.u_min_cv // 100, m.u_min_cv % 100, self.v_low_cv // 100))
+                self._trip("undervoltage", "%d.%02d V < %d V" % (m.u_min_cv // 100, m.u_min_cv % 100, self.v_low_cv // 100))
             elif m.under_voltage == 0:
                 self.faults.gone("undervoltage")
         if freq_chz:   # 0: no voltage to measure a frequency on (phase loss says why)
             bad = not self.hz_low <= freq_chz <= self.hz_high
             self._hz_n = self._hz_n + 1 if bad else 0
             if self._hz_n >= 2 * 1000 // _CHECK_MS:   # two housekeeping readings a second apart
-                self._trip(new, "frequency", "%d.%02d Hz outside %d.%02d..%d.%02d Hz" % (
+                self._trip("frequency", "%d.%02d Hz outside %d.%02d..%d.%02d Hz" % (
                     freq_chz // 100, freq_chz % 100, self.hz_low // 100, self.hz_low % 100,
                     self.hz_high // 100, self.hz_high % 100))
             elif not bad:
                 self.faults.gone("frequency")
         if temp_c is not None:
             if temp_c >= self.t2:
-                self._trip(new, "overtemp", "%d °C >= %d °C" % (temp_c, self.t2))
+                self._trip("overtemp", "%d °C >= %d °C" % (temp_c, self.t2))
             elif temp_c < self.t_resume:
                 self.faults.gone("overtemp")
-        return new
+        return self._taken()
 
     def _lost_phase(self):
         r = self.m.ring
@@ -135,7 +135,7 @@ class Safety:
                 return ph
         return None
 
-    def _contactor(self, new):
+    def _contactor(self):
         """After settling, the poles must be where commanded: current or aux says otherwise."""
         k = self.board.contactor
         now = self.clock.ticks_ms()
@@ -149,17 +149,17 @@ class Safety:
         if not k.commanded:
             flowing = self.m.i_max_ma > self.idle_ma and "meter" not in self.faults.active
             if flowing or fb is True:
-                self._trip(new, "welded", "%s with the contactor commanded open" % (
+                self._trip("welded", "%s with the contactor commanded open" % (
                     "%d mA flowing" % self.m.i_max_ma if flowing else "aux contact closed"))
             else:
                 self.faults.gone("welded")
             self.faults.gone("stuck_open")   # only closing again can tell: the retry does
         elif fb is False:
-            self._trip(new, "stuck_open", "aux contact open with the coil energised")
+            self._trip("stuck_open", "aux contact open with the coil energised")
         else:
             self.faults.gone("stuck_open")
 
-    def _selftest(self, new, session_running):
+    def _selftest(self, session_running):
         """RCD self-test at boot and every selftest_s, never during a session: drive the module's
         test input, it must trip, then release."""
         if not self.board.has_rcd:
@@ -181,7 +181,7 @@ class Safety:
                 self.board.rcd_test(False)
                 self._test = None
                 self.last_selftest = "failed"
-                self._trip(new, "rcd_selftest", "the RCD did not trip on its test input")
+                self._trip("rcd_selftest", "the RCD did not trip on its test input")
         elif not tripped:
             self._test = None
             self._next_test = c.ticks_add(now, self.selftest_s * 1000)
@@ -189,9 +189,17 @@ class Safety:
         elif c.ticks_diff(now, since) > _RCD_RELEASE_MS:
             self._test = None
             self.last_selftest = "failed"
-            self._trip(new, "rcd_selftest", "the RCD did not release after its test")
+            self._trip("rcd_selftest", "the RCD did not release after its test")
 
-    def _trip(self, new, kind, detail):
+    def _trip(self, kind, detail):
         f = self.faults.trip(kind, detail)
         if f is not None:
-            new.append(f)
+            if self._new is None:
+                self._new = []
+            self._new.append(f)
+
+    def _taken(self):
+        """The faults this check tripped, handed over: () if none."""
+        new = self._new
+        self._new = None
+        return new if new is not None else ()

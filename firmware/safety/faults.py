@@ -94,10 +94,15 @@ class Faults:
             f.present = False
 
     def clearable(self):
-        """Faults to clear now: condition gone, retry time reached, not latched."""
+        """Faults to clear now: condition gone, retry time reached, not latched (a tuple, () if none:
+        every control step asks, and waiting out a backoff allocates nothing)."""
         now = self.clock.ticks_ms()
-        return [f for f in self.active.values() if (not f.present or f.probed) and not f.latched
-                and self._due(f, now)]
+        out = ()
+        for kind in self.active:   # keys, not values(): a view would be a heap object
+            f = self.active[kind]
+            if (not f.present or f.probed) and not f.latched and self._due(f, now):
+                out = out + (f,)
+        return out
 
     def _due(self, f, now):
         """The backoff since the trip is over: retry_s, doubled with each earlier trip (at most 16x)."""
@@ -124,7 +129,8 @@ class Faults:
     def blocking(self):
         """The active fault that keeps the charger from charging (the oldest), or None."""
         worst = None
-        for f in self.active.values():
+        for kind in self.active:
+            f = self.active[kind]
             if (f.stop_reason is not None or f.emergency) and (worst is None or self.clock.ticks_diff(f.at_ms, worst.at_ms) < 0):
                 worst = f
         return worst

@@ -30,7 +30,7 @@ class Health:
 
     def check(self):
         """Retry refused writes, then report the writers whose condition changed, in one notice."""
-        changed = []
+        changed = None   # made only when something changed: this runs every second
         for i in range(len(self.parts)):
             name, part = self.parts[i]
             if part.error and hasattr(part, "retry"):
@@ -38,6 +38,8 @@ class Health:
             err = part.error
             if condition(err) != condition(self.told[i]):
                 self.told[i] = err
+                if changed is None:
+                    changed = []
                 changed.append((name, err))
         if changed:
             self.report(changed)

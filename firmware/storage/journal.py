@@ -192,19 +192,20 @@ class Journal:
         self._cp = self._cp_seq = self._base = None
         return self._emit(START, seq, b"", "started", plan, 1) is not None
 
-    def checkpoint_due(self, energy_wh, t):
+    def checkpoint_due(self, energy_wh, now_s):
         """Since the last checkpoint: every_wh more energy (but not within min_s), or every_s seconds.
 
-        min_s caps the rate whatever the power, so a session's flash writes stay in budget;
-        a clock step in either direction counts as time passed.
+        now_s: seconds on a clock of the caller's (the controller's: since boot, a small int), not
+        the records' time. min_s caps the rate whatever the power, so a session's flash writes stay
+        in budget; a clock step in either direction counts as time passed.
         """
         if self._open is None:
             return False
         if self._base is None:
-            self._base = (energy_wh, t)  # the first call of a session sets the reference
+            self._base = (energy_wh, now_s)  # the first call after a start or checkpoint: the reference
             return False
         wh, t0 = self._base
-        dt = abs(t - t0)
+        dt = abs(now_s - t0)
         return dt >= self.every_s or (dt >= self.min_s and energy_wh - wh >= self.every_wh)
 
     def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None):
@@ -217,7 +218,7 @@ class Journal:
         data = struct.pack("<IIIIH", tx_id, _u32("energy_wh", energy_wh), _u32("t", t), _u32("seq", seq), rem)
         plan = self._plan("updated", rec, data)
         self._cp = {"tx_id": tx_id, "energy_wh": energy_wh, "t": t, "seq": seq, "rem": rem}
-        self._base = (energy_wh, t)
+        self._base = None   # checkpoint_due() counts again from its next call
         n = self.log.next_seq()
         if self._emit(CHECKPOINT, n, data, "updated", plan, 0) is None:
             return False  # the previous checkpoint stays the one a reboot finds

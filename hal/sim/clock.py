@@ -13,12 +13,15 @@ from micropython import const
 _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
 _EPOCH_2000 = const(946684800)   # 2000-01-01T00:00:00Z: where an ESP32's unset RTC starts
+_BASE = 1767225600               # firmware/core/clock.py BASE: seconds() counts from it
+_UNSET_S = const(-820540800)     # _EPOCH_2000 - _BASE
 
 
 class VirtualClock:
     def __init__(self, start_utc=0, on_advance=None, ticks0=0, realtime=False, unset=False):
         self.ms = 0  # virtual milliseconds since start
         self.start_utc = start_utc
+        self._start_s = start_utc - _BASE   # seconds() from small ints only (32-bit ports)
         self.unset = unset
         self._ticks0 = ticks0
         self.on_advance = on_advance
@@ -90,3 +93,7 @@ class VirtualClock:
 
     def time(self):
         return (_EPOCH_2000 if self.unset else self.start_utc) + self.ms // 1000
+
+    def seconds(self):
+        """time() - BASE, made without a big int (as on an ESP32)."""
+        return (_UNSET_S if self.unset else self._start_s) + self.ms // 1000

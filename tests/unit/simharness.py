@@ -2,8 +2,10 @@
 
     h = Harness({"alice": "04A1B2C3"}, allow=["alice"], events=[{"t": 1000, "plug": True}], end_ms=60000)
     h.run(); h.log.kinds(); h.link.published
+    h = steady_charging(start_utc); locked_passes(h, 150000, heap_lock, heap_unlock)   # allocation proofs
 """
 import binascii
+import gc
 import json
 import os
 
@@ -157,3 +159,37 @@ class Harness:
 
     def events(self, kind):
         return [e for e in self.log.events if e["ev"] == kind]
+
+
+def steady_charging(start_utc):
+    """A session charging at 16 A since t=3 s under two schedules (station-wide from an absolute
+    start, per session), run to t=30 s. Until its first checkpoint (250 Wh: about 4 min) and the next
+    clock-aligned meter value (900 s slots) nothing is due to be sent or written."""
+    h = Harness({"alice": "04A1B2C3D4E5F6"}, ["alice"],
+                [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"}, {"t": 3000, "ev_current_a": 16}],
+                3600000, start_utc=start_utc, device={"meter_values_s": 3600})
+    lim = h.ctl.limits
+    lim.set_profile("station_max", {"periods": [[0, 20], [3600, 10]], "start_schedule": start_utc,
+                                    "valid_to": start_utc + 86400})
+    lim.set_profile("tx_default", {"periods": [[0, 32], [7200, 16]]})
+    h.run(until_ms=30000)
+    return h
+
+
+def locked_passes(h, until_ms, lock, unlock, pass_ms=50):
+    """Loop passes (Controller.step) every pass_ms until until_ms, each between lock() and unlock()
+    (micropython.heap_lock: any allocation raises MemoryError); the simulated world plays its
+    physics (floats) between passes, outside the lock. Returns the number of passes."""
+    ctl, clock = h.ctl, h.clock
+    passes = 0
+    gc.collect()
+    while clock.ms < until_ms:
+        h.world.meter.flush()   # the simulated chip integrates the line lazily, in floats
+        lock()
+        try:
+            ctl.step()
+        finally:
+            unlock()
+        passes += 1
+        clock.sleep_ms(pass_ms)
+    return passes

@@ -69,12 +69,12 @@ def _kinds(new):
 
 def test_overcurrent_needs_a_second_of_samples_over_the_limit_with_margin_or_the_chips_flag():
     s, _, m, faults, _ = _safety()
-    assert s.fast(16000) == [] and m.limit_ma == 17600   # 10 % margin over the offer
+    assert s.fast(16000) == () and m.limit_ma == 17600   # 10 % margin over the offer
     m.over_current = 9
-    assert s.fast(16000) == []
+    assert s.fast(16000) == ()
     m.over_current = 10
     new = s.fast(16000)
-    assert _kinds(new) == ["overcurrent"] and new[0].emergency and s.fast(16000) == []   # once
+    assert _kinds(new) == ["overcurrent"] and new[0].emergency and s.fast(16000) == ()   # once
     s2, _, m2, _, _ = _safety()
     m2.over_current, m2.status0 = 1, 0x8000   # phase A over-current flag of the ATM90E32
     assert _kinds(s2.fast(16000)) == ["overcurrent"]
@@ -94,10 +94,10 @@ def test_current_through_an_open_contactor_is_a_welded_contactor_after_it_settle
     s, board, m, faults, clock = _safety()
     k = board.contactor
     k.commanded, k.cycles = True, 1
-    assert s.check(True, None, None) == []
+    assert s.check(True, None, None) == ()
     k.commanded = False
     m.sample(i_ma=16000)
-    assert s.check(True, None, None) == []   # the poles take time to open
+    assert s.check(True, None, None) == ()   # the poles take time to open
     clock.sleep_ms(1000)
     new = s.check(True, None, None)
     assert _kinds(new) == ["welded"] and new[0].latched and new[0].code == "PowerSwitchFailure"
@@ -122,14 +122,14 @@ def test_grid_faults_wait_for_the_meter_to_settle_and_for_their_duration():
     s = Safety(hw(), board, m, faults, clock)
     m.sample(u_cv=26000)
     m.over_voltage = 20
-    assert s.check(False, None, None) == []   # just started: readings mean nothing yet
+    assert s.check(False, None, None) == ()   # just started: readings mean nothing yet
     clock.sleep_ms(1000)
     new = s.check(False, None, None)
     assert _kinds(new) == ["overvoltage"] and not new[0].emergency and new[0].stop_reason == "PowerQuality"
     m.over_voltage = 0
     m.sample(u_cv=5000)   # below 40 % of nominal: a lost phase, after 2 s of checks
     for _ in range(19):
-        assert s.check(False, None, None) == []
+        assert s.check(False, None, None) == ()
     assert _kinds(s.check(False, None, None)) == ["phase_loss"]
 
 
@@ -137,9 +137,9 @@ def test_frequency_and_temperature():
     s, _, m, faults, _ = _safety()
     m.sample()
     for _ in range(19):
-        assert s.check(False, None, 4700) == []
+        assert s.check(False, None, 4700) == ()
     assert _kinds(s.check(False, None, 4700)) == ["frequency"]
-    assert s.check(False, None, 0) == []   # no voltage, no frequency: nothing to judge
+    assert s.check(False, None, 0) == ()   # no voltage, no frequency: nothing to judge
     assert _kinds(s.check(False, 85, 5000)) == ["overtemp"]
     s.check(False, 66, 5000)
     assert faults.active["overtemp"].present   # 66 °C: not below t1 - hysteresis (65 °C) yet
@@ -149,8 +149,8 @@ def test_frequency_and_temperature():
 
 def test_rcd_self_test_at_boot_passes_when_the_module_trips_and_releases():
     s, board, _, faults, clock = _safety(rcd=True)
-    assert s.check(False, None, None) == [] and board.test_input == [True]
-    assert s.rcd() == []   # tripped by its own test: no fault
+    assert s.check(False, None, None) == () and board.test_input == [True]
+    assert s.rcd() == ()   # tripped by its own test: no fault
     s.check(False, None, None)
     assert board.test_input == [True, False]
     s.check(False, None, None)

@@ -21,9 +21,9 @@ def test_a_fault_is_new_once_and_clears_after_its_backoff():
     assert f.trip("overvoltage", "266 V") is None
     assert f.blocking() is first
     clock.sleep_ms(120000)
-    assert f.clearable() == []            # the condition still holds
+    assert f.clearable() == ()            # the condition still holds
     f.gone("overvoltage")
-    assert f.clearable() == [first]
+    assert f.clearable() == (first,)
     f.clear("overvoltage")
     assert f.blocking() is None
 
@@ -53,7 +53,7 @@ def test_too_many_trips_latch_until_a_technician_clears():
         for c in f.clearable():
             f.clear(c.kind)
     assert fault.latched and f.latched == ["overcurrent"]
-    assert f.clearable() == [] and f.blocking() is fault
+    assert f.clearable() == () and f.blocking() is fault
     assert f.clear_latched() == ["overcurrent"]
     assert f.blocking() is None and f.trips["overcurrent"] == 0
 

@@ -184,8 +184,9 @@ def test_checkpoints_are_due_by_energy_or_time_and_never_too_often():
         assert not j.checkpoint_due(1500, T0 + 59)  # 500 Wh, but within min_s
         assert j.checkpoint_due(1100, T0 + 60)
         j.checkpoint(1, 1100, T0 + 60, 1)
-        assert not j.checkpoint_due(1150, T0 + 359)
-        assert j.checkpoint_due(1150, T0 + 360)     # every_s with little energy
+        assert not j.checkpoint_due(1100, T0 + 61)  # the first call after a checkpoint: the reference
+        assert not j.checkpoint_due(1150, T0 + 360)
+        assert j.checkpoint_due(1150, T0 + 361)     # every_s with little energy
         assert j.checkpoint_due(1100, T0 - 300)     # a clock step backwards counts as time passed
         assert "min_s" in str(raises(ValueError, Journal, j.log, ob, every_s=60, min_s=120))
     finally:

@@ -2,6 +2,7 @@
 from check import raises
 from configs import board
 from firmware.charging.limits import Limits, from_settings
+from firmware.core.clock import BASE
 
 T0 = 1772438400  # 2026-03-02T08:00:00Z
 
@@ -80,8 +81,8 @@ def test_transaction_schedule_counts_from_the_session_start():
     lim.set_profile("tx_default", {"periods": [[0, 6], [900, 24]]})
     assert lim.offer_a(T0) == 32                                  # no session: does not apply
     start = T0 + 100
-    assert lim.offer_a(start + 10, session_start_utc=start) == 6
-    assert lim.offer_a(start + 900, session_start_utc=start) == 24
+    assert lim.offer_a(start + 10, session_start=start) == 6
+    assert lim.offer_a(start + 900, session_start=start) == 24
 
 
 def test_higher_stack_level_wins_within_a_kind_and_min_over_kinds():
@@ -93,16 +94,16 @@ def test_higher_stack_level_wins_within_a_kind_and_min_over_kinds():
     assert lim.offer_a(T0) == 20                                  # level 2 wins, though higher
     assert lim.offer_a(T0 + 60) == 10                             # expired: back to level 0
     lim.set_profile("tx_default", {"periods": [[0, 16]]})
-    assert lim.offer_a(T0, session_start_utc=T0) == 16            # min(20, 16)
+    assert lim.offer_a(T0, session_start=T0) == 16            # min(20, 16)
     lim.set_profile("station_max", {"stack_level": 2, "periods": [[0, 12]]})   # replaces level 2
-    assert lim.offer_a(T0 + 3600, session_start_utc=T0) == 12
+    assert lim.offer_a(T0 + 3600, session_start=T0) == 12
 
 
 def test_duration_ends_a_schedule():
     lim = Limits(32)
     lim.set_profile("tx_default", {"duration": 600, "periods": [[0, 8]]})
-    assert lim.offer_a(T0 + 599, session_start_utc=T0) == 8
-    assert lim.offer_a(T0 + 600, session_start_utc=T0) == 32
+    assert lim.offer_a(T0 + 599, session_start=T0) == 8
+    assert lim.offer_a(T0 + 600, session_start=T0) == 32
 
 
 def test_clear_profiles():
@@ -151,7 +152,7 @@ def test_a_station_max_below_the_minimum_offer_is_refused_a_tx_default_pause_is_
     assert lim.offer_a(T0) == 32 and lim.schedule_a(T0) is None
     lim.set_profile("station_max", {"periods": [[0, 6]]})
     lim.set_profile("tx_default", {"periods": [[0, 0], [600, 16]]})   # one session's pause stays possible
-    assert lim.offer_a(T0 + 10, session_start_utc=T0) == 0
+    assert lim.offer_a(T0 + 10, session_start=T0) == 0
 
 
 def test_stack_levels_are_bounded():
@@ -188,3 +189,25 @@ def test_from_board_settings():
     assert "limits.thermal.t2_c" in str(e)
     e = raises(ValueError, _from_board, {"max_current_a": 32, "cable_max_a": "20"})
     assert "limits.cable_max_a" in str(e)
+
+
+def test_counted_from_the_clock_base_the_answers_are_the_same():
+    # the firmware asks with clock.seconds() (UTC - BASE: small ints on 32 bits); profiles from
+    # before BASE, absolute offsets, recurrences, durations and far validity give the same limits
+    profiles = [("station_max", {"stack_level": 0, "periods": [[0, 20], [T0 + 7200, 10], [T0 + 9000, 16]]}),
+                ("station_max", {"stack_level": 1, "periods": [[0, 12], [3 * 3600, 8]], "recurrency": "Daily",
+                                 "start_schedule": BASE - 86400 * 400 + 3600, "duration": 86400 * 401,
+                                 "valid_from": 0, "valid_to": 0xFFFFFFFF}),
+                ("station_max", {"stack_level": 2, "periods": [[0, 7]], "start_schedule": BASE - 10,
+                                 "duration": 5}),   # over before BASE: never runs from then on
+                ("station_max", {"stack_level": 3, "periods": [[0, 6], [600, 30]], "recurrency": "Weekly",
+                                 "start_schedule": T0 + 100, "valid_to": T0 + 86400 * 9}),
+                ("tx_default", {"periods": [[0, 9], [1800, 32]], "valid_from": T0 - 5})]
+    unix, based = Limits(32), Limits(32, base=BASE)
+    for kind, prof in profiles:
+        unix.set_profile(kind, prof)
+        based.set_profile(kind, prof)
+    for t in list(range(T0 - 50, T0 + 86400 * 10, 1711)) + [BASE, BASE + 1, T0 + 7200, T0 + 9000]:
+        for start in (None, t - 1799, t - 1800):
+            want = unix.offer_a(t, start), unix.reason
+            assert (based.offer_a(t - BASE, None if start is None else start - BASE), based.reason) == want, t

@@ -28,7 +28,7 @@ def test_profiles_set_and_cleared_are_there_after_a_reboot():
     again.load(PATH)
     assert again.load_error is None
     assert again.schedule_a(2000) == 10 and again.schedule_a(5000) == 20
-    assert again.schedule_a(5000, session_start_utc=4000) == 12
+    assert again.schedule_a(5000, session_start=4000) == 12
 
 
 def test_a_failed_write_keeps_the_old_profiles_and_a_damaged_file_is_named():
