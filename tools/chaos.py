@@ -56,6 +56,7 @@ STORMS = (0, 0, 1, 2, 3, 4, 5, 6)   # extra kills after a calm life's one
 PLAN_NAMES = ("boot", "recovery", "session", "publish", "journal", "timer")
 WRITE_LINES = ("recovered", "tap", "contactor", "pilot", "stopping", "mqtt")
 NEAR_S = 0.005
+HOLD_UP_WALL_S = 0.1   # a power-good board's process not gone this long after its mains failed is killed
 
 
 def busy_scenario(seed, sessions=16, minutes=(5, 20), gap_s=(20, 120), tail_s=1800, board="sim"):
@@ -106,8 +107,10 @@ def busy_scenario(seed, sessions=16, minutes=(5, 20), gap_s=(20, 120), tail_s=18
 class Killer:
     """Cuts the power (SIGKILL) at random moments; the runner asks it at each life (tools/sim.py)."""
 
-    def __init__(self, rng, kills, stop_ms, data_dir=None, lose_state=0.0, loss_rng=None):
+    def __init__(self, rng, kills, stop_ms, data_dir=None, lose_state=0.0, loss_rng=None, mains=False):
         self.rng = rng
+        self.mains = mains            # a power-good board: a cut fails its mains, the world ends it after the hold-up
+        self.hold_up_kills = 0        # of those, killed by the wall-time fallback (e.g. before the world started)
         self.lose_state = lose_state  # chance, per outage, that state.json is lost or corrupt (rebuilt at boot)
         self.loss_rng = loss_rng or random.Random(1)   # its own stream: the kill schedule stays the same
         self.state_losses = []        # "removed" / "corrupt", one per loss
@@ -245,7 +248,14 @@ class Killer:
             if proc is None or self._fired or proc.poll() is not None:
                 return
             try:
-                os.kill(proc.pid, signal.SIGKILL)
+                if self.mains:   # power-good falls now; the world asks the runner to end it hold_up_ms later
+                    os.write(proc.stdin.fileno(), b"mains_off\n")
+                    t = threading.Timer(HOLD_UP_WALL_S, self._hold_up_over, (proc,))
+                    t.daemon = True
+                    self._timers.append(t)
+                    t.start()
+                else:
+                    os.kill(proc.pid, signal.SIGKILL)
             except OSError:
                 return
             self._fired = True
@@ -259,6 +269,17 @@ class Killer:
             else:
                 k["after"], k["since_s"] = None, None   # before the firmware printed anything
             self.kills.append(k)
+
+
+    def _hold_up_over(self, proc):
+        """The process outlived its hold-up (still booting, or no world yet to see the mains fail)."""
+        with self._lock:
+            if self._proc is proc and proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except OSError:
+                    return
+                self.hold_up_kills += 1
 
 
 def journal_messages(data_dir, kind):
@@ -439,9 +460,11 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
     path = os.path.join(work, "scenario.json")
     with open(path, "w") as f:
         json.dump(sc, f, indent=1)
+    with open(os.path.join(sim.ROOT, "board_configs", board + ".json")) as f:
+        mains = "power_good" in json.load(f)
     rng = random.Random(seed * 7919 + 1)
     killer = Killer(rng, kills, (sc["end"] - 600) * 1000, os.path.join(run_dir, "data"), lose_state,
-                    random.Random(seed * 104729 + 3))
+                    random.Random(seed * 104729 + 3), mains)
     t0 = time.time()
     try:
         with Broker() as broker:
@@ -465,7 +488,8 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
         figures.update({
             "kills": len(killer.kills), "scenario_cuts": sum(1 for c in result.cuts if c["cause"] == "scenario"),
             "kills_before_first_line": sum(1 for k in killer.kills if k["after"] is None),
-            "kills_at_writes": len(near),
+            "kills_at_writes": len(near), "hold_up_kills": killer.hold_up_kills,
+            "last_gasps": sum(1 for _, ev in result.events if ev.get("ev") == "last_gasp"),
             "kills_by_plan": dict((p, sum(1 for k in killer.kills if k["plan"] == p)) for p in PLAN_NAMES),
             "kill_triggers": dict((w, sum(1 for k in near if k["trigger"] == w)) for w in WRITE_LINES + ("journal",)),
             "kills_inside_a_state_write": sum(1 for k in killer.kills if k.get("state_tmp")),

@@ -405,6 +405,9 @@ class Simulation:
                         proc.kill()
                         cut = {"cause": "scenario", "off_ms": req["power_cut"], "meter_kept": req["meter_kept"]}
                         continue             # read what the process wrote before it died
+                    if "power_off" in req:   # the killer's cut of a power-good board, after its hold-up
+                        proc.kill()
+                        continue
                     self._request(req)
                     try:
                         proc.stdin.write("ok\n")
