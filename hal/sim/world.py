@@ -192,6 +192,12 @@ class World:
             self._console.register(sys.stdin, select.POLLIN)
             self.console = Typed()
 
+        if runner.get("flash_cap") is not None:   # chaos runs: a full flash (hal/sim/flashcap.py)
+            import os
+
+            from hal.sim.flashcap import CappedDir
+
+            os.mount(CappedDir(runner["data"], runner["flash_cap"]), runner["data"])
         self._mains = None       # chaos runs on a power-good board: the runner says when the mains fails
         if self._beacon and self.hold_up_ms:
             import select
