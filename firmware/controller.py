@@ -256,23 +256,26 @@ class Controller:
 
     def _watch_supply(self):
         """Power-good fell: within the hold-up time put the register where a reboot finds it, by an
-        energy read (which writes the FRAM) and, without FRAM, a journal checkpoint of the session."""
-        if not self.board.supply_failing():
-            self._gasped = False   # a dip that recovered: arm again
+        energy read (which writes the FRAM) and, without FRAM, a journal checkpoint of the session,
+        flagged as the gasp's when that read made the register current (recovery then bounds what is
+        missing by the hold-up time). A dip that recovered writes a plain checkpoint over it."""
+        failing = self.board.supply_failing()
+        if failing == self._gasped:
             return
-        if self._gasped:
-            return
-        self._gasped = True
-        if self.meter_ok:
+        self._gasped = failing
+        read = False
+        if failing and self.meter_ok:
             try:
                 self.metering.read_energy()
+                read = True
             except OSError as e:
                 self._meter_failed(e)
         s = self.session
         if s is not None and self.metering.nv is None:
             wh, rem = self.metering.register()
-            s.checkpoint(self.journal, wh, rem, self.stamp.now())
-        self.log.event("last_gasp", tx_id=s.tx_id if s is not None else None, meter_wh=self.metering.register_wh())
+            s.checkpoint(self.journal, wh, rem, self.stamp.now(), gasp=read)
+        if failing:
+            self.log.event("last_gasp", tx_id=s.tx_id if s is not None else None, meter_wh=self.metering.register_wh())
 
     def _update_step(self):
         """Download in bounded steps; switch versions only when nobody is charging or waiting."""
@@ -699,6 +702,8 @@ class Controller:
             uncertain = min(uncertain, p * (self.clock.time() - last_t) // 3600)
         if fram is not None:   # only what the chip counted after its last read, if it lost its supply
             uncertain = min(uncertain, (p * m.energy_interval_ms + 3599999) // 3600000)
+        if cp.get("gasp") and self.board.power_good is not None:   # only what was drawn during the hold-up
+            uncertain = min(uncertain, (p * self.board.hold_up_ms + 3599999) // 3600000)
         wh = m.register_wh()
         s, rec, cost = Session.recovered(st, cp, wh, self.tariffs.current, self.s.tz, uncertain_wh=uncertain,
                                          recovered_wh=wh - counted)

@@ -241,7 +241,8 @@ def simulate(scenario_path, broker=None, site_key=None, run_dir=None, raw=False,
 
     `killer` (see tools/chaos.py) cuts the power at moments of its own choosing, on top of the
     scenario's power_cut events: arm(proc, at_ms) as a process starts, line(event) for each `@`
-    line, disarm() -> fired when it ended, outage() -> (off_ms, meter_kept) after its kill.
+    line, disarm() -> fired when it ended, outage() -> (off_ms, meter_kept) after its kill; its
+    flash_cap (bytes or None) makes the next life's flash full once the data directory holds that much.
     """
     site_key = site_key or os.urandom(32)
     tmp = None
@@ -384,7 +385,8 @@ class Simulation:
     def _write_world(self, resume):
         world = dict(self.world)
         world["runner"] = {"state": self.state_path, "life": self.life, "beacon": self.killer is not None,
-                           "resume": resume}
+                           "resume": resume, "data": os.path.join(self.run_dir, "data"),
+                           "flash_cap": self.killer.flash_cap if self.killer is not None else None}
         with open(os.path.join(self.run_dir, "scenario.json"), "w") as f:
             json.dump(world, f)
 
@@ -405,6 +407,9 @@ class Simulation:
                         proc.kill()
                         cut = {"cause": "scenario", "off_ms": req["power_cut"], "meter_kept": req["meter_kept"]}
                         continue             # read what the process wrote before it died
+                    if "power_off" in req:   # the killer's cut of a power-good board, after its hold-up
+                        proc.kill()
+                        continue
                     self._request(req)
                     try:
                         proc.stdin.write("ok\n")

@@ -101,10 +101,10 @@ class Session:
         rec["energy_wh"] = register_wh - self.meter_start_wh
         return rec
 
-    def checkpoint(self, journal, register_wh, rem, utc, rec=None):
+    def checkpoint(self, journal, register_wh, rem, utc, rec=None, gasp=False):
         """Journal how far the session got (the register's whole Wh and sub-Wh counts), with an
-        `updated` record to send if rec."""
-        journal.checkpoint(self.tx_id, register_wh, utc, self.seq, rem, rec)
+        `updated` record to send if rec; gasp: the last gasp's (Journal.checkpoint)."""
+        journal.checkpoint(self.tx_id, register_wh, utc, self.seq, rem, rec, gasp)
 
     def ended(self, at, utc, stop_wh, reason, integral_wh, profile):
         """The `ended` record and its cost; if building it fails (out of memory, a bug) a reduced

@@ -20,17 +20,18 @@ from firmware.storage.recordlog import DONE, HAS_MSG, KEEP, TYPE, UNREADABLE, me
 # record types (the low 6 bits of the type byte; 5 and 6 are the outbox's)
 BOOT = const(1)        # body: u32 boot count [, u32 data epoch] (older firmware: the count alone)
 START = const(2)       # body: message section whose payload is the `started` record (the state)
-CHECKPOINT = const(3)  # body: [message section] u32 tx_id, u32 energy_wh, u32 t, u32 seq, u16 rem
+CHECKPOINT = const(3)  # body: [message section] u32 tx_id, u32 energy_wh, u32 t, u32 seq, u16 rem [u8 flags]
 END = const(4)         # body: [message section] u32 tx_id
 
-_CP_BODY = const(18)   # a checkpoint's fields after its message section
+_CP_BODY = const(18)   # a checkpoint's fields after its message section (the flags byte is optional)
+_GASP = const(1)       # checkpoint flag: written by the last gasp, as the supply failed
 _TOPIC = "session"
 COMPACT = (",", ":")   # JSON separators of every queued message: flash bytes are the budget
 
 
 def read_session(rtype, body):
     """What a session record says: START the state (the `started` record), CHECKPOINT (tx_id,
-    energy_wh, t, seq, rem), END the tx_id, BOOT the boot count; None for another client's record.
+    energy_wh, t, seq, rem, flags), END the tx_id, BOOT the boot count; None for another client's record.
     Raises one of recordlog.UNREADABLE if the body is not what its type says (for recover, tech)."""
     base = rtype & TYPE
     if not BOOT <= base <= END:
@@ -46,8 +47,8 @@ def read_session(rtype, body):
         raise ValueError("journal: a start without its state")
     if len(body) < a + (_CP_BODY if base == CHECKPOINT else 4):
         raise ValueError("journal: short record")
-    if base == CHECKPOINT:
-        return struct.unpack_from("<IIIIH", body, a)
+    if base == CHECKPOINT:   # a checkpoint without the flags byte (all before the last gasp had one) has none
+        return struct.unpack_from("<IIIIH", body, a) + (body[a + _CP_BODY] if len(body) > a + _CP_BODY else 0,)
     return struct.unpack_from("<I", body, a)[0]
 
 
@@ -156,7 +157,8 @@ class Journal:
         self._start_seq = start_seq
         self._cp = self._cp_seq = self._base = None
         if opened is not None and cp is not None and cp[0] == _tx_of(opened):
-            self._cp = {"tx_id": cp[0], "energy_wh": cp[1], "t": cp[2], "seq": cp[3], "rem": cp[4]}
+            self._cp = {"tx_id": cp[0], "energy_wh": cp[1], "t": cp[2], "seq": cp[3], "rem": cp[4],
+                        "gasp": bool(cp[5] & _GASP)}
             self._cp_seq = cp_seq
         self.boot = boot + 1
         self._boot_seq = boot_seq
@@ -208,16 +210,19 @@ class Journal:
         dt = abs(now_s - t0)
         return dt >= self.every_s or (dt >= self.min_s and energy_wh - wh >= self.every_wh)
 
-    def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None):
+    def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None, gasp=False):
         """Record how far the open session got (rem: the register's sub-Wh counts); `rec` (an
-        `updated` record) is queued with it."""
+        `updated` record) is queued with it. gasp: written as the supply failed, with the register
+        read just now (recovery then bounds what is missing by the board's hold-up time)."""
         self._ready()
         self._check_open(tx_id)
         if not isinstance(rem, int) or isinstance(rem, bool) or not 0 <= rem <= 0xFFFF:
             raise ValueError("journal: rem must be an integer 0..65535, got %r" % (rem,))
         data = struct.pack("<IIIIH", tx_id, _u32("energy_wh", energy_wh), _u32("t", t), _u32("seq", seq), rem)
+        if gasp:
+            data += struct.pack("<B", _GASP)
         plan = self._plan("updated", rec, data)
-        self._cp = {"tx_id": tx_id, "energy_wh": energy_wh, "t": t, "seq": seq, "rem": rem}
+        self._cp = {"tx_id": tx_id, "energy_wh": energy_wh, "t": t, "seq": seq, "rem": rem, "gasp": bool(gasp)}
         self._base = None   # checkpoint_due() counts again from its next call
         n = self.log.next_seq()
         if self._emit(CHECKPOINT, n, data, "updated", plan, 0) is None:

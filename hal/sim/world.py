@@ -192,6 +192,19 @@ class World:
             self._console.register(sys.stdin, select.POLLIN)
             self.console = Typed()
 
+        if runner.get("flash_cap") is not None:   # chaos runs: a full flash (hal/sim/flashcap.py)
+            import os
+
+            from hal.sim.flashcap import CappedDir
+
+            os.mount(CappedDir(runner["data"], runner["flash_cap"]), runner["data"])
+        self._mains = None       # chaos runs on a power-good board: the runner says when the mains fails
+        if self._beacon and self.hold_up_ms:
+            import select
+
+            self._mains = select.poll()
+            self._mains.register(sys.stdin, select.POLLIN)
+
         self.end_ms = scenario["end_ms"]
         self._retap_ms = scenario.get("retap_after_cut_ms")
         self._last_tap = None    # the UIDs of the last tap: a driver taps them again after a cut
@@ -228,6 +241,9 @@ class World:
         """Play events and physics up to target_ms (called by the clock when the firmware sleeps)."""
         if self._console is not None:
             self._console_input()
+        if self._mains is not None:
+            while self._mains.poll(0):
+                self._runner_line(sys.stdin.readline().strip())
         c = self.clock
         while True:
             self._update_line()  # the EV answers the pilot the firmware set before sleeping
@@ -427,9 +443,18 @@ class World:
         self._on_power_off(cut)
 
     def _on_power_off(self, cut):
-        """The hold-up capacitors are empty: the process dies here."""
+        """The hold-up capacitors are empty: the process dies here (cut None: a chaos run's cut)."""
         self.save_state()
-        self._ask_runner({"power_cut": cut["off_ms"], "meter_kept": cut["meter_kept"]})
+        self._ask_runner({"power_cut": cut["off_ms"], "meter_kept": cut["meter_kept"]} if cut else {"power_off": 1})
+
+    def _runner_line(self, line):
+        """A line the runner sends unasked: "mains_off" (a chaos run cuts a power-good board's supply:
+        power-good falls now, the process dies hold_up_ms later, as at a scenario's power_cut)."""
+        if line != "mains_off":
+            raise OSError("simulator runner sent %r" % line)
+        if self.supply:
+            self.supply = False
+            self._at(self.clock.ms + self.hold_up_ms, "power_off", None)
 
     # -- power cuts (docs/simulator.md) ---------------------------------------------------------
     def save_state(self, regs_changed=True):
@@ -513,5 +538,8 @@ class World:
         request["t_ms"] = self.clock.ms
         print("% " + json.dumps(request))
         reply = sys.stdin.readline().strip()
+        while reply == "mains_off" and self._mains is not None:
+            self._runner_line(reply)
+            reply = sys.stdin.readline().strip()
         if reply != "ok":
             raise OSError("simulator runner did not confirm %r (got %r)" % (request, reply))

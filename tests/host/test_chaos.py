@@ -53,6 +53,41 @@ def test_chaos_sessions_all_arrive_once_with_an_ended_event(chaos_run):
     assert figures["meter_wh"] > 2000                       # there was real charging to account for
 
 
+def test_chaos_full_flash_moments_lose_only_what_ram_held(chaos_run):
+    figures, _ = chaos_run
+    assert figures["flash_moments"]["full at boot"] + figures["flash_moments"]["fills"] >= 1
+    assert figures["flash_moments"]["freed"] >= 1
+    # a cut on a full flash takes what waits in RAM (docs/journal.md); whether one comes is chance
+    assert figures["lost_on_a_full_flash"] <= 2
+
+
+def test_with_fram_a_cut_loses_at_most_one_energy_read_of_charging(chaos_run):
+    figures, _ = chaos_run
+    assert figures["worst_lost_wh"] < 3 + 1    # 7.36 kW for one 1 s read, rounded up, + the bill's whole Wh
+
+
+# -- the two boards without FRAM: last gasp only, flash checkpoints only ---------------------------------
+@pytest.fixture(scope="module", params=["sim_gasp", "sim_flash"])
+def board_run(request, tmp_path_factory):
+    # ~1 virtual hour, 4 planned sessions, 24 kills, no full flash (the FRAM run has those)
+    return request.param, chaos.run(seed=11, sessions=4, kills=24, minutes=(5, 12), board=request.param, fill=0,
+                                     keep=str(tmp_path_factory.mktemp("chaos-" + request.param)))
+
+
+def test_chaos_without_fram(board_run):
+    board, (figures, problems) = board_run
+    sys.__stderr__.write("\nchaos figures %s: %s\n" % (board, json.dumps(figures)))
+    assert not problems, "\n".join(problems + [json.dumps(figures)])
+    assert figures["kills"] >= 22 and figures["losses"] == 0 and figures["duplicates"] == 0
+    assert figures["sessions_power_loss"] >= 2
+    if board == "sim_gasp":   # power-good fell, the gasp journaled the register within the 50 ms hold-up
+        assert figures["last_gasps"] >= figures["kills"] // 2   # the others died importing (hold_up_kills)
+        assert figures["worst_lost_wh"] < 1 + 1   # 7.36 kW for 50 ms, rounded up, + the bill's whole Wh
+        assert figures["uncertain_wh_per_power_loss"] < 50
+    else:                     # what was read since the last checkpoint: up to 150 s at 7.36 kW
+        assert figures["last_gasps"] == 0 and figures["worst_lost_wh"] < 306 + 1
+
+
 # -- an hour without a broker ----------------------------------------------------------------------
 def _outage(name, tmp_path):
     """Run a scenario against mosquitto + backend; (lines, first delivery of each session msg_id, rows)."""

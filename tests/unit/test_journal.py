@@ -141,6 +141,26 @@ def test_records_come_back_in_order_and_the_boot_count_grows():
     each_fs(run)
 
 
+def test_a_last_gasp_checkpoint_says_so_and_a_later_plain_one_supersedes_it():
+    def run(path):
+        j, ob, _ = opened(path)
+        j.session_started(started(3, wh=5000)[1])
+        before = _segment_bytes(path)
+        j.checkpoint(3, 5100, T0 + 300, 1, rem=9)
+        plain = _segment_bytes(path) - before
+        j.checkpoint(3, 5120, T0 + 310, 1, rem=11, gasp=True)
+        assert (plain, _segment_bytes(path) - before - plain) == (31, 32)   # the flag costs one byte, only there
+        cp = opened(path)[2]["checkpoint"]
+        assert (cp["energy_wh"], cp["rem"], cp["gasp"]) == (5120, 11, True)
+        opened(path)[0].checkpoint(3, 5300, T0 + 400, 1, rem=0)   # the supply came back, charging went on
+        assert opened(path)[2]["checkpoint"]["gasp"] is False
+    each_fs(run)
+
+
+def _segment_bytes(path):
+    return sum(os.stat(path + "/" + n)[6] for n in os.listdir(path))
+
+
 def test_an_open_session_is_recovered_with_its_last_checkpoint():
     def run(path):
         j, ob, _ = opened(path)
@@ -150,7 +170,8 @@ def test_an_open_session_is_recovered_with_its_last_checkpoint():
         j.checkpoint(7, 5350, T0 + 600, 2, rem=250)
         j2, ob2, boot = opened(path)
         assert boot["session"] == rec and j2.session == rec
-        assert boot["checkpoint"] == {"tx_id": 7, "energy_wh": 5350, "t": T0 + 600, "seq": 2, "rem": 250}
+        assert boot["checkpoint"] == {"tx_id": 7, "energy_wh": 5350, "t": T0 + 600, "seq": 2, "rem": 250,
+                                      "gasp": False}
         # the controller closes it as PowerLoss from the checkpoint: the session then stays closed
         end = ended({"rec": boot["session"], "seq": boot["checkpoint"]["seq"]}, 5350, T0 + 600, "PowerLoss")
         assert j2.session_ended(7, end)

@@ -4,6 +4,8 @@ PowerLoss from what survived (journal in flash, FRAM if fitted, the chip's unrea
 The cut is simulated by building a second boot (journal, state, board, controller) on the same
 data directory and the same simulated chips, as firmware/app.py does at power-on.
 """
+import json
+
 from simharness import Harness, board_config
 from firmware.controller import Controller
 from firmware.core.settings import board_settings
@@ -99,3 +101,54 @@ def test_a_silent_fram_at_boot_is_logged_and_billing_goes_on_from_flash():
     assert [(e["file"], "0x50" in e["error"]) for e in h.next_log.events if e["ev"] == "storage"] == [("fram", True)]
     assert rec["uncertain_wh"] > 3                # no FRAM record: the flash bound
     assert 0 <= truth - rec["energy_wh"] < rec["uncertain_wh"] + 1
+
+
+def _gasp_board():
+    with open("board_configs/sim_gasp.json") as f:   # power-good input, 50 ms hold-up, no FRAM
+        return json.load(f)
+
+
+def _gasp_cut(dip_ms=None, cut_ms=140500):
+    """Charge at 7.36 kW; the supply fails at cut_ms (power-good falls), the board dies hold_up_ms
+    later with the meter chip (its unread counts gone). With dip_ms the supply first comes back after
+    the gasp and the session charges on for dip_ms before that cut, which comes without a gasp (a
+    kill). Returns (truth Wh, recovered record, last_gasp events)."""
+    h = _charge(_gasp_board(), cut_ms)
+    start = h.ctl.session.meter_start_wh
+    hold = h.board.hold_up_ms
+    h.world.supply = False
+    h.run(until_ms=cut_ms + hold)
+    if dip_ms is not None:
+        h.world.supply = True
+        h.run(until_ms=cut_ms + hold + dip_ms)
+    gasps = [e for e in h.log.events if e["ev"] == "last_gasp"]
+    truth = _truth_wh(h, start)
+    h.world.meter.flush()
+    h.world.meter.brownout()
+    return truth, _next_boot(h), gasps
+
+
+def test_after_a_last_gasp_checkpoint_the_declared_bound_is_the_hold_up_time():
+    truth, rec, gasps = _gasp_cut()
+    assert len(gasps) == 1 and gasps[0]["tx_id"] == 1
+    assert truth > 250                               # 138 s at 7.36 kW
+    assert 0 <= truth - rec["energy_wh"] < rec["uncertain_wh"] + 1
+    assert rec["uncertain_wh"] == 1                  # 7.36 kW for 50 ms = 0.1 Wh, rounded up (main: 306)
+
+
+def test_a_dip_that_recovered_leaves_no_gasp_claim_behind():
+    truth, rec, gasps = _gasp_cut(dip_ms=100000)     # 100 s more charging after the supply came back
+    assert len(gasps) == 1
+    lost = truth - rec["energy_wh"]
+    assert lost > 150                                # read since the plain checkpoint the dip's end wrote
+    assert lost < rec["uncertain_wh"] + 1 and rec["uncertain_wh"] >= 200  # 100 s at 7.36 kW since it
+
+
+def test_a_checkpoint_without_the_gasp_flag_keeps_the_flash_bound_on_a_power_good_board():
+    h = _charge(_gasp_board(), 140500)               # the supply never failed: periodic checkpoints only
+    start = h.ctl.session.meter_start_wh
+    truth = _truth_wh(h, start)
+    h.world.meter.flush()
+    h.world.meter.brownout()
+    rec = _next_boot(h)
+    assert rec["uncertain_wh"] > 250 and 0 <= truth - rec["energy_wh"] < rec["uncertain_wh"] + 1

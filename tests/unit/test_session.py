@@ -48,8 +48,8 @@ class Journal:
     def __init__(self):
         self.calls = []
 
-    def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None):
-        self.calls.append((tx_id, energy_wh, t, seq, rem, rec))
+    def checkpoint(self, tx_id, energy_wh, t, seq=0, rem=0, rec=None, gasp=False):
+        self.calls.append((tx_id, energy_wh, t, seq, rem, rec, gasp))
 
 
 def _session(started_at=iso(T0), start=T0):
@@ -74,7 +74,9 @@ def test_updated_and_checkpoint_count_from_the_start_register():
     assert rec["meter_start_wh"] == 1200   # docs/mqtt.md: every event carries it (the OCPP bridge needs it)
     j = Journal()
     s.checkpoint(j, 1900, 17, T0 + 300, rec)
-    assert j.calls == [(7, 1900, T0 + 300, 2, 17, rec)]   # the seq the next record will carry
+    s.checkpoint(j, 1950, 3, T0 + 310, gasp=True)
+    assert j.calls == [(7, 1900, T0 + 300, 2, 17, rec, False),    # the seq the next record will carry
+                       (7, 1950, T0 + 310, 2, 3, None, True)]     # the last gasp's
 
 
 def test_ended_record_prices_the_charging_periods_and_cross_checks_energy():
