@@ -2,7 +2,7 @@
 
     MICROPYPATH=.frozen:STAGE micropython tools/bench_boot.py --board B --config C --secrets S --scenario W --data D
 Boots main.py (found on MICROPYPATH) up to the loop and prints one JSON object: the live heap at
-that point (`live`), what the imports kept (`imports`; the simulator's: `sim_imports`) and what each part built at boot kept
+that point (`live`, without the interpreter's own and this tool's), what the imports kept (`imports`; the simulator's: `sim_imports`) and what each part built at boot kept
 (`parts`: bytes beyond the parts it built itself, GC-collected before and after; the simulated
 world is `World`). The loop does not run.
 """
@@ -49,24 +49,27 @@ def _wrap(mod, name):
 
 
 def main():
-    start = _live()
+    base = _live()
     for name in _BOOT:
         if not name.startswith("hal.sim"):
             __import__(name)
-    imports = _live() - start
-    start = _live()
+    imports = _live() - base
+    a0 = _live()
     __import__("hal.sim.world")
     __import__("hal.sim.machine")
-    sim_imports = _live() - start
+    sim_imports = _live() - a0
+    before = _live()
     for name, attrs in _BOOT.items():
         mod = sys.modules[name]
         for a in attrs:
             _wrap(mod, a)
+    _parts["(measuring)"] = 0
+    overhead = _live() - before + base   # the interpreter, this tool and its wrappers
     ctl = sys.modules["firmware.controller"].Controller
     real_run = ctl.run
 
     def report(self, stop):
-        print(json.dumps({"live": _live(), "imports": imports, "sim_imports": sim_imports, "parts": _parts}))
+        print(json.dumps({"live": _live() - overhead, "imports": imports, "sim_imports": sim_imports, "parts": _parts}))
 
     ctl.run = report
     try:
