@@ -232,13 +232,6 @@ def budget_rows():
     print("live heap after boot, frozen 32-bit, by part (bytes; `imports`: every module's objects):")
     for part, n in split["parts"][:12]:
         print("  %-28s %6d" % (part, n))
-    fw = linked["firmware"] if linked else split["firmware"]
-    rows = [("firmware's live heap after boot, frozen, 32-bit float32, MQTT link + TLS context built "
-             "(simulator apart: its modules, world and scenario)",
-             "%s (%s without the link; simulator %s)%s" % (
-                 _kb(fw), _kb(split["firmware"]), _kb(split["simulator"]),
-                 "" if linked else " — no openssl: measured without TLS"),
-             "≤ %d KB" % BUDGET_KB, fw <= BUDGET_KB * 1024)]
     roomy = run_frozen(MP32_FROZEN, "long_day.json", "512K")
     limit_s = SLOWDOWN * roomy[2]
     small = _runs(MP32_FROZEN, "long_day.json", SMALL_HEAP_KB, limit_s)
@@ -250,6 +243,15 @@ def budget_rows():
     if not tries:
         kb = None
     boot, halt, _ = small or roomy
+    # the boot event's own figure (no measuring wrappers), the simulator's share taken off; the
+    # link and its TLS context as bench_boot.py measured them
+    alone = boot["heap"] - split["simulator"]
+    fw = alone + (linked["firmware"] - split["firmware"] if linked else 0)
+    rows = [("firmware's live heap after boot, frozen, 32-bit float32, MQTT link + TLS context built "
+             "(simulator apart: its modules, world and scenario)",
+             "%s (%s without the link; simulator %s)%s" % (
+                 _kb(fw), _kb(alone), _kb(split["simulator"]), "" if linked else " — no openssl: measured without TLS"),
+             "≤ %d KB" % BUDGET_KB, fw <= BUDGET_KB * 1024)]
     spare = SMALL_HEAP_KB * 1024 - halt["heap_peak"]
     rows.append(("peak live heap, long day (8.5 virtual h, 7 sessions), frozen, 32-bit float32: "
                  "firmware + simulator, without the link",
