@@ -126,7 +126,7 @@ def board_rows():
         ("power_good.active", (0, 1), 1),
         ("power_good.hold_up_ms", int, 20, 1, 1000),
         ("sampling.rate_hz", int, 10, 1, 50),
-        ("sampling.ring_samples", int, 256, 16, 4096),
+        ("sampling.ring_samples", int, 64, 16, 4096),
         ("metering.crosscheck_pct", int, 3, 1, 50),
         ("metering.crosscheck_min_wh", int, 20, 1, 1000),
         ("metering.profile_bucket_s", int, 300, 10, 3600),
@@ -314,6 +314,9 @@ def board_settings(cfg):
     for key in ("pilot.pwm", "pilot.adc", "pilot.cal") if sense == "pilot" else ("plug.pin",) if sense == "pin" else ():
         if v[key] is None:
             raise ValueError("config: %s is missing (ev_sense is %r)" % (key, sense))
+    if v["safety.forensics_samples"] > v["sampling.ring_samples"]:   # the ring holds only what a fault report reads
+        raise ValueError("config: safety.forensics_samples (%d) is more than sampling.ring_samples (%d)"
+                         % (v["safety.forensics_samples"], v["sampling.ring_samples"]))
     return records(v, OPTIONAL)
 
 

@@ -23,7 +23,6 @@ import os
 
 from micropython import const
 
-from firmware.link.bundle import Reader
 from firmware.core.rsa import verify
 from firmware.core.timefmt import iso, parse_iso
 from firmware.core.timesync import synced
@@ -416,6 +415,7 @@ class Updater:
         self._check_fresh(m)
         if len(sig) != self.key.k:
             raise ValueError("sig must be %d hex digits for this RSA-%d key" % (2 * self.key.k, 8 * self.key.k))
+        load_reader()   # short of heap here: MemoryError, answered busy, nothing changed
         now = self.clock.ticks_ms()
         if self._checked is not None and self.clock.ticks_diff(now, self._checked) < _CHECK_GAP_MS:
             raise ValueError("another update signature was checked less than %d ms ago: send the command again"
@@ -631,7 +631,7 @@ class Updater:
             return self._fail(job, "the server sends %d bytes, the command says %d" % (length, job.size))
         job.hash = hashlib.sha256()
         job.writer = _SlotWriter(self.slot_dir(job.target), self._open)
-        job.reader = Reader(job.writer, self.max_size)
+        job.reader = load_reader()(job.writer, self.max_size)
         ensure_dir(self.slot_dir(job.target))   # a failure shows when the first file is opened
         self._buf = bytearray(self.chunk)
         job.phase = _DOWNLOAD
@@ -712,6 +712,13 @@ class Updater:
         self._final = ({"id": job.id, "cmd": "update", "status": "rejected", "reason": reason}, False)
         self._final_at = None
         self._event("rejected", version=job.version, reason=reason)
+
+
+def load_reader():
+    """The bundle reader, loaded by the first update (its module is no boot-time heap)."""
+    from firmware.link.bundle import Reader
+
+    return Reader
 
 
 def from_settings(ota, clock, on_status=None, root="", log=None):

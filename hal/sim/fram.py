@@ -15,10 +15,13 @@ Fault injection:
 """
 
 
+_PAGE = 64   # the image is kept in pages of this many bytes, only those ever written (a new part reads 0)
+
+
 class SimFRAM:
     def __init__(self, size=32768, path=None):
         self.size = size
-        self.image = bytearray(size)
+        self._pages = {}         # page number -> bytearray(_PAGE): a 32 KB part costs the heap what it holds
         self.silent = False
         self.tear_after = None
         self.writes = 0          # data bytes stored since creation (wear is no concern for FRAM)
@@ -26,17 +29,26 @@ class SimFRAM:
         if path is not None:
             try:
                 f = open(path, "r+b")
-                data = f.read()
-                self.image[:min(size, len(data))] = data[:size]
+                buf = bytearray(_PAGE)
+                for n in range(size // _PAGE):
+                    if not f.readinto(buf):
+                        break
+                    if any(buf):
+                        self._pages[n] = bytearray(buf)
             except OSError:
                 f = open(path, "w+b")
-            f.seek(0)
-            f.write(self.image)
-            f.flush()
             self._file = f
         self._ptr = 0
         self._addr_bytes = 0     # memory-address bytes received in this transfer (2 before data)
         self._lo = self._hi = 0  # bytes changed in this transfer, written to the file at stop()
+
+    def peek(self, addr, n):
+        """The n bytes stored from addr (tests look at the cells as the chip holds them)."""
+        return bytes(self._byte(a) for a in range(addr, addr + n))
+
+    def _byte(self, p):
+        page = self._pages.get(p // _PAGE)
+        return page[p % _PAGE] if page is not None else 0
 
     # --- I2C (hal/sim/machine.py _I2CBus) -------------------------------------------------
 
@@ -60,7 +72,10 @@ class SimFRAM:
                 return True   # the supply is gone: the byte never reaches the cells
             self.tear_after -= 1
         p = self._ptr
-        self.image[p] = b
+        page = self._pages.get(p // _PAGE)
+        if page is None:
+            page = self._pages[p // _PAGE] = bytearray(_PAGE)
+        page[p % _PAGE] = b
         self.writes += 1
         self._ptr = (p + 1) % self.size
         if self._hi == p:
@@ -72,12 +87,12 @@ class SimFRAM:
     def read(self):
         p = self._ptr
         self._ptr = (p + 1) % self.size
-        return self.image[p]
+        return self._byte(p)
 
     def stop(self):
         f = self._file
         if f is not None and self._hi > self._lo:
             f.seek(self._lo)
-            f.write(self.image[self._lo:self._hi])
+            f.write(self.peek(self._lo, self._hi - self._lo))
             f.flush()
         self._lo = self._hi = 0

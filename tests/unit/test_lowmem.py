@@ -66,6 +66,30 @@ def test_a_command_short_of_memory_is_answered_busy_and_runs_when_sent_again():
     assert abs(h.sessions()[-1]["energy_wh"] - 230 * 10 * 37 // 3600) <= 2
 
 
+def test_an_update_whose_lazy_module_finds_no_heap_is_answered_busy_and_the_charge_goes_on():
+    """The OTA bundle reader loads with the first update (firmware/link/ota.py load_reader)."""
+    import sys
+
+    from test_ota import Acks, Server, _ShortFor, _clock, _cmd, _files, _tmp, _updater, ok
+    from firmware.link.bundle import pack
+
+    h = Harness(CARDS, ["alice"], PLUGGED + [{"t": 40000, "tap": "alice"}], 45000)
+    blob = pack(_files("2.0.0"))
+    up = _updater(_tmp(), _clock(), Acks(), Server(ok(blob)))
+    h.ctl.commands.routes["update"] = up.start   # what Handlers.update calls
+    h.run(until_ms=10000)
+    sys.modules.pop("firmware.link.bundle", None)
+    h.inject("cmd/update", _cmd(blob, cid="u-1"))
+    with _ShortFor("firmware.link.bundle"):
+        h.run(until_ms=20000)
+    h.inject("cmd/update", _cmd(blob, cid="u-2"))
+    h.run()
+    assert [(a["id"], a["status"], a.get("reason")) for a in h.acks()] == [("u-1", "rejected", BUSY),
+                                                                            ("u-2", "accepted", None)]
+    assert _opened(h)[:-1] == [] and not h.ctl.faults.active
+    assert abs(h.sessions()[-1]["energy_wh"] - 230 * 10 * 37 // 3600) <= 2
+
+
 def test_a_session_close_short_of_memory_finishes_at_the_next_step_with_one_record():
     h = Harness(CARDS, ["alice"], PLUGGED + [{"t": 30000, "plug": False}], 40000)
     squeeze = h.journal.session_ended = Squeeze(h.journal.session_ended, 3)

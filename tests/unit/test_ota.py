@@ -909,3 +909,42 @@ def test_the_bundle_is_never_held_in_ram():
         assert peak < 8192, peak   # one 1 KB chunk and small state, never the 130 KB bundle
     finally:
         _rmtree(root)
+
+
+class _ShortFor:
+    """builtins.__import__ that runs out of heap loading one module (a lazy import on a full heap)."""
+
+    def __init__(self, name):
+        import builtins
+
+        self.builtins = builtins
+        self.name = name
+        self.real = builtins.__import__
+
+    def __enter__(self):
+        self.builtins.__import__ = self
+
+    def __exit__(self, *exc):
+        self.builtins.__import__ = self.real
+
+    def __call__(self, name, *args):
+        if name == self.name:
+            raise MemoryError("memory allocation failed")
+        return self.real(name, *args)
+
+
+def test_the_bundle_reader_is_loaded_by_the_first_update_and_a_heap_too_short_for_it_changes_nothing():
+    from firmware.link import ota
+
+    assert not hasattr(ota, "Reader")   # no boot-time import: its module costs heap only once an update comes
+    sys.modules.pop("firmware.link.bundle", None)
+    root, clock, acks = _tmp(), _clock(), Acks()
+    blob = pack(_files("2.0.0"))
+    up = _updater(root, clock, acks, Server(ok(blob)))
+    with _ShortFor("firmware.link.bundle"):
+        raises(MemoryError, up.start, _cmd(blob))   # the command handler answers busy (test_lowmem.py)
+    assert not up.working and not acks.got and "firmware.link.bundle" not in sys.modules
+    up.start(_cmd(blob))   # sent again: no "signature checked a second ago", the reader loads
+    assert "firmware.link.bundle" in sys.modules
+    _run(up, clock)
+    assert up.switch() == "install", acks.got

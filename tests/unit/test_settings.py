@@ -216,6 +216,16 @@ def test_meter_keys_are_checked_at_boot_with_their_names():
     assert "limits.nominal_v" in str(raises(ValueError, board, limits={"max_current_a": 32, "nominal_v": 1000}))
 
 
+def test_the_sample_ring_holds_what_a_fault_report_reads_and_no_more_by_default():
+    """26 bytes of heap a row: the default ring is the forensics window's size class, not 256 rows."""
+    cfg = board_config()
+    cfg.get("sampling", {}).pop("ring_samples", None)
+    assert board_settings(cfg).sampling.ring_samples == 64
+    e = raises(ValueError, board, sampling={"rate_hz": 10, "ring_samples": 32}, safety={"forensics_samples": 50})
+    assert str(e) == "config: safety.forensics_samples (50) is more than sampling.ring_samples (32)"
+    assert board(sampling={"rate_hz": 10, "ring_samples": 50}, safety={"forensics_samples": 50}) is not None
+
+
 def test_required_keys_and_sections():
     cfg = board_config()
     del cfg["ev_sense"]
