@@ -134,7 +134,7 @@ class Status:
         u, i = m.latest()
         wh = m.register_wh()
         self.sync.publish_now("meter", json.dumps({
-            "ts": iso(self.clock.time()), "tx_id": s.tx_id, "register_wh": wh,
+            "ts": iso(self.clock.time()), "ep": self.sync.ep, "tx_id": s.tx_id, "register_wh": wh,
             "energy_wh": s.energy_wh(wh), "v_cv": u, "i_ma": i, "p_w": m.p_w,
             "offered_a": self.ev.offered_a, "aligned": aligned}))
 

@@ -12,6 +12,7 @@ class Sync:
         self.connector = []
         self.published = []
         self.stats = None
+        self.ep = 7   # the data epoch the controller gives the link
 
     def set_connector(self, status, error=None):
         self.connector.append((status, error))
@@ -116,6 +117,7 @@ def test_meter_values_periodic_and_clock_aligned_only_during_a_session():
     st.report_meter(clock.ticks_ms(), Session())
     suffix, v = sync.published[-1]
     assert suffix == "meter" and v["tx_id"] == 3 and v["energy_wh"] == 500 and v["register_wh"] == 1500
+    assert v["ep"] == 7   # the backend files meter values under the life they belong to
     assert v["v_cv"] == [23000, 0, 0] and v["i_ma"][0] == 16000 and v["offered_a"] == 16 and not v["aligned"]
     n = len(sync.published)
     while len(sync.published) == n or not sync.published[-1][1]["aligned"]:
