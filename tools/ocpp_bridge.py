@@ -190,10 +190,11 @@ class Station(ChargePoint):
 
     @on(Action.remote_stop_transaction)
     async def on_remote_stop(self, transaction_id):
-        tx = self.link.bridge.tx_of(self.link.device, transaction_id)
-        if tx is None:
+        found = self.link.bridge.tx_of(self.link.device, transaction_id)
+        if found is None:
             return call_result.RemoteStopTransaction(status="Rejected")
-        ack = await self.link.command("remote_stop", {"tx_id": tx})
+        ep, tx = found   # the charger refuses a stop meant for an earlier life's tx with the same number
+        ack = await self.link.command("remote_stop", {"tx_id": tx, "ep": ep})
         return call_result.RemoteStopTransaction(status=_accepted(ack))
 
     @on(Action.change_availability)
@@ -578,7 +579,7 @@ class Link:
         if status != "Accepted" and rec["event"] == "started":   # StopTransactionOnInvalidId: stop it if it runs
             self.say("tx %d: the CSMS answered StartTransaction with %s: asking the charger to stop it"
                      % (rec["tx_id"], status))
-            self.bridge.spawn(self.command("remote_stop", {"tx_id": rec["tx_id"]}))
+            self.bridge.spawn(self.command("remote_stop", {"tx_id": rec["tx_id"], "ep": ep_of(rec)}))
         return res.transaction_id
 
     async def _stop(self, cp, rec, tid):
@@ -790,9 +791,10 @@ class Bridge:
         return tuple(row) if row else None
 
     def tx_of(self, device, transaction_id):
-        row = self.db.execute("SELECT tx_id FROM txmap WHERE device = ? AND transaction_id = ? AND stopped = 0 "
+        """(data epoch, tx_id) of a running transaction the CSMS numbered, None if there is none."""
+        row = self.db.execute("SELECT ep, tx_id FROM txmap WHERE device = ? AND transaction_id = ? AND stopped = 0 "
                               "ORDER BY rowid DESC LIMIT 1", (device, transaction_id)).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
     def set_profile(self, device, profile_id, kind, level):
         with self.db:

@@ -59,6 +59,10 @@ class Handlers:
         self.ctl.remote_start(p)
 
     def remote_stop(self, p):
+        """A stop may name the data epoch of its tx_id: one meant for an earlier life is refused."""
+        ep = p.get("ep", self.journal.ep)
+        if ep != self.journal.ep or isinstance(ep, bool):
+            raise ValueError("ep %r is not this charger's data epoch (%r)" % (ep, self.journal.ep))
         return {"tx_id": self.ctl.remote_stop(p.get("tx_id"))}
 
     def list_update(self, p):

@@ -136,3 +136,23 @@ def test_a_tariff_that_cannot_be_saved_or_a_bad_tariff_file_never_stops_the_char
                                                               ("rejected", "payload: number longer than 32 characters")]
     assert "internal" not in h.ctl.faults.active and h.events("fault") == []
     assert [r["event"] for r in h.sessions()] == ["started", "ended"]   # taps still work
+
+
+def test_a_remote_stop_for_an_earlier_life_of_the_charger_stops_nothing():
+    """After state.json and the journal were lost, tx ids start again in a new data epoch: a stop
+    the OCPP bridge meant for the old life's tx 1 must not stop the new life's tx 1."""
+    h = Harness(CARDS, ["alice"], [{"t": 1000, "plug": True}, {"t": 2000, "tap": "alice"},
+                                   {"t": 3000, "ev_current_a": 16}], 30000)
+    h.run(until_ms=10000)
+    ep, tx = h.ctl.stamp.ep, h.ctl.session.tx_id
+    cmd(h, "remote_stop", id="rs-1", tx_id=tx, ep=ep + 1)
+    cmd(h, "remote_stop", id="rs-2", tx_id=tx, ep=True)
+    h.run(until_ms=15000)
+    old, flag = h.acks()[-2:]
+    assert (old["id"], old["status"]) == ("rs-1", "rejected") and "data epoch" in old["reason"]
+    assert (flag["id"], flag["status"]) == ("rs-2", "rejected")
+    assert h.ctl.session is not None and h.ctl.session.tx_id == tx   # still charging
+    cmd(h, "remote_stop", id="rs-3", tx_id=tx, ep=ep)
+    h.run(until_ms=30000)
+    assert (h.acks()[-1]["id"], h.acks()[-1]["status"]) == ("rs-3", "accepted")
+    assert h.ctl.session is None and h.sessions()[-1]["event"] == "ended"
