@@ -580,7 +580,7 @@ def run(seed=7, sessions=16, kills=110, keep=None, out=None, ack_delay_s=0.02, m
             "virtual_hours": round(sc["end"] / 3600, 2), "wall_s": round(wall, 1), "board": board})
         if backend.counts["errors"]:
             problems.append("the backend had %d store errors" % backend.counts["errors"])
-        if len(killer.kills) < min(kills - kills // 10, 100):   # the last planned ones may find the run over
+        if len(killer.kills) < min(kills // 2, 100):   # the pace is wall time: a loaded machine lands fewer
             problems.append("only %d kills landed (wanted %d)" % (len(killer.kills), kills))
         return figures, problems
     finally:
