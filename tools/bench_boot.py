@@ -2,9 +2,10 @@
 
     MICROPYPATH=.frozen:STAGE micropython tools/bench_boot.py --board B --config C --secrets S --scenario W --data D
 Boots main.py (found on MICROPYPATH) up to the loop and prints one JSON object: the live heap at
-that point (`live`, without the interpreter's own and this tool's), what the imports kept (`imports`; the simulator's: `sim_imports`) and what each part built at boot kept
-(`parts`: bytes beyond the parts it built itself, GC-collected before and after; the simulated
-world is `World`). The loop does not run.
+that point (`live`, without the interpreter's own and this tool's), what the imports kept
+(`imports`; the simulator's: `sim_imports`) and what each part built at boot kept (`parts`:
+bytes beyond the parts it built itself, GC-collected before and after, a file read by `load`
+while its result was alive; the simulated world is `World`). The loop does not run.
 """
 import gc
 import json

@@ -620,6 +620,7 @@ class Updater:
                 self._fail(self._job, "cannot clear slot %s: %s" % (self._job.target, _describe(e)))
 
     def _connect(self, job, now):
+        reader = load_reader()   # loaded by start(); short of heap here, the step waits for the next tick
         try:
             status, length, stream = self._opener(job.url, self.timeout_ms)
         except Exception as e:  # urequests reports bad answers with ValueError/IndexError too
@@ -631,7 +632,7 @@ class Updater:
             return self._fail(job, "the server sends %d bytes, the command says %d" % (length, job.size))
         job.hash = hashlib.sha256()
         job.writer = _SlotWriter(self.slot_dir(job.target), self._open)
-        job.reader = load_reader()(job.writer, self.max_size)
+        job.reader = reader(job.writer, self.max_size)
         ensure_dir(self.slot_dir(job.target))   # a failure shows when the first file is opened
         self._buf = bytearray(self.chunk)
         job.phase = _DOWNLOAD
