@@ -27,6 +27,7 @@ from firmware.core.timesync import synced
 from firmware.controller import Controller
 from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import Journal
+from firmware.storage.reserve import Reserve
 from firmware.core.log import Log, print_exception
 from firmware.ops.console import Console
 from firmware.storage.outbox import Outbox
@@ -114,12 +115,14 @@ def main(argv, platform):
         except OSError as e:   # a full flash: the stored list stays; the next boot tries again
             log.event("storage", file="local_list", state="error", error=e.args[0] if e.args else -1)
     outbox = Outbox(settings.outbox_size, records, clock)
+    reserve = Reserve(data + "/reserve")   # flash a full partition still gives a session's records
     journal = Journal(records, outbox, every_wh=settings.journal.every_wh, every_s=settings.journal.every_s,
-                      min_s=settings.journal.min_s)
+                      min_s=settings.journal.min_s, reserve=reserve)
     records.attach(journal, outbox)   # compaction asks both what is live; a refused write asks the outbox to shed
     boot = journal.recover()
-    state = State(data + "/state.json")
+    state = State(data + "/state.json", reserve)
     troubles = storage_troubles(state, boot, journal, clock.time())
+    reserve.ensure()   # none on a full flash: Health reports it and makes it once there is room
     link = None
     mq = settings.mqtt
     if mq.host:

@@ -103,8 +103,10 @@ class Controller:
                                    self.contactor, settings.forensics_samples)
         self.status = Status(settings, clock, sync, log, self.feedback, self.faults, self.ev, self.contactor,
                              self.metering, self.revenue, journal)
-        self.health = Health(log, self._notice, (("state", state), ("journal", journal), ("revenue", self.revenue),
-                                                 ("tariff", self.tariffs)))
+        parts = (("state", state), ("journal", journal), ("revenue", self.revenue), ("tariff", self.tariffs))
+        if journal.reserve is not None:
+            parts += (("reserve", journal.reserve),)
+        self.health = Health(log, self._notice, parts)
         self.limits.load(data_dir + "/profiles.json")
         self.admin = OcppCommands(self, auth, settings, self.status, data_dir + "/ocpp.json", log)
         for what in (self.limits, self.admin):

@@ -82,7 +82,7 @@ def _u32(name, v):
 
 
 class Journal:
-    def __init__(self, log, outbox, every_wh=250, every_s=300, min_s=150):
+    def __init__(self, log, outbox, every_wh=250, every_s=300, min_s=150, reserve=None):
         if every_wh < 1 or not 1 <= min_s <= every_s:
             raise ValueError("journal: need every_wh >= 1 and 1 <= min_s <= every_s")
         self.log = log
@@ -90,6 +90,7 @@ class Journal:
         self.every_wh = every_wh
         self.every_s = every_s
         self.min_s = min_s
+        self.reserve = reserve   # flash kept back for START and END records (storage/reserve.py)
         self.boot = 0
         self.ep = None   # the data epoch the latest BOOT record names (app.py sets it: set_epoch)
         self._open = None
@@ -308,7 +309,12 @@ class Journal:
             rtype = base
             b = log.begin()
         b.write(data)
+        end = b.tell()
         loc = log.finish(rtype, seq, tier)
+        if loc is None and base != CHECKPOINT and log.error and self.reserve is not None \
+                and self.reserve.release():   # a session's start or end: the room kept for it
+            b.seek(end)   # finish() left the stream at its header
+            loc = log.finish(rtype, seq, tier)
         if queued:  # an end that found no room is written with its message once there is room
             ram = None
             if loc is None:   # flash refused it: the payload waits in RAM (rare: copy it out)

@@ -2,7 +2,7 @@
 state.json take when the flash is full, so a power cut then neither loses a bill held only in RAM
 nor lets the next boot reuse its tx id. Droppable writes never get it; it comes back once there is room.
 
-    reserve = Reserve("data/reserve"); reserve.ensure()      # at boot; tick() every second after
+    reserve = Reserve("data/reserve"); reserve.ensure()   # at boot; Health retries it (storage/health.py)
     ...a session record or state.json refused with ENOSPC: if reserve.release(): write again
 """
 import os
@@ -12,6 +12,7 @@ from micropython import const
 SIZE = const(8192)        # two littlefs blocks: about ten sessions' START and END records and state saves
 _CHUNK = const(512)
 _RETRY_S = const(60)      # while it is gone, try to make it again once a minute
+_ENOSPC = const(28)
 _ZEROS = bytes(_CHUNK)
 
 
@@ -21,6 +22,7 @@ class Reserve:
         self.size = size
         self.held = False      # the file is on flash, whole
         self.released = 0      # times a full flash took it
+        self.error = 0         # ENOSPC while it is not held (reported like a writer's: storage/health.py)
         self._wait = 0
 
     def ensure(self):
@@ -28,24 +30,26 @@ class Reserve:
         if self.held:
             return True
         try:
-            if os.stat(self.path)[6] == self.size:
-                self.held = True
-                return True
+            size = os.stat(self.path)[6]
         except OSError:
-            pass
-        try:
-            with open(self.path, "wb") as f:
-                for _ in range(self.size // _CHUNK):
-                    f.write(_ZEROS)
+            size = -1
+        if size == self.size:
             self.held = True
-        except OSError:
-            self._remove()
+        elif size >= 0:
+            self._remove()   # a half-made one (a cut while making it)
+        if not self.held and self._room():
+            try:
+                with open(self.path, "wb") as f:
+                    for _ in range(self.size // _CHUNK):
+                        f.write(_ZEROS)
+                self.held = True
+            except OSError:
+                self._remove()
+        self.error = 0 if self.held else _ENOSPC
         return self.held
 
-    def tick(self):
-        """Once a second: after a release, make it again when the flash has room (once a minute)."""
-        if self.held:
-            return
+    def retry(self):
+        """Called every second while it is not held: make it again when there is room, once a minute."""
         self._wait -= 1
         if self._wait <= 0:
             self._wait = _RETRY_S
@@ -57,8 +61,19 @@ class Reserve:
             return False
         self.held = False
         self.released += 1
+        self.error = _ENOSPC
         self._wait = _RETRY_S
         return self._remove()
+
+    def _room(self):
+        """Twice its size free, where the file system says (it must not take the last free blocks)."""
+        try:
+            st = os.statvfs(self.path.rsplit("/", 1)[0] or "/")
+        except (OSError, AttributeError):
+            return True   # no statvfs here: try, and remove what a full flash leaves half made
+        if st[4] >= 0x80000000:   # littlefs counts below zero (as unsigned) when it is over-full
+            return False
+        return st[0] * st[4] >= 2 * self.size
 
     def _remove(self):
         try:

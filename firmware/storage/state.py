@@ -58,8 +58,9 @@ def errno_of(e):
 
 
 class State:
-    def __init__(self, path):
+    def __init__(self, path, reserve=None):
         self.path = path
+        self.reserve = reserve   # flash kept back for the counters (storage/reserve.py)
         self.values = {"tx": 0, "fb": 0, "fault": 0, "meter_wh": 0, "meter_rem": 0, "cycles": 0, "faults": None,
                        "chain_prev": "0" * 64, "chain_n": 0, "jseq": 0, "cmd_ctr": 0, "ep": 0}
         self.seq_of = None   # the journal's next sequence number (app.py): saved as jseq, so a boot
@@ -105,8 +106,14 @@ class State:
         """Write every value; False if flash refused (kept in RAM for retry(), never raises)."""
         if self.seq_of is not None:
             self.values["jseq"] = self.seq_of()
+        text = json.dumps(self.values)
         try:
-            write_atomic(self.path, json.dumps(self.values))
+            try:
+                write_atomic(self.path, text)
+            except OSError:   # the flash is full (littlefs may say so by another errno than ENOSPC):
+                if self.reserve is None or not self.reserve.release():   # the next tx id not in RAM only
+                    raise
+                write_atomic(self.path, text)
         except OSError as e:
             self.error = errno_of(e)
             self.dirty = True

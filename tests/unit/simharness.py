@@ -14,6 +14,7 @@ from firmware.app import storage_troubles
 from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.controller import Controller
 from firmware.storage.journal import Journal
+from firmware.storage.reserve import Reserve
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
 from firmware.auth.pseudonym import pseudonym
@@ -98,15 +99,17 @@ class Harness:
         self.acking = True         # a healthy backend acknowledges every message it receives
         self.records = RecordLog(data + "/journal")     # wired as firmware/app.py wires them
         self.outbox = Outbox(self.settings.outbox_size, self.records, self.clock)
-        self.journal = Journal(self.records, self.outbox)
+        self.reserve = Reserve(data + "/reserve")
+        self.journal = Journal(self.records, self.outbox, reserve=self.reserve)
         self.records.attach(self.journal, self.outbox)
         self.boot = self.journal.recover()
         self.sync = Sync(self.link, self.clock, self.log, self.outbox, "cp/v1/cp-test/")
         self.auth = auth_from_settings(self.settings.auth, self.clock, self.settings.keys, data)
         if dev["local_list"]["version"] > self.auth.local_list.version:   # as firmware/app.py provisions
             self.auth.local_list.update(dict(dev["local_list"], type="full"))
-        state = State(data + "/state.json")
+        state = State(data + "/state.json", self.reserve)
         self.troubles = storage_troubles(state, self.boot, self.journal, self.clock.time())
+        self.reserve.ensure()
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
                               self.auth, self.journal, data)
         if self.troubles:
