@@ -115,11 +115,16 @@ def test_unknown_card_is_checked_online_then_refused(demo_run):
 
 
 def test_status_follows_the_connector_and_the_last_will_says_offline(demo_run):
-    _, _, watch, _ = demo_run
+    _, lines, watch, _ = demo_run
     status = [json.loads(p) for t, p, r in watch.messages if t.endswith("/status")]
     online = [s["connector"] for s in status if s["state"] == "online"]
+    shown = [line.split()[2] for line in lines if line.split()[1:2] == ["status"]]   # the firmware's own
     # Unavailable at boot until the pilot state is known (debounced), then Available
-    assert online[:3] == ["Unavailable", "Available", "Preparing"] and online[-1] == "Available"
+    assert shown[:3] == ["Unavailable", "Available", "Preparing"], shown
+    # the first online status is the connector's when the link came up: on a loaded machine the
+    # pilot may be known before the broker answered (virtual time runs on meanwhile)
+    assert online[:3] == shown[:3] or online[:2] == shown[1:3], online
+    assert online[-1] == "Available"
     assert "Charging" in online and "Finishing" in online
     assert status[-1] == {"state": "offline"}   # the process ended: the broker sent the Will
 

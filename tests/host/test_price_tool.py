@@ -179,7 +179,7 @@ for case in range(60):
     for s in range(10, 20000 + rnd(30000), 10):
         w = (0, 2300, 7400, 11000, 22000)[(s // (600 + rnd(3))) % 5]
         wh += w * 10 // 3600
-        pb.update(start + s, wh, w * 1000 // 690, w, w > 0)
+        pb.update(s, wh, w * 1000 // 690, w, w > 0)
     periods = pb.finish(start + s + rnd(3600), wh)
     c = t.price_cdr(periods, start, start + s + 3600, tz)
     parts = [str(c[k][m]) for k in ("energy", "time", "parking", "fixed")
