@@ -1,16 +1,7 @@
 """Charging periods cut from metering: boundaries in local time, exact energy, bounded flapping."""
 import gc
 
-try:
-    from micropython import heap_lock, heap_unlock
-except ImportError:  # CPython: no heap lock, the same calls run unlocked
-    def heap_lock():
-        pass
-
-    def heap_unlock():
-        pass
-
-from check import raises
+from check import heap_lock, heap_unlock, raises
 from firmware.billing.localtime import LocalTime
 from firmware.billing.periods import PeriodBuilder
 from firmware.billing.tariff import Tariff, periods_from_cdr

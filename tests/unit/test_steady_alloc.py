@@ -5,20 +5,12 @@ allocation) on the MicroPython interpreters; on CPython the same calls run unloc
 """
 import gc
 
+from check import heap_lock, heap_unlock
 from simharness import locked_passes, steady_charging
 from firmware.charging.limits import Limits
 from firmware.core.clock import BASE
 from firmware.safety.faults import Faults
 from hal.sim.clock import VirtualClock
-
-try:
-    from micropython import heap_lock, heap_unlock
-except ImportError:  # CPython: no heap lock, the same calls run unlocked
-    def heap_lock():
-        pass
-
-    def heap_unlock():
-        pass
 
 
 START = 1772438100   # 2026-03-02T07:55:00Z: Unix seconds above 2^30
