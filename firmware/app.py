@@ -64,6 +64,20 @@ def parse_args(argv):
     return args
 
 
+def provision_list(provisioned, local_list, log):
+    """Store a newer local list that came with the config (tools/provision.py); a function of its
+    own so the list leaves the heap once stored, not when the loop ends."""
+    if provisioned and provisioned.get("version", 0) > local_list.version:
+        update = dict(provisioned)
+        update["type"] = "full"
+        try:
+            local_list.update(update)
+        except ValueError as e:
+            raise ValueError("config: local_list.%s" % e)
+        except OSError as e:   # a full flash: the stored list stays; the next boot tries again
+            log.event("storage", file="local_list", state="error", error=e.args[0] if e.args else -1)
+
+
 def main(argv, platform):
     """Boot with `platform(hw, scenario)` -> (machine, clock, stop, console input) choosing the hardware."""
     args = parse_args(argv)
@@ -81,6 +95,7 @@ def main(argv, platform):
     except ValueError as e:
         log.event("config_error", error=str(e))
         raise
+    del device_cfg, secrets   # the raw files (a provisioned list with them) must not outlive the boot
     data = args["data"] or settings.data_dir
     ensure_dir(data)
     current.update(data=data)
@@ -104,16 +119,7 @@ def main(argv, platform):
         err = getattr(auth, what).load_error
         if err:
             log.event("storage", file=what, error=err)
-    provisioned = settings.local_list
-    if provisioned and provisioned.get("version", 0) > auth.local_list.version:
-        update = dict(provisioned)
-        update["type"] = "full"
-        try:
-            auth.local_list.update(update)  # a newer list came with the config (tools/provision.py)
-        except ValueError as e:
-            raise ValueError("config: local_list.%s" % e)
-        except OSError as e:   # a full flash: the stored list stays; the next boot tries again
-            log.event("storage", file="local_list", state="error", error=e.args[0] if e.args else -1)
+    provision_list(settings.take_local_list(), auth.local_list, log)
     outbox = Outbox(settings.outbox_size, records, clock)
     reserve = Reserve(data + "/reserve")   # flash a full partition still gives a session's records
     journal = Journal(records, outbox, every_wh=settings.journal.every_wh, every_s=settings.journal.every_s,

@@ -22,7 +22,6 @@ from firmware.auth.cardreader import COLLISION, CardReader
 from firmware.billing.revenue import Revenue
 from firmware.billing.signing import Chain
 from firmware.billing.tariffs import Tariffs
-from firmware.charging.evsense import CurrentSense, PilotSense, PinSense
 from firmware.charging.session import Session
 from firmware.core.schedule import Every
 from firmware.link.commands import Commands
@@ -57,9 +56,14 @@ except AttributeError:
 
 
 def _ev_sense(board, clock, settings, metering):
-    """How this board knows the EV: control pilot, plug contact, or the current drawn."""
+    """How this board knows the EV: control pilot, plug contact, or the current drawn (only that
+    kind's module is loaded)."""
     if board.ev_sense == "pilot":
+        from firmware.charging.evsense import PilotSense
+
         return PilotSense(board.pilot, clock, settings.pilot_debounce_ms)
+    from firmware.charging.nopilot import CurrentSense, PinSense
+
     if board.ev_sense == "pin":
         return PinSense(board.plug, board.plug_active, metering)
     return CurrentSense(metering)

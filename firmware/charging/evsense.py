@@ -1,18 +1,15 @@
-"""What the charger knows about the EV: plugged in, asking for power, how much it is offered.
+"""What the charger knows about the EV on a board with a control pilot (the common one).
 
-Three kinds of board, one interface for the controller:
-- `PilotSense`: IEC 61851-1 control pilot; plug and demand from the CP state, the offer by PWM,
-  EV-side errors (state E/F, missing diode) reported as `fault`.
-- `PinSense`: a plug-present contact (proximity); the EV is assumed to ask while plugged.
-- `CurrentSense`: neither; the cable is assumed present once a driver is authorized, and
-  demand is inferred from the current drawn (the board config says so: "ev_sense": "current").
+Three kinds of board, one interface for the controller (firmware/controller.py imports only the
+board's own, so the others take no heap):
+- `PilotSense` (here): IEC 61851-1 control pilot; plug and demand from the CP state, the offer by
+  PWM, EV-side errors (state E/F, missing diode) reported as `fault`.
+- `PinSense`, `CurrentSense` (firmware/charging/nopilot.py): a plug contact, or neither.
 
     ev = PilotSense(board.pilot, clock, debounce_ms=20)
     if ev.poll(): ...react to ev.state...;  ev.offer(16);  ev.plugged, ev.requesting, ev.fault
 """
 from firmware.charging.pilot import PilotMonitor, connector_status, duty_for_current
-
-_DEMAND_MA = 500   # CurrentSense: above this the EV is drawing
 
 
 class PilotSense:
@@ -61,63 +58,3 @@ class PilotSense:
 
     def status(self, session, contactor_closed, finished):
         return connector_status(self.monitor.state, session, self.offered_a > 0, contactor_closed, finished)
-
-
-class _NoPilot:
-    has_pilot = False
-    fault = None
-    state = None
-
-    def __init__(self):
-        self.offered_a = 0
-
-    def poll(self):
-        return False
-
-    def offer(self, amps):
-        self.offered_a = amps if amps >= 6 else 0
-
-    def status(self, session, contactor_closed, finished):
-        if session:
-            if not self.offered_a:
-                return "SuspendedEVSE"
-            return "Charging" if self.requesting and contactor_closed else "SuspendedEV"
-        if finished:
-            return "Finishing"
-        return "Preparing" if self.plugged else "Available"
-
-
-class PinSense(_NoPilot):
-    knows_plug = True
-
-    def __init__(self, pin, active, metering):
-        super().__init__()
-        self._pin = pin
-        self._active = active
-        self._metering = metering
-
-    @property
-    def plugged(self):
-        return self._pin() == self._active
-
-    @property
-    def requesting(self):
-        return self.plugged and self._metering.i_max_ma > _DEMAND_MA
-
-
-class CurrentSense(_NoPilot):
-    plugged = True  # unknown: assumed once someone is authorized
-    knows_plug = False
-
-    def __init__(self, metering):
-        super().__init__()
-        self._metering = metering
-
-    @property
-    def requesting(self):
-        return self._metering.i_max_ma > _DEMAND_MA
-
-    def status(self, session, contactor_closed, finished):
-        if not session and not finished:
-            return "Available"
-        return _NoPilot.status(self, session, contactor_closed, finished)

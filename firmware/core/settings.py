@@ -371,7 +371,7 @@ class Settings:
         self.keys = keys_from_config(secrets)
         self.device_key = parse_key(sec["device_key"], "secrets: device_key") if sec["device_key"] else None
         self.tariff = Tariff(d["tariff"])
-        self.local_list = d["local_list"]
+        self._local_list = d["local_list"]
         self.tz = LocalTime(d["site.utc_offset_min"], d["site.dst"])
         self.offpeak = [_window(w, i) for i, w in enumerate(d["site.offpeak"])]
         self._offpeak_at = None     # clock.seconds() of the minute offpeak_now() last worked out
@@ -414,6 +414,12 @@ class Settings:
         if key.startswith("auth."):
             return getattr(self.auth, key[5:])
         return getattr(self, key)
+
+    def take_local_list(self):
+        """The provisioned local list (config), handed over once at boot: kept, every card in it
+        would hold heap for as long as the charger runs."""
+        lst, self._local_list = self._local_list, None
+        return lst
 
     def change(self, key, value):
         """Set a CHANGEABLE key, checked with its own row (ValueError names the key); the new value."""

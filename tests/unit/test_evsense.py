@@ -1,6 +1,9 @@
 """EV sensing: pilot, plug contact or current; one interface (plugged, requesting, offer, status, fault)."""
-from firmware.charging.evsense import CurrentSense, PilotSense, PinSense
+from firmware.charging.evsense import PilotSense
+from firmware.charging.nopilot import CurrentSense, PinSense
 from firmware.charging.pilot import OFF, duty_for_current
+import sys
+
 from hal.sim.clock import VirtualClock
 
 _LEVELS = {"A": 12000, "B": 9000, "C": 6000, "D": 3000, "E": 0, "F": -12000}
@@ -110,3 +113,29 @@ def test_current_sense_assumes_the_cable_and_infers_demand():
     m.i_max_ma = 501
     assert ev.requesting and ev.status(True, True, False) == "Charging"
     assert ev.status(False, False, True) == "Finishing"
+
+
+class _Board:
+    def __init__(self, sense):
+        self.ev_sense = sense
+        self.pilot = Pilot()
+        self.plug = lambda: 0
+        self.plug_active = 1
+
+
+class _Settings:
+    pilot_debounce_ms = 20
+
+
+def test_a_pilot_board_loads_no_other_kind_of_sensing():
+    """Only the board's own kind of EV sensing takes heap (issue #16: module objects are RAM)."""
+    from firmware.controller import _ev_sense
+
+    saved = sys.modules.pop("firmware.charging.nopilot")
+    try:
+        ev = _ev_sense(_Board("pilot"), VirtualClock(), _Settings(), Metering())
+        assert isinstance(ev, PilotSense) and "firmware.charging.nopilot" not in sys.modules
+    finally:
+        sys.modules["firmware.charging.nopilot"] = saved
+    assert isinstance(_ev_sense(_Board("pin"), VirtualClock(), _Settings(), Metering()), PinSense)
+    assert isinstance(_ev_sense(_Board("current"), VirtualClock(), _Settings(), Metering()), CurrentSense)

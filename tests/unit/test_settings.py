@@ -121,7 +121,7 @@ def test_a_minimal_device_takes_every_default():
     assert (s.journal.every_wh, s.journal.min_s, s.journal.every_s) == (250, 150, 300)
     assert (s.ota.max_size, s.ota.max_boots, s.ota.trial_s, s.ota.key) == (1 << 20, 3, 600, None)
     assert (s.auth.LocalAuthorizeOffline, s.auth.timeout_s, s.auth.cache_entries) == (True, 3, 64)
-    assert (s.outbox_size, s.data_dir, s.device_key, s.local_list, s.offpeak) == (64, "data", None, None, [])
+    assert (s.outbox_size, s.data_dir, s.device_key, s.take_local_list(), s.offpeak) == (64, "data", None, None, [])
     assert (s.pilot_debounce_ms, s.pilot_poll_ms, s.soft_stop_ms, s.reader_poll_ms, s.sample_ms) == (20, 25, 5000, 200, 100)
     assert s.max_power_w == 16 * 230 * 1
 
