@@ -13,7 +13,6 @@ SIZE = const(8192)        # two littlefs blocks: about ten sessions' START and E
 _CHUNK = const(512)
 _RETRY_S = const(60)      # while it is gone, try to make it again once a minute
 _ENOSPC = const(28)
-_ZEROS = bytes(_CHUNK)
 
 
 class Reserve:
@@ -38,10 +37,11 @@ class Reserve:
         elif size >= 0:
             self._remove()   # a half-made one (a cut while making it)
         if not self.held and self._room():
+            zeros = bytes(_CHUNK)   # made here, not at import: the heap holds it only while writing
             try:
                 with open(self.path, "wb") as f:
                     for _ in range(self.size // _CHUNK):
-                        f.write(_ZEROS)
+                        f.write(zeros)
                 self.held = True
             except OSError:
                 self._remove()
