@@ -20,7 +20,7 @@ class Console:
         self._ready = getattr(self._poll, "ipoll", self._poll.poll)
 
     def waiting(self):
-        """Something was typed (never blocks, allocates nothing)."""
+        """Something to read: typed bytes, or the end of a terminal that is gone (never blocks)."""
         for _ in self._ready(0):
             return True
         return False
