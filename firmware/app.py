@@ -18,7 +18,7 @@ import sys
 
 from micropython import const
 
-from firmware.link import ota
+from firmware.link import otacore
 from firmware.auth.authorize import from_settings as auth_from_settings
 from firmware.billing.signing import record_hash
 from firmware.core.clock import VALID_AFTER, Clock
@@ -29,7 +29,6 @@ from firmware.storage.eventlog import EventLog
 from firmware.storage.journal import Journal
 from firmware.storage.reserve import Reserve
 from firmware.core.log import Log, print_exception
-from firmware.ops.console import Console
 from firmware.storage.outbox import Outbox
 from firmware.storage.recordlog import RecordLog
 from firmware.core.settings import Settings, board_settings
@@ -138,8 +137,8 @@ def main(argv, platform):
                     mq.password, tls=mq.tls)
         link.tls_context()   # a bad certificate is a config error now, not a failed connect later
     sync = Sync(link, clock, log, outbox, "cp/v1/%s/" % settings.device_id, settings.device_key, settings.device_id)
-    updater = ota.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
-                                on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
+    updater = otacore.from_settings(settings.ota, clock, log=log, root=data if hw.platform == "sim" else "/",
+                                    on_status=lambda ack: sync.publish_now("cmd_ack", json.dumps(ack), 1))
     ctl = Controller(settings, board, clock, log, sync, outbox, state, auth, journal, data, updater)
     if troubles:
         ctl.health.report(troubles)   # on the console and upstream (a `fault` notice)
@@ -152,9 +151,8 @@ def main(argv, platform):
     log.event("tariff", id=ctl.tariffs.current.id, version=ctl.tariffs.version, text=ctl.tariffs.price_text())
     ctl.recover(boot)
     try:
-        console = Console(port, clock)   # the technician's read-only commands, typed while charging
-        current["running"] = True
-        ctl.run(lambda: watch.tick() or console.tick() or stop())
+        current.update(running=True, console=None)
+        ctl.run(lambda: watch.tick() or console_step(port, clock) or stop())
     except KeyboardInterrupt:
         _stopped(ctl, board, data, "interrupted at the console")
         return
@@ -176,6 +174,23 @@ def main(argv, platform):
         if hasattr(machine, "reset"):
             machine.reset()
         sys.exit(4)   # the simulator: the runner starts the firmware again
+
+
+def console_step(port, clock):
+    """The loop's look at the console: the technician's read-only commands (firmware/ops/console.py)
+    load once something is typed, so a charger nobody types at keeps their heap. Short of heap to
+    load them, the bytes wait for a later pass."""
+    console = current.get("console")
+    try:
+        if console is None:
+            if port is None or not port.waiting():
+                return None
+            from firmware.ops.console import Console
+
+            console = current["console"] = Console(port, clock)
+        return console.tick()
+    except MemoryError:
+        return None
 
 
 class CrashWatch:

@@ -4,6 +4,7 @@ The UART driver keeps Ctrl-C for itself (KeyboardInterrupt, the explicit stop); 
 waits here until the loop asks for it.
 
     console = Console(); b = console.read_byte()   # an int, or None when nothing was typed
+    console.waiting()                              # a byte is there (the loop loads the console then)
 """
 import select
 import sys
@@ -17,6 +18,12 @@ class Console:
         self._poll.register(stream, select.POLLIN)
         # MicroPython's ipoll reuses its result: asking every 100 ms allocates nothing
         self._ready = getattr(self._poll, "ipoll", self._poll.poll)
+
+    def waiting(self):
+        """Something to read: typed bytes, or the end of a terminal that is gone (never blocks)."""
+        for _ in self._ready(0):
+            return True
+        return False
 
     def read_byte(self):
         """One byte typed, or None when none waits or the console is closed (never blocks)."""

@@ -13,8 +13,8 @@ import sys
 
 _BOOT = {"firmware.app": ("load", "board_settings", "Settings", "CrashWatch", "RecordLog", "EventLog", "Log", "Board",
                           "auth_from_settings", "Outbox", "Journal", "State", "storage_troubles", "Sync",
-                          "Controller", "Console"),
-         "firmware.link.ota": ("from_settings",),
+                          "Controller"),
+         "firmware.link.otacore": ("from_settings",),
          "firmware.link.mqtt": ("Link",),
          "firmware.controller": ("CardReader", "Feedback", "Metering", "_ev_sense", "Faults", "Stamp", "Tariffs",
                                  "Revenue", "Chain", "Safety", "Reactions", "Status", "Health", "OcppCommands",

@@ -304,6 +304,8 @@ def ota_settings(device, secrets):
         raise ValueError("config: ota.public_key: %s" % e)
     ota.device_id = one((("device_id", str, None),), device, "device_id")
     ota.old_hmac_key = one(secret_rows(), secrets, "update_key") is not None   # no longer accepted: logged
+    if ota.confirm_after_s >= ota.trial_s:   # checked at boot, though the Updater may load only with an update
+        raise ValueError("config: ota.confirm_after_s must be shorter than ota.trial_s")
     return ota
 
 

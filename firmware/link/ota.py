@@ -12,7 +12,7 @@ as it goes into `slots/a` or `slots/b` (never the running one); only a complete 
 matches is marked installable in `slots/state.json`, the file boot.py reads to pick the slot and
 count trial boots.
 
-    up = from_config(device_cfg, secrets, clock, on_status=publish_ack, root="/")
+    up = from_settings(settings.ota, clock, on_status=publish_ack, root="/")   # or otacore's, at boot
     up.start(cmd); up.tick(busy=session_running)              # cmd_update; every loop iteration
     if up.ready_to_switch() and idle: up.switch(); machine.reset()
 """
@@ -26,10 +26,10 @@ from micropython import const
 from firmware.core.rsa import verify
 from firmware.core.timefmt import iso, parse_iso
 from firmware.core.timesync import synced
+from firmware.link.otacore import SLOTS, slots_dir
 from firmware.storage.state import ensure_dir, write_atomic
 from firmware.version import VERSION
 
-SLOTS = ("a", "b")
 MANIFEST = "cp-update/2"  # first line of the signed bytes; /1 was the HMAC scheme, no longer accepted
 FLEET = "*"               # target: every charger holding the public key
 MAX_URL = 256
@@ -160,10 +160,6 @@ def load_seen(path):
         if isinstance(saved.get("ids"), list):
             seen["ids"] = [i for i in saved["ids"] if isinstance(i, str)][-_MAX_IDS:]
     return seen
-
-
-def _join(root, name):
-    return root.rstrip("/") + "/" + name if root else name
 
 
 def _is_dir(path):
@@ -338,8 +334,6 @@ class Updater:
     def __init__(self, key, clock, on_status=None, root="", log=None, device_id=None, base_version=None,
                  max_size=1 << 20, max_boots=3, trial_s=600, confirm_after_s=60, timeout_ms=2000, stall_s=30,
                  chunk=1024, open_file=open, opener=http_get):
-        if confirm_after_s >= trial_s:
-            raise ValueError("ota: confirm_after_s must be shorter than trial_s")
         self.key = key                    # rsa.PublicKey, or None: every update is refused
         self.device_id = device_id        # what a manifest's target must name (or the fleet)
         self.base_version = base_version  # the version running when no slot is active
@@ -355,7 +349,7 @@ class Updater:
         self.chunk = chunk
         self._open = open_file
         self._opener = opener
-        self.dir = _join(root, "slots")
+        self.dir = slots_dir(root)
         self.path = self.dir + "/state.json"
         self.st = load_state(self.path)
         self.seen_path = self.dir + "/seen.json"
@@ -723,10 +717,8 @@ def load_reader():
 
 
 def from_settings(ota, clock, on_status=None, root="", log=None):
-    """An Updater from the device's ota record (firmware/core/settings.py): public key, device id, limits."""
-    if log is not None and ota.old_hmac_key:
-        log.event("update", status="config", reason="secrets: update_key (HMAC) is no longer accepted: "
-                                                    "updates need ota.public_key")
+    """An Updater from the device's ota record (firmware/core/settings.py): public key, device id, limits.
+    The boot goes through firmware/link/otacore.py, which builds it only when there is work for it."""
     return Updater(ota.key, clock, on_status, root, log, device_id=ota.device_id, base_version=VERSION,
                    max_size=ota.max_size, max_boots=ota.max_boots, trial_s=ota.trial_s,
                    confirm_after_s=ota.confirm_after_s, timeout_ms=ota.timeout_ms, stall_s=ota.stall_s)

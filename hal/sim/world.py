@@ -100,6 +100,9 @@ class Typed:
         if len(self._buf) < 256:
             self._buf.append(b)
 
+    def waiting(self):
+        return bool(self._buf)
+
     def read_byte(self):
         if not self._buf:
             return None

@@ -20,6 +20,7 @@ from firmware.storage.recordlog import RecordLog
 from firmware.auth.pseudonym import pseudonym
 from firmware.core.settings import Settings, board_settings
 from firmware.storage.state import State, ensure_dir
+from firmware.link import otacore
 from firmware.link.seal import B2D, seal
 from firmware.link.sync import Sync
 from firmware.billing.tariff import flat
@@ -56,9 +57,10 @@ def entry(token, **fields):
 
 class Harness:
     def __init__(self, cards, allow, events, end_ms, board=None, device=None, start_utc=1772438100,
-                 entries=None, secrets=None, make_link=None, data=None):
+                 entries=None, secrets=None, make_link=None, data=None, updates=False):
         """make_link(clock): a real Link instead of the fake one; data: the data directory of an
-        earlier Harness (a reboot) or one on a filesystem of the test's own, default a fresh one."""
+        earlier Harness (a reboot) or one on a filesystem of the test's own, default a fresh one;
+        updates: over-the-air updates wired in (slots under data), as firmware/app.py wires them."""
         self.cards = dict((alias, bytes.fromhex(uid)) for alias, uid in cards.items())
         self.tokens = dict((alias, pseudonym(KEY, uid)) for alias, uid in self.cards.items())
         world_events = []
@@ -110,8 +112,12 @@ class Harness:
         state = State(data + "/state.json", self.reserve)
         self.troubles = storage_troubles(state, self.boot, self.journal, self.clock.time())
         self.reserve.ensure()
+        updater = None
+        if updates:
+            updater = otacore.from_settings(self.settings.ota, self.clock, log=self.log, root=data,
+                                            on_status=lambda ack: self.sync.publish_now("cmd_ack", json.dumps(ack), 1))
         self.ctl = Controller(self.settings, self.board, self.clock, self.log, self.sync, self.outbox, state,
-                              self.auth, self.journal, data)
+                              self.auth, self.journal, data, updater)
         if self.troubles:
             self.ctl.health.report(self.troubles)
 

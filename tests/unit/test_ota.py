@@ -17,6 +17,7 @@ from check import raises
 from firmware.core.timefmt import iso
 from firmware.link.bundle import pack
 from configs import settings
+from firmware.link import otacore
 from firmware.link.ota import Manifest, Updater, check_command, from_settings, load_state, version_key
 from hal.sim.clock import VirtualClock
 from testkeys import KEY_A, KEY_B, KEY_C, sign
@@ -865,7 +866,7 @@ def test_from_settings_reads_the_ota_section_and_the_key():
                                    ({"ota": {"public_key": "xy" * 256}}, {}, "ota.public_key: public key must be hex"),
                                    ({"ota": {"public_key": 5}}, {}, "ota.public_key must be a str"),
                                    ({"ota": {"max_boots": 0}}, {}, "ota.max_boots must be within 1..10"),
-                                   ({"ota": {"trial_s": 60, "confirm_after_s": 60}}, {}, "shorter than trial_s")):
+                                   ({"ota": {"trial_s": 60, "confirm_after_s": 60}}, {}, "shorter than ota.trial_s")):
         e = raises(ValueError, _from_settings, device, secrets, clock)
         assert words in str(e), str(e)
 
@@ -876,7 +877,9 @@ def test_the_old_hmac_update_key_is_no_longer_accepted():
     root = _tmp()
     try:
         log = Events()
-        up = _from_settings({"device_id": DEVICE}, {"update_key": "11" * 32}, _clock(), root=root, log=log)
+        ota = settings({"device_id": DEVICE}, {"update_key": "11" * 32}).ota
+        otacore.from_settings(ota, _clock(), root=root, log=log)   # the boot (firmware/app.py)
+        up = from_settings(ota, _clock(), root=root)
         assert up.key is None
         assert log.got == [("update", {"status": "config", "reason": "secrets: update_key (HMAC) is no longer "
                                                                      "accepted: updates need ota.public_key"})]
