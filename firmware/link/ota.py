@@ -26,7 +26,7 @@ from micropython import const
 from firmware.core.rsa import verify
 from firmware.core.timefmt import iso, parse_iso
 from firmware.core.timesync import synced
-from firmware.link.otacore import SLOTS, slots_dir
+from firmware.link.otacore import SLOTS, load_state, slots_dir
 from firmware.storage.state import ensure_dir, write_atomic
 from firmware.version import VERSION
 
@@ -172,25 +172,6 @@ def _errno(e):
 
 def _describe(e):
     return "%s: %s" % (type(e).__name__, e)
-
-
-def load_state(path):
-    """The slot state, with defaults for a first boot or an unreadable file (base firmware runs)."""
-    st = {"active": None, "previous": None, "trial": None, "max_boots": 3, "slots": {}, "outcome": None}
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return st
-    if isinstance(saved, dict):
-        for k in st:
-            if k in saved:
-                st[k] = saved[k]
-    if not isinstance(st["slots"], dict):
-        st["slots"] = {}
-    if st["active"] not in st["slots"]:
-        st["active"] = None   # boot.py runs the base firmware then too
-    return st
 
 
 def rolled_back(st, reason):

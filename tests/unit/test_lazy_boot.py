@@ -96,7 +96,8 @@ def test_an_empty_slot_state_boots_without_the_ota_code_and_the_first_update_loa
     _installed(pack(_files("2.0.0")))
 
 
-def test_a_version_on_trial_boots_with_the_ota_code_and_is_confirmed():
+def _confirmed():
+    """An update installed, then its trial boot (with the OTA code) confirmed."""
     h = _installed(pack(_files("2.0.0")))
     assert _reboot(h.data) is True   # boot.py: the new slot's first trial boot
     sys.modules.pop(OTA, None)
@@ -106,6 +107,21 @@ def test_a_version_on_trial_boots_with_the_ota_code_and_is_confirmed():
     assert _statuses(h) == [("u-1", "installed")]
     st = _state(h.data)
     assert (st["active"], st["trial"], st["outcome"]) == ("a", None, None)
+    return h
+
+
+def test_a_version_on_trial_boots_with_the_ota_code_and_is_confirmed():
+    _confirmed()
+
+
+def test_a_confirmed_version_boots_without_the_ota_code_and_names_itself():
+    h = _confirmed()
+    assert _reboot(h.data) is False   # boot.py: a confirmed slot, nothing to count
+    sys.modules.pop(OTA, None)
+    h = _harness(h.data, 3000)
+    assert OTA not in sys.modules and h.ctl.updater.version == "2.0.0"
+    h.run()
+    assert OTA not in sys.modules and h.ctl.reset_requested is None and _statuses(h) == []
 
 
 def test_a_version_on_trial_that_never_connects_is_rolled_back():
