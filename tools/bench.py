@@ -133,7 +133,8 @@ def boot_split(interp, name, tls=None):
     d = json.loads(rows[-1])
     parts = d["parts"]
     parts.pop("(measuring)", None)
-    simulator = d["sim_imports"] + parts.pop("World", 0) + parts.pop("load scenario.json", 0)
+    simulator = d["sim_imports"] + parts.pop("World", 0) + parts.pop("load scenario.json", 0) + \
+        sum(parts.pop(k) for k in [k for k in parts if k.startswith("machine ")])
     parts["imports"] = d["imports"]
     return {"firmware": d["live"] - simulator, "simulator": simulator,
             "parts": sorted(parts.items(), key=lambda kv: -kv[1])}

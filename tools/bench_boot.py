@@ -5,7 +5,8 @@ Boots main.py (found on MICROPYPATH) up to the loop and prints one JSON object: 
 that point (`live`, without the interpreter's own and this tool's), what the imports kept
 (`imports`; the simulator's: `sim_imports`) and what each part built at boot kept (`parts`:
 bytes beyond the parts it built itself, GC-collected before and after, a file read by `load`
-while its result was alive; the simulated world is `World`). The loop does not run.
+while its result was alive; the simulated world is `World`, the simulated peripherals `machine
+Pin`, `machine SPI`, ...). The loop does not run.
 """
 import gc
 import json
@@ -19,7 +20,10 @@ _BOOT = {"firmware.app": ("load", "board_settings", "Settings", "CrashWatch", "R
          "firmware.controller": ("CardReader", "Feedback", "Metering", "_ev_sense", "Faults", "Stamp", "Tariffs",
                                  "Revenue", "Chain", "Safety", "Reactions", "Status", "Health", "OcppCommands",
                                  "Handlers", "Commands", "Every", "LowMemory"),
-         "hal.sim.world": ("World",)}
+         "hal.sim.world": ("World",),
+         # the simulated peripherals the board builds (an ESP32's machine.Pin, SPI, ... are C objects,
+         # most of them static): the simulator's share, not the firmware's
+         "hal.sim.machine": ("Pin", "SPI", "I2C", "PWM", "ADC", "WDT")}
 _parts = {}
 _stack = []
 
@@ -31,6 +35,8 @@ def _live():
 
 def _wrap(mod, name):
     real = getattr(mod, name)
+    if mod.__name__ == "hal.sim.machine":   # a class: what its __init__ builds is what an instance keeps
+        mod, name, real = real, "__init__", real.__init__
 
     def measured(*args, **kw):
         _stack.append(0)
@@ -41,6 +47,8 @@ def _wrap(mod, name):
             nested = _stack.pop()
         used = _live() - a0
         key = name if name != "load" else "load " + str(args[0]).split("/")[-1]   # per file read
+        if name == "__init__":
+            key = "machine " + type(args[0]).__name__
         _parts[key] = _parts.get(key, 0) + used - nested
         if _stack:
             _stack[-1] += used
