@@ -79,3 +79,31 @@ def test_limits_with_schedules_allocate_nothing_per_step():
         heap_unlock()
     assert got == [12, 16, 16, 16] and lim.reason == "schedule"
     assert lim.offer_a(clock.seconds() + 3600, None) == 6   # the absolute schedule's second period
+
+
+def test_the_idle_update_stand_in_and_the_console_look_allocate_nothing_per_pass():
+    """What the loop and its stop condition ask every pass while no update runs and nobody types."""
+    from firmware import app
+    from firmware.link.otacore import Idle
+    from hal.sim.world import Typed
+
+    up = Idle(())
+    port = Typed()
+    clock = VirtualClock(START)
+    saved = dict(app.current)
+    app.current.clear()
+    app.current["console"] = None
+    got = [None] * 50
+    i = 0
+    gc.collect()
+    heap_lock()
+    try:
+        while i < 50:
+            up.tick(True)
+            got[i] = up.ready_to_switch() or not up.confirm() or up.working or app.console_step(port, clock)
+            i += 1
+    finally:
+        heap_unlock()
+        app.current.clear()
+        app.current.update(saved)
+    assert got == [None] * 50   # nothing to switch, confirmed, no work, the console not loaded
