@@ -43,7 +43,8 @@ _CONNACK = const(3)
 _SUBACK = const(4)
 _READY = const(5)
 
-_OUT_SIZE = const(5120)    # the out-buffer: the journal's largest record (4 KB) plus headers
+_OUT_SIZE = const(1024)    # the out-buffer's ring: packets, headers, small messages (a record is held, not copied)
+_HOLD_MIN = const(256)     # a payload of bytes above this is held in place of a copy
 _RESERVE = const(32)       # out-buffer bytes publish() leaves for PUBACKs and PINGREQs
 _OUT_BYTES = const(2048)   # written per tick at most
 _IN_BYTES = const(2048)    # read per tick at most
@@ -150,19 +151,31 @@ class _Framed(Exception):
 
 
 class _Out:
-    """The bounded out-buffer (a ring) that umqtt.simple takes for its socket."""
+    """The bounded out-buffer that umqtt.simple takes for its socket: a ring for headers, control
+    packets and small messages, and one large payload held as the caller's own immutable bytes
+    (sent in its place in the stream, never copied), so no buffer the size of a record is kept."""
 
     def __init__(self, size):
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
-        self.head = 0   # the next byte to send
-        self.used = 0
+        self.head = 0       # the next ring byte to send
+        self.ring = 0       # bytes waiting in the ring
+        self.used = 0       # bytes waiting in all: the ring's and the held payload's
+        self._big = None    # the held payload (a view of bytes), or None
+        self._before = 0    # ring bytes that go out before it
 
     def free(self):
-        return len(self.buf) - self.used
+        return len(self.buf) - self.ring
+
+    def room(self, size, payload):
+        """A packet of `size` bytes ending in `payload` fits, leaving _RESERVE for PUBACKs and PINGREQs."""
+        if len(payload) > _HOLD_MIN and isinstance(payload, bytes):
+            return self._big is None and size - len(payload) + _RESERVE <= self.free()
+        return size + _RESERVE <= self.free()
 
     def clear(self):
-        self.head = self.used = 0
+        self.head = self.ring = self.used = self._before = 0
+        self._big = None
 
     def connect(self, addr):
         """umqtt.simple's connect() opens its socket: ours is already there."""
@@ -174,14 +187,20 @@ class _Out:
         if n is not None:
             src = src[:n]
         k = len(src)
+        if k > _HOLD_MIN and isinstance(data, bytes) and self._big is None:
+            self._big = src
+            self._before = self.ring
+            self.used += k
+            return k
         size = len(self.buf)
-        if k > size - self.used:
+        if k > size - self.ring:
             raise OSError(errno.ENOBUFS)
-        tail = (self.head + self.used) % size
+        tail = (self.head + self.ring) % size
         first = min(k, size - tail)
         self.buf[tail:tail + first] = src[:first]
         if first < k:
             self.buf[:k - first] = src[first:]
+        self.ring += k
         self.used += k
         return k
 
@@ -190,11 +209,22 @@ class _Out:
 
     def waiting(self):
         """The next contiguous bytes to send."""
-        return self.mv[self.head:self.head + min(self.used, len(self.buf) - self.head)]
+        if self._big is not None and self._before == 0:
+            return self._big
+        n = min(self.ring, len(self.buf) - self.head)
+        if self._big is not None and self._before < n:
+            n = self._before
+        return self.mv[self.head:self.head + n]
 
     def sent(self, n):
         self.used -= n
-        self.head = 0 if self.used == 0 else (self.head + n) % len(self.buf)
+        if self._big is not None:
+            if self._before == 0:
+                self._big = self._big[n:] if n < len(self._big) else None
+                return
+            self._before -= n
+        self.ring -= n
+        self.head = 0 if self.ring == 0 else (self.head + n) % len(self.buf)
 
 
 class _Framer:
@@ -319,7 +349,7 @@ class Link:
             return False
         if isinstance(payload, str):
             payload = payload.encode()   # umqtt.simple counts characters, the broker counts bytes
-        if _publish_size(len(topic), len(payload), qos) + _RESERVE > self._out.free():
+        if not self._out.room(_publish_size(len(topic), len(payload), qos), payload):
             return False
         if qos:
             self._next_pid()

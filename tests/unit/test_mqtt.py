@@ -214,17 +214,36 @@ def test_a_full_out_buffer_refuses_publishes_until_it_drains():
     _ready(link, clock)
     broker.window = 0          # the network takes nothing more
     n = 0
-    while link.publish(PREFIX + "meter", b"m" * 1000, False, 0):
+    while link.publish(PREFIX + "meter", b"m" * 200, False, 0):
         n += 1
         if n > 50:
             break
-    assert 3 <= n <= 5, n      # bounded: a 5 KB buffer
+    assert 3 <= n <= 5, n      # bounded: a 1 KB ring
+    assert link.publish(PREFIX + "session", b"s" * 3000, False, 0)       # one record is held, not copied
+    assert not link.publish(PREFIX + "session", b"t" * 3000, False, 0)   # ... one at a time
     assert not link.drained()
     broker.window = None
     link.tick()
     link.tick()
-    assert link.drained() and link.publish(PREFIX + "meter", b"m" * 1000, False, 0)
+    assert link.drained() and link.publish(PREFIX + "meter", b"m" * 200, False, 0)
     assert len([p for p in broker.published if p[0].endswith("meter")]) == n
+    assert [bytes(p[1]) for p in broker.published if p[0].endswith("session")] == [b"s" * 3000]
+
+
+def test_a_held_record_goes_out_whole_in_its_place_between_small_packets():
+    """A record is sent from its own bytes after what was queued before it and before what came
+    after, over a socket that takes a few bytes at a time; the ring is never the record's size."""
+    link, broker, clock, _ = _link(timeout_ms=60000)
+    _ready(link, clock)
+    broker.max_write = 97
+    big = "".join("%04d," % i for i in range(800)).encode()   # 4000 bytes: four times the ring
+    assert link.publish(PREFIX + "status", b'{"a": 1}', True, 1)
+    assert link.publish(PREFIX + "session", big, False, 1)
+    assert link.publish(PREFIX + "meter", b'{"b": 2}', False, 1)
+    _ticks(link, clock, 40)
+    assert link.drained() and link.ready
+    assert [(p[0][len(PREFIX):], bytes(p[1])) for p in broker.published] == [
+        ("status", b'{"a": 1}'), ("session", big), ("meter", b'{"b": 2}')]
 
 
 def test_the_outbox_waits_at_a_full_out_buffer_and_publish_now_says_so():
@@ -241,9 +260,11 @@ def test_the_outbox_waits_at_a_full_out_buffer_and_publish_now_says_so():
     for i in range(8):
         ob.put("session", json.dumps({"n": i, "pad": "p" * 1500}), "9-%d" % i, "started")
     s.tick()
-    while s.publish_now("meter", "x" * 200):
+    while s.publish_now("cmd_ack", '{"id": "c-0"}', 1):
         pass
+    t0 = clock.ms
     assert s.publish_now("cmd_ack", '{"id": "c-1"}', 1) is False   # not handed over, and did not wait
+    assert clock.ms == t0
     assert s.connected
     handed = s.published
     assert handed < 8
