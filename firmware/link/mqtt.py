@@ -349,6 +349,8 @@ class Link:
             return False
         if isinstance(payload, str):
             payload = payload.encode()   # umqtt.simple counts characters, the broker counts bytes
+        elif not isinstance(payload, bytes) and len(payload) > _HOLD_MIN:
+            payload = bytes(payload)     # a view of a reused buffer: held, it needs bytes of its own
         if not self._out.room(_publish_size(len(topic), len(payload), qos), payload):
             return False
         if qos:

@@ -246,6 +246,17 @@ def test_a_held_record_goes_out_whole_in_its_place_between_small_packets():
         ("status", b'{"a": 1}'), ("session", big), ("meter", b'{"b": 2}')]
 
 
+def test_a_record_in_a_reused_buffer_goes_out_as_it_was_when_handed_over():
+    """An unsealed payload may be a view of the outbox's read buffer, reused by the next read."""
+    link, broker, clock, _ = _link()
+    _ready(link, clock)
+    buf = bytearray(b"r" * 3000)
+    assert link.publish(PREFIX + "session", memoryview(buf), False, 1)
+    buf[:] = b"x" * 3000   # the next read
+    _ticks(link, clock, 5)
+    assert [bytes(p[1]) for p in broker.published] == [b"r" * 3000]
+
+
 def test_the_outbox_waits_at_a_full_out_buffer_and_publish_now_says_so():
     clock = VirtualClock(start_utc=1772438100)
     broker = FakeBroker(clock)
