@@ -26,7 +26,7 @@ from micropython import const
 from firmware.core.rsa import verify
 from firmware.core.timefmt import iso, parse_iso
 from firmware.core.timesync import synced
-from firmware.link.otacore import SLOTS, load_state, slots_dir
+from firmware.link.otacore import SLOTS, load_state, read_saved, slots_dir
 from firmware.storage.state import ensure_dir, write_atomic
 from firmware.version import VERSION
 
@@ -147,12 +147,8 @@ def load_seen(path):
     last accepted bundle until it is verified (`pending`, so that command may be sent again) and
     the last accepted ids. Defaults for a first update or an unreadable file."""
     seen = {"floor": None, "pending": None, "ids": []}
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return seen
-    if isinstance(saved, dict):
+    saved = read_saved(path)
+    if saved is not None:
         if isinstance(saved.get("floor"), str):
             seen["floor"] = saved["floor"]
         if isinstance(saved.get("pending"), list) and len(saved["pending"]) == 2:

@@ -18,15 +18,22 @@ def slots_dir(root):
     return root.rstrip("/") + "/slots" if root else "slots"
 
 
-def load_state(path):
-    """The slot state, with defaults for a first boot or an unreadable file (base firmware runs)."""
-    st = {"active": None, "previous": None, "trial": None, "max_boots": 3, "slots": {}, "outcome": None}
+def read_saved(path):
+    """The JSON object a slot file holds, or None when it is missing, unreadable or not an object
+    (its reader then uses its defaults)."""
     try:
         with open(path) as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return st
-    if isinstance(saved, dict):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def load_state(path):
+    """The slot state, with defaults for a first boot or an unreadable file (base firmware runs)."""
+    st = {"active": None, "previous": None, "trial": None, "max_boots": 3, "slots": {}, "outcome": None}
+    saved = read_saved(path)
+    if saved is not None:
         for k in st:
             if k in saved:
                 st[k] = saved[k]
