@@ -81,3 +81,18 @@ class ListLog:
 
     def kinds(self):
         return [e["ev"] for e in self.events]
+
+
+def journal_stack(path, outbox_size=16):
+    """A record log at path with its outbox and journal wired as firmware/app.py wires them
+    (not recovered yet): (log, outbox, journal)."""
+    from firmware.storage.journal import Journal
+    from firmware.storage.outbox import Outbox
+    from firmware.storage.recordlog import RecordLog
+    from hal.sim.clock import VirtualClock
+
+    log = RecordLog(path)
+    ob = Outbox(outbox_size, log, VirtualClock())
+    j = Journal(log, ob)
+    log.attach(j, ob)
+    return log, ob, j

@@ -7,10 +7,7 @@ import binascii
 import os
 import sys
 
-from firmware.storage.journal import Journal
-from firmware.storage.outbox import Outbox
-from firmware.storage.recordlog import RecordLog
-from hal.sim.clock import VirtualClock
+from fakes import journal_stack
 
 MP = sys.implementation.name == "micropython"
 
@@ -65,10 +62,7 @@ def test_the_journal_on_a_full_capped_directory_reports_full_and_writes_again_af
         return
     d = _capped(10 ** 6)
     try:
-        log = RecordLog(d + "/journal")
-        ob = Outbox(16, log, VirtualClock())
-        j = Journal(log, ob)
-        log.attach(j, ob)
+        _, _, j = journal_stack(d + "/journal")
         j.recover()
         os.umount(d)
         from hal.sim.flashcap import CappedDir

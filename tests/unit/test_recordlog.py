@@ -6,11 +6,9 @@ import os
 import sys
 
 from check import raises
-from firmware.storage.journal import Journal
-from firmware.storage.outbox import Outbox
+from fakes import journal_stack
 from firmware.storage.recordlog import (DONE, HAS_MSG, HEADER, KEEP, KEEP_MESSAGE, MESSAGE, TYPE, RecordLog,
                                         message_section, read_message)
-from hal.sim.clock import VirtualClock
 from test_journal import FullFlash, each_fs, files, plain_dir, restore, rmtree
 
 MP = sys.implementation.name == "micropython"
@@ -167,18 +165,10 @@ _GOLDEN = (
     "6e7b0c22312d31222c10312c16312c111f222c0d36307d01000000")
 
 
-def _session(path):
-    log = RecordLog(path)
-    ob = Outbox(8, log, VirtualClock())
-    j = Journal(log, ob)
-    log.attach(j, ob)
-    return log, ob, j
-
-
 def test_the_bytes_on_flash_are_those_earlier_firmware_wrote_and_read_back():
     d = plain_dir()
     try:
-        log, ob, j = _session(d + "/j")
+        log, ob, j = journal_stack(d + "/j", 8)
         j.recover()
         j.session_started({"msg_id": "1-0", "tx_id": 1, "seq": 0, "event": "started", "meter_start_wh": 100})
         j.checkpoint(1, 150, 1772438400, 1, 7)
@@ -194,7 +184,7 @@ def test_the_bytes_on_flash_are_those_earlier_firmware_wrote_and_read_back():
         os.mkdir(d + "/j")
         with open(d + "/j/00000000.log", "wb") as f:
             f.write(binascii.unhexlify(_GOLDEN))
-        log, ob, j = _session(d + "/j")
+        log, ob, j = journal_stack(d + "/j", 8)
         boot = j.recover()                                           # and read back the same
         assert boot == {"session": None, "checkpoint": None, "boot": 2, "bad": 0, "lost": 0, "records": 6,
                         "top_tx": 1, "meter": (150, 7),

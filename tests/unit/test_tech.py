@@ -174,17 +174,12 @@ def test_records_this_view_cannot_read_are_skipped():
     import binascii
     import struct
 
-    from firmware.storage.journal import Journal
-    from firmware.storage.outbox import Outbox
-    from firmware.storage.recordlog import HAS_MSG, MESSAGE, RecordLog
-    from hal.sim.clock import VirtualClock
+    from fakes import journal_stack
+    from firmware.storage.recordlog import HAS_MSG, MESSAGE
 
     d = _new_dir()
     try:
-        log = RecordLog(d + "/journal")
-        ob = Outbox(16, log, VirtualClock())
-        j = Journal(log, ob)
-        log.attach(j, ob)
+        _, _, j = journal_stack(d + "/journal")
         j.recover()
         j.session_started({"msg_id": "1-0", "tx_id": 1, "seq": 0, "event": "started", "ts": "2026-03-02T08:00:00Z",
                            "token": "ab" * 16, "meter_start_wh": 100})
